@@ -87,18 +87,25 @@ def probe_audio(path: str | Path) -> float:
 
 
 def _probe_soundfile(path: Path) -> float:
+    # libsndfile raises its own error types (RuntimeError in old versions): catch broadly,
+    # say which step failed.
     try:
-        with sf.SoundFile(str(path)) as audio:
-            frames, rate = audio.frames, audio.samplerate
-            if frames <= 0:
-                raise DataError(path, "audio holds no samples (zero duration)")
+        audio = sf.SoundFile(str(path))
+    except Exception as exc:
+        raise DataError(path, f"unreadable audio ({one_line(exc)})") from exc
+    with audio:
+        frames, rate = audio.frames, audio.samplerate
+        if frames <= 0:
+            raise DataError(path, "audio holds no samples (zero duration)")
+        try:
             head = audio.read(min(_PROBE_FRAMES, frames))
+        except Exception as exc:
+            raise DataError(path, f"corrupt audio: its first samples do not decode ({one_line(exc)})") from exc
+        try:
             audio.seek(max(0, frames - _PROBE_FRAMES))
             tail = audio.read()
-    except DataError:
-        raise
-    except Exception as exc:  # libsndfile raises its own error types, RuntimeError in old versions
-        raise DataError(path, f"unreadable audio ({one_line(exc)})") from exc
+        except Exception as exc:
+            raise DataError(path, f"truncated or corrupt audio: its last samples do not decode ({one_line(exc)})") from exc
     if len(head) == 0 or len(tail) == 0:
         raise DataError(path, "truncated audio: the header promises samples the file does not hold")
     return frames / rate

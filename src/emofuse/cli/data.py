@@ -1,0 +1,141 @@
+"""`emofuse prepare` (corpus folder -> manifest) and `emofuse data summary` (manifest -> counts)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from emofuse.corpora import CORPUS_KINDS, LABEL_SETS, Corpus, load_corpus
+from emofuse.errors import ConfigError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+data_app = typer.Typer(help="Inspect prepared manifests.", no_args_is_help=True)
+
+_CORPUS_HELP = "Corpus kind: " + "; ".join(f"{k} ({v.summary}, default labels {v.default_label_set or 'as given'})" for k, v in CORPUS_KINDS.items())
+
+
+def prepare(
+    corpus: str = typer.Argument(..., help=_CORPUS_HELP, metavar="CORPUS"),
+    path: Path = typer.Argument(..., help="The corpus folder as released (or, for 'manifest', the CSV/JSONL file; for 'meld' also one CSV)."),
+    out_file: Path = typer.Option(..., "--out", "-o", help="Manifest to write (JSONL, written atomically)."),
+    label_set: Optional[str] = typer.Option(
+        None, "--label-set", "-l", help=f"Map labels through a named set: {', '.join(LABEL_SETS)}. Default: the corpus's own."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable file instead of skipping it."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="mosei only: the label CSV or .csd file, if not in the corpus folder."),
+    ties: Optional[str] = typer.Option(None, "--ties", help="mosei only: 'drop' (default) or 'priority' for segments whose strongest emotions tie."),
+) -> None:
+    """Scan a corpus into a JSONL manifest of utterances; list every skipped file and why."""
+    options = {}
+    if labels is not None or ties is not None:
+        if corpus != "mosei":
+            raise ConfigError("--labels and --ties apply to the mosei corpus only")
+        if labels is not None:
+            options["labels"] = labels
+        if ties is not None:
+            if ties not in ("drop", "priority"):
+                raise ConfigError(f"--ties must be 'drop' or 'priority', not {ties!r}")
+            options["ties"] = ties
+    if corpus not in CORPUS_KINDS:
+        raise ConfigError(f"unknown corpus {corpus!r}; known: {', '.join(CORPUS_KINDS)}")
+
+    with Progress(
+        TextColumn(f"scanning {escape(corpus)}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("scan", total=None)
+        result = load_corpus(
+            corpus, path, label_set, strict=strict,
+            progress=lambda done, total: bar.update(task, completed=done, total=total), **options,
+        )
+    written = result.write(out_file)
+
+    n_speakers, n_labels = len(set(result.speakers)), len(set(result.labels))
+    out.print(
+        f"[bold green]wrote[/] {escape(str(written))}: {len(result)} utterances, "
+        f"{n_speakers} speakers, {n_labels} labels"
+        + (f" (label set {result.label_set})" if result.label_set else " (labels as given)")
+    )
+    with_text = sum(u.transcript is not None for u in result)
+    with_words = sum(u.words is not None for u in result)
+    with_audio = sum(u.audio is not None for u in result)
+    out.print(f"  audio: {with_audio}, transcripts: {with_text}, word timings: {with_words}")
+    if result.excluded:
+        detail = ", ".join(f"{k} {v}" for k, v in result.excluded.most_common())
+        out.print(f"  excluded by the label rule: {sum(result.excluded.values())} ({escape(detail)})")
+    if result.skipped:
+        table = Table(title=f"{len(result.skipped)} skipped", title_justify="left", show_lines=False)
+        table.add_column("file", overflow="fold")
+        table.add_column("reason", overflow="fold")
+        for item in result.skipped:
+            table.add_row(escape(item.path), escape(item.reason))
+        out.print(table)
+    else:
+        out.print("  skipped: none")
+
+
+def _count_table(title: str, counts: Counter, total: int, rows: int, by_label: dict | None = None) -> Table:
+    """One row per name; `by_label` adds the per-label breakdown as compact text (fits 80 columns)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column(title.split()[0].rstrip("s"), no_wrap=True)
+    table.add_column("utterances", justify="right")
+    table.add_column("share", justify="right")
+    if by_label:
+        table.add_column("by label", overflow="fold")
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if title.startswith("label") else sorted(counts.items())
+    for name, count in ordered[:rows]:
+        extra = [", ".join(f"{k}:{v}" for k, v in sorted(by_label[name].items()))] if by_label else []
+        table.add_row(escape(str(name)), str(count), f"{100 * count / total:.1f}%", *extra)
+    if len(ordered) > rows:
+        table.caption = f"... and {len(ordered) - rows} more (--max-rows)"
+    return table
+
+
+@data_app.command("summary")
+def summary(
+    manifest: Path = typer.Argument(..., help="A manifest written by `emofuse prepare`."),
+    max_rows: int = typer.Option(40, "--max-rows", help="Rows shown per table (speakers can be many)."),
+) -> None:
+    """Counts per label, speaker, session (and official split) of a manifest."""
+    corpus = Corpus.read(manifest)
+    total = len(corpus)
+    labels = sorted(set(corpus.labels))
+    speakers = Counter(corpus.speakers)
+    sessions = Counter(u.session for u in corpus if u.session is not None)
+    splits = Counter(u.meta.get("split") for u in corpus if u.meta.get("split"))
+    by_speaker: dict = {}
+    for u in corpus:
+        by_speaker.setdefault(u.speaker, Counter())[u.label] += 1
+    by_session: dict = {}
+    for u in corpus:
+        if u.session is not None:
+            by_session.setdefault(u.session, Counter())[u.label] += 1
+
+    out.print(_count_table("labels", Counter(corpus.labels), total, len(labels)))
+    out.print(_count_table("speakers", speakers, total, max_rows, by_speaker))
+    if sessions:
+        out.print(_count_table("sessions", sessions, total, max_rows, by_session))
+    if splits:
+        out.print(_count_table("splits (official)", splits, total, max_rows))
+    durations = [u.meta.get("duration") for u in corpus]
+    hours = sum(d for d in durations if isinstance(d, (int, float))) / 3600
+    line = f"{total} utterances, {len(speakers)} speakers, {len(labels)} labels"
+    if sessions:
+        line += f", {len(sessions)} sessions"
+    if hours > 0:
+        line += f", {hours:.2f} h of audio"
+    out.print(f"[bold]{escape(corpus.name)}[/]: {line}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prepare")(prepare)
+    app.add_typer(data_app, name="data")
