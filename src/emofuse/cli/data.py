@@ -15,8 +15,12 @@ from rich.table import Table
 from emofuse.corpora import CORPUS_KINDS, LABEL_SETS, Corpus, load_corpus
 from emofuse.errors import ConfigError
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+
+def _consoles() -> tuple[Console, Console]:
+    """Made per command, so they see the current stdout and terminal width (COLUMNS)."""
+    return Console(highlight=False), Console(stderr=True, highlight=False)
+
 
 data_app = typer.Typer(help="Inspect prepared manifests.", no_args_is_help=True)
 
@@ -35,6 +39,7 @@ def prepare(
     ties: Optional[str] = typer.Option(None, "--ties", help="mosei only: 'drop' (default) or 'priority' for segments whose strongest emotions tie."),
 ) -> None:
     """Scan a corpus into a JSONL manifest of utterances; list every skipped file and why."""
+    out, err = _consoles()
     options = {}
     if labels is not None or ties is not None:
         if corpus != "mosei":
@@ -106,6 +111,7 @@ def summary(
     max_rows: int = typer.Option(40, "--max-rows", help="Rows shown per table (speakers can be many)."),
 ) -> None:
     """Counts per label, speaker, session (and official split) of a manifest."""
+    out, _ = _consoles()
     corpus = Corpus.read(manifest)
     total = len(corpus)
     labels = sorted(set(corpus.labels))
@@ -127,12 +133,14 @@ def summary(
     if splits:
         out.print(_count_table("splits (official)", splits, total, max_rows))
     durations = [u.meta.get("duration") for u in corpus]
-    hours = sum(d for d in durations if isinstance(d, (int, float))) / 3600
+    seconds = sum(d for d in durations if isinstance(d, (int, float)))
     line = f"{total} utterances, {len(speakers)} speakers, {len(labels)} labels"
     if sessions:
         line += f", {len(sessions)} sessions"
-    if hours > 0:
-        line += f", {hours:.2f} h of audio"
+    if seconds >= 360:
+        line += f", {seconds / 3600:.2f} h of audio"
+    elif seconds > 0:
+        line += f", {seconds:.1f} s of audio"
     out.print(f"[bold]{escape(corpus.name)}[/]: {line}")
 
 

@@ -113,6 +113,9 @@ def speaker_kfold(corpus, k: int = 5, seed: int = 0) -> list[Fold]:
     if k > n_speakers:
         raise ConfigError(f"speaker k-fold with k={k} needs at least {k} speakers, the corpus has {n_speakers}")
     labels = np.array([u.label for u in utterances])
+    if max(np.unique(labels, return_counts=True)[1]) < k:
+        # No class has k members, so stratifying is impossible: plain grouped folds.
+        labels = np.zeros(len(labels), dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     folds = []
     with warnings.catch_warnings():
