@@ -16,7 +16,6 @@ from emofuse.corpora import CORPUS_KINDS, LABEL_SETS, Corpus, load_corpus
 from emofuse.errors import ConfigError
 
 
-
 def _consoles() -> tuple[Console, Console]:
     """Made per command, so they see the current stdout and terminal width (COLUMNS)."""
     return Console(highlight=False), Console(stderr=True, highlight=False)
@@ -96,7 +95,9 @@ def _count_table(title: str, counts: Counter, total: int, rows: int, by_label: d
     table.add_column("share", justify="right")
     if by_label:
         table.add_column("by label", overflow="fold")
-    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if title.startswith("label") else sorted(counts.items())
+    # Labels, and any list cut at `rows`, by count (largest first); short lists by name.
+    by_count = title.startswith("label") or len(counts) > rows
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if by_count else sorted(counts.items())
     for name, count in ordered[:rows]:
         extra = [", ".join(f"{k}:{v}" for k, v in sorted(by_label[name].items()))] if by_label else []
         table.add_row(escape(str(name)), str(count), f"{100 * count / total:.1f}%", *extra)
