@@ -1,0 +1,358 @@
+"""Run an experiment: every fold of the protocol, each trained with Lightning and tested once.
+
+Per fold (`train_fold`):
+  1. the acoustic normaliser (and a vocabulary for token-id models) is fitted on the
+     training part only and saved in `fold-K/normaliser.json` with the label set and the
+     feature settings, so a fold can later be packaged as a model directory;
+  2. Lightning trains with the configured optimiser, gradient-norm clipping, early stopping
+     and best-checkpoint selection on `val_ua` of the validation speakers (carved from the
+     training part by the protocol; the test part is never looked at while training);
+  3. the best checkpoint is evaluated ONCE on the test part, in a plain single-process pass
+     over the whole part (under DDP every rank runs the same pass and rank 0 writes), giving
+     `fold-K/metrics.json` and `fold-K/predictions.csv`.
+
+Resume: a fold whose `metrics.json` exists is done and skipped; an unfinished fold restarts
+from `fold-K/checkpoints/last.ckpt` at the epoch after the last finished one. Checkpoints
+are written to a temporary file and moved into place (`AtomicCheckpointIO`), so a kill
+during a save leaves the previous good checkpoint intact.
+
+Run directory:
+    run_dir/config.yaml            resolved config
+    run_dir/fold-K/                checkpoints/{best-*.ckpt,last.ckpt}, logs/{csv,tensorboard}/,
+                                   normaliser.json, split.json, metrics.json, predictions.csv
+    run_dir/metrics.json           every finished fold + mean ± std
+    run_dir/report.md, confusion.png
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerStatus
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader
+
+from emofuse.errors import ConfigError, EmofuseError
+from emofuse.models.base import get_model
+from emofuse.training.config import ExperimentConfig, atomic_write_text, save_config
+from emofuse.training.data import (
+    AcousticNormaliser, BucketBatchSampler, Collator, IndexDataset, LabelledData, class_weights, lengths_of,
+)
+from emofuse.training.metrics import classification_metrics
+from emofuse.training.module import EmotionModule, predict
+from emofuse.training.report import read_json, run_summary, write_json, write_run_report
+
+Log = Callable[[str], None]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file beside the target, fsync, then os.replace.
+
+    A process killed mid-save leaves only a stray `.name.*.tmp` file; the checkpoint the
+    name pointed to before is untouched.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                torch.save(checkpoint, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class FoldDataModule(L.LightningDataModule):
+    """Train / validation loaders of one fold. Training batches are length-bucketed and
+    sharded over DDP ranks; the validation part is NOT sharded (every rank sees all of it)."""
+
+    def __init__(self, cfg: ExperimentConfig, collator: Collator, train_idx: np.ndarray, val_idx: np.ndarray):
+        super().__init__()
+        self.cfg = cfg
+        self.collator = collator
+        self.train_idx = np.asarray(train_idx)
+        self.val_idx = np.asarray(val_idx)
+
+    def _loader(self, indices: np.ndarray, shuffle: bool, batch_size: int, replicas: int = 1, rank: int = 0):
+        d = self.cfg.data
+        lengths = lengths_of(self.collator.data, indices, d.max_frames, d.max_words)
+        sampler = BucketBatchSampler(lengths, batch_size, shuffle=shuffle, seed=self.cfg.seed,
+                                     chunk=self.cfg.trainer.bucket_chunk, num_replicas=replicas, rank=rank)
+        return DataLoader(IndexDataset(indices), batch_sampler=sampler, collate_fn=self.collator,
+                          num_workers=d.loader_workers, persistent_workers=d.loader_workers > 0)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        return batch.to(device)
+
+    def train_dataloader(self):
+        world = self.trainer.world_size if self.trainer else 1
+        rank = self.trainer.global_rank if self.trainer else 0
+        return self._loader(self.train_idx, True, self.cfg.trainer.batch_size, world, rank)
+
+    def val_dataloader(self):
+        return self._loader(self.val_idx, False, self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size)
+
+
+def eval_loader(cfg: ExperimentConfig, collator: Collator, indices) -> DataLoader:
+    lengths = lengths_of(collator.data, indices, cfg.data.max_frames, cfg.data.max_words)
+    sampler = BucketBatchSampler(lengths, cfg.trainer.eval_batch_size or cfg.trainer.batch_size, shuffle=False)
+    return DataLoader(IndexDataset(indices), batch_sampler=sampler, collate_fn=collator)
+
+
+# ---------------------------------------------------------------------------------------
+# One fold
+
+
+def fold_inputs(cfg: ExperimentConfig, data: LabelledData, train_idx) -> tuple[dict, Any, Any]:
+    """InputSpec sizes, the fitted normaliser and vocabulary (training part only)."""
+    needs = get_model(cfg.model_name).needs
+    first = data.items[0]
+    if "acoustic" in needs and first.acoustic is None:
+        raise EmofuseError(f"model {cfg.model_name!r} reads acoustic frames but the features have none "
+                           f"(data.acoustic={cfg.data.acoustic!r})")
+    if "words" in needs and first.word_vectors is None:
+        raise EmofuseError(f"model {cfg.model_name!r} reads word vectors but the features have none "
+                           f"(data.words={cfg.data.words!r})")
+    if "word_frames" in needs and first.word_times is None:
+        raise EmofuseError(f"model {cfg.model_name!r} needs word times but the features have none "
+                           f"(data.align={cfg.data.align!r})")
+    train_items = [data.items[int(i)] for i in train_idx]
+    normaliser = None
+    if cfg.data.normalise and first.acoustic is not None:
+        normaliser = AcousticNormaliser.fit(train_items)
+    vocab = None
+    if "token_ids" in needs:
+        from emofuse.features.vocab import Vocabulary
+
+        vocab = Vocabulary.build([list(it.words or []) for it in train_items])
+    spec = {
+        "num_classes": len(data.classes),
+        "acoustic_dim": int(first.acoustic.shape[1]) if first.acoustic is not None else 0,
+        "word_dim": int(first.word_vectors.shape[1]) if first.word_vectors is not None else 0,
+        "vocab_size": len(vocab) if vocab is not None else 0,
+    }
+    return spec, normaliser, vocab
+
+
+def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, log: Log = print,
+               extra_callbacks: tuple = ()) -> dict:
+    """Train one fold (resuming from its last checkpoint), test its best checkpoint once."""
+    if len(fold.val) == 0:
+        raise ConfigError(f"fold {fold.index} has no validation part: model selection needs validation speakers "
+                          "(set protocol.val_fraction or protocol.val_speakers)")
+    if len(fold.test) == 0:
+        raise ConfigError(f"fold {fold.index} has no test part")
+    started = time.time()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    spec, normaliser, vocab = fold_inputs(cfg, data, fold.train)
+    weights = class_weights(data.class_counts(fold.train)).tolist() if cfg.optim.class_weights else None
+    if rank_zero_only.rank == 0:
+        write_json(fold_dir / "normaliser.json", {
+            "label_set": cfg.data.label_set,
+            "classes": list(data.classes),
+            "features": {k: getattr(cfg.data, k) for k in ("acoustic", "words", "align", "max_frames", "max_words")},
+            "model": cfg.model,
+            "spec": spec,
+            "normaliser": normaliser.to_dict() if normaliser is not None else None,
+            "vocabulary": vocab.to_dict() if vocab is not None else None,
+            "fitted_on": "training part of this fold",
+        })
+        write_json(fold_dir / "split.json", fold.to_json(data.corpus))
+    collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
+    module = EmotionModule(cfg.model_name, cfg.model_settings, spec, asdict(cfg.optim), list(data.classes), weights)
+
+    ckpt_dir = fold_dir / "checkpoints"
+    # Best epoch on validation UA (first of equals), and every epoch's state in last.ckpt for resume
+    # (Lightning's save_last only writes when the best one changes).
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
+        monitor="val_ua", mode="max", save_top_k=1, save_last=False, enable_version_counter=False,
+    )
+    last_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                      enable_version_counter=False)
+    callbacks: list = [checkpoint, last_checkpoint, *extra_callbacks]
+    if cfg.trainer.patience:
+        callbacks.append(EarlyStopping(monitor="val_ua", mode="max", patience=cfg.trainer.patience))
+    if cfg.trainer.progress:
+        callbacks.append(RichProgressBar(leave=True))
+    loggers = [CSVLogger(fold_dir / "logs", name="csv"), TensorBoardLogger(fold_dir / "logs", name="tensorboard")]
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs, min_epochs=cfg.trainer.min_epochs,
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy, precision=cfg.trainer.precision,
+        gradient_clip_val=cfg.optim.grad_clip, gradient_clip_algorithm="norm",
+        callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
+        deterministic="warn" if cfg.trainer.deterministic else False,
+        use_distributed_sampler=False,  # our bucket sampler shards itself
+        enable_progress_bar=cfg.trainer.progress, enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every_n_steps,
+        default_root_dir=fold_dir,
+    )
+    trained_marker = fold_dir / "trained.json"
+    if trained_marker.is_file():
+        best_path = Path(read_json(trained_marker)["best_checkpoint"])
+        if not best_path.is_absolute():
+            best_path = fold_dir / best_path
+        log(f"fold {fold.index}: training had finished; testing {best_path.name}")
+    else:
+        last = ckpt_dir / "last.ckpt"
+        resume = str(last) if last.is_file() else None
+        if resume:
+            epoch = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1))
+            log(f"fold {fold.index}: resuming from {last} ({epoch + 1} epoch(s) done)")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            for noise in (".*sync_dist=True.*", ".*log_every_n_steps.*", ".*LeafSpec.*", ".*exists and is not empty.*"):
+                warnings.filterwarnings("ignore", message=noise)
+            try:
+                trainer.fit(module, datamodule=FoldDataModule(cfg, collator, fold.train, fold.val), ckpt_path=resume)
+            except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after a graceful shutdown
+                if trainer.state.status == TrainerStatus.INTERRUPTED:
+                    raise KeyboardInterrupt from None
+                raise
+        if trainer.state.status == TrainerStatus.INTERRUPTED or trainer.interrupted:
+            raise KeyboardInterrupt
+        best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else ckpt_dir / "last.ckpt"
+        if rank_zero_only.rank == 0:
+            write_json(trained_marker, {"best_checkpoint": os.path.relpath(best_path, fold_dir),
+                                        "epochs_run": trainer.current_epoch,
+                                        "best_val_ua": _float(checkpoint.best_model_score)})
+        _barrier()
+
+    # The test part, once, with the best checkpoint: a plain pass over the whole part.
+    state = torch.load(best_path, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    device = _eval_device(cfg)
+    module.to(device)
+    ids, labels, probs = predict(module.model, eval_loader(cfg, collator, fold.test), device)
+    preds = probs.argmax(1)
+    metrics = classification_metrics(labels, preds, data.classes)
+    marker = read_json(trained_marker) if trained_marker.is_file() else {}
+    result = {
+        "fold": fold.index,
+        "name": fold.name,
+        "n_train": int(len(fold.train)), "n_val": int(len(fold.val)), "n_test": int(len(fold.test)),
+        "best_epoch": int(state.get("epoch", -1)),
+        "epochs_run": marker.get("epochs_run"),
+        "val_ua": marker.get("best_val_ua", _float(checkpoint.best_model_score)),
+        "best_checkpoint": os.path.relpath(best_path, fold_dir),
+        "test": metrics,
+        "seconds": round(time.time() - started, 2),
+    }
+    if rank_zero_only.rank == 0:
+        write_predictions(fold_dir / "predictions.csv", data, ids, labels, probs)
+        write_json(fold_dir / "metrics.json", result)  # last: its presence marks the fold done
+    _barrier()
+    return result
+
+
+def write_predictions(path: Path, data: LabelledData, ids, labels, probs) -> None:
+    speaker = {u.id: u.speaker for u in data.corpus}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "speaker", "label", "prediction", *[f"p_{c}" for c in data.classes]])
+    for uid, y, p in zip(ids, labels, probs):
+        writer.writerow([uid, speaker.get(uid, ""), data.classes[int(y)], data.classes[int(p.argmax())],
+                         *[f"{v:.6f}" for v in p]])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _float(value) -> float | None:
+    if value is None:
+        return None
+    return float(value.item() if hasattr(value, "item") else value)
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _eval_device(cfg: ExperimentConfig) -> torch.device:
+    if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------
+# All folds
+
+
+def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: Path | None = None,
+              log: Log = print, extra_callbacks: tuple = ()) -> dict:
+    """Train and test every fold (or `cfg.fold`), skipping finished ones; write the run report."""
+    run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
+    if rank_zero_only.rank == 0:
+        save_config(cfg, run_dir)
+    if cfg.fold is not None and not 0 <= cfg.fold < len(folds):
+        raise ConfigError(f"fold={cfg.fold}: the protocol gives folds 0..{len(folds) - 1}")
+    selected = folds if cfg.fold is None else [folds[cfg.fold]]
+    for fold in selected:
+        fold_dir = run_dir / f"fold-{fold.index}"
+        if (fold_dir / "metrics.json").is_file():
+            log(f"fold {fold.index}: done before, skipped ({fold_dir / 'metrics.json'})")
+            continue
+        log(f"fold {fold.index} ({fold.name}): train {len(fold.train)}, val {len(fold.val)}, test {len(fold.test)}")
+        result = train_fold(cfg, data, fold, fold_dir, log, extra_callbacks)
+        t = result["test"]
+        log(f"fold {fold.index}: test UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f} "
+            f"(best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
+    done = [read_json(run_dir / f"fold-{f.index}" / "metrics.json") for f in folds
+            if (run_dir / f"fold-{f.index}" / "metrics.json").is_file()]
+    run = run_summary(cfg.to_dict(), data.classes, done, len(folds))
+    if rank_zero_only.rank == 0:
+        write_run_report(run_dir, run, cfg.to_dict())
+    _barrier()
+    run["run_dir"] = str(run_dir)
+    return run
+
+
+def run_experiment(cfg: ExperimentConfig, log: Log = print, progress=None) -> dict:
+    """Read the corpus and its features (extracting what is missing), cut the folds, run them."""
+    from emofuse.training.features import load_labelled
+    from emofuse.training.splits import make_folds
+
+    run_dir = cfg.resolved_run_dir()
+    if rank_zero_only.rank == 0:
+        save_config(cfg, run_dir)  # fail early on a run_dir that holds another experiment
+    data = load_labelled(cfg, log=log, progress=progress)
+    p = cfg.protocol
+    folds = make_folds(data.corpus, p.name, k=p.k, seed=cfg.seed, val_fraction=p.val_fraction, val_speakers=p.val_speakers)
+    return run_folds(cfg, data, folds, run_dir, log)
+
+
+def is_rank_zero() -> bool:
+    return rank_zero_only.rank == 0
+
+
+def quiet_lightning() -> None:
+    """Lightning's info lines (GPU available, ...) add noise to a CLI run."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not sys.warnoptions:
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -1,0 +1,186 @@
+"""Run reports: `metrics.json`, `report.md` (a table in the papers' style) and a confusion-matrix PNG.
+
+Tables read the way Table 2 of Aguilar et al. (2019) does: one row per model, WA and UA
+(plus macro- and weighted-F1) in percent as mean ± std over folds (sample std, ddof = 1;
+see training.metrics). `compare_runs` lays several run directories side by side for
+`emofuse report`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from emofuse.errors import DataError
+from emofuse.training.config import atomic_write_text
+from emofuse.training.metrics import HEADLINE, NAMES, mean_std, summarise
+
+STD_NOTE = "mean ± sample std (ddof=1) over folds, in percent"
+
+
+def write_json(path: Path, obj: dict) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, "not found") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc.msg})") from None
+
+
+def run_summary(config: dict, classes: Sequence[str], fold_results: Sequence[dict], total_folds: int) -> dict:
+    """The run-level metrics.json: every finished fold's test metrics and their mean ± std."""
+    tests = [f["test"] for f in fold_results]
+    return {
+        "name": config.get("name"),
+        "corpus": config.get("corpus"),
+        "model": config.get("model", {}).get("name"),
+        "protocol": config.get("protocol", {}).get("name"),
+        "classes": list(classes),
+        "folds_done": len(fold_results),
+        "folds_total": total_folds,
+        "std": "sample (ddof=1)",
+        "summary": summarise(tests) if tests else {},
+        "folds": [
+            {k: v for k, v in f.items() if k != "predictions"} for f in fold_results
+        ],
+        "seconds": float(sum(f.get("seconds", 0.0) for f in fold_results)),
+    }
+
+
+def summary_row(run: dict) -> dict[str, str]:
+    s = run.get("summary", {})
+    row = {"Model": str(run.get("model") or run.get("name"))}
+    for key in HEADLINE:
+        row[NAMES[key]] = mean_std(s[key]) if key in s else "-"
+    row["Folds"] = f"{run.get('folds_done', 0)}/{run.get('folds_total', 0)}"
+    return row
+
+
+def markdown_table(rows: Sequence[dict[str, str]]) -> str:
+    if not rows:
+        return ""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report_markdown(run: dict, config: dict | None = None) -> str:
+    """report.md of one run: the headline table, per-fold rows, per-class scores, confusion."""
+    classes = run["classes"]
+    out = [f"# {run.get('name')} — {run.get('model')} on {run.get('corpus')}", ""]
+    if config:
+        d, o, t, p = (config.get(k, {}) for k in ("data", "optim", "trainer", "protocol"))
+        out += [
+            f"Protocol `{p.get('name')}`"
+            + (f" (k={p.get('k')})" if p.get("name") == "speaker-kfold" else "")
+            + f", features acoustic=`{d.get('acoustic')}` words=`{d.get('words')}` align=`{d.get('align')}`, "
+            f"label set `{d.get('label_set')}`; {o.get('name')} lr={o.get('lr')} wd={o.get('weight_decay')} "
+            f"clip={o.get('grad_clip')}, batch {t.get('batch_size')}, ≤{t.get('max_epochs')} epochs "
+            f"(patience {t.get('patience')}), seed {config.get('seed')}.",
+            "",
+        ]
+    out += [f"Test results, {STD_NOTE}; model selection on validation speakers of the training part.", ""]
+    out += [markdown_table([summary_row(run)]), ""]
+    fold_rows = []
+    for f in run["folds"]:
+        row = {"Fold": str(f["fold"]), "Test speakers / part": f.get("name", "")}
+        for key in HEADLINE:
+            row[NAMES[key]] = f"{100 * f['test'][key]:.1f}"
+        row["best epoch"] = str(f.get("best_epoch", "-"))
+        row["val UA"] = f"{100 * f['val_ua']:.1f}" if f.get("val_ua") is not None else "-"
+        row["n test"] = str(f["test"]["n"])
+        fold_rows.append(row)
+    out += ["## Folds", "", markdown_table(fold_rows), ""]
+    per_class = run.get("summary", {}).get("per_class")
+    if per_class:
+        rows = [{"Class": c, "Precision": f"{100 * v['precision']:.1f}", "Recall": f"{100 * v['recall']:.1f}",
+                 "F1": f"{100 * v['f1']:.1f}"} for c, v in per_class.items()]
+        out += ["## Per class (mean over folds)", "", markdown_table(rows), ""]
+    confusion = run.get("summary", {}).get("confusion")
+    if confusion:
+        rows = [{"true \\ predicted": c, **{p: str(n) for p, n in zip(classes, line)}} for c, line in zip(classes, confusion)]
+        out += ["## Confusion matrix (test parts of all folds summed)", "", markdown_table(rows), "",
+                "![confusion matrix](confusion.png)", ""]
+    return "\n".join(out)
+
+
+def confusion_png(path: Path, confusion: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> Path:
+    """Row-normalised confusion matrix (recall per true class), counts in each cell; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(confusion, dtype=np.float64)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.9 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{rates[i, j]:.2f}\n({int(counts[i, j])})", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_run_report(run_dir: Path, run: dict, config: dict | None = None) -> None:
+    write_json(run_dir / "metrics.json", run)
+    atomic_write_text(run_dir / "report.md", report_markdown(run, config))
+    confusion = run.get("summary", {}).get("confusion")
+    if confusion:
+        confusion_png(run_dir / "confusion.png", confusion, run["classes"],
+                      f"{run.get('model')} — {run.get('corpus')} ({run['folds_done']} fold(s))")
+
+
+def load_run(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(run_dir, "run directory not found")
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise DataError(run_dir, "no metrics.json: the run has not finished a fold yet (run `emofuse train` first)")
+    run = read_json(path)
+    if "summary" not in run or "classes" not in run:
+        raise DataError(path, "not a run metrics file (no summary/classes)")
+    run["run_dir"] = str(run_dir)
+    return run
+
+
+def compare_runs(run_dirs: Sequence[str | Path]) -> tuple[list[dict[str, str]], str]:
+    """Rows (one per run, Table 2 style) and the same as a markdown table."""
+    rows = []
+    for d in run_dirs:
+        run = load_run(d)
+        row = summary_row(run)
+        row = {"Run": Path(d).name, **row, "Corpus": str(run.get("corpus")), "Protocol": str(run.get("protocol"))}
+        rows.append(row)
+    note = f"\n\nTest results, {STD_NOTE}."
+    return rows, markdown_table(rows) + note

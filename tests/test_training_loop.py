@@ -1,0 +1,221 @@
+"""The experiment engine on a tiny synthetic corpus: folds, model selection, resume, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from emofuse.corpora.base import Corpus, Utterance
+from emofuse.errors import EmofuseError
+from emofuse.features.batch import UtteranceFeatures
+from emofuse.training.config import load_config
+from emofuse.training.data import LabelledData
+from emofuse.training.loop import AtomicCheckpointIO, run_folds
+from emofuse.training.splits import make_folds
+
+CLASSES = ("angry", "happy", "neutral", "sad")
+
+
+def synthetic_data(speakers: int = 8, per_class: int = 3, dim: int = 6, seed: int = 0) -> LabelledData:
+    """Frames whose mean depends on the class (learnable), lengths 12..30, genders alternate."""
+    rng = np.random.default_rng(seed)
+    utterances, items, labels = [], [], []
+    for s in range(speakers):
+        for c, name in enumerate(CLASSES):
+            for r in range(per_class):
+                uid = f"s{s}_{name}_{r}"
+                t = int(rng.integers(12, 31))
+                frames = rng.normal(0.0, 1.0, (t, dim)).astype(np.float32)
+                frames[:, c % dim] += 2.5  # the class signal
+                frames += 10.0  # an offset only normalisation removes
+                utterances.append(Utterance(id=uid, audio=None, speaker=f"spk{s}", label=name, original_label=name,
+                                            meta={"gender": "male" if s % 2 else "female"}))
+                items.append(UtteranceFeatures(id=uid, acoustic=frames, acoustic_hop=0.01))
+                labels.append(c)
+    return LabelledData(Corpus(utterances, name="synthetic"), items, np.asarray(labels), CLASSES)
+
+
+def tiny_config(tmp_path: Path, *overrides: str, model: str = "B-ACO-1"):
+    raw = {
+        "name": "tiny", "corpus": "synthetic",
+        "data": {"manifest": "unused.jsonl", "label_set": "ravdess4", "acoustic": "compare_lld", "align": "none"},
+        "model": {"name": model, "hidden": 8, "layers": 1, "dropout": 0.0},
+        "optim": {"name": "adam", "lr": 0.02, "weight_decay": 0.0},
+        "trainer": {"max_epochs": 4, "batch_size": 8, "patience": 10, "progress": False, "accelerator": "cpu"},
+        "protocol": {"name": "speaker-kfold", "k": 4, "val_speakers": 1},
+        "run_dir": str(tmp_path / "run"),
+    }
+    return load_config(None, list(overrides), raw=raw)
+
+
+def folds_for(data: LabelledData, cfg):
+    p = cfg.protocol
+    return make_folds(data.corpus, p.name, k=p.k, seed=cfg.seed, val_speakers=p.val_speakers)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_one_fold_writes_the_run_directory_and_learns_the_synthetic_task(tmp_path):
+    data = synthetic_data()
+    cfg = tiny_config(tmp_path, "fold=0")
+    run = run_folds(cfg, data, folds_for(data, cfg), log=lambda s: None)
+    run_dir = tmp_path / "run"
+    fold = run_dir / "fold-0"
+    for path in ("config.yaml", "metrics.json", "report.md", "confusion.png"):
+        assert (run_dir / path).is_file(), path
+    for path in ("metrics.json", "predictions.csv", "normaliser.json", "split.json", "checkpoints/last.ckpt"):
+        assert (fold / path).is_file(), path
+    assert list((fold / "checkpoints").glob("best-*.ckpt"))
+    assert (fold / "logs" / "csv").is_dir() and (fold / "logs" / "tensorboard").is_dir()
+    metrics = json.loads((fold / "metrics.json").read_text())
+    # Chance is 0.25: a working loop learns this separable task in 4 epochs.
+    assert metrics["test"]["ua"] > 0.6
+    assert run["folds_done"] == 1 and run["folds_total"] == 4
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_epochs"] == 4
+    lines = (fold / "predictions.csv").read_text().splitlines()
+    assert lines[0].startswith("id,speaker,label,prediction,p_angry")
+    assert len(lines) - 1 == metrics["n_test"]
+
+
+def test_test_speakers_are_never_in_training_or_validation(tmp_path):
+    data = synthetic_data()
+    cfg = tiny_config(tmp_path, "fold=1", "trainer.max_epochs=1")
+    run_folds(cfg, data, folds_for(data, cfg), log=lambda s: None)
+    split = json.loads((tmp_path / "run" / "fold-1" / "split.json").read_text())
+    speaker = {u.id: u.speaker for u in data.corpus}
+    parts = {k: {speaker[i] for i in split[k]} for k in ("train", "val", "test")}
+    assert parts["test"] and parts["val"]
+    assert not parts["test"] & (parts["train"] | parts["val"])
+    assert not parts["val"] & parts["train"]
+
+
+def test_normaliser_is_fitted_on_the_training_part_only(tmp_path):
+    data = synthetic_data()
+    # Shift every test utterance: statistics fitted on them would move the mean.
+    cfg = tiny_config(tmp_path, "fold=0", "trainer.max_epochs=1")
+    folds = folds_for(data, cfg)
+    for i in folds[0].test:
+        data.items[i].acoustic = data.items[i].acoustic + 100.0
+    run_folds(cfg, data, folds, log=lambda s: None)
+    saved = json.loads((tmp_path / "run" / "fold-0" / "normaliser.json").read_text())
+    train_frames = np.concatenate([data.items[i].acoustic for i in folds[0].train])
+    np.testing.assert_allclose(saved["normaliser"]["mean"], train_frames.mean(0), rtol=1e-4)
+    assert saved["classes"] == list(CLASSES) and saved["features"]["acoustic"] == "compare_lld"
+
+
+def test_best_checkpoint_is_chosen_on_validation_not_test(tmp_path):
+    data = synthetic_data()
+    cfg = tiny_config(tmp_path, "fold=0", "trainer.max_epochs=3")
+    run_folds(cfg, data, folds_for(data, cfg), log=lambda s: None)
+    fold = tmp_path / "run" / "fold-0"
+    metrics = json.loads((fold / "metrics.json").read_text())
+    rows = [r for r in _csv(fold / "logs" / "csv" / "version_0" / "metrics.csv") if r.get("val_ua")]
+    val_ua = [float(r["val_ua"]) for r in rows]
+    assert metrics["best_epoch"] == int(np.argmax(val_ua))  # first epoch with the highest val UA
+    assert metrics["val_ua"] == pytest.approx(max(val_ua), abs=1e-6)
+
+
+def test_finished_folds_are_skipped_and_an_unfinished_fold_resumes_from_last_checkpoint(tmp_path):
+    data = synthetic_data()
+    cfg = tiny_config(tmp_path, "fold=0", "trainer.max_epochs=2", "trainer.patience=null")
+    folds = folds_for(data, cfg)
+    run_folds(cfg, data, folds, log=lambda s: None)
+    fold = tmp_path / "run" / "fold-0"
+    first = (fold / "metrics.json").read_text()
+    # Done folds are not trained again.
+    messages = []
+    run_folds(cfg, data, folds, log=messages.append)
+    assert any("skipped" in m for m in messages)
+    assert (fold / "metrics.json").read_text() == first
+    # A run stopped (Ctrl-C) after 2 of 3 epochs resumes at the third epoch.
+    fold.joinpath("metrics.json").unlink()
+    cfg3 = tiny_config(tmp_path / "b", "fold=0", "trainer.max_epochs=3", "trainer.patience=null")
+    with pytest.raises(KeyboardInterrupt):
+        run_folds(cfg3, data, folds, log=lambda s: None, extra_callbacks=(StopAt(epoch=2),))
+    fold = tmp_path / "b" / "run" / "fold-0"
+    assert not (fold / "metrics.json").exists()
+    assert torch.load(fold / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    messages = []
+    run_folds(cfg3, data, folds, log=messages.append)
+    assert any("resuming from" in m and "2 epoch(s) done" in m for m in messages)
+    resumed = [r for r in _csv(fold / "logs" / "csv" / "version_1" / "metrics.csv") if r.get("val_ua")]
+    assert [int(r["epoch"]) for r in resumed] == [2]  # only the missing epoch was trained
+    assert json.loads((fold / "metrics.json").read_text())["epochs_run"] == 3
+    # The run directory refuses a config that computes something else.
+    longer = tiny_config(tmp_path / "b", "fold=0", "trainer.max_epochs=4", "trainer.patience=null")
+    with pytest.raises(EmofuseError, match="different config.*trainer.max_epochs"):
+        run_folds(longer, data, folds, log=lambda s: None)
+
+
+class StopAt(L.Callback):
+    """Raises KeyboardInterrupt at the start of an epoch, as Ctrl-C during it would."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_nan_loss_stops_the_fold_with_a_clear_message(tmp_path):
+    data = synthetic_data()
+    data.items[0].acoustic[:] = np.nan
+    cfg = tiny_config(tmp_path, "trainer.max_epochs=1", "data.normalise=false")
+    folds = folds_for(data, cfg)
+    index = next(f.index for f in folds if 0 in set(f.train.tolist()))
+    cfg = tiny_config(tmp_path, f"fold={index}", "trainer.max_epochs=1", "data.normalise=false")
+    with pytest.raises(EmofuseError, match=r"training loss is nan at epoch 0.*fold was stopped"):
+        run_folds(cfg, data, folds, log=lambda s: None)
+    assert not (tmp_path / "run" / f"fold-{index}" / "metrics.json").exists()
+
+
+def test_a_kill_during_a_checkpoint_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # the process is stopped mid-write
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # no stray temporary file either
+
+
+def test_class_weights_follow_training_class_frequencies(tmp_path):
+    data = synthetic_data()
+    keep = [i for i in range(len(data)) if not (data.labels[i] == 0 and i % 3)]  # fewer 'angry'
+    data = LabelledData(data.corpus.subset(keep), [data.items[i] for i in keep], data.labels[keep], data.classes)
+    cfg = tiny_config(tmp_path, "fold=0", "trainer.max_epochs=1", "optim.class_weights=true")
+    folds = folds_for(data, cfg)
+    run_folds(cfg, data, folds, log=lambda s: None)
+    state = torch.load(tmp_path / "run" / "fold-0" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    weights = state["class_weights"].numpy()
+    counts = np.bincount(data.labels[folds[0].train], minlength=4)
+    np.testing.assert_allclose(weights, counts.sum() / (4 * counts), rtol=1e-5)
+    assert weights[0] > weights[1]
+
+
+def _csv(path: Path) -> list[dict]:
+    import csv
+
+    with path.open() as f:
+        return list(csv.DictReader(f))
