@@ -160,3 +160,25 @@ def test_h_mm_4_learns_a_tiny_problem_carried_by_the_words():
     model.eval()
     assert loss.item() < 0.5 * first
     assert (model(batch).logits.argmax(1) == batch.labels).float().mean() == 1.0
+
+
+def test_table_configs_load_and_name_the_papers_rows():
+    from pathlib import Path
+
+    from emofuse.training.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    expected = {
+        "h-aco": "H-ACO", "h-mm-1": "H-MM-1", "h-mm-2": "H-MM-2", "h-mm-3": "H-MM-3", "h-mm-4": "H-MM-4",
+        "multiview-b-lex": "MV-B-ACO-1+B-LEX", "multiview-h-mm-4": "MV-B-ACO-1+H-MM-4",
+        "multiview-h-mm-4-random": "MV-B-ACO-1+H-MM-4", "multiview-frozen": "MV-frozen",
+        "teacher-student": "teacher-student", "teacher-student-attn": "teacher-student+attn",
+    }
+    for corpus, protocol in (("ravdess4", "speaker-kfold"), ("iemocap4", "aguilar")):
+        for stem, model in expected.items():
+            cfg = load_config(root / corpus / f"{stem}.yaml")
+            assert cfg.model_name == model and cfg.protocol.name == protocol, (corpus, stem)
+            assert cfg.data.label_set == corpus
+            if model in ("MV-frozen", "teacher-student", "teacher-student+attn"):
+                # each fold's student learns from the teacher trained on that fold's training speakers
+                assert cfg.model["teacher_checkpoint"] == f"runs/{corpus}/h-mm-4/fold-{{fold}}"

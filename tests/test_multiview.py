@@ -261,3 +261,19 @@ def test_multiview_settings_are_validated():
         get_model("MV-B-ACO-1+H-MM-4").build(SPEC, hidden=8, mode="both")
     # random negatives need no class names, so any number of classes works
     get_model("MV-B-ACO-1+B-LEX").build(InputSpec(8, 6, 5), hidden=8, negatives="random")
+
+
+def test_teacher_checkpoint_can_be_a_trained_fold_directory(tmp_path):
+    import json
+
+    fold = tmp_path / "fold-2"
+    (fold / "checkpoints").mkdir(parents=True)
+    path, saved = teacher_file(fold / "checkpoints", "best-epoch04.ckpt", prefix="model.")
+    (fold / "trained.json").write_text(json.dumps({"best_checkpoint": "checkpoints/best-epoch04.ckpt"}))
+    model = get_model("teacher-student").build(SPEC, hidden=8, teacher_checkpoint=str(fold))
+    for k, v in model.view_m.state_dict().items():
+        assert torch.equal(v, saved["model." + k]), k
+    with pytest.raises(ConfigError, match="fold"):
+        get_model("teacher-student").build(SPEC, hidden=8, teacher_checkpoint=str(tmp_path / "fold-{fold}"))
+    with pytest.raises(DataError, match="trained.json"):
+        get_model("teacher-student").build(SPEC, hidden=8, teacher_checkpoint=str(tmp_path))

@@ -23,6 +23,7 @@ The one file this module reads is the frozen view's weights (`load_view_state`),
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,10 +160,25 @@ class NegativeSampler:
 def load_view_state(path: str | Path) -> dict[str, Tensor]:
     """Read a trained model's weights from a safetensors file or a torch state-dict file.
 
-    Accepts `*.safetensors`, and torch files holding a state dict or a dict with a
-    "state_dict" entry (Lightning checkpoints). Tensors only (weights_only=True).
+    Accepts `*.safetensors`, torch files holding a state dict or a dict with a "state_dict"
+    entry (Lightning checkpoints), and a trained fold's directory of `emofuse train`
+    (`fold-K/`, whose `trained.json` names its best checkpoint). Tensors only (weights_only).
+    A cross-validation config writes `fold-{fold}`; the engine puts in the fold's index so
+    that each fold's student learns from the teacher trained on the same training speakers.
     """
+    if "{fold}" in str(path):
+        raise ConfigError(f"teacher_checkpoint {str(path)!r} still holds {{fold}}: the cross-validation "
+                          "engine fills it in per fold; outside it, give one fold's path")
     path = Path(path)
+    if path.is_dir():
+        marker = path / "trained.json"
+        if not marker.is_file():
+            raise DataError(path, "a directory given as teacher_checkpoint must be a trained fold (no trained.json)")
+        try:
+            best = Path(json.loads(marker.read_text(encoding="utf-8"))["best_checkpoint"])
+        except (ValueError, KeyError) as exc:
+            raise DataError(marker, f"cannot read the best checkpoint's name ({exc})") from None
+        path = best if best.is_absolute() else path / best
     if not path.is_file():
         raise DataError(path, "teacher checkpoint not found: train the second view (e.g. H-MM-4) first "
                               "and point teacher_checkpoint at its saved weights")
