@@ -44,7 +44,7 @@ def main() -> None:
     try:
         app()
     except EmofuseError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume.")
