@@ -18,6 +18,12 @@ SCORES = ["dot", "general", "concat"]
 SMALL = dict(text_hidden=8, audio_hidden=8, conv_channels=(8, 8), attention_size=8, window=3, dropout=0.0)
 
 
+def _frames(wave: np.ndarray) -> np.ndarray:
+    """The `waveform` feature's layout: (T, 160) frames of 10 ms."""
+    n = len(wave) // 160
+    return wave[: n * 160].reshape(n, 160).astype(np.float32)
+
+
 def _utterance(uid: str, seconds: float, words: int, rng, start: float = 0.0) -> UtteranceFeatures:
     samples = int(seconds * SR)
     t = np.arange(samples) / SR
@@ -25,8 +31,8 @@ def _utterance(uid: str, seconds: float, words: int, rng, start: float = 0.0) ->
     times = np.linspace(start, seconds, words + 1)
     return UtteranceFeatures(
         uid,
-        acoustic=wave.astype(np.float32)[:, None],  # (S, 1)
-        acoustic_hop=1 / SR,
+        acoustic=_frames(wave),  # (T, 160)
+        acoustic_hop=0.01,
         words=[f"w{i}" for i in range(words)],
         word_times=np.stack([times[:-1], times[1:]], 1),
         word_vectors=rng.standard_normal((words, WORD_DIM)).astype(np.float32),
@@ -111,7 +117,7 @@ def test_forced_attention_puts_no_mass_outside_each_words_frames():
     centres = torch.arange(a.shape[-1]) * front.stride + (front.field - 1) / 2  # samples
     for b in range(2):
         for i in range(int(batch.word_mask[b].sum())):
-            start, end = batch.word_frames[b, i].tolist()  # samples [start, end)
+            start, end = (batch.word_frames[b, i] * 160).tolist()  # samples [start, end)
             inside = (centres >= start) & (centres < end)
             assert inside.any()  # every word here spans several 20 ms states
             assert torch.all(a[b, i, ~inside] == 0)
@@ -141,6 +147,10 @@ def test_front_end_counts_real_states_like_the_unpadded_convolution():
     h_pad, m_pad = front(padded, torch.tensor([[True] * 9000 + [False] * 5000]))
     assert int(m_pad.sum()) == h_alone.shape[1]
     assert torch.allclose(h_pad[:, : h_alone.shape[1]], h_alone, atol=1e-5)
+    # The store's (T, 160) frames are the same samples: the same states.
+    h_frames, m_frames = front(wave[:, :8960].reshape(1, 56, 160), torch.ones(1, 56, dtype=torch.bool))
+    h_flat, _ = front(wave[:, :8960], torch.ones(1, 8960, dtype=torch.bool))
+    assert m_frames.all() and torch.allclose(h_frames, h_flat, atol=1e-6)
 
 
 def test_nmt_rejects_bad_settings_and_missing_word_times():
@@ -170,7 +180,7 @@ def test_nmt_learns_a_class_carried_by_the_audio(name):
         t = np.arange(int(seconds * SR)) / SR
         wave = 0.3 * np.sin(2 * np.pi * (150 if label else 600) * t) + 0.01 * rng.standard_normal(t.size)
         u = _utterance(f"u{i}", seconds, int(rng.integers(2, 5)), rng)
-        u.acoustic = wave.astype(np.float32)[:, None]
+        u.acoustic = _frames(wave)
         items.append(u)
         labels.append(label)
     batch = collate(items, labels)

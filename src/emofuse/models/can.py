@@ -11,10 +11,11 @@ Reproduces the two models of Tables 1-2 (CMU-MOSEI, 6 emotions):
   - "can-shallow": the baseline of Figure 4: the same two unimodal CNNs (the very same
     classes), their feature vectors concatenated, the same dense head.
 
-Inputs: `batch.acoustic` is the `spectrogram8k` feature (8 kHz, Hamming window 800, log dB),
-(B, T, F) on its own frame grid; `batch.words` are GloVe vectors (300-d in the paper, 50-d
-with the packaged GloVe here). The paper feeds a fixed 200 x 400 spectrogram and 40 words:
-each utterance is cropped (from its start) or padded to `time_frames` x `freq_bins` and
+Inputs: `batch.acoustic` is the `spectrogram8k` feature (8 kHz, Hamming window 800, log dB;
+`features/frames.py`: 10 ms hop, 200 bins of 20 Hz over 0-4 kHz), (B, T, F); `batch.words`
+are GloVe vectors (300-d in the paper, 50-d with the packaged GloVe here). The paper feeds a
+fixed 200 x 400 spectrogram (read here as 200 bins x 400 frames = 4 s) and 40 words: each
+utterance is cropped (from its start) or padded to `time_frames` x `freq_bins` and
 `max_words` here, and every padded time position and word is masked out of the attention
 softmax (the fix the paper's §5 asks for: "loss masking on the padding").
 
@@ -33,6 +34,8 @@ Choices the paper leaves open, made here and named in the config:
     saturating at initialisation; `scaled_scores: false` is Eq. 1 as printed.
   - The spectrogram is standardised per utterance over its real cells (`normalize_input`),
     so SGD at 1e-3 sees inputs of unit scale rather than raw decibels; padding is then 0.
+    With the engine's fold-level z-normalisation (`data.normalise: true`) configs turn it off,
+    which keeps the loudness differences between utterances.
   - `freq_downsample` averages adjacent frequency bins before everything else: a CPU budget
     knob (1 = the paper's full resolution).
 
@@ -59,8 +62,8 @@ from emofuse.models.layers import masked_softmax
 
 @dataclass
 class CANConfig:
-    time_frames: int = 200  # fixed spectrogram length (paper: 200 x 400)
-    freq_bins: int = 400  # fixed number of frequency bins kept (lowest first)
+    time_frames: int = 400  # fixed spectrogram length (paper: 200 x 400; 4 s of 10 ms frames)
+    freq_bins: int = 200  # fixed number of frequency bins kept (lowest first)
     freq_downsample: int = 1  # average this many adjacent bins first (CPU budget; 1 = paper)
     max_words: int = 40  # paper: 40 words of 300-d GloVe
     channels: int = 32  # kernels per convolution (paper: 32)

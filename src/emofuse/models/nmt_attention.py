@@ -23,8 +23,10 @@ the two restricted modes implemented here:
 The attention matrix (B, W, T') is returned in `explain["alignment"]`, with the seconds per
 column in `explain["alignment_hop"]` and each word's expected time `explain["attention_center"]`.
 
-Audio front end: `batch.acoustic` is the `waveform` feature (B, S, 1) at 16 kHz
-(`acoustic_hop` = 1/16000). The first convolution is a learned filterbank, 400 samples wide
+Audio front end: `batch.acoustic` is the `waveform` feature at 16 kHz, (B, T, 160) frames of
+160 samples (10 ms) each as `features/frames.py` stores it, flattened back to (B, T * 160)
+samples here; (B, S, 1) with `acoustic_hop` = 1/16000 works the same. `batch.word_frames`
+(forced mode) are on that frame grid and become sample spans. The first convolution is a learned filterbank, 400 samples wide
 (25 ms) with stride 160 (10 ms), followed by log(1 + |.|): it brings 16 kHz down to 100 states
 per second at the cost of one 400-tap filter per channel per 10 ms, like an STFT. Further
 convolutions (kernel 3, ReLU) may stride again (the default's second layer halves the rate to
@@ -129,7 +131,11 @@ class WaveformFrontEnd(nn.Module):
         return torch.stack([start, end], dim=-1)
 
     def forward(self, wave: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        x = wave[..., 0] if wave.dim() == 3 else wave  # (B, S)
+        """wave: (B, T, P) frames of P samples each (the `waveform` feature: P = 160 per 10 ms,
+        or P = 1 for a plain sample sequence), mask (B, T) on frames."""
+        b, t, per_frame = wave.shape
+        x = wave.reshape(b, t * per_frame)  # (B, S) samples
+        mask = mask.repeat_interleave(per_frame, dim=1)  # (B, S)
         keep = mask.to(x.dtype)
         if self.normalize:
             count = keep.sum(1, keepdim=True).clamp(min=1.0)
@@ -245,8 +251,9 @@ class NMTAttentionModel(nn.Module):
             sigma = self.cfg.window / 2.0
             return allowed, -(distance ** 2) / (2 * sigma ** 2)
         if batch.word_frames is None:
-            raise ValueError("nmt-forced needs word times (batch.word_frames) on the waveform's sample grid")
-        spans = self.frontend.states_of_samples(batch.word_frames, state_mask.sum(1))  # (B, W, 2)
+            raise ValueError("nmt-forced needs word times (batch.word_frames) on the waveform's frame grid")
+        samples = batch.word_frames * batch.acoustic.shape[-1]  # frames of P samples -> samples
+        spans = self.frontend.states_of_samples(samples, state_mask.sum(1))  # (B, W, 2)
         s = torch.arange(state_mask.shape[1], device=spans.device)
         inside = (s >= spans[..., 0:1]) & (s < spans[..., 1:2])  # (B, W, T')
         return inside & both, None
@@ -268,9 +275,10 @@ class NMTAttentionModel(nn.Module):
         attentional = torch.tanh(self.w_c(torch.cat([context, h_text], dim=-1)))  # (B, W, Hq)
         u = masked_mean(attentional, word_mask)  # (B, Hq)
 
-        hop = self.frontend.stride * batch.acoustic_hop  # seconds per audio state
+        sample_hop = batch.acoustic_hop / batch.acoustic.shape[-1]  # seconds per sample
+        hop = self.frontend.stride * sample_hop  # seconds per audio state
         centre = (torch.arange(alignment.shape[-1], device=u.device) * self.frontend.stride
-                  + (self.frontend.field - 1) / 2.0) * batch.acoustic_hop  # (T',) seconds
+                  + (self.frontend.field - 1) / 2.0) * sample_hop  # (T',) seconds
         return Output(self.classifier(u), u, {
             "alignment": alignment,  # (B, W, T') words x audio states
             "alignment_hop": torch.full((u.shape[0],), hop, device=u.device),
