@@ -1,6 +1,8 @@
 """The convolutional attention network (Lee et al. 2018) and its shallow baseline: masking,
 the attention matrix, fixed-size inputs and the shared unimodal encoders."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from emofuse.models.base import InputSpec, get_model
 from emofuse.models.can import SpectrogramCNN, WordCNN, fixed_spectrogram, fixed_words
 
 torch.manual_seed(0)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BINS, WORD_DIM = 24, 5
 # Small sizes with the paper's structure: 3 pooled spectrogram blocks, 2 word blocks, 3 dense layers.
 SMALL = dict(time_frames=32, freq_bins=16, max_words=8, channels=4, latent=6, dense=(32, 16, 8))
@@ -166,3 +169,14 @@ def test_can_learns_which_words_and_spectra_go_with_a_class(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in CONFIGS.glob("*/can*.yaml")))
+def test_can_configs_load_and_build_their_model(path):
+    from emofuse.training.config import load_config
+
+    cfg = load_config(path)
+    assert cfg.data.acoustic == "spectrogram8k"
+    spec = InputSpec(num_classes=6, acoustic_dim=200, word_dim=50)
+    model = get_model(cfg.model_name).build(spec, **cfg.model_settings)
+    assert model.cfg.time_frames * model.cfg.freq_bins == 400 * 200  # the paper's fixed input

@@ -1,6 +1,8 @@
 """The NMT-style model (Cid Ornelas, slides): text states attend over raw-waveform audio states,
 globally, in a local window, or only over each word's forced-aligned frames."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from emofuse.models.base import InputSpec, get_model
 from emofuse.models.nmt_attention import WaveformFrontEnd, local_window
 
 torch.manual_seed(0)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SR, WORD_DIM = 16000, 5
 MODES = ["nmt-global", "nmt-local", "nmt-forced"]
 SCORES = ["dot", "general", "concat"]
@@ -194,3 +197,15 @@ def test_nmt_learns_a_class_carried_by_the_audio(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in CONFIGS.glob("*/nmt*.yaml")))
+def test_nmt_configs_load_and_build_their_model(path):
+    from emofuse.training.config import load_config
+
+    cfg = load_config(path)
+    assert cfg.data.acoustic == "waveform" and cfg.data.normalise is False
+    model = get_model(cfg.model_name).build(InputSpec(num_classes=4, acoustic_dim=160, word_dim=50),
+                                            **cfg.model_settings)
+    assert model.cfg.mode == cfg.model_name.split("-")[1]
+    assert model.frontend.stride * 1000 // SR == 20  # 50 audio states per second
