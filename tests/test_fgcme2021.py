@@ -10,7 +10,7 @@ import torch
 from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.models.base import InputSpec, get_model
 from emofuse.models.fgcme2021 import (
-    FGCME, FGCMEConfig, MaskedConvStack, ctc_viterbi, ctc_word_spans, mean_max_pool,
+    FGCME, FGCMEConfig, FGCMEWithCTCAlignment, MaskedConvStack, ctc_viterbi, ctc_word_spans, mean_max_pool,
     shrink_word_frames,
 )
 
@@ -217,7 +217,7 @@ def test_ctc_aligner_learns_word_spans_on_a_synthetic_task():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     cfg = FGCMEConfig(**{**SMALL, "alignment": "ctc", "ctc_hidden": 16, "ctc_layers": 1, "ctc_subsample": 1})
-    aligner = FGCME(InputSpec(num_classes=2, acoustic_dim=6, word_dim=5, vocab_size=6), cfg).aligner
+    aligner = FGCMEWithCTCAlignment(InputSpec(num_classes=2, acoustic_dim=6, word_dim=5, vocab_size=6), cfg).aligner
     optimizer = torch.optim.Adam(aligner.parameters(), lr=0.02)
 
     def make(n):
@@ -257,6 +257,9 @@ def test_ctc_loss_is_added_and_needs_token_ids():
     assert model.aligner.out.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="token_ids"):
         model(collate(items, [1]))
+    assert not hasattr(build("fgcme"), "loss")  # the forced rows keep the engine's (weighted) loss
+    with pytest.raises(ValueError, match="fgcme-ctc-align"):
+        build("fgcme", alignment="ctc")
 
 
 def test_full_model_learns_a_separable_toy_task():
@@ -275,7 +278,7 @@ def test_full_model_learns_a_separable_toy_task():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
     for _ in range(40):
-        loss = model.loss(model(batch), batch)
+        loss = torch.nn.functional.cross_entropy(model(batch).logits, batch.labels)
         first = loss.item() if first is None else first
         optimizer.zero_grad()
         loss.backward()

@@ -50,7 +50,7 @@ max of a_ij ⊙ x_i.
   usual CTC unit, but the batch carries no word strings (see the report / a future
   `batch.transcripts` field).
 - It is trained on the same training utterances, jointly with the classifier:
-  `FGCME.loss` = cross-entropy + `ctc_weight` · CTC loss. No gradient flows from the
+  `FGCMEWithCTCAlignment.loss` = cross-entropy + `ctc_weight` · CTC loss. No gradient flows from the
   classifier into the aligner (an alignment is discrete).
 - Decoding: a Viterbi (best-path) alignment of the known word sequence through the CTC
   posteriors (`ctc_viterbi`), the CTC counterpart of forced alignment. CTC is peaky (a label
@@ -377,6 +377,9 @@ class FGCME(nn.Module):
         super().__init__()
         if cfg.alignment not in {"forced", "ctc"}:
             raise ValueError(f"alignment must be 'forced' or 'ctc', not {cfg.alignment!r}")
+        if (cfg.alignment == "ctc") != isinstance(self, FGCMEWithCTCAlignment):
+            raise ValueError("the CTC alignment is the model 'fgcme-ctc-align' (it trains its aligner); "
+                             "the other fgcme rows use alignment: forced")
         self.cfg = cfg
         self.cnn = MaskedConvStack(spec.acoustic_dim, tuple(cfg.conv_kernels), tuple(cfg.conv_filters))
         acoustic_size = 2 * self.cnn.output_size  # mean ⊕ max: 256
@@ -431,13 +434,19 @@ class FGCME(nn.Module):
             explain["word_frames"] = words["word_frames"]  # (B, W, 2) on the CNN's output grid
         return Output(self.fcn(h), h, explain)
 
+
+class FGCMEWithCTCAlignment(FGCME):
+    """"w/ CTC Align": FG_CME whose word spans come from its jointly trained CTC aligner.
+
+    Only this variant defines `loss`, so the other rows keep the engine's cross-entropy
+    (with its optional class weights).
+    """
+
     def loss(self, output: Output, batch: Batch) -> Tensor:
-        """Cross-entropy (Eq. 2), plus the CTC aligner's loss for "w/ CTC Align"."""
-        loss = F.cross_entropy(output.logits, batch.labels)
-        if self.aligner is not None:
-            ctc = self.aligner.loss(batch.acoustic, batch.acoustic_mask, batch.token_ids, batch.word_mask)
-            loss = loss + self.cfg.ctc_weight * ctc
-        return loss
+        """Cross-entropy (Eq. 2) + ctc_weight x the CTC aligner's loss (unweighted classes)."""
+        ce = F.cross_entropy(output.logits, batch.labels)
+        ctc = self.aligner.loss(batch.acoustic, batch.acoustic_mask, batch.token_ids, batch.word_mask)
+        return ce + self.cfg.ctc_weight * ctc
 
 
 _NEEDS = ("acoustic", "words", "word_frames")
@@ -450,4 +459,4 @@ register("fgcme-no-semantic-excite", FGCMEConfig, needs=_NEEDS,
 register("fgcme-no-excite", FGCMEConfig, needs=_NEEDS,
          summary="FG_CME w/o both excitations", acoustic_excite=False, semantic_excite=False)(FGCME)
 register("fgcme-ctc-align", FGCMEConfig, needs=("acoustic", "words", "token_ids"),
-         summary="FG_CME with word spans predicted by a CTC aligner", alignment="ctc")(FGCME)
+         summary="FG_CME with word spans predicted by a CTC aligner", alignment="ctc")(FGCMEWithCTCAlignment)
