@@ -1,0 +1,173 @@
+"""Predict a folder of recordings: files found recursively, transcripts from a CSV, batches
+spread over worker processes (each loads the model directory once), results as CSV or JSONL.
+
+Workers are spawned processes (`ProcessPoolExecutor`, one torch thread each) whose
+initializer builds one `Predictor`; each task is a batch of files that goes through the
+model as one padded batch (padding never changes a result: models/layers.py). Results come
+back as they finish, with their index, so a caller can show progress and still write the
+output in the input order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from emofuse.errors import DataError
+from emofuse.inference.predictor import Prediction, PredictionError, Predictor
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".webm", ".aac",
+                  ".aif", ".aiff", ".wma", ".mkv")
+Job = tuple[str, "str | None"]  # (audio path, transcript or None)
+Result = "Prediction | PredictionError"
+
+
+def find_audio(path: str | Path) -> list[Path]:
+    """A file as given, or the audio files under a folder (recursive, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise DataError(path, "no such file or folder")
+    found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+                   and not p.name.startswith("."))
+    if not found:
+        raise DataError(path, f"no audio files in the folder (looked for {', '.join(AUDIO_SUFFIXES)})")
+    return found
+
+
+_FILE_COLUMNS = ("file", "path", "audio", "name", "id")
+_TEXT_COLUMNS = ("transcript", "text", "utterance")
+
+
+def read_transcripts(csv_path: str | Path, files: Sequence[Path], root: Path | None = None) -> tuple[dict[Path, str], list[str]]:
+    """Transcripts per file from a CSV with a file column (file/path/audio/name/id) and a text
+    column (transcript/text/utterance). A row matches a file by its path relative to `root`,
+    its name, or its name without suffix. Returns (transcripts, rows that matched no file)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(csv_path, "transcripts file not found")
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(csv_path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    file_col = next((c for c in _FILE_COLUMNS if c in header), None)
+    text_col = next((c for c in _TEXT_COLUMNS if c in header), None)
+    if file_col is None or text_col is None:
+        raise DataError(csv_path, f"needs a file column ({'/'.join(_FILE_COLUMNS)}) and a transcript column "
+                                  f"({'/'.join(_TEXT_COLUMNS)}); found columns: {', '.join(header) or 'none'}")
+    keys: dict[str, Path] = {}
+    for f in files:
+        for key in ((str(f.relative_to(root)) if root and f.is_relative_to(root) else None), f.name, f.stem):
+            if key is not None:
+                keys.setdefault(key, f)
+    out: dict[Path, str] = {}
+    unmatched: list[str] = []
+    for row in reader:
+        row = {(k or "").strip().lower(): (v or "") for k, v in row.items()}
+        name, transcript = row[file_col].strip(), row[text_col].strip()
+        target = keys.get(name) or keys.get(Path(name).name) or keys.get(Path(name).stem)
+        if target is None:
+            unmatched.append(name)
+        elif transcript:
+            out[target] = transcript
+    return out, unmatched
+
+
+# ------------------------------------------------------------------------------ workers
+
+_PREDICTOR: Predictor | None = None
+
+
+def _init_worker(model_dir: str) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    global _PREDICTOR
+    _PREDICTOR = Predictor(model_dir, warm=True)
+
+
+def _work(chunk: list[tuple[int, Job]]) -> list[tuple[int, Result]]:
+    assert _PREDICTOR is not None, "worker started without its predictor"
+    results = _PREDICTOR.predict_files([job for _, job in chunk])
+    return [(i, r) for (i, _), r in zip(chunk, results)]
+
+
+def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, batch_size: int = 4,
+                 predictor: Predictor | None = None) -> Iterator[tuple[int, Result]]:
+    """(index, Prediction | PredictionError) for every job, in the order they finish."""
+    indexed = list(enumerate(jobs))
+    chunks = [indexed[i:i + batch_size] for i in range(0, len(indexed), max(1, batch_size))]
+    if workers <= 1:
+        predictor = predictor or Predictor(model_dir)
+        for chunk in chunks:
+            results = predictor.predict_files([job for _, job in chunk])
+            yield from ((i, r) for (i, _), r in zip(chunk, results))
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                               initializer=_init_worker, initargs=(str(model_dir),))
+    try:
+        pending = {pool.submit(_work, chunk): chunk for chunk in chunks}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                chunk = pending.pop(future)
+                try:
+                    results = future.result()
+                except Exception as exc:  # a worker died (memory) or could not load the model
+                    reason = str(exc) if str(exc) else type(exc).__name__
+                    results = [(i, PredictionError(job[0], f"worker failed: {reason}")) for i, job in chunk]
+                yield from results
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def result_rows(results: Sequence[Result], classes: Sequence[str]) -> list[dict]:
+    rows = []
+    for r in results:
+        if isinstance(r, PredictionError):
+            rows.append({"file": r.file, "label": "", **{f"p_{c}": "" for c in classes}, "align_source": "",
+                         "duration": "", "words": "", "error": r.error})
+            continue
+        words = " ".join(f"{w.text}@{w.start:.2f}-{w.end:.2f}" for w in r.words)
+        rows.append({"file": r.file, "label": r.label, **{f"p_{c}": f"{r.probabilities[c]:.6f}" for c in classes},
+                     "align_source": r.align_source, "duration": f"{r.duration:.3f}", "words": words, "error": ""})
+    return rows
+
+
+def write_results(path: str | Path, results: Sequence[Result], classes: Sequence[str]) -> Path:
+    """`.csv` (one row per file) or `.jsonl` (the --json objects), written atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in results)
+    elif suffix == ".csv":
+        buffer = io.StringIO()
+        rows = result_rows(results, classes)
+        fields = ["file", "label", *[f"p_{c}" for c in classes], "align_source", "duration", "words", "error"]
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    else:
+        raise DataError(path, "results file must end in .csv or .jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

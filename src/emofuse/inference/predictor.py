@@ -1,0 +1,369 @@
+"""Predict the emotion of a recording, with the per-word reasons the model can give.
+
+One `Predictor` per process: it loads the model directory once (safetensors weights rebuilt
+from the registry, see `inference.modeldir`) and the tools its inputs need, once: the frame
+feature (openSMILE for ComParE LLDs), the word encoder (MiniLM / GloVe) and the pocketsphinx
+decoders. For one recording it runs the same stages as training, in the same way:
+
+    audio (16 kHz mono) ──► words with times ──► frame features ──► z-normalised with the
+      (align.align_utterance:  forced alignment     training fold's statistics ──┐
+       with a transcript, ASR without, none for an                            ├──► collate ──► model
+       acoustic-only model)                    word vectors of those words ───┘
+
+and returns a `Prediction`: the label, the class probabilities and, per word, its time span
+and the model's per-word explanations (`Output.explain`): "gate" is the GMU's z of
+Aguilar et al. 2019 Eq. 1 averaged over channels, the acoustic share of the word (1 - gate
+is the lexical share); "attention" the context attention weight (§3.3); FG_CME gives its
+two excitation gates "acoustic_gate" and "semantic_gate" (Li et al. 2021 §3.3); the
+NMT-style model the expected time of each word's audio attention ("attention_center").
+
+The pipeline is guarded by a lock, so one Predictor may serve several threads (the HTTP
+service): requests run one at a time and never see each other's state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from emofuse.errors import DataError
+from emofuse.features.batch import UtteranceFeatures, collate
+from emofuse.inference.modeldir import ModelInfo, load_model_dir
+
+SAMPLE_RATE = 16000
+# Per-word maps a model may put in Output.explain, with what they mean.
+WORD_MAPS = {
+    "gate": "acoustic share of the word (GMU z, Aguilar et al. 2019 Eq. 1); 1 - gate is the lexical share",
+    "attention": "context attention weight over words (Aguilar et al. 2019 §3.3)",
+    "acoustic_gate": "FG_CME acoustic excitation E^a (Li et al. 2021 §3.3), mean over channels",
+    "semantic_gate": "FG_CME semantic excitation E^s (Li et al. 2021 §3.3), mean over channels",
+    "attention_center": "expected time (s) of the word's attention over the audio (NMT-style attention)",
+}
+# Per-frame maps (B, T) on the acoustic grid.
+FRAME_MAPS = {"frame_attention": "attention over frames (B-ACO-1 + attention, Aguilar et al. 2019 Table 3)"}
+
+
+@dataclass
+class WordExplanation:
+    text: str
+    start: float  # seconds from the start of the recording
+    end: float
+    values: dict[str, float] = field(default_factory=dict)  # WORD_MAPS keys the model gives
+    used: bool = True  # False: beyond the model's max_words / max_frames, not seen by the model
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3),
+                **{k: round(v, 6) for k, v in self.values.items()},
+                **({} if self.used else {"used": False})}
+
+
+@dataclass
+class Prediction:
+    file: str
+    label: str
+    probabilities: dict[str, float]
+    words: list[WordExplanation]
+    duration: float  # seconds of audio
+    align_source: str  # forced, asr, proportional, none
+    fallbacks: list[str] = field(default_factory=list)
+    transcript: str | None = None
+    frame_maps: dict[str, list[float]] = field(default_factory=dict)  # FRAME_MAPS, one value per frame
+    hop: float = 0.01
+    truncated: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    envelope: np.ndarray | None = None  # (N, 2) min/max of the waveform per 10 ms, for the pictures
+    model: str = ""
+
+    def to_json(self) -> dict:
+        """What `emofuse predict --json` prints and `POST /predict` returns."""
+        record = {
+            "file": self.file,
+            "label": self.label,
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "words": [w.to_json() for w in self.words],
+            "duration": round(self.duration, 3),
+            "align_source": self.align_source,
+            "model": self.model,
+        }
+        if self.fallbacks:
+            record["fallbacks"] = self.fallbacks
+        if self.truncated:
+            record["truncated"] = True
+        return record
+
+
+@dataclass
+class PredictionError:
+    """A file of a folder that could not be predicted, and why."""
+
+    file: str
+    error: str
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "error": self.error}
+
+
+def envelope(audio: np.ndarray, sr: int = SAMPLE_RATE, hop: float = 0.01) -> np.ndarray:
+    """(N, 2) float32 min and max of each `hop` of audio: enough to draw the waveform."""
+    step = max(1, int(round(hop * sr)))
+    n = max(1, int(np.ceil(len(audio) / step)))
+    padded = np.pad(np.asarray(audio, dtype=np.float32), (0, n * step - len(audio)))
+    blocks = padded.reshape(n, step)
+    return np.stack([blocks.min(1), blocks.max(1)], axis=1).astype(np.float32)
+
+
+class Predictor:
+    """A loaded model directory plus its feature tools (module docstring).
+
+    warm=True also opens every tool now (openSMILE, MiniLM, the pocketsphinx decoders) so the
+    first prediction is as fast as the next; `load_seconds` says how long loading took.
+    """
+
+    def __init__(self, model_dir: str | Path, warm: bool = True):
+        started = time.perf_counter()
+        loaded = load_model_dir(model_dir)
+        self.info: ModelInfo = loaded.info
+        self.model = loaded.model
+        self.model_dir = loaded.path
+        info = self.info
+        self.classes = list(info.classes)
+        self.needs_words = not info.acoustic_only
+        self.frame = None
+        if "acoustic" in info.needs:
+            from emofuse.features.frames import get_frame_feature
+
+            self.frame = get_frame_feature(info.acoustic)
+        self.mean = self.std = None
+        if info.normaliser:
+            self.mean = np.asarray(info.normaliser["mean"], dtype=np.float32)  # (D,)
+            self.std = np.asarray(info.normaliser["std"], dtype=np.float32)
+        self.vocab = None
+        if info.vocabulary is not None:
+            from emofuse.features.vocab import Vocabulary
+
+            self.vocab = Vocabulary.from_dict(info.vocabulary)
+        self.encoder = None
+        if info.words:
+            from emofuse.features.words import get_word_encoder
+
+            self.encoder = get_word_encoder(info.words)
+        self.sphinx = None
+        if self.needs_words:
+            from emofuse.align.sphinx import Sphinx
+
+            self.sphinx = Sphinx()
+        self._lock = threading.Lock()
+        if warm:
+            self.warm_up()
+        self.load_seconds = time.perf_counter() - started
+
+    # ------------------------------------------------------------------------------ set-up
+    def warm_up(self) -> None:
+        """Open every tool once (the first openSMILE call writes its config and starts up)."""
+        quiet = (np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2) * 1e-3).astype(np.float32)
+        if self.frame is not None:
+            self.frame.extract(quiet, SAMPLE_RATE)
+        if self.encoder is not None and hasattr(self.encoder, "_load"):
+            self.encoder._load()
+        if self.sphinx is not None:
+            self.sphinx.aligner
+            self.sphinx.recognizer
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def describe(self) -> dict:
+        info = self.info
+        return {
+            "model": info.name, "classes": self.classes, "label_set": info.label_set,
+            "acoustic": info.acoustic, "words": info.words,
+            "alignment": "none (acoustic only)" if not self.needs_words
+            else "forced with a transcript, ASR without",
+            "needs_transcript": False,
+            "metrics": {k: info.metrics.get(k) for k in ("fold", "val_ua")},
+            "emofuse_version": info.emofuse_version,
+        }
+
+    # ------------------------------------------------------------------------------ stages
+    def _align(self, audio: np.ndarray, transcript: str | None, label: str):
+        from emofuse.align import Alignment, align_utterance, transcript_words
+        from emofuse.corpora.base import Utterance
+
+        if not self.needs_words:
+            return Alignment([], "none", "none")
+        utt = Utterance(id=label, audio=label or "<audio>", speaker="", label="", original_label="",
+                        transcript=transcript or None)
+        mode = "forced" if transcript_words(utt) else "asr"
+        alignment = align_utterance(utt, audio, mode, sphinx=self.sphinx)
+        if not alignment.words:
+            why = "the recogniser found no words in it" if mode == "asr" else "no words could be aligned"
+            raise DataError(label, f"{why}; model {self.info.name} reads words: give a transcript "
+                                   "(--transcript / --transcripts, or the form field `transcript`)")
+        return alignment
+
+    def features(self, audio: np.ndarray, transcript: str | None = None, label: str = "<audio>",
+                 timings: dict | None = None) -> tuple[UtteranceFeatures, object, bool]:
+        """The model's input for one recording: (item, alignment, truncated)."""
+        from emofuse.features.frames import speech_mask
+        from emofuse.align.vad import energy_speech_mask
+        from emofuse.training.data import truncate
+
+        timings = {} if timings is None else timings
+        clock = time.perf_counter
+        t = clock()
+        alignment = self._align(audio, transcript, label)
+        timings["align"] = clock() - t
+        item = UtteranceFeatures(id=label, acoustic_hop=self.frame.hop if self.frame else 0.01,
+                                 align_source=alignment.source)
+        times = alignment.times().astype(np.float32) if alignment.words else None  # (W, 2)
+        if self.frame is not None:
+            t = clock()
+            acoustic = self.frame.extract(audio, SAMPLE_RATE)  # (T, D)
+            if times is not None and len(times):
+                item.speech_mask = speech_mask(len(acoustic), self.frame.hop, times)  # (T,)
+            else:
+                item.speech_mask = energy_speech_mask(audio, SAMPLE_RATE, self.frame.hop, len(acoustic))
+            item.acoustic = acoustic
+            timings["frames"] = clock() - t
+        if self.needs_words:
+            item.words = alignment.texts
+            item.word_times = times
+            if self.encoder is not None:
+                t = clock()
+                vectors, _oov = self.encoder.encode([alignment.texts])[0]  # (W, D_w)
+                item.word_vectors = vectors.astype(np.float32)
+                timings["words"] = clock() - t
+        full_words = len(item.words or [])
+        full_frames = len(item.acoustic) if item.acoustic is not None else 0
+        item = truncate(item, self.info.max_frames, self.info.max_words)
+        truncated = len(item.words or []) < full_words or (
+            item.acoustic is not None and len(item.acoustic) < full_frames)
+        if item.acoustic is not None and self.mean is not None:
+            item = replace(item, acoustic=((item.acoustic - self.mean) / self.std).astype(np.float32))
+        return item, alignment, truncated
+
+    @torch.inference_mode()
+    def _run(self, items: Sequence[UtteranceFeatures]):
+        token_ids = None
+        if self.vocab is not None:
+            token_ids = [self.vocab.encode(list(it.words or [])) for it in items]
+        batch = collate(items, [0] * len(items), token_ids=token_ids)
+        out = self.model(batch)
+        probs = torch.softmax(out.logits.float(), -1)  # (B, C)
+        return probs, out.explain
+
+    # ------------------------------------------------------------------------------ public
+    def predict_audio(self, audio: np.ndarray, transcript: str | None = None, label: str = "<audio>",
+                      sr: int = SAMPLE_RATE) -> Prediction:
+        """One recording given as samples (any rate; resampled to 16 kHz mono float32)."""
+        return self.predict_batch([(audio, transcript, label)], sr=sr, strict=True)[0]
+
+    def predict_file(self, path: str | Path, transcript: str | None = None) -> Prediction:
+        from emofuse.features.audio import load_audio
+
+        t = time.perf_counter()
+        audio = load_audio(path, SAMPLE_RATE)
+        seconds = time.perf_counter() - t
+        result = self.predict_batch([(audio, transcript, str(path))], strict=True)[0]
+        result.timings = {"audio": seconds, **result.timings}
+        return result
+
+    def predict_files(self, jobs: Sequence[tuple[str | Path, str | None]]) -> list[Prediction | PredictionError]:
+        """Several files in one model batch; a file that fails gives a PredictionError."""
+        from emofuse.features.audio import load_audio
+
+        inputs, errors = [], {}
+        for i, (path, transcript) in enumerate(jobs):
+            try:
+                inputs.append((load_audio(path, SAMPLE_RATE), transcript, str(path)))
+            except DataError as exc:
+                errors[i] = PredictionError(str(path), str(exc))
+                inputs.append(None)
+        ready = [x for x in inputs if x is not None]
+        done = iter(self.predict_batch(ready, strict=False)) if ready else iter(())
+        return [errors[i] if x is None else next(done) for i, x in enumerate(inputs)]
+
+    def predict_batch(self, inputs: Sequence[tuple[np.ndarray, str | None, str]], sr: int = SAMPLE_RATE,
+                      strict: bool = True) -> list[Prediction | PredictionError]:
+        """(audio, transcript, label) triples -> predictions, run through the model as one batch.
+
+        strict: raise the first DataError (one file); else return PredictionError in its place.
+        """
+        from emofuse.features.audio import resample
+
+        with self._lock:
+            prepared: list = []
+            for audio, transcript, label in inputs:
+                timings: dict[str, float] = {}
+                try:
+                    audio = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sr, SAMPLE_RATE)
+                    if audio.size == 0:
+                        raise DataError(label, "audio is empty (0 samples)")
+                    if not np.all(np.isfinite(audio)):
+                        raise DataError(label, "audio holds NaN or infinite samples")
+                    item, alignment, truncated = self.features(audio, transcript, label, timings)
+                    prepared.append((audio, transcript, label, item, alignment, truncated, timings))
+                except DataError as exc:
+                    if strict:
+                        raise
+                    prepared.append(PredictionError(label, str(exc)))
+            items = [p[3] for p in prepared if not isinstance(p, PredictionError)]
+            results: list = []
+            if items:
+                t = time.perf_counter()
+                probs, explain = self._run(items)
+                model_seconds = (time.perf_counter() - t) / len(items)
+            row = 0
+            for p in prepared:
+                if isinstance(p, PredictionError):
+                    results.append(p)
+                    continue
+                audio, transcript, label, item, alignment, truncated, timings = p
+                timings["model"] = model_seconds
+                results.append(self._prediction(row, probs, explain, audio, transcript, label, item,
+                                                alignment, truncated, timings))
+                row += 1
+            return results
+
+    def _prediction(self, row, probs, explain, audio, transcript, label, item, alignment, truncated, timings):
+        p = probs[row].tolist()
+        n_used = len(item.words or [])
+        n_frames = len(item.acoustic) if item.acoustic is not None else 0
+        words = []
+        for w_index, word in enumerate(alignment.words):
+            values: dict[str, float] = {}
+            used = w_index < n_used
+            if used:
+                for key in WORD_MAPS:
+                    v = explain.get(key)
+                    if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] > w_index:
+                        values[key] = float(v[row, w_index])
+            words.append(WordExplanation(word.text, float(word.start), float(word.end), values, used))
+        frame_maps = {}
+        for key in FRAME_MAPS:
+            v = explain.get(key)
+            if isinstance(v, torch.Tensor) and v.dim() == 2 and n_frames:
+                frame_maps[key] = [round(float(x), 6) for x in v[row, :n_frames]]
+        return Prediction(
+            file=label,
+            label=self.classes[int(np.argmax(p))],
+            probabilities={c: float(x) for c, x in zip(self.classes, p)},
+            words=words,
+            duration=len(audio) / SAMPLE_RATE,
+            align_source=alignment.source,
+            fallbacks=list(alignment.fallbacks),
+            transcript=transcript,
+            frame_maps=frame_maps,
+            hop=item.acoustic_hop,
+            truncated=truncated,
+            timings=timings,
+            envelope=envelope(audio),
+            model=self.info.name,
+        )
