@@ -1,0 +1,157 @@
+"""The HTTP service through httpx (FastAPI's TestClient): predictions, limits, clear errors,
+concurrency, and the model loaded once."""
+
+from __future__ import annotations
+
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+
+import emofuse.inference.predictor as predictor_module
+from emofuse.serving.app import create_app
+from test_inference import CLASSES, STATEMENT_1, ravdess_files, registry_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return registry_model_dir(tmp_path_factory.mktemp("serve") / "hmm4", "H-MM-4", word_layers=1)
+
+
+@pytest.fixture(scope="module")
+def client(model_dir):
+    app = create_app(model_dir, max_upload_mb=1.0, max_seconds=5.0)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def files(ravdess_root):
+    return ravdess_files(ravdess_root)[:4]
+
+
+def _post(client, path, transcript=None, name=None, **params):
+    data = {"transcript": transcript} if transcript else None
+    with open(path, "rb") as f:
+        return client.post("/predict", files={"file": (name or path.name, f.read())}, data=data, params=params)
+
+
+def test_health_says_which_model_is_loaded(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok" and body["model"] == "H-MM-4" and body["classes"] == CLASSES
+    assert body["limits"] == {"max_upload_mb": 1.0, "max_seconds": 5.0}
+
+
+def test_predict_returns_label_probabilities_and_words(client, files):
+    response = _post(client, files[0], STATEMENT_1)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["label"] in CLASSES and set(body["probabilities"]) == set(CLASSES)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert [w["text"] for w in body["words"]] == ["kids", "are", "talking", "by", "the", "door"]
+    assert body["align_source"] == "forced" and all({"start", "end", "gate", "attention"} <= set(w) for w in body["words"])
+    assert "html" not in body
+    with_html = _post(client, files[0], STATEMENT_1, html="true").json()
+    assert 'class="emofuse-explanation"' in with_html["html"] and with_html["label"] == body["label"]
+
+
+def test_recorded_webm_from_a_browser_is_decoded(client, files, tmp_path):
+    """MediaRecorder uploads WebM/Opus: PyAV decodes what soundfile cannot."""
+    import av
+
+    audio, sr = sf.read(files[0], dtype="float32")
+    path = tmp_path / "recording.webm"
+    with av.open(str(path), "w", format="webm") as out:
+        stream = out.add_stream("libopus", rate=48000)
+        stream.layout = "mono"
+        resampled = np.interp(np.arange(0, len(audio), sr / 48000), np.arange(len(audio)), audio).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(resampled[None, :], format="flt", layout="mono")
+        frame.sample_rate = 48000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    response = _post(client, path, STATEMENT_1)
+    assert response.status_code == 200, response.text
+    assert response.json()["duration"] == pytest.approx(len(audio) / sr, abs=0.1)
+
+
+def test_non_audio_upload_is_415_with_a_clear_message(client, tmp_path):
+    for name, payload in (("notes.txt", b"just some text, not a recording\n"),
+                          ("picture.png", b"\x89PNG\r\n\x1a\n" + bytes(200)),
+                          ("fake.wav", b"RIFF\x00\x00\x00\x00WAVEjunk")):
+        response = client.post("/predict", files={"file": (name, payload)})
+        assert response.status_code == 415, (name, response.text)
+        assert response.json()["detail"].startswith(f"{name}: not an audio file")
+
+
+def test_empty_upload_and_missing_file_are_422(client):
+    assert client.post("/predict", files={"file": ("empty.wav", b"")}).status_code == 422
+    response = client.post("/predict", data={"transcript": "hello"})
+    assert response.status_code == 422
+
+
+def test_upload_over_the_size_limit_is_413(client):
+    big = bytes(1_200_000)
+    response = client.post("/predict", files={"file": ("big.wav", big)})
+    assert response.status_code == 413
+    assert "the limit is 1 MB" in response.json()["detail"]
+
+    # Without a Content-Length (chunked), the body is counted as it arrives.
+    def chunks():
+        for _ in range(40):
+            yield bytes(50_000)
+
+    response = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 413
+
+
+def test_recording_over_the_duration_limit_is_413(client, tmp_path):
+    path = tmp_path / "long.flac"
+    sf.write(path, (0.01 * np.random.default_rng(0).standard_normal(16000 * 6)).astype(np.float32), 16000)
+    response = _post(client, path)
+    assert response.status_code == 413
+    assert "6.0 s long; the limit is 5 s" in response.json()["detail"]
+
+
+def test_concurrent_requests_never_mix_results(client, files):
+    expected = {f.name: _post(client, f, STATEMENT_1).json() for f in files}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda f: (f.name, _post(client, f, STATEMENT_1).json()), files * 2))
+    for name, body in answers:
+        assert body["file"] == name
+        assert body["probabilities"] == pytest.approx(expected[name]["probabilities"], abs=1e-6)
+        assert body["words"] == expected[name]["words"]
+
+
+def test_the_model_is_loaded_once_not_per_request(model_dir, files, monkeypatch):
+    calls = []
+    original = predictor_module.load_model_dir
+
+    def counting(path):
+        calls.append(threading.get_ident())
+        return original(path)
+
+    monkeypatch.setattr(predictor_module, "load_model_dir", counting)
+    app = create_app(model_dir)
+    with TestClient(app) as c:
+        for f in files[:2]:
+            assert _post(c, f, STATEMENT_1).status_code == 200
+        assert c.get("/health").status_code == 200
+    assert len(calls) == 1
+
+
+def test_openapi_documents_the_endpoints_and_the_page_is_served(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/predict", "/health"} <= set(schema["paths"])
+    form = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "MediaRecorder" in page.text and 'type="file"' in page.text
+    assert form

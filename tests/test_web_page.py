@@ -1,0 +1,102 @@
+"""The web page end to end: uvicorn on a free localhost port, headless Chromium driven by
+Selenium uploads a RAVDESS file and waits for the label and the word explanation."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from test_inference import CLASSES, STATEMENT_1, ravdess_files, registry_model_dir
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "")
+                 if p and Path(p).is_file()), None)
+CHROMEDRIVER = next((p for p in ("/usr/bin/chromedriver", shutil.which("chromedriver") or "")
+                     if p and Path(p).is_file()), None)
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="headless browser test needs Debian's chromium and chromium-driver (.ci/run installs them)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    from emofuse.serving.app import create_app
+
+    model_dir = registry_model_dir(tmp_path_factory.mktemp("web") / "hmm4", "H-MM-4", word_layers=1)
+    app = create_app(model_dir, max_upload_mb=5, max_seconds=30)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1200,900",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(20)
+    yield driver
+    driver.quit()
+
+
+def test_page_uploads_a_recording_and_shows_label_and_word_explanation(server, browser, ravdess_root, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server)
+    wait = WebDriverWait(browser, 25)
+    wait.until(lambda d: "H-MM-4" in d.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "file").send_keys(str(ravdess_files(ravdess_root)[0]))
+    browser.find_element(By.ID, "transcript").send_keys(STATEMENT_1)
+    browser.find_element(By.ID, "submit").click()
+    label = wait.until(ec.visibility_of_element_located((By.ID, "label")))
+    assert label.text in CLASSES
+    chips = browser.find_elements(By.CSS_SELECTOR, "#result .ef-chip .ef-w")
+    assert [c.text for c in chips] == ["kids", "are", "talking", "by", "the", "door"]
+    assert browser.find_elements(By.CSS_SELECTOR, "#result .ef-share .ef-ac")
+    assert browser.find_element(By.CSS_SELECTOR, "#result img.ef-wave").get_attribute("naturalWidth") != "0"
+    browser.save_screenshot(str(tmp_path / "page.png"))
+
+
+def test_page_shows_the_servers_message_for_a_non_audio_file(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not audio")
+    browser.get(server)
+    browser.find_element(By.ID, "file").send_keys(str(text))
+    browser.find_element(By.ID, "submit").click()
+    error = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "error").text or None)
+    assert error.startswith("415: notes.txt: not an audio file")
