@@ -1,0 +1,89 @@
+"""`emofuse extract MANIFEST --features ... --align ... --workers N --out DIR`: fill the feature store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from emofuse.align import MODES
+from emofuse.corpora.base import Corpus
+from emofuse.errors import ConfigError
+
+DEFAULT_OUT = Path("emofuse-features")
+
+
+def extract(
+    manifest: Path = typer.Argument(..., help="JSONL manifest of utterances (from `emofuse prepare`)."),
+    features: str = typer.Option(
+        "compare_lld,fbank40,minilm", "--features", "-f",
+        help="Comma-separated: frame features compare_lld, fbank40, spectrogram8k, waveform; "
+             "word features minilm, glove50, glove-file:PATH.",
+    ),
+    align: str = typer.Option(
+        "auto", "--align", "-a",
+        help="Word times: auto (corpus, else forced, else asr), corpus, forced, asr, proportional, "
+             "text (words without times), none.",
+    ),
+    workers: int = typer.Option(1, "--workers", "-j", min=0, help="Worker processes (0 or 1: in this process)."),
+    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Feature store folder."),
+    force: bool = typer.Option(False, "--force", help="Recompute entries that are already stored."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
+) -> None:
+    """Extract features for every utterance of a manifest; finished entries are kept and
+    skipped on the next run. Exit code 1 only when every utterance to process failed."""
+    from emofuse.features.store import FeatureStore, split_features
+
+    out, err = Console(highlight=False), Console(stderr=True, highlight=False, soft_wrap=True)
+    if align not in MODES:
+        raise ConfigError(f"unknown --align {align!r}; known: {', '.join(MODES)}")
+    names = [f.strip() for f in features.split(",") if f.strip()]
+    if not names:
+        raise ConfigError("--features is empty")
+    split_features(names)
+    corpus = Corpus.read(manifest)
+    store = FeatureStore(out_dir)
+    report = store.extract(corpus, names, align=align, workers=workers, progress=progress and err.is_terminal)
+
+    out.print(
+        f"[bold green]store[/] {escape(str(out_dir))}: {report.utterances} utterances, "
+        f"{report.cached} already complete, {report.computed} processed, {len(report.failed_ids)} with failures"
+    )
+    if report.audio_seconds > 0:
+        rtf = report.rtf()
+        out.print(
+            f"  {report.audio_seconds / 60:.1f} min of audio in {report.wall_seconds:.1f} s on {report.workers} "
+            f"worker(s): real-time factor {rtf['total_wall']:.4f}; peak memory {report.peak_rss_mb:.0f} MB"
+        )
+        stages = Table(title="processing seconds per second of audio, by stage", title_justify="left")
+        stages.add_column("stage")
+        stages.add_column("RTF", justify="right")
+        for stage, value in rtf.items():
+            if stage != "total_wall":
+                stages.add_row(stage, f"{value:.4f}")
+        out.print(stages)
+    if report.align_sources:
+        out.print("  word times from: " + ", ".join(f"{k} {v}" for k, v in report.align_sources.most_common()))
+    if report.fallbacks:
+        out.print("  fallbacks: " + ", ".join(f"{k} {v}" for k, v in report.fallbacks.most_common()))
+    if report.pronunciations:
+        out.print("  out-of-dictionary words pronounced by: "
+                  + ", ".join(f"{k} {v}" for k, v in report.pronunciations.most_common()))
+    if report.words:
+        out.print(f"  words: {report.words}, without a vector (zeros): {report.oov_words}")
+    if report.failures:
+        table = Table(title=f"{len(report.failures)} failures", title_justify="left")
+        for column in ("utterance", "stage", "reason"):
+            table.add_column(column, overflow="fold")
+        for failure in report.failures:
+            table.add_row(escape(failure.id), failure.stage, escape(failure.reason))
+        err.print(table)
+    if report.failed_ids and len(report.failed_ids) >= report.utterances - report.cached:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract)
