@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from emofuse.features.batch import UtteranceFeatures, collate
+from emofuse.features.batch import UtteranceFeatures, alignment_matrix, collate
 from emofuse.models.base import InputSpec, get_model
+from emofuse.models.layers import BLSTM
 from emofuse.models.fgcme2021 import (
-    FGCME, FGCMEConfig, FGCMEWithCTCAlignment, MaskedConvStack, ctc_viterbi, ctc_word_spans, mean_max_pool,
+    FGCME, FGCMEConfig, FGCMEWithCTCAlignment, MaskedBLSTM, MaskedConvStack, ctc_viterbi, ctc_word_spans, mean_max_pool,
     shrink_word_frames,
 )
 
@@ -39,17 +40,33 @@ def build(name: str, **settings) -> FGCME:
     return get_model(name).build(SPEC, **{**SMALL, **settings}).eval()
 
 
+def test_masked_blstm_equals_the_packed_blstm_with_the_same_weights():
+    packed = BLSTM(6, 3, layers=2).eval()
+    fast = MaskedBLSTM(6, 3, layers=2).eval()
+    for layer in range(2):
+        for direction, lstm in (("", fast.forward_lstms[layer]), ("_reverse", fast.backward_lstms[layer])):
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(lstm, f"{kind}_l0").data.copy_(getattr(packed.lstm, f"{kind}_l{layer}{direction}"))
+    x = torch.randn(3, 9, 6)
+    mask = torch.arange(9).unsqueeze(0) < torch.tensor([[9], [4], [1]])
+    assert torch.allclose(fast(x, mask), packed(x, mask), atol=1e-6)
+
+
 def test_mean_max_pool_equals_hand_computation():
     frames = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [2.0, 5.0], [4.0, 1.0], [9.0, 9.0]]])  # (1, 5, 2)
-    alignment = torch.tensor([[[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 0]]], dtype=torch.float)
-    z = mean_max_pool(frames, alignment)  # (1, 3, 4): [mean; max]
+    spans = torch.tensor([[[0, 2], [2, 4], [0, 0]]])  # A = [[1 1 0 0 0], [0 0 1 1 0], [0 0 0 0 0]]
+    z = mean_max_pool(frames, spans)  # (1, 3, 4): [mean; max]
     assert z[0].tolist() == [[2.0, 1.0, 3.0, 2.0], [3.0, 3.0, 4.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
 
 
-def test_mean_max_pool_chunked_max_matches_unchunked():
-    frames = torch.randn(2, 9, 3)
-    alignment = (torch.rand(2, 5, 9) > 0.5).float()
-    assert torch.allclose(mean_max_pool(frames, alignment), mean_max_pool(frames, alignment, chunk_elements=1))
+def test_mean_max_pool_matches_the_dense_alignment_formula():
+    frames = torch.relu(torch.randn(2, 12, 3))  # CNN outputs are >= 0
+    spans = torch.tensor([[[0, 3], [3, 4], [4, 11]], [[2, 5], [5, 6], [0, 0]]])
+    a = alignment_matrix(spans, 12)  # (2, 3, 12)
+    inside = a.bool().unsqueeze(-1)  # (B, W, T, 1)
+    dense_max = frames.unsqueeze(1).masked_fill(~inside, float("-inf")).amax(2).nan_to_num(0.0, neginf=0.0)
+    dense_mean = torch.bmm(a, frames) / a.sum(-1, keepdim=True).clamp(min=1)
+    assert torch.allclose(mean_max_pool(frames, spans), torch.cat([dense_mean, dense_max], -1))
 
 
 def test_conv_stack_shrinks_by_six_and_masks_frames_that_see_padding():
