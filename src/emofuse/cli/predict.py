@@ -1,0 +1,197 @@
+"""`emofuse predict`, `emofuse serve` and `emofuse export`: thin wrappers over emofuse.inference
+and emofuse.serving."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from emofuse.errors import ConfigError
+
+
+def _consoles() -> tuple[Console, Console]:
+    return Console(highlight=False), Console(stderr=True, highlight=False)
+
+
+def _word_table(prediction) -> Table | None:
+    if not prediction.words:
+        return None
+    keys = [k for k in ("gate", "attention", "acoustic_gate", "semantic_gate", "attention_center")
+            if any(k in w.values for w in prediction.words)]
+    titles = {"gate": "acoustic share", "attention": "attention", "acoustic_gate": "E^a", "semantic_gate": "E^s",
+              "attention_center": "attends at (s)"}
+    table = Table(show_edge=False, pad_edge=False, box=None)
+    table.add_column("word")
+    table.add_column("span (s)", justify="right")
+    for k in keys:
+        table.add_column(titles[k], justify="right")
+    for w in prediction.words:
+        cells = [f"{w.values[k]:.3f}" if k in w.values else "-" for k in keys]
+        table.add_row(escape(w.text), f"{w.start:.2f}-{w.end:.2f}", *cells, style=None if w.used else "dim")
+    return table
+
+
+def _print_prediction(out: Console, prediction) -> None:
+    probs = "  ".join(f"{c} {100 * p:.1f}%" for c, p in prediction.probabilities.items())
+    out.print(f"[bold]{escape(prediction.file)}[/]: [bold green]{escape(prediction.label)}[/]  ({probs})")
+    detail = f"  {prediction.duration:.2f} s"
+    if prediction.words:
+        detail += f", word times: {prediction.align_source}"
+    if prediction.fallbacks:
+        detail += f" ({escape('; '.join(prediction.fallbacks))})"
+    if prediction.truncated:
+        detail += ", truncated to the model's max_frames/max_words"
+    out.print(detail)
+    table = _word_table(prediction)
+    if table is not None:
+        out.print(table)
+
+
+def predict(
+    model_dir: Path = typer.Argument(..., help="Model directory (from `emofuse export` or `emofuse train`)."),
+    source: Path = typer.Argument(..., help="An audio file, or a folder searched recursively for audio files."),
+    transcript: Optional[str] = typer.Option(None, "--transcript", "-t", help="What is said in the file (one file only): forced alignment instead of ASR."),
+    transcripts: Optional[Path] = typer.Option(None, "--transcripts", help="CSV with columns file,transcript for a folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file (keys label, probabilities, words, ...)."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write the explanation page (self-contained HTML) here."),
+    png_out: Optional[Path] = typer.Option(None, "--png", help="Write the explanation as a PNG here (one file only)."),
+    results_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write all results as .csv or .jsonl."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes for a folder (each loads the model once)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Files per model batch."),
+) -> None:
+    """Predict the emotion of recordings and show, per word, its time span, acoustic share and attention."""
+    from emofuse.inference.explain import render_html, render_png, write_text_atomic
+    from emofuse.inference.folder import find_audio, predict_jobs, read_transcripts, write_results
+    from emofuse.inference.modeldir import read_info
+    from emofuse.inference.predictor import PredictionError
+
+    out, err = _consoles()
+    info = read_info(model_dir)  # a wrong folder fails before any file is read
+    files = find_audio(source)
+    single = source.is_file()
+    if transcript is not None and not single:
+        raise ConfigError("--transcript is for one file; for a folder give --transcripts CSV (columns file,transcript)")
+    if transcript is not None and transcripts is not None:
+        raise ConfigError("give --transcript or --transcripts, not both")
+    if png_out is not None and not single:
+        raise ConfigError("--png draws one file; for a folder use --html (one page, a section per file)")
+    if results_out is not None and results_out.suffix.lower() not in (".csv", ".jsonl"):
+        raise ConfigError(f"--out {results_out}: the results file must end in .csv or .jsonl")
+    texts: dict[Path, str] = {}
+    if transcripts is not None:
+        texts, unmatched = read_transcripts(transcripts, files, source if source.is_dir() else None)
+        if unmatched:
+            err.print(f"[yellow]note[/]: {len(unmatched)} transcript row(s) match no audio file "
+                      f"(first: {escape(unmatched[0])})")
+    if transcript is not None:
+        texts = {files[0]: transcript}
+    if info.acoustic_only and texts:
+        err.print(f"[yellow]note[/]: model {escape(info.name)} is acoustic-only; transcripts are not used")
+    jobs = [(str(f), texts.get(f)) for f in files]
+
+    results: list = [None] * len(jobs)
+    failed = 0
+    with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True,
+                  disable=single or not err.is_terminal) as bar:
+        task = bar.add_task("predict", total=len(jobs))
+        for index, result in predict_jobs(model_dir, jobs, workers=min(workers, len(jobs)), batch_size=batch_size):
+            results[index] = result
+            bar.advance(task)
+            if isinstance(result, PredictionError):
+                failed += 1
+                if single:
+                    from emofuse.errors import DataError
+
+                    raise DataError(None, result.error)
+                err.print(f"[red]failed[/] {escape(result.error)}")
+                if as_json:
+                    print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+                continue
+            if as_json:
+                print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+            else:
+                _print_prediction(out, result)
+    done = [r for r in results if r is not None and not isinstance(r, PredictionError)]
+    if results_out is not None:
+        write_results(results_out, results, info.classes)
+        err.print(f"[bold green]wrote[/] {escape(str(results_out))}")
+    if html_out is not None and done:
+        write_text_atomic(html_out, render_html(done, title=f"emofuse: {source.name}"))
+        err.print(f"[bold green]wrote[/] {escape(str(html_out))}")
+    if png_out is not None and done:
+        render_png(done[0], png_out)
+        err.print(f"[bold green]wrote[/] {escape(str(png_out))}")
+    if not single:
+        err.print(f"{len(done)} of {len(jobs)} file(s) predicted" + (f", {failed} failed" if failed else ""))
+    if failed and not done:
+        sys.exit(1)
+
+
+def serve(
+    model_dir: Path = typer.Argument(..., help="Model directory to serve."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload (413 above)."),
+    max_seconds: float = typer.Option(120.0, "--max-seconds", help="Longest accepted recording (413 above)."),
+) -> None:
+    """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,
+    and a web page at / to upload or record audio and see the explanation."""
+    import uvicorn
+
+    from emofuse.serving.app import create_app
+
+    _, err = _consoles()
+    app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds)
+    state = app.state.predictor
+    err.print(f"model {escape(state.name)} loaded in {state.load_seconds:.1f} s; serving on http://{host}:{port}/")
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def export(
+    source: Path = typer.Argument(..., help="A run directory of `emofuse train` (with --out), or a model directory (with --onnx)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Model directory to write from a run directory."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Export this fold instead of the best one by validation UA."),
+    onnx_out: Optional[Path] = typer.Option(None, "--onnx", help="Also write the model as ONNX (acoustic-only models), checked with onnxruntime."),
+) -> None:
+    """Package a trained run as a model directory, and/or a model directory as ONNX."""
+    from emofuse.inference.modeldir import export_run, is_model_dir, read_info
+
+    out, _ = _consoles()
+    if out_dir is None and onnx_out is None:
+        raise ConfigError("nothing to do: give --out MODEL_DIR (from a run directory) and/or --onnx OUT.onnx")
+    model_dir = source
+    if out_dir is not None:
+        if is_model_dir(source):
+            raise ConfigError(f"{source} is already a model directory; --out packages a run directory")
+        model_dir = export_run(source, out_dir, fold=fold)
+        info = read_info(model_dir)
+        val = info.metrics.get("val_ua")
+        test = (info.metrics.get("test") or {}).get("ua")
+        out.print(f"[bold green]wrote[/] {escape(str(model_dir))}: {escape(info.name)}, fold {info.metrics.get('fold')}"
+                  + (f", validation UA {val:.3f}" if val is not None else "")
+                  + (f", test UA {test:.3f}" if test is not None else "")
+                  + (" (acoustic only: no transcript needed)" if info.acoustic_only else ""))
+    elif fold is not None:
+        raise ConfigError("--fold applies when exporting a run directory with --out")
+    if onnx_out is not None:
+        from emofuse.inference.onnx_export import export_onnx
+
+        report = export_onnx(model_dir, onnx_out)
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items())
+        out.print(f"[bold green]wrote[/] {escape(str(onnx_out))}: input features (1, frames, "
+                  f"{report['inputs']['features'][2]}) of {report['feature']}; onnxruntime vs PyTorch max |diff|: {diffs}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)
+    app.command("serve")(serve)
+    app.command("export")(export)
