@@ -63,6 +63,21 @@ def test_extract_then_load_gives_padded_batches_with_masks(tmp_path, vectors):
     assert not batch.speech_mask[0, 80:].any()
 
 
+def test_batches_come_padded_with_labels_and_token_ids(tmp_path, vectors):
+    from emofuse.features.vocab import Vocabulary
+
+    corpus = make_corpus(tmp_path)
+    corpus.utterances[1].label = "y"
+    store = FeatureStore(tmp_path / "store")
+    store.extract(corpus, ["fbank40", vectors], align="proportional", progress=False)
+    vocab = Vocabulary.build([["door", "number"]])
+    first, second = store.batches(corpus, ["x", "y"], batch_size=2, acoustic="fbank40", words=vectors,
+                                  align="proportional", vocab=vocab)
+    assert first.ids == ["u0", "u1"] and first.labels.tolist() == [0, 1] and second.labels.tolist() == [0]
+    assert first.acoustic.shape == (2, 100, 40) and first.acoustic_mask[0, 80:].sum() == 0
+    assert first.token_ids.tolist()[0] == [vocab.index["door"], vocab.index["number"], 1]
+
+
 def test_unchanged_settings_are_a_no_op(tmp_path, vectors):
     corpus = make_corpus(tmp_path)
     store = FeatureStore(tmp_path / "store")

@@ -52,9 +52,9 @@ class Sphinx:
 
     @staticmethod
     def settings() -> dict:
-        import pocketsphinx
+        from importlib.metadata import version
 
-        return {"engine": "pocketsphinx", "version": getattr(pocketsphinx, "__version__", "5.1.1"),
+        return {"engine": "pocketsphinx", "version": version("pocketsphinx"),
                 "model": "en-us", "dict": "cmudict-en-us", "frame": FRAME_SECONDS}
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,7 +14,6 @@ from emofuse.align import MODES
 from emofuse.corpora.base import Corpus
 from emofuse.errors import ConfigError
 
-DEFAULT_OUT = Path("emofuse-features")
 
 
 def extract(
@@ -29,7 +29,9 @@ def extract(
              "text (words without times), none.",
     ),
     workers: int = typer.Option(1, "--workers", "-j", min=0, help="Worker processes (0 or 1: in this process)."),
-    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Feature store folder."),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Feature store folder [default: features/<corpus name>, where training looks]."
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute entries that are already stored."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
 ) -> None:
@@ -45,6 +47,7 @@ def extract(
         raise ConfigError("--features is empty")
     split_features(names)
     corpus = Corpus.read(manifest)
+    out_dir = out_dir if out_dir is not None else Path("features") / corpus.name
     store = FeatureStore(out_dir)
     report = store.extract(corpus, names, align=align, workers=workers, progress=progress and err.is_terminal)
 
@@ -56,13 +59,14 @@ def extract(
         rtf = report.rtf()
         out.print(
             f"  {report.audio_seconds / 60:.1f} min of audio in {report.wall_seconds:.1f} s on {report.workers} "
-            f"worker(s): real-time factor {rtf['total_wall']:.4f}; peak memory {report.peak_rss_mb:.0f} MB"
+            f"worker(s): real-time factor {rtf['total_wall']:.4f} (CPU {rtf['total_cpu']:.4f}); "
+            f"peak memory {report.peak_rss_mb:.0f} MB"
         )
         stages = Table(title="processing seconds per second of audio, by stage", title_justify="left")
         stages.add_column("stage")
         stages.add_column("RTF", justify="right")
         for stage, value in rtf.items():
-            if stage != "total_wall":
+            if not stage.startswith("total"):
                 stages.add_row(stage, f"{value:.4f}")
         out.print(stages)
     if report.align_sources:

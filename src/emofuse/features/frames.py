@@ -30,6 +30,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
@@ -221,7 +222,7 @@ def _waveform(y: np.ndarray) -> np.ndarray:
 _BUILDERS: dict[str, Callable[[], FrameFeature]] = {
     "compare_lld": lambda: FrameFeature(
         "compare_lld", 130, HOP,
-        {"opensmile": "2.6.0", "feature_set": "ComParE_2016", "levels": "LLD+deltas", "pad_left_ms": 25},
+        {"opensmile": version("opensmile"), "feature_set": "ComParE_2016", "levels": "LLD+deltas", "pad_left_ms": 25},
         _compare_lld, prepare=_smile,
     ),
     "fbank40": lambda: FrameFeature("fbank40", 40, HOP, dict(FBANK), _fbank40),

@@ -125,6 +125,7 @@ class ExtractReport:
     oov_words: int = 0
     audio_seconds: float = 0.0  # audio of the utterances computed in this run
     stage_seconds: Counter = field(default_factory=Counter)  # processing seconds, summed over workers
+    cpu_seconds: float = 0.0  # CPU time of the processing, summed over workers (model loading included)
     wall_seconds: float = 0.0
     workers: int = 1
     peak_rss_mb: float = 0.0  # largest resident set of the main process or any worker
@@ -140,6 +141,7 @@ class ExtractReport:
             return {}
         out = {stage: s / self.audio_seconds for stage, s in sorted(self.stage_seconds.items())}
         out["total_wall"] = self.wall_seconds / self.audio_seconds
+        out["total_cpu"] = self.cpu_seconds / self.audio_seconds
         return out
 
     def to_json(self) -> dict:
@@ -251,6 +253,7 @@ class _Result:
     words: int = 0
     oov: int = 0
     stage_seconds: Counter = field(default_factory=Counter)
+    cpu_seconds: float = 0.0
     rss_mb: float = 0.0
 
 
@@ -265,6 +268,7 @@ def _run_jobs(jobs: list[_Job], cache_dir: str | None) -> list[_Result]:
     """Worker: compute the missing entries of a chunk of utterances (word vectors batched)."""
     from emofuse.features.audio import load_audio
 
+    cpu_start = time.process_time()
     results, pending_words = [], []
     for job in jobs:
         utt = Utterance.from_json(job.utt)
@@ -350,6 +354,8 @@ def _run_jobs(jobs: list[_Job], cache_dir: str | None) -> list[_Result]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     for res in results:
         res.rss_mb = rss
+    if results:
+        results[0].cpu_seconds = time.process_time() - cpu_start
     return results
 
 
@@ -363,18 +369,25 @@ class FeatureStore:
         self.root = Path(root)
 
     # Folders --------------------------------------------------------------------------
-    def frames_dir(self, name: str) -> Path:
+    @staticmethod
+    def frames_settings(name: str) -> dict:
         feature = get_frame_feature(name)
-        settings = {"feature": name, "hop": feature.hop, "dim": feature.dim, **feature.settings}
-        return self._folder("frames", name, settings)
+        return {"feature": name, "hop": feature.hop, "dim": feature.dim, **feature.settings}
 
-    def align_dir(self, mode: str) -> Path:
-        settings = {"mode": mode}
+    @staticmethod
+    def align_settings(mode: str) -> dict:
+        settings: dict = {"mode": mode}
         if mode in ("forced", "asr"):
             from emofuse.align.sphinx import Sphinx
 
             settings["decoder"] = Sphinx.settings()
-        return self._folder("align", mode, settings)
+        return settings
+
+    def frames_dir(self, name: str) -> Path:
+        return self._folder("frames", name, self.frames_settings(name))
+
+    def align_dir(self, mode: str) -> Path:
+        return self._folder("align", mode, self.align_settings(mode))
 
     def words_dir(self, spec: str, align_mode: str) -> Path:
         settings = word_encoder_settings(spec)
@@ -409,8 +422,7 @@ class FeatureStore:
         frame_names, word_specs = split_features(features)
         frame_dirs = {name: self.frames_dir(name) for name in frame_names}
         for name, folder in frame_dirs.items():
-            feature = get_frame_feature(name)
-            self._write_settings(folder, {"feature": name, "hop": feature.hop, "dim": feature.dim, **feature.settings})
+            self._write_settings(folder, self.frames_settings(name))
         jobs, complete, failures = [], 0, []
         align_dirs: dict[str, Path] = {}
         words_dirs: dict[tuple[str, str], Path] = {}
@@ -422,7 +434,7 @@ class FeatureStore:
                 continue
             if mode is not None and mode not in align_dirs:
                 align_dirs[mode] = self.align_dir(mode)
-                self._write_settings(align_dirs[mode], {"mode": mode})
+                self._write_settings(align_dirs[mode], self.align_settings(mode))
             frame_key = utterance_key(utt, with_text=False)
             text_key = utterance_key(utt, with_text=True)
             todo_frames = [(n, str(frame_dirs[n] / f"{frame_key}.safetensors")) for n in frame_names]
@@ -508,6 +520,7 @@ class FeatureStore:
             report.computed += 1
             report.audio_seconds += res.audio_seconds
             report.stage_seconds.update(res.stage_seconds)
+            report.cpu_seconds += res.cpu_seconds
             report.failures.extend(Failure(res.id, stage, reason) for stage, reason in res.errors)
             if res.source is not None:
                 report.align_sources[res.source] += 1
@@ -601,6 +614,35 @@ class FeatureStore:
                 f"--align {align or 'none'} --out {self.root}",
             )
         return out
+
+
+    def batches(
+        self,
+        corpus: Corpus | Sequence[Utterance],
+        classes: Sequence[str],
+        batch_size: int = 32,
+        acoustic: str | None = None,
+        words: str | None = None,
+        align: str | None = "auto",
+        vocab=None,
+    ):
+        """Padded `Batch`es with masks, in corpus order (labels are indices into `classes`;
+        `vocab`, a `features.vocab.Vocabulary`, adds token ids). Training shuffles and
+        normalises on its own; this is the plain path for evaluation and inspection."""
+        from emofuse.errors import LabelError
+        from emofuse.features.batch import collate
+
+        utterances = list(corpus)
+        items = self.load(utterances, acoustic=acoustic, words=words, align=align)
+        index = {c: i for i, c in enumerate(classes)}
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            try:
+                labels = [index[u.label] for u in utterances[start : start + batch_size]]
+            except KeyError as exc:
+                raise LabelError(f"label {exc.args[0]!r} is not one of the classes {list(classes)}") from None
+            tokens = [vocab.encode(it.words or []) for it in chunk] if vocab is not None else None
+            yield collate(chunk, labels, token_ids=tokens)
 
 
 class _Progress:
