@@ -50,7 +50,7 @@ def test_summary_is_mean_and_sample_std_over_folds():
 
 def _run(model: str, preds) -> dict:
     folds = [{"fold": i, "name": f"f{i}", "test": classification_metrics([0, 1, 2, 3], p, CLASSES), "seconds": 1.0,
-              "best_epoch": 0, "val_ua": 0.5} for i, p in enumerate(preds)]
+              "best_epoch": 0, "monitor": "val_ua", "val_score": 0.5} for i, p in enumerate(preds)]
     config = {"name": model.lower(), "corpus": "ravdess4", "model": {"name": model}, "protocol": {"name": "speaker-kfold"}}
     return run_summary(config, CLASSES, folds, total_folds=len(preds))
 

@@ -125,7 +125,7 @@ def test_best_checkpoint_is_chosen_on_validation_not_test(tmp_path):
     rows = [r for r in _csv(fold / "logs" / "csv" / "version_0" / "metrics.csv") if r.get("val_ua")]
     val_ua = [float(r["val_ua"]) for r in rows]
     assert metrics["best_epoch"] == int(np.argmax(val_ua))  # first epoch with the highest val UA
-    assert metrics["val_ua"] == pytest.approx(max(val_ua), abs=1e-6)
+    assert metrics["monitor"] == "val_ua" and metrics["val_score"] == pytest.approx(max(val_ua), abs=1e-6)
 
 
 def test_finished_folds_are_skipped_and_an_unfinished_fold_resumes_from_last_checkpoint(tmp_path):

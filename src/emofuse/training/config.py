@@ -28,9 +28,10 @@ import yaml
 from emofuse.errors import ConfigError
 
 OPTIMISERS = ("adam", "adamw", "sgd")
-ALIGN_SOURCES = ("auto", "corpus", "forced", "asr", "proportional", "none")
+ALIGN_SOURCES = ("auto", "corpus", "forced", "asr", "proportional", "text", "none")
 # What `make_folds` understands (emofuse.training.splits); kept here so a typo fails before
 # any data is read even when the splits module is missing.
+MONITORS = ("val_ua", "val_wa", "val_macro_f1", "val_weighted_f1", "val_loss")
 PROTOCOLS = ("speaker-kfold", "loso-session", "loso-speaker", "aguilar", "official")
 
 
@@ -43,7 +44,7 @@ class DataConfig:
     store: str | None = None  # feature store root; default features/<corpus name>
     acoustic: str | None = "compare_lld"  # frame feature, or null for text-only models
     words: str | None = None  # word vectors (minilm, glove50, ...), or null for acoustic-only models
-    align: str = "auto"  # where word times come from: auto, corpus, forced, asr, proportional, none
+    align: str = "auto"  # word times from: auto, corpus, forced, asr, proportional; text (words, no times); none
     normalise: bool = True  # z-normalise acoustic frames with the training part's statistics
     max_frames: int | None = None  # truncate longer utterances (the papers: 700); null = never
     max_words: int | None = None  # truncate longer transcripts (the papers: 30); null = never
@@ -67,7 +68,8 @@ class TrainerConfig:
     min_epochs: int = 1
     batch_size: int = 64
     eval_batch_size: int | None = None  # default: batch_size
-    patience: int | None = 10  # early stopping on val UA; null = train all max_epochs
+    monitor: str = "val_ua"  # model selection + early stopping: val_ua, val_wa, val_macro_f1, val_weighted_f1, val_loss
+    patience: int | None = 10  # early stopping on the monitor; null = train all max_epochs
     bucket_chunk: int = 50  # length bucketing: sort by length inside shuffled chunks of this many batches
     accelerator: str = "auto"  # cpu, gpu, auto
     devices: int | str = 1  # processes per node (DDP when > 1), or "auto"
@@ -259,11 +261,23 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"data.label_set: {exc}") from None
     if d.manifest is None and (d.corpus is None or d.path is None):
         raise ConfigError("data: give data.manifest, or data.corpus and data.path")
-    if d.align not in ALIGN_SOURCES:
-        raise ConfigError(f"data.align={d.align!r}; valid: {', '.join(ALIGN_SOURCES)}")
+    aligns = _known("emofuse.align", "MODES", ALIGN_SOURCES)
+    if d.align not in aligns:
+        raise ConfigError(f"data.align={d.align!r}; valid: {', '.join(aligns)}")
+    frames = _known("emofuse.features.frames", "frame_feature_names", None)
+    if d.acoustic is not None and frames is not None and d.acoustic not in frames:
+        raise ConfigError(f"data.acoustic={d.acoustic!r}; valid: {', '.join(frames)}, or null")
+    words = _known("emofuse.features.words", "WORD_FEATURES", None)
+    if d.words is not None and words is not None:
+        from emofuse.features.words import is_word_feature
+
+        if not is_word_feature(d.words):
+            raise ConfigError(f"data.words={d.words!r}; valid: {', '.join(words)}, or null")
+    if t.monitor not in MONITORS:
+        raise ConfigError(f"trainer.monitor={t.monitor!r}; valid: {', '.join(MONITORS)}")
     if o.name not in OPTIMISERS:
         raise ConfigError(f"optim.name={o.name!r}; valid: {', '.join(OPTIMISERS)}")
-    protocols = _known_protocols()
+    protocols = _known("emofuse.training.splits", "PROTOCOLS", PROTOCOLS)
     if p.name not in protocols:
         raise ConfigError(f"protocol.name={p.name!r}; valid: {', '.join(protocols)}")
     for key, value, low in (
@@ -289,9 +303,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"model {cfg.model_name!r} reads acoustic frames: set data.acoustic (e.g. compare_lld)")
     if "words" in needs and d.words is None:
         raise ConfigError(f"model {cfg.model_name!r} reads word vectors: set data.words (e.g. minilm)")
-    if "word_frames" in needs and (d.acoustic is None or d.align == "none"):
+    if "word_frames" in needs and (d.acoustic is None or d.align in ("none", "text")):
         raise ConfigError(f"model {cfg.model_name!r} needs word times on the acoustic grid: "
-                          "set data.acoustic and a data.align other than none")
+                          "set data.acoustic and a data.align other than none or text")
 
 
 def expand_path(value: str) -> str:
@@ -308,13 +322,16 @@ def expand_path(value: str) -> str:
     return os.path.expanduser(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", substitute, value))
 
 
-def _known_protocols() -> tuple[str, ...]:
+def _known(module: str, name: str, fallback):
+    """A list of valid choices owned by another stage (its registry), or `fallback` when that
+    stage is not installed."""
+    import importlib
+
     try:
-        from emofuse.training import splits
-    except ImportError:
-        return PROTOCOLS
-    known = getattr(splits, "PROTOCOLS", None)
-    return tuple(known) if known else PROTOCOLS
+        value = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return fallback
+    return tuple(value() if callable(value) else value)
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ adapter that reads a corpus (manifest or folder), maps its labels through the co
 set and asks the feature store for the configured features (extracting them first when they
 are not cached).
 
-Per fold, the acoustic z-normaliser is fitted on the training part only (Aguilar et al. 2019
-§4.2 normalise with training statistics) and applied lazily in `Collator`, so the stored
-features are never copied. Batches are length-bucketed: indices are shuffled, cut into
+Per fold, the acoustic z-normaliser (`emofuse.features.normalise.Normaliser`) is fitted on
+the training part only (Aguilar et al. 2019 normalise with training statistics) and applied
+lazily in `Collator`, so the stored features are never copied. Batches are length-bucketed: indices are shuffled, cut into
 chunks of `bucket_chunk` batches, sorted by length inside each chunk and cut into batches
 whose order is shuffled again, so padding stays small without a fixed batch order. Nothing
 is truncated unless `data.max_frames` / `data.max_words` say so (the papers: 700 / 30).
@@ -122,46 +122,6 @@ def item_length(item: UtteranceFeatures) -> int:
     if item.acoustic is not None:
         return len(item.acoustic)
     return _word_count(item)
-
-
-class AcousticNormaliser:
-    """Per-dimension z-normalisation of acoustic frames with statistics of the training part only.
-
-    Statistics are over all frames of the training utterances (not per utterance), computed
-    in float64; a constant dimension gets std 1 so it maps to 0 instead of NaN.
-    """
-
-    def __init__(self, mean: np.ndarray, std: np.ndarray):
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
-
-    @classmethod
-    def fit(cls, items: Sequence[UtteranceFeatures]) -> "AcousticNormaliser":
-        total, total_sq, count = None, None, 0
-        for it in items:
-            if it.acoustic is None or len(it.acoustic) == 0:
-                continue
-            x = np.asarray(it.acoustic, dtype=np.float64)  # (T, D)
-            total = x.sum(0) if total is None else total + x.sum(0)
-            total_sq = (x * x).sum(0) if total_sq is None else total_sq + (x * x).sum(0)
-            count += len(x)
-        if count == 0:
-            raise DataError(None, "cannot fit a normaliser: the training part has no acoustic frames")
-        mean = total / count
-        var = np.maximum(total_sq / count - mean * mean, 0.0)
-        std = np.sqrt(var)
-        std[std < 1e-8] = 1.0
-        return cls(mean, std)
-
-    def __call__(self, acoustic: np.ndarray) -> np.ndarray:
-        return ((acoustic - self.mean) / self.std).astype(np.float32)
-
-    def to_dict(self) -> dict:
-        return {"kind": "zscore", "mean": self.mean.tolist(), "std": self.std.tolist()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AcousticNormaliser":
-        return cls(np.asarray(d["mean"]), np.asarray(d["std"]))
 
 
 # ---------------------------------------------------------------------------------------

@@ -50,8 +50,9 @@ from torch.utils.data import DataLoader
 from emofuse.errors import ConfigError, EmofuseError
 from emofuse.models.base import get_model
 from emofuse.training.config import ExperimentConfig, atomic_write_text, save_config
+from emofuse.features.normalise import Normaliser
 from emofuse.training.data import (
-    AcousticNormaliser, BucketBatchSampler, Collator, IndexDataset, LabelledData, class_weights, lengths_of,
+    BucketBatchSampler, Collator, IndexDataset, LabelledData, class_weights, lengths_of,
 )
 from emofuse.training.metrics import classification_metrics
 from emofuse.training.module import EmotionModule, predict
@@ -139,7 +140,7 @@ def fold_inputs(cfg: ExperimentConfig, data: LabelledData, train_idx) -> tuple[d
     train_items = [data.items[int(i)] for i in train_idx]
     normaliser = None
     if cfg.data.normalise and first.acoustic is not None:
-        normaliser = AcousticNormaliser.fit(train_items)
+        normaliser = Normaliser.fit_features(train_items)
     vocab = None
     if "token_ids" in needs:
         from emofuse.features.vocab import Vocabulary
@@ -185,17 +186,18 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     module = EmotionModule(cfg.model_name, cfg.model_settings, spec, asdict(cfg.optim), list(data.classes), weights)
 
     ckpt_dir = fold_dir / "checkpoints"
-    # Best epoch on validation UA (first of equals), and every epoch's state in last.ckpt for resume
+    # Best epoch on the validation monitor (val UA by default; first of equals), and every epoch's state in last.ckpt for resume
     # (Lightning's save_last only writes when the best one changes).
+    monitor, mode = cfg.trainer.monitor, "min" if cfg.trainer.monitor == "val_loss" else "max"
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
-        monitor="val_ua", mode="max", save_top_k=1, save_last=False, enable_version_counter=False,
+        monitor=monitor, mode=mode, save_top_k=1, save_last=False, enable_version_counter=False,
     )
     last_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                                       enable_version_counter=False)
     callbacks: list = [checkpoint, last_checkpoint, *extra_callbacks]
     if cfg.trainer.patience:
-        callbacks.append(EarlyStopping(monitor="val_ua", mode="max", patience=cfg.trainer.patience))
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.trainer.patience))
     if cfg.trainer.progress:
         callbacks.append(RichProgressBar(leave=True))
     loggers = [CSVLogger(fold_dir / "logs", name="csv"), TensorBoardLogger(fold_dir / "logs", name="tensorboard")]
@@ -238,8 +240,8 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
         best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else ckpt_dir / "last.ckpt"
         if rank_zero_only.rank == 0:
             write_json(trained_marker, {"best_checkpoint": os.path.relpath(best_path, fold_dir),
-                                        "epochs_run": trainer.current_epoch,
-                                        "best_val_ua": _float(checkpoint.best_model_score)})
+                                        "epochs_run": trainer.current_epoch, "monitor": monitor,
+                                        "best_score": _float(checkpoint.best_model_score)})
         _barrier()
 
     # The test part, once, with the best checkpoint: a plain pass over the whole part.
@@ -257,7 +259,8 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
         "n_train": int(len(fold.train)), "n_val": int(len(fold.val)), "n_test": int(len(fold.test)),
         "best_epoch": int(state.get("epoch", -1)),
         "epochs_run": marker.get("epochs_run"),
-        "val_ua": marker.get("best_val_ua", _float(checkpoint.best_model_score)),
+        "monitor": monitor,
+        "val_score": marker.get("best_score", _float(checkpoint.best_model_score)),
         "best_checkpoint": os.path.relpath(best_path, fold_dir),
         "test": metrics,
         "seconds": round(time.time() - started, 2),

@@ -9,7 +9,7 @@ A non-finite training loss stops the fold at once with a `NonFiniteLoss` naming 
 and step (checked with `torch.isfinite`, much cheaper than anomaly detection).
 
 Validation gathers the predictions of the whole validation part and logs `val_ua` (the
-model-selection metric), `val_wa` and `val_loss`. Under DDP every rank evaluates the whole
+default model-selection metric), `val_wa`, `val_macro_f1`, `val_weighted_f1` and `val_loss`. Under DDP every rank evaluates the whole
 validation part (it is not sharded), so the numbers are exact and identical on all ranks.
 """
 
@@ -91,7 +91,8 @@ class EmotionModule(L.LightningModule):
         total = sum(n for _, n in self._val_loss)
         val_loss = sum(loss * n for loss, n in self._val_loss) / max(total, 1)
         # Identical on every rank (each saw the whole validation part): no reduction needed.
-        self.log_dict({"val_ua": m["ua"], "val_wa": m["wa"], "val_loss": val_loss},
+        self.log_dict({"val_ua": m["ua"], "val_wa": m["wa"], "val_macro_f1": m["macro_f1"],
+                       "val_weighted_f1": m["weighted_f1"], "val_loss": val_loss},
                       prog_bar=True, sync_dist=False, rank_zero_only=False)
 
     def configure_optimizers(self):

@@ -89,7 +89,9 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
             f"(patience {t.get('patience')}), seed {config.get('seed')}.",
             "",
         ]
-    out += [f"Test results, {STD_NOTE}; model selection on validation speakers of the training part.", ""]
+    monitor = (config or {}).get("trainer", {}).get("monitor", "val_ua")
+    out += [f"Test results, {STD_NOTE}; best epoch chosen on `{monitor}` of the validation part "
+            "(never the test part).", ""]
     out += [markdown_table([summary_row(run)]), ""]
     fold_rows = []
     for f in run["folds"]:
@@ -97,7 +99,8 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
         for key in HEADLINE:
             row[NAMES[key]] = f"{100 * f['test'][key]:.1f}"
         row["best epoch"] = str(f.get("best_epoch", "-"))
-        row["val UA"] = f"{100 * f['val_ua']:.1f}" if f.get("val_ua") is not None else "-"
+        score = f.get("val_score")
+        row["val " + str(f.get("monitor", "score")).removeprefix("val_")] = f"{100 * score:.1f}" if score is not None else "-"
         row["n test"] = str(f["test"]["n"])
         fold_rows.append(row)
     out += ["## Folds", "", markdown_table(fold_rows), ""]
