@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from emofuse.features.batch import UtteranceFeatures, collate
-from emofuse.models.aguilar2019 import AcousticWords, word_spans
+from emofuse.models.aguilar2019 import AcousticWords, UnpackedBLSTM, reverse_within, word_spans
+from emofuse.models.layers import BLSTM
 from emofuse.models.base import InputSpec, get_model, model_names
 
 torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared machine
@@ -30,6 +31,28 @@ def utterance(uid, frames, words, rng, gap=0.03):
 def build(name, **settings):
     torch.manual_seed(0)
     return get_model(name).build(SPEC, hidden=8, **settings).eval()
+
+
+def test_reverse_within_flips_only_the_real_steps():
+    x = torch.arange(5.0).view(1, 5, 1).repeat(2, 1, 1)
+    out = reverse_within(x, torch.tensor([3, 5]))
+    assert out[:, :, 0].tolist() == [[2, 1, 0, 3, 4], [4, 3, 2, 1, 0]]
+
+
+def test_unpacked_blstm_gives_the_packed_blstms_outputs_and_gradients():
+    torch.manual_seed(0)
+    packed = BLSTM(6, 5, layers=2)
+    unpacked = UnpackedBLSTM(6, 5, layers=2)
+    unpacked.load_state_dict(packed.state_dict())  # same keys, same weights
+    assert set(unpacked.state_dict()) == set(packed.state_dict())
+    x = torch.randn(3, 9, 6)
+    mask = torch.arange(9).unsqueeze(0) < torch.tensor([[9], [4], [6]])
+    out_p, out_u = packed(x, mask), unpacked(x, mask)
+    assert torch.allclose(out_p, out_u, atol=1e-6)
+    out_p.pow(2).sum().backward()
+    out_u.pow(2).sum().backward()
+    for (name, p), q in zip(packed.named_parameters(), unpacked.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
 
 
 def test_hierarchical_models_are_registered_under_the_papers_names():
