@@ -123,11 +123,18 @@ class Predictor:
 
     warm=True also opens every tool now (openSMILE, MiniLM, the pocketsphinx decoders) so the
     first prediction is as fast as the next; `load_seconds` says how long loading took.
+    threads: torch's intra-op threads for this process (None leaves them). One utterance is
+    too little work to share between threads: on 2 busy cores, 2 threads made the paper-size
+    H-MM-4 6x slower than 1 (0.86 s vs 0.14 s for 3 s of audio); parallelism over files comes
+    from worker processes instead (`inference.folder`).
     """
 
-    def __init__(self, model_dir: str | Path, warm: bool = True):
+    def __init__(self, model_dir: str | Path, warm: bool = True, threads: int | None = 1):
         started = time.perf_counter()
+        if threads is not None:
+            torch.set_num_threads(threads)
         loaded = load_model_dir(model_dir)
+        self.load_timings: dict[str, float] = {"model": time.perf_counter() - started}
         self.info: ModelInfo = loaded.info
         self.model = loaded.model
         self.model_dir = loaded.path
@@ -167,13 +174,18 @@ class Predictor:
     def warm_up(self) -> None:
         """Open every tool once (the first openSMILE call writes its config and starts up)."""
         quiet = (np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2) * 1e-3).astype(np.float32)
+        steps = []
         if self.frame is not None:
-            self.frame.extract(quiet, SAMPLE_RATE)
+            steps.append((f"frames:{self.frame.name}", lambda: self.frame.extract(quiet, SAMPLE_RATE)))
         if self.encoder is not None and hasattr(self.encoder, "_load"):
-            self.encoder._load()
+            steps.append((f"words:{self.info.words}", self.encoder._load))
         if self.sphinx is not None:
-            self.sphinx.aligner
-            self.sphinx.recognizer
+            steps.append(("sphinx:aligner", lambda: self.sphinx.aligner))
+            steps.append(("sphinx:recognizer", lambda: self.sphinx.recognizer))
+        for name, step in steps:
+            t = time.perf_counter()
+            step()
+            self.load_timings[name] = time.perf_counter() - t
 
     @property
     def name(self) -> str:

@@ -1,0 +1,205 @@
+"""Prediction benchmark: latency and real-time factor of `emofuse predict`, folder throughput,
+model load time. Writes benchmarks/results/predict.json.
+
+    python benchmarks/predict.py [--model-dir DIR ...] [--repeats 3] [--folder-files 16]
+
+Recordings (real speech, RAVDESS from $EMOFUSE_DATA, default ../shared/data):
+  - "3 s":  one RAVDESS utterance (~3.5 s), its statement as the transcript;
+  - "30 s": RAVDESS utterances of one actor concatenated to >= 30 s, transcripts joined.
+Each is predicted with its transcript (pocketsphinx forced alignment) and without (ASR).
+RTF = wall-clock seconds of the whole prediction (decode, alignment, features, word vectors,
+model) / seconds of audio, with the Predictor already loaded. Stage times are reported too.
+
+Models: the model directories given with --model-dir; without any, H-MM-4 (ComParE LLD +
+MiniLM, Aguilar et al. 2019 sizes: BLSTM 256 x 2) and FG_CME (fbank40 + GloVe-50, Li et al.
+2021 sizes) are built from the registry with RANDOM weights and written as model
+directories: latency depends on the architecture and inputs, not on the weights' values,
+and the JSON says so ("weights": "random").
+
+Folder throughput: `emofuse.inference.folder.predict_jobs` with 2 worker processes over
+`--folder-files` RAVDESS files with transcripts, wall clock including the workers' start.
+Load time: `Predictor(model_dir)` (weights, openSMILE, MiniLM/GloVe, pocketsphinx decoders)
+in this process after the imports, and a cold start in a fresh process including imports.
+
+Targets (2 cores): RTF <= 0.05 with a transcript, <= 0.25 with ASR, load <= 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+TARGETS = {"rtf_transcript": 0.05, "rtf_asr": 0.25, "load_seconds": 3.0}
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("EMOFUSE_DATA", ROOT.parent / "shared" / "data"))
+
+
+def ravdess(actor: int = 1) -> list[Path]:
+    folder = data_root() / "ravdess" / f"Actor_{actor:02d}"
+    files = sorted(folder.glob("*.flac")) + sorted(folder.glob("*.wav"))
+    if not files:
+        sys.exit(f"benchmark needs RAVDESS under {data_root()} (set EMOFUSE_DATA)")
+    return files
+
+
+def transcript_of(path: Path) -> str:
+    return STATEMENTS[path.stem.split("-")[4]]
+
+
+def recordings(work: Path) -> dict[str, tuple[Path, str]]:
+    from emofuse.features.audio import load_audio
+
+    files = ravdess(1)
+    short = files[0]
+    pieces, texts, total = [], [], 0.0
+    for f in files:
+        y = load_audio(f, 16000)
+        pieces.append(y)
+        texts.append(transcript_of(f))
+        total += len(y) / 16000
+        if total >= 30.0:
+            break
+    long_path = work / "ravdess-30s.flac"
+    sf.write(long_path, np.concatenate(pieces), 16000)
+    return {"3s": (short, transcript_of(short)), "30s": (long_path, " ".join(texts))}
+
+
+def paper_size_model_dirs(work: Path) -> list[Path]:
+    from emofuse.features.frames import get_frame_feature
+    from emofuse.inference.modeldir import ModelInfo, write_model_dir
+    from emofuse.models.base import InputSpec, get_model
+
+    out = []
+    for name, acoustic, words, word_dim in (("H-MM-4", "compare_lld", "minilm", 384), ("fgcme", "fbank40", "glove50", 50)):
+        entry = get_model(name)
+        frame = get_frame_feature(acoustic)
+        spec = {"num_classes": 4, "acoustic_dim": frame.dim, "word_dim": word_dim, "vocab_size": 0}
+        torch.manual_seed(0)
+        model = entry.build(InputSpec(**spec))
+        info = ModelInfo(name=entry.name, settings={}, spec=spec, needs=list(entry.needs),
+                         classes=["angry", "happy", "neutral", "sad"], label_set="ravdess4", acoustic=acoustic,
+                         acoustic_settings=dict(frame.settings), words=words, align="auto",
+                         normaliser={"mean": [0.0] * frame.dim, "std": [1.0] * frame.dim},
+                         source={"weights": "random (benchmark)"})
+        out.append(write_model_dir(work / f"model-{name}", model, info))
+    return out
+
+
+def time_prediction(predictor, path: Path, transcript: str | None, repeats: int) -> dict:
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = predictor.predict_file(path, transcript)
+        runs.append((time.perf_counter() - start, result))
+    seconds = [s for s, _ in runs]
+    best = min(range(len(runs)), key=lambda i: seconds[i])
+    result = runs[best][1]
+    return {
+        "audio_seconds": round(result.duration, 3),
+        "latency_median_s": round(float(np.median(seconds)), 4),
+        "latency_min_s": round(min(seconds), 4),
+        "rtf": round(float(np.median(seconds)) / result.duration, 4),
+        "repeats": repeats,
+        "align_source": result.align_source,
+        "words": len(result.words),
+        "stages_s": {k: round(v, 4) for k, v in result.timings.items()},
+    }
+
+
+def cold_load(model_dir: Path) -> float:
+    code = ("import time; t=time.perf_counter(); from emofuse.inference.predictor import Predictor; "
+            f"Predictor({str(model_dir)!r}); print(time.perf_counter()-t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def folder_throughput(model_dir: Path, files: list[Path], workers: int) -> dict:
+    from emofuse.inference.folder import predict_jobs
+
+    audio = sum(sf.info(str(f)).duration for f in files)
+    start = time.perf_counter()
+    first = None
+    errors = 0
+    for _, result in predict_jobs(model_dir, [(str(f), transcript_of(f)) for f in files], workers=workers, batch_size=2):
+        first = first or time.perf_counter()
+        errors += hasattr(result, "error")
+    wall = time.perf_counter() - start
+    after_first = time.perf_counter() - first
+    return {"files": len(files), "workers": workers, "audio_seconds": round(audio, 2), "wall_s": round(wall, 2),
+            "files_per_s": round(len(files) / wall, 3), "audio_seconds_per_s": round(audio / wall, 3),
+            "wall_after_first_result_s": round(after_first, 2), "errors": errors,
+            "note": "wall includes starting the worker processes and loading the model in each"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", action="append", type=Path, default=[])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--folder-files", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.json")
+    args = parser.parse_args()
+
+    from emofuse.inference.modeldir import read_info
+    from emofuse.inference.predictor import Predictor
+
+    work = Path(tempfile.mkdtemp(prefix="emofuse-bench-"))
+    load_before = os.getloadavg()
+    model_dirs = args.model_dir or paper_size_model_dirs(work)
+    clips = recordings(work)
+    report = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                    "torch": torch.__version__, "load_average_at_start": [round(x, 2) for x in load_before]},
+        "targets": TARGETS,
+        "models": {},
+    }
+    for model_dir in model_dirs:
+        info = read_info(model_dir)
+        print(f"== {info.name} ({info.acoustic} + {info.words})", flush=True)
+        start = time.perf_counter()
+        predictor = Predictor(model_dir)
+        load = time.perf_counter() - start
+        report["machine"]["torch_threads"] = torch.get_num_threads()  # the Predictor's setting
+        entry = {"weights": info.source.get("weights", "trained"), "acoustic": info.acoustic, "words": info.words,
+                 "load_seconds_in_process": round(load, 3),
+                 "load_stages_s": {k: round(v, 3) for k, v in predictor.load_timings.items()}, "cold_load_seconds_with_imports": round(cold_load(model_dir), 3),
+                 "latency": {}}
+        for clip, (path, text) in clips.items():
+            for mode, transcript in (("transcript", text), ("asr", None)):
+                repeats = args.repeats if not (clip == "30s" and mode == "asr") else 1
+                key = f"{clip}_{mode}"
+                entry["latency"][key] = time_prediction(predictor, path, transcript, repeats)
+                print(f"  {key}: {json.dumps(entry['latency'][key])}", flush=True)
+        report["models"][info.name] = entry
+    first = model_dirs[0]
+    files = [f for actor in (2, 3) for f in ravdess(actor)][: args.folder_files]
+    report["folder"] = {"model": read_info(first).name, **folder_throughput(first, files, args.workers)}
+    print(f"folder: {json.dumps(report['folder'])}", flush=True)
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
