@@ -113,6 +113,24 @@ def test_utterance_alone_or_padded_in_a_batch_gives_the_same_output(name):
         assert torch.allclose(value[0], together.explain[key][1, : value.shape[1]], atol=1e-5), key
 
 
+@pytest.mark.parametrize("name", ["fgcme", "fgcme-ctc-align"])
+def test_cropping_the_frames_no_word_reaches_changes_nothing(name):
+    rng = np.random.default_rng(6)
+    items = [utterance("a", 61, 3, rng), utterance("b", 40, 2, rng), utterance("c", 52, 4, rng)]
+    # Words well inside, near the start and at the very end of their utterances.
+    items[0].word_times = np.array([[0.20, 0.25], [0.25, 0.31], [0.31, 0.33]])
+    items[1].word_times = np.array([[0.06, 0.08], [0.36, 0.40]])
+    items[2].word_times = np.array([[0.10, 0.20], [0.20, 0.30], [0.30, 0.48], [0.48, 0.52]])
+    batch = collate(items, [0, 1, 2], [ids(3), ids(2), ids(4)])
+    model = build(name)
+    acoustic, _, _ = model.crop_to_words(batch.acoustic, batch.acoustic_mask, batch.word_frames, batch.word_mask)
+    assert acoustic.shape[1] == 55 - 3 if name == "fgcme" else acoustic.shape[1] < 61  # frames 3 .. 54
+    cropped = model(batch)
+    model.crop = False
+    full = model(batch)
+    assert torch.allclose(cropped.logits, full.logits, atol=1e-5)
+
+
 def test_excitation_gates_lie_in_zero_one_and_are_zero_on_padding():
     rng = np.random.default_rng(2)
     batch = collate([utterance("a", 50, 5, rng), utterance("b", 30, 2, rng)], [0, 1])

@@ -430,6 +430,7 @@ class FGCME(nn.Module):
             raise ValueError("the CTC alignment is the model 'fgcme-ctc-align' (it trains its aligner); "
                              "the other fgcme rows use alignment: forced")
         self.cfg = cfg
+        self.crop = True  # see crop_to_words; tests switch it off to compare
         self.cnn = MaskedConvStack(spec.acoustic_dim, tuple(cfg.conv_kernels), tuple(cfg.conv_filters))
         acoustic_size = 2 * self.cnn.output_size  # mean ⊕ max: 256
         self.semantic = nn.Linear(spec.word_dim, cfg.semantic_size)  # W^s
@@ -454,14 +455,34 @@ class FGCME(nn.Module):
             raise ValueError("fgcme-ctc-align needs word ids (batch.token_ids) as CTC targets")
         return self.aligner.word_frames(batch.acoustic, batch.acoustic_mask, batch.token_ids, batch.word_mask)
 
+    def crop_to_words(self, acoustic: Tensor, acoustic_mask: Tensor, word_frames: Tensor, word_mask: Tensor
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """Drop the batch's frames that no word's pool can reach; the output is exactly the same.
+
+        An output frame reaches a word's pool only if its receptive-field centre lies in the
+        word, so input frames before min(start) - c and after max(end) + shrink - c never
+        matter (c = shrink // 2). On RAVDESS about 1 s of silence surrounds every statement:
+        this halves the CNN's work. The crop is one range for the whole batch, so each
+        utterance keeps its own length logic (tests check cropped == uncropped).
+        """
+        if not self.crop or not bool(word_mask.any()):
+            return acoustic, acoustic_mask, word_frames
+        c = self.cnn.shrink // 2
+        lo = max(0, int(word_frames[..., 0][word_mask].min()) - c)
+        hi = min(acoustic.shape[1], int(word_frames[..., 1][word_mask].max()) + self.cnn.shrink - c)
+        shifted = (word_frames - lo) * word_mask.unsqueeze(-1)
+        return acoustic[:, lo:hi], acoustic_mask[:, lo:hi], shifted
+
     def word_representations(self, batch: Batch) -> dict[str, Tensor]:
         """Ẑ^a, Ẑ^s and the gates, per word. Everything here is (B, W, ·) and 0 on padding."""
         mask = batch.word_mask  # (B, W)
-        frames, frame_mask = self.cnn(batch.acoustic, batch.acoustic_mask)  # (B, T - 6, 128)
-        spans = shrink_word_frames(self.input_word_frames(batch), self.cnn.shrink, frame_mask.sum(1), mask)
+        word_frames = self.input_word_frames(batch)  # (B, W, 2) on the 10 ms grid
+        acoustic, acoustic_mask, cropped = self.crop_to_words(batch.acoustic, batch.acoustic_mask, word_frames, mask)
+        frames, frame_mask = self.cnn(acoustic, acoustic_mask)  # (B, T' - 6, 128)
+        spans = shrink_word_frames(cropped, self.cnn.shrink, frame_mask.sum(1), mask)
         z_a = mean_max_pool(frames, spans)  # (B, W, 256); spans lie inside each utterance's valid frames
         z_s = self.semantic(batch.words) * mask.unsqueeze(-1).to(z_a.dtype)  # (B, W, 256)
-        out = {"z_a": z_a, "z_s": z_s, "word_frames": spans}
+        out = {"z_a": z_a, "z_s": z_s, "word_frames": word_frames}
         # Both gates read the other modality before it is excited (§3.3).
         if self.acoustic_excitation is not None:
             out["z_a"], out["acoustic_gate"] = self.acoustic_excitation(z_a, z_s, mask)
@@ -479,7 +500,7 @@ class FGCME(nn.Module):
             if key in words:
                 explain[key] = words[key].mean(-1)  # (B, W): mean over channels, 0 on padding
         if self.aligner is not None:
-            explain["word_frames"] = words["word_frames"]  # (B, W, 2) on the CNN's output grid
+            explain["word_frames"] = words["word_frames"]  # (B, W, 2) predicted spans on the 10 ms grid
         return Output(self.fcn(h), h, explain)
 
 
