@@ -87,3 +87,21 @@ def test_mha_hops_alternate_between_words_and_frames():
     assert one(batch).utterance_vector.shape == three(batch).utterance_vector.shape == (1, 16)
     with pytest.raises(ValueError, match="hops"):
         build("mha", hops=0)
+
+
+TABLE1 = NAMES + ["fgcme", "fgcme-no-acoustic-excite", "fgcme-no-semantic-excite", "fgcme-no-excite", "fgcme-ctc-align"]
+
+
+@pytest.mark.parametrize("corpus", ["ravdess4", "iemocap4"])
+def test_every_table1_row_has_a_config_that_loads_and_builds(corpus):
+    from pathlib import Path
+
+    from emofuse.training.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / corpus
+    for row in TABLE1:
+        cfg = load_config(root / f"{row}.yaml")
+        assert cfg.model_name == row
+        spec = InputSpec(num_classes=4, acoustic_dim=40, word_dim=50, vocab_size=20)
+        model = get_model(row).build(spec, **cfg.model_settings)
+        assert sum(p.numel() for p in model.parameters()) > 0
