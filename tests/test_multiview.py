@@ -273,7 +273,7 @@ def test_teacher_checkpoint_can_be_a_trained_fold_directory(tmp_path):
     model = get_model("teacher-student").build(SPEC, hidden=8, teacher_checkpoint=str(fold))
     for k, v in model.view_m.state_dict().items():
         assert torch.equal(v, saved["model." + k]), k
-    with pytest.raises(ConfigError, match="fold"):
+    with pytest.raises(DataError, match="still holds {fold}"):
         get_model("teacher-student").build(SPEC, hidden=8, teacher_checkpoint=str(tmp_path / "fold-{fold}"))
     with pytest.raises(DataError, match="trained.json"):
         get_model("teacher-student").build(SPEC, hidden=8, teacher_checkpoint=str(tmp_path))

@@ -167,8 +167,8 @@ def load_view_state(path: str | Path) -> dict[str, Tensor]:
     that each fold's student learns from the teacher trained on the same training speakers.
     """
     if "{fold}" in str(path):
-        raise ConfigError(f"teacher_checkpoint {str(path)!r} still holds {{fold}}: the cross-validation "
-                          "engine fills it in per fold; outside it, give one fold's path")
+        raise DataError(path, "teacher_checkpoint still holds {fold}: the cross-validation engine fills "
+                              "in each fold's index; outside it, give one fold's path")
     path = Path(path)
     if path.is_dir():
         marker = path / "trained.json"
