@@ -164,6 +164,15 @@ def test_energy_mask_finds_a_tone_between_silences():
     assert not energy_speech_mask(np.zeros(16000, np.float32), 16000).any()
 
 
+def test_energy_mask_finds_quiet_speech_above_a_quieter_room():
+    # A take recorded 45 dB down (peak about -50 dBFS) over room noise near -85 dBFS, as in
+    # the quietest RAVDESS files: still speech, the room still not.
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.zeros(16000, np.float32), tone(1.0) * 0.0075, np.zeros(16000, np.float32)])
+    y += (rng.standard_normal(len(y)) * 10 ** (-85 / 20)).astype(np.float32)
+    assert speech_span(energy_speech_mask(y, 16000)) == pytest.approx((1.0, 2.0), abs=0.03)
+
+
 def test_alignment_survives_a_json_round_trip():
     a = Alignment([Word("hi", 0.1, 0.3)], "forced", "forced", ["x"])
     assert Alignment.from_json(a.to_json()) == a

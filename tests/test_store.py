@@ -102,6 +102,22 @@ def test_changed_setting_recomputes_into_a_new_entry(tmp_path, monkeypatch):
     assert not np.allclose(new[0].acoustic, old[0].acoustic)
 
 
+def test_changed_vad_setting_recomputes_speech_masks_but_not_frames(tmp_path, monkeypatch):
+    from emofuse.align import vad
+
+    corpus = make_corpus(tmp_path)
+    store = FeatureStore(tmp_path / "store")
+    store.extract(corpus, ["fbank40"], align=None, progress=False)
+    before = store.load(corpus, acoustic="fbank40", align=None)
+    assert before[0].speech_mask[25:55].all() and not before[0].speech_mask[:15].any()
+    monkeypatch.setitem(vad.VAD_SETTINGS, "floor_db", 0.0)  # nothing is loud enough now
+    report = store.extract(corpus, ["fbank40"], align=None, progress=False)
+    assert report.computed == 3 and set(report.stage_seconds) == {"audio", "vad"}
+    after = store.load(corpus, acoustic="fbank40", align=None)
+    assert not any(it.speech_mask.any() for it in after)
+    np.testing.assert_array_equal(after[0].acoustic, before[0].acoustic)
+
+
 def test_changed_transcript_realigns_but_keeps_frames(tmp_path, vectors):
     corpus = make_corpus(tmp_path)
     store = FeatureStore(tmp_path / "store")

@@ -13,6 +13,10 @@ import numpy as np
 
 HOP = 0.01
 WINDOW = 0.025
+# The defaults of energy_speech_mask; the feature store keys speech masks and alignments by them.
+# floor_db -70 dBFS: quiet RAVDESS takes peak near -54 dBFS with a room floor near -85 dBFS.
+VAD_SETTINGS = {"method": "energy", "window": WINDOW, "range_db": 35.0, "floor_db": -70.0,
+                "min_gap": 0.15, "min_speech": 0.05}
 
 
 def frame_signal(y: np.ndarray, win: int, hop: int, num_frames: int | None = None) -> np.ndarray:
@@ -44,12 +48,17 @@ def energy_speech_mask(
     sr: int,
     hop: float = HOP,
     num_frames: int | None = None,
-    range_db: float = 35.0,
-    floor_db: float = -55.0,
-    min_gap: float = 0.15,
-    min_speech: float = 0.05,
+    range_db: float | None = None,
+    floor_db: float | None = None,
+    min_gap: float | None = None,
+    min_speech: float | None = None,
 ) -> np.ndarray:
-    """(T,) bool: True on frames that hold speech by energy (module docstring)."""
+    """(T,) bool: True on frames that hold speech by energy (module docstring); parameters
+    left as None take their value from VAD_SETTINGS at call time."""
+    range_db = VAD_SETTINGS["range_db"] if range_db is None else range_db
+    floor_db = VAD_SETTINGS["floor_db"] if floor_db is None else floor_db
+    min_gap = VAD_SETTINGS["min_gap"] if min_gap is None else min_gap
+    min_speech = VAD_SETTINGS["min_speech"] if min_speech is None else min_speech
     hop_n = max(1, int(round(hop * sr)))
     frames = frame_signal(np.asarray(y, dtype=np.float32), max(hop_n, int(round(WINDOW * sr))), hop_n, num_frames)
     energy_db = 10.0 * np.log10(np.mean(np.square(frames, dtype=np.float64), axis=1) + 1e-10)  # (T,)

@@ -2,7 +2,8 @@
 
 Layout under the store root (one folder per kind of entry and hash of its settings)::
 
-    frames/<feature>-<settings hash>/<utterance key>.safetensors   features (T, D), energy_mask (T,)
+    frames/<feature>-<settings hash>/<utterance key>.safetensors   features (T, D)
+    vad/energy-<settings hash>/<utterance key>.safetensors        speech (T,) on the 10 ms grid
     align/<mode>-<settings hash>/<utterance key>.json              words, times, source, fallbacks
     words/<encoder>-<settings hash>/<align folder>/<utterance key>.safetensors   vectors (W, D)
 
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from emofuse.align import Alignment, align_utterance, resolve_mode
-from emofuse.align.vad import energy_speech_mask
+from emofuse.align.vad import VAD_SETTINGS, energy_speech_mask
 from emofuse.corpora.base import Corpus, Utterance
 from emofuse.errors import ConfigError, DataError, EmofuseError
 from emofuse.features.frames import SAMPLE_RATE, frame_feature_names, get_frame_feature, speech_mask
@@ -240,6 +241,7 @@ class _Job:
     compute_align: bool
     frames: list  # [(feature name, entry path)]
     words: list  # [(encoder spec, entry path)]
+    vad_path: str | None = None  # energy speech mask entry to compute
 
 
 @dataclass
@@ -276,7 +278,7 @@ def _run_jobs(jobs: list[_Job], cache_dir: str | None) -> list[_Result]:
         results.append(res)
         clock = time.perf_counter
         audio = None
-        needs_audio = bool(job.frames) or (job.compute_align and job.align_mode not in ("corpus", "text"))
+        needs_audio = bool(job.frames) or job.vad_path is not None or (job.compute_align and job.align_mode not in ("corpus", "text"))
         if needs_audio:
             t = clock()
             try:
@@ -309,6 +311,14 @@ def _run_jobs(jobs: list[_Job], cache_dir: str | None) -> list[_Result]:
                     alignment = _read_alignment(Path(job.align_path))
                 except Exception as exc:
                     res.errors.append(("align", _reason(exc)))
+        if job.vad_path is not None and audio is not None:
+            t = clock()
+            try:
+                speech = energy_speech_mask(audio, SAMPLE_RATE)  # (T,) on the 10 ms grid
+                res.stage_seconds["vad"] += clock() - t
+                _write_tensors(Path(job.vad_path), {"speech": speech.astype(np.uint8)}, {"id": utt.id, "hop": 0.01})
+            except Exception as exc:
+                res.errors.append(("vad", _reason(exc)))
         for name, path in job.frames:
             if audio is None:
                 break
@@ -316,11 +326,9 @@ def _run_jobs(jobs: list[_Job], cache_dir: str | None) -> list[_Result]:
                 feature = _resource("frames", name, cache_dir, res.stage_seconds)
                 t = clock()
                 values = feature.extract(audio, SAMPLE_RATE)  # (T, D)
-                energy = energy_speech_mask(audio, SAMPLE_RATE, feature.hop, len(values))  # (T,)
                 res.stage_seconds[f"frames:{name}"] += clock() - t
                 t = clock()
-                _write_tensors(Path(path), {"features": values, "energy_mask": energy.astype(np.uint8)},
-                               {"id": utt.id, "feature": name, "hop": feature.hop})
+                _write_tensors(Path(path), {"features": values}, {"id": utt.id, "feature": name, "hop": feature.hop})
                 res.stage_seconds["write"] += clock() - t
             except Exception as exc:
                 res.errors.append((f"frames:{name}", _reason(exc)))
@@ -381,7 +389,12 @@ class FeatureStore:
             from emofuse.align.sphinx import Sphinx
 
             settings["decoder"] = Sphinx.settings()
+        if mode in ("forced", "asr", "proportional"):
+            settings["vad"] = dict(VAD_SETTINGS)  # silence gate and proportional spans use it
         return settings
+
+    def vad_dir(self) -> Path:
+        return self._folder("vad", "energy", dict(VAD_SETTINGS))
 
     def frames_dir(self, name: str) -> Path:
         return self._folder("frames", name, self.frames_settings(name))
@@ -423,6 +436,9 @@ class FeatureStore:
         frame_dirs = {name: self.frames_dir(name) for name in frame_names}
         for name, folder in frame_dirs.items():
             self._write_settings(folder, self.frames_settings(name))
+        vad_dir = self.vad_dir() if frame_names else None
+        if vad_dir is not None:
+            self._write_settings(vad_dir, dict(VAD_SETTINGS))
         jobs, complete, failures = [], 0, []
         align_dirs: dict[str, Path] = {}
         words_dirs: dict[tuple[str, str], Path] = {}
@@ -440,10 +456,15 @@ class FeatureStore:
             todo_frames = [(n, str(frame_dirs[n] / f"{frame_key}.safetensors")) for n in frame_names]
             if not force:
                 todo_frames = [(n, p) for n, p in todo_frames if not os.path.exists(p)]
+            vad_path = None
+            if vad_dir is not None:
+                vad_path = str(vad_dir / f"{frame_key}.safetensors")
+                if not force and os.path.exists(vad_path):
+                    vad_path = None
             if utt.audio is None:
-                if todo_frames:
+                if todo_frames or vad_path:
                     failures.append(Failure(utt.id, "audio", "utterance has no audio file"))
-                todo_frames = []
+                todo_frames, vad_path = [], None
             align_path = compute_align = None
             todo_words = []
             if mode is not None:
@@ -458,11 +479,12 @@ class FeatureStore:
                     path = str(words_dirs[(spec, mode)] / f"{text_key}.safetensors")
                     if force or compute_align or not os.path.exists(path):
                         todo_words.append((spec, path))
-            if todo_frames or compute_align or todo_words:
-                jobs.append(_Job(utt.to_json(), mode, align_path, bool(compute_align), todo_frames, todo_words))
+            if todo_frames or compute_align or todo_words or vad_path:
+                jobs.append(_Job(utt.to_json(), mode, align_path, bool(compute_align), todo_frames, todo_words,
+                                 vad_path))
             else:
                 complete += 1
-        for folder in [*frame_dirs.values(), *align_dirs.values(), *words_dirs.values()]:
+        for folder in [*frame_dirs.values(), *align_dirs.values(), *words_dirs.values(), *([vad_dir] if vad_dir else [])]:
             self._clean_stale(folder)
         return jobs, complete, failures
 
@@ -557,6 +579,7 @@ class FeatureStore:
         if words is not None:
             split_features([words])
         frames_dir = self.frames_dir(acoustic) if acoustic else None
+        vad_dir = self.vad_dir() if acoustic else None
         hop = get_frame_feature(acoustic).hop if acoustic else 0.01
         dirs: dict[str, tuple[Path, Path | None]] = {}
         out: list[UtteranceFeatures] = []
@@ -567,13 +590,16 @@ class FeatureStore:
             lacking = None
             energy = None
             if frames_dir is not None:
-                path = frames_dir / f"{utterance_key(utt, False)}.safetensors"
-                if path.is_file():
-                    tensors = _read_tensors(path)
-                    item.acoustic = tensors["features"]  # (T, D)
-                    energy = tensors["energy_mask"].astype(bool)  # (T,)
-                else:
+                frame_key = utterance_key(utt, False)
+                path = frames_dir / f"{frame_key}.safetensors"
+                vad_path = vad_dir / f"{frame_key}.safetensors"
+                if not path.is_file():
                     lacking = acoustic
+                elif not vad_path.is_file():
+                    lacking = "speech mask (vad)"
+                else:
+                    item.acoustic = _read_tensors(path)["features"]  # (T, D)
+                    energy = _fit(_read_tensors(vad_path)["speech"].astype(bool), len(item.acoustic))  # (T,)
             alignment = None
             if mode is not None and lacking is None:
                 if mode not in dirs:
@@ -643,6 +669,13 @@ class FeatureStore:
                 raise LabelError(f"label {exc.args[0]!r} is not one of the classes {list(classes)}") from None
             tokens = [vocab.encode(it.words or []) for it in chunk] if vocab is not None else None
             yield collate(chunk, labels, token_ids=tokens)
+
+
+def _fit(mask: np.ndarray, length: int) -> np.ndarray:
+    """A 10 ms mask cut or padded (with False) to a feature's frame count."""
+    if len(mask) >= length:
+        return mask[:length]
+    return np.concatenate([mask, np.zeros(length - len(mask), dtype=bool)])
 
 
 class _Progress:
