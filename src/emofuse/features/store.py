@@ -266,80 +266,65 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _run_jobs(jobs: list[_Job], cache_dir: str | None) -> list[_Result]:
-    """Worker: compute the missing entries of a chunk of utterances (word vectors batched)."""
-    from emofuse.features.audio import load_audio
+def _align_entry(job: _Job, utt: Utterance, audio, res: _Result, cache_dir: str | None) -> Alignment | None:
+    """Compute and store the alignment, or read the stored one when only words are missing."""
+    if not job.compute_align:
+        if not job.words:
+            return None
+        try:
+            return _read_alignment(Path(job.align_path))
+        except Exception as exc:
+            res.errors.append(("align", _reason(exc)))
+            return None
+    if audio is None and job.align_mode not in ("corpus", "text"):
+        res.errors.append(("align", "skipped: the audio could not be read"))
+        return None
+    try:
+        sphinx = _resource("align", "pocketsphinx", cache_dir, res.stage_seconds)
+        t = time.perf_counter()
+        known = set(sphinx.added)
+        alignment = align_utterance(utt, audio, job.align_mode, sphinx=sphinx)
+        res.pronunciations = {w: how for w, how in sphinx.added.items() if w not in known}
+        res.stage_seconds["align"] += time.perf_counter() - t
+        t = time.perf_counter()
+        _write_json(Path(job.align_path), {"id": utt.id, **alignment.to_json()})
+        res.stage_seconds["write"] += time.perf_counter() - t
+    except Exception as exc:
+        res.errors.append(("align", _reason(exc)))
+        return None
+    res.source, res.fallbacks = alignment.source, alignment.fallbacks
+    return alignment
 
-    cpu_start = time.process_time()
-    results, pending_words = [], []
-    for job in jobs:
-        utt = Utterance.from_json(job.utt)
-        res = _Result(utt.id)
-        results.append(res)
-        clock = time.perf_counter
-        audio = None
-        needs_audio = bool(job.frames) or job.vad_path is not None or (job.compute_align and job.align_mode not in ("corpus", "text"))
-        if needs_audio:
-            t = clock()
-            try:
-                audio = load_audio(utt, SAMPLE_RATE)
-                res.audio_seconds = len(audio) / SAMPLE_RATE
-            except Exception as exc:
-                res.errors.append(("audio", _reason(exc)))
-            res.stage_seconds["audio"] += clock() - t
-        alignment = None
-        if job.align_path is not None:
-            if job.compute_align:
-                if audio is not None or job.align_mode in ("corpus", "text"):
-                    try:
-                        sphinx = _resource("align", "pocketsphinx", cache_dir, res.stage_seconds)
-                        t = clock()
-                        known = set(sphinx.added)
-                        alignment = align_utterance(utt, audio, job.align_mode, sphinx=sphinx)
-                        res.pronunciations = {w: how for w, how in sphinx.added.items() if w not in known}
-                        res.stage_seconds["align"] += clock() - t
-                        t = clock()
-                        _write_json(Path(job.align_path), {"id": utt.id, **alignment.to_json()})
-                        res.stage_seconds["write"] += clock() - t
-                        res.source, res.fallbacks = alignment.source, alignment.fallbacks
-                    except Exception as exc:
-                        res.errors.append(("align", _reason(exc)))
-                else:
-                    res.errors.append(("align", "skipped: the audio could not be read"))
-            elif job.words:
-                try:
-                    alignment = _read_alignment(Path(job.align_path))
-                except Exception as exc:
-                    res.errors.append(("align", _reason(exc)))
-        if job.vad_path is not None and audio is not None:
-            t = clock()
-            try:
-                speech = energy_speech_mask(audio, SAMPLE_RATE)  # (T,) on the 10 ms grid
-                res.stage_seconds["vad"] += clock() - t
-                _write_tensors(Path(job.vad_path), {"speech": speech.astype(np.uint8)}, {"id": utt.id, "hop": 0.01})
-            except Exception as exc:
-                res.errors.append(("vad", _reason(exc)))
-        for name, path in job.frames:
-            if audio is None:
-                break
-            try:
-                feature = _resource("frames", name, cache_dir, res.stage_seconds)
-                t = clock()
-                values = feature.extract(audio, SAMPLE_RATE)  # (T, D)
-                res.stage_seconds[f"frames:{name}"] += clock() - t
-                t = clock()
-                _write_tensors(Path(path), {"features": values}, {"id": utt.id, "feature": name, "hop": feature.hop})
-                res.stage_seconds["write"] += clock() - t
-            except Exception as exc:
-                res.errors.append((f"frames:{name}", _reason(exc)))
-        if job.words:
-            if alignment is not None:
-                pending_words.append((res, alignment, job.words))
-            elif not any(stage == "align" for stage, _ in res.errors):
-                res.errors.append(("words", "no alignment to take the words from"))
-    specs = list(dict.fromkeys(spec for _, _, words in pending_words for spec, _ in words))
+
+def _frame_entries(job: _Job, utt: Utterance, audio: np.ndarray, res: _Result, cache_dir: str | None) -> None:
+    """Store the speech mask and every missing frame feature of one utterance."""
+    if job.vad_path is not None:
+        t = time.perf_counter()
+        try:
+            speech = energy_speech_mask(audio, SAMPLE_RATE)  # (T,) on the 10 ms grid
+            res.stage_seconds["vad"] += time.perf_counter() - t
+            _write_tensors(Path(job.vad_path), {"speech": speech.astype(np.uint8)}, {"id": utt.id, "hop": 0.01})
+        except Exception as exc:
+            res.errors.append(("vad", _reason(exc)))
+    for name, path in job.frames:
+        try:
+            feature = _resource("frames", name, cache_dir, res.stage_seconds)
+            t = time.perf_counter()
+            values = feature.extract(audio, SAMPLE_RATE)  # (T, D)
+            res.stage_seconds[f"frames:{name}"] += time.perf_counter() - t
+            t = time.perf_counter()
+            _write_tensors(Path(path), {"features": values}, {"id": utt.id, "feature": name, "hop": feature.hop})
+            res.stage_seconds["write"] += time.perf_counter() - t
+        except Exception as exc:
+            res.errors.append((f"frames:{name}", _reason(exc)))
+
+
+def _word_entries(pending: list, cache_dir: str | None) -> None:
+    """Encode the words of a whole chunk per encoder (one MiniLM batch, not one call per
+    utterance) and store each utterance's vectors. pending: [(result, alignment, [(spec, path)])]."""
+    specs = list(dict.fromkeys(spec for _, _, words in pending for spec, _ in words))
     for spec in specs:
-        todo = [(res, alignment, path) for res, alignment, words in pending_words for s, path in words if s == spec]
+        todo = [(res, alignment, path) for res, alignment, words in pending for s, path in words if s == spec]
         try:
             encoder = _resource("words", spec, cache_dir, todo[0][0].stage_seconds)
             t = time.perf_counter()
@@ -359,6 +344,38 @@ def _run_jobs(jobs: list[_Job], cache_dir: str | None) -> list[_Result]:
             except Exception as exc:
                 res.errors.append((f"words:{spec}", _reason(exc)))
             res.stage_seconds["write"] += time.perf_counter() - t
+
+
+def _run_jobs(jobs: list[_Job], cache_dir: str | None) -> list[_Result]:
+    """Worker: compute the missing entries of a chunk of utterances; never raises for one
+    utterance's problem, it lands in that utterance's `errors` with its stage."""
+    from emofuse.features.audio import load_audio
+
+    cpu_start = time.process_time()
+    results, pending_words = [], []
+    for job in jobs:
+        utt = Utterance.from_json(job.utt)
+        res = _Result(utt.id)
+        results.append(res)
+        audio = None
+        decodes = job.compute_align and job.align_mode not in ("corpus", "text")
+        if job.frames or job.vad_path is not None or decodes:
+            t = time.perf_counter()
+            try:
+                audio = load_audio(utt, SAMPLE_RATE)  # (N,) float32 at 16 kHz
+                res.audio_seconds = len(audio) / SAMPLE_RATE
+            except Exception as exc:
+                res.errors.append(("audio", _reason(exc)))
+            res.stage_seconds["audio"] += time.perf_counter() - t
+        alignment = _align_entry(job, utt, audio, res, cache_dir) if job.align_path is not None else None
+        if audio is not None:
+            _frame_entries(job, utt, audio, res, cache_dir)
+        if job.words:
+            if alignment is not None:
+                pending_words.append((res, alignment, job.words))
+            elif not any(stage in ("align", "audio") for stage, _ in res.errors):
+                res.errors.append(("words", "no alignment to take the words from"))
+    _word_entries(pending_words, cache_dir)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     for res in results:
         res.rss_mb = rss
