@@ -30,7 +30,7 @@ def extract(
     ),
     workers: int = typer.Option(1, "--workers", "-j", min=0, help="Worker processes (0 or 1: in this process)."),
     out_dir: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Feature store folder [default: features/<corpus name>, where training looks]."
+        None, "--out", "-o", help="Feature store folder (default: features/<corpus name>, where training looks)."
     ),
     force: bool = typer.Option(False, "--force", help="Recompute entries that are already stored."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
