@@ -159,7 +159,9 @@ class Predictor:
         if info.words:
             from emofuse.features.words import get_word_encoder
 
-            self.encoder = get_word_encoder(info.words)
+            t = time.perf_counter()
+            self.encoder = get_word_encoder(info.words)  # GloVe tables load here, MiniLM in warm_up
+            self.load_timings[f"words:{info.words}"] = time.perf_counter() - t
         self.sphinx = None
         if self.needs_words:
             from emofuse.align.sphinx import Sphinx
@@ -169,6 +171,7 @@ class Predictor:
         if warm:
             self.warm_up()
         self.load_seconds = time.perf_counter() - started
+        self.load_timings["imports and rest"] = self.load_seconds - sum(self.load_timings.values())
 
     # ------------------------------------------------------------------------------ set-up
     def warm_up(self) -> None:
@@ -185,7 +188,7 @@ class Predictor:
         for name, step in steps:
             t = time.perf_counter()
             step()
-            self.load_timings[name] = time.perf_counter() - t
+            self.load_timings[name] = self.load_timings.get(name, 0.0) + time.perf_counter() - t
 
     @property
     def name(self) -> str:
