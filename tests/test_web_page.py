@@ -30,13 +30,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _serve(model_dir):
+    """uvicorn in a thread on a free port; yields the page's URL."""
     import uvicorn
 
     from emofuse.serving.app import create_app
 
-    model_dir = registry_model_dir(tmp_path_factory.mktemp("web") / "hmm4", "H-MM-4", word_layers=1)
     app = create_app(model_dir, max_upload_mb=5, max_seconds=30)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -52,6 +51,16 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from _serve(registry_model_dir(tmp_path_factory.mktemp("web") / "hmm4", "H-MM-4", word_layers=1))
+
+
+@pytest.fixture(scope="module")
+def acoustic_server(tmp_path_factory):
+    yield from _serve(registry_model_dir(tmp_path_factory.mktemp("web") / "baco", "B-ACO-1", words=None))
+
+
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -61,6 +70,8 @@ def browser(tmp_path_factory):
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1200,900",
+                 # A synthetic microphone (a beep) and no permission prompt, for the record button.
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -100,3 +111,25 @@ def test_page_shows_the_servers_message_for_a_non_audio_file(server, browser, tm
     browser.find_element(By.ID, "submit").click()
     error = WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "error").text or None)
     assert error.startswith("415: notes.txt: not an audio file")
+
+
+def test_page_records_from_the_microphone_and_predicts_the_recording(acoustic_server, browser):
+    """MediaRecorder gives WebM/Opus (Chromium's fake microphone here); the server decodes it
+    with PyAV and the acoustic-only model answers."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(acoustic_server)
+    wait = WebDriverWait(browser, 25)
+    wait.until(lambda d: "acoustic only" in d.find_element(By.ID, "model").text)
+    assert not browser.find_element(By.ID, "transcript").is_enabled()
+    browser.find_element(By.ID, "record").click()
+    wait.until(lambda d: d.find_element(By.ID, "record").text.startswith("■"))
+    time.sleep(1.5)
+    browser.find_element(By.ID, "record").click()
+    wait.until(lambda d: "kB recorded" in d.find_element(By.ID, "record-hint").text)
+    browser.find_element(By.ID, "submit").click()
+    label = wait.until(ec.visibility_of_element_located((By.ID, "label")))
+    assert label.text in CLASSES
+    assert "acoustic-only model" in browser.find_element(By.ID, "result").text
