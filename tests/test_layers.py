@@ -120,3 +120,15 @@ def test_registry_lists_papers_names_and_rejects_unknown():
         get_model("no-such-model")
     with pytest.raises(ConfigError, match="valid"):
         get_model("B-ACO-1").build(InputSpec(num_classes=2, acoustic_dim=3), hiddn=4)
+
+
+def test_blstm_unpacked_path_equals_the_packed_one():
+    torch.manual_seed(3)
+    blstm = BLSTM(4, 5, layers=2).eval()
+    x = torch.randn(3, 7, 4)
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 1 + [False] * 6])
+    assert torch.allclose(blstm.forward_unpacked(x, mask), blstm.forward_packed(x, mask), atol=1e-5)
+    # gradients flow through the unpacked path too
+    x.requires_grad_(True)
+    blstm.train().forward_unpacked(x, mask).sum().backward()
+    assert x.grad[1, 4:].abs().sum() == 0 and x.grad[1, :4].abs().sum() > 0
