@@ -17,7 +17,6 @@ is truncated unless `data.max_frames` / `data.max_words` say so (the papers: 700
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
@@ -243,8 +242,3 @@ def class_weights(counts: np.ndarray) -> np.ndarray:
     weights = np.zeros_like(counts)
     weights[present] = counts.sum() / (present.sum() * counts[present])
     return weights.astype(np.float32)
-
-
-def describe(data: LabelledData, indices: Sequence[int]) -> str:
-    counts = Counter(data.classes[int(data.labels[int(i)])] for i in indices)
-    return ", ".join(f"{c} {counts.get(c, 0)}" for c in data.classes)
