@@ -28,7 +28,7 @@ class UtteranceFeatures:
     words: list[str] | None = None  # the aligned words
     word_times: np.ndarray | None = None  # (W, 2) float seconds [start, end)
     word_vectors: np.ndarray | None = None  # (W, D_w) float32
-    align_source: str | None = None  # "corpus", "forced", "asr", "proportional"
+    align_source: str | None = None  # "corpus", "forced", "asr", "proportional"; "text" (words, no times); "none"
 
 
 @dataclass
