@@ -33,9 +33,11 @@ convolutions (kernel 3, ReLU) may stride again (the default's second layer halve
 50 Hz, 20 ms per audio state). All convolutions are "valid": an audio state is real only if
 its whole receptive field lies in real samples, so padding never reaches a real state, and
 sample spans map to states through the stack's stride S and receptive field R
-(state j covers samples [j S, j S + R)). Each channel is standardised per utterance over the
-real states after the filterbank (a learned-feature analogue of cepstral mean/variance
-normalisation).
+(state j covers samples [j S, j S + R)). After the filterbank each channel is normalised over
+real states only: by default with batch statistics (masked batch normalisation), which keeps
+the loudness differences between utterances that per-utterance standardisation
+(`filterbank_norm: utterance`, CMVN-like) would remove; the waveform itself is expected
+z-normalised with training-fold statistics (`data.normalise: true`).
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from emofuse.errors import ConfigError
 from emofuse.features.batch import Batch
 from emofuse.models.base import InputSpec, Output, register
-from emofuse.models.layers import Classifier, masked_mean, masked_softmax
+from emofuse.models.layers import Classifier, MaskedBatchNorm1d, masked_mean, masked_softmax
 
 MODES = ("global", "local", "forced")
 SCORES = ("dot", "general", "concat")
+FILTERBANK_NORMS = ("batch", "utterance", "none")
 
 
 @dataclass
@@ -70,7 +73,11 @@ class NMTConfig:
     attention_size: int = 64  # hidden size of the concat score
     window: int = 10  # local mode: half-width D in audio states
     gaussian: bool = True  # local mode: Luong's Gaussian around p_i
-    normalize_waveform: bool = True  # per-utterance zero mean, unit variance over real samples
+    normalize_waveform: bool = False  # per-utterance zero mean, unit variance over real samples
+    # After the filterbank's log magnitude: "batch" = masked batch normalisation (keeps the
+    # loudness differences between utterances), "utterance" = per-utterance, per-channel
+    # standardisation (CMVN-like; removes them), "none".
+    filterbank_norm: str = "batch"
     dropout: float = 0.3
 
 
@@ -106,6 +113,10 @@ class WaveformFrontEnd(nn.Module):
         self.kernels = [int(k) for k in cfg.conv_kernels]
         self.strides = [int(s) for s in cfg.conv_strides]
         self.normalize = cfg.normalize_waveform
+        if cfg.filterbank_norm not in FILTERBANK_NORMS:
+            raise ConfigError(f"nmt: filterbank_norm must be one of {', '.join(FILTERBANK_NORMS)}, not {cfg.filterbank_norm!r}")
+        self.filterbank_norm = cfg.filterbank_norm
+        self.batch_norm = MaskedBatchNorm1d(cfg.conv_channels[0]) if cfg.filterbank_norm == "batch" else None
         sizes = [1, *cfg.conv_channels]
         self.convs = nn.ModuleList(
             nn.Conv1d(sizes[i], sizes[i + 1], k, stride=s) for i, (k, s) in enumerate(zip(self.kernels, self.strides))
@@ -151,8 +162,14 @@ class WaveformFrontEnd(nn.Module):
             h = conv(h)  # (B, C, T_i)
             lengths = (torch.div(lengths - k, s, rounding_mode="floor") + 1).clamp(min=1)
             state_mask = self._mask(lengths, h.shape[2])  # (B, T_i)
-            if i == 0:  # learned filterbank: log magnitude, then per-channel standardisation
-                h = self._standardize(torch.log1p(h.abs()), state_mask)
+            if i == 0:  # learned filterbank: log magnitude, then normalisation over real states
+                h = torch.log1p(h.abs())
+                if self.batch_norm is not None:
+                    h = self.batch_norm(h.transpose(1, 2), state_mask).transpose(1, 2)
+                elif self.filterbank_norm == "utterance":
+                    h = self._standardize(h, state_mask)
+                else:
+                    h = h * state_mask.unsqueeze(1).to(h.dtype)
             else:
                 h = F.relu(h) * state_mask.unsqueeze(1).to(h.dtype)
         return h.transpose(1, 2), state_mask  # (B, T', C), (B, T')
