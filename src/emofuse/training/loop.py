@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 
 from emofuse.errors import ConfigError, EmofuseError
 from emofuse.models.base import get_model
-from emofuse.training.config import ExperimentConfig, atomic_write_text, save_config
+from emofuse.training.config import ExperimentConfig, atomic_write_text, default_file_mode, save_config
 from emofuse.features.normalise import Normaliser
 from emofuse.training.data import (
     BucketBatchSampler, Collator, IndexDataset, LabelledData, class_weights, lengths_of,
@@ -73,6 +73,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.chmod(tmp, default_file_mode())
             with os.fdopen(fd, "wb") as out:
                 torch.save(checkpoint, out)
                 out.flush()

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from emofuse.errors import DataError
-from emofuse.training.config import atomic_write_text
+from emofuse.training.config import atomic_write_text, default_file_mode
 from emofuse.training.metrics import HEADLINE, NAMES, mean_std, summarise
 
 STD_NOTE = "mean ± sample std (ddof=1) over folds, in percent"
@@ -143,6 +143,7 @@ def confusion_png(path: Path, confusion: Sequence[Sequence[int]], classes: Seque
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
     try:
         fig.savefig(tmp, dpi=120)
         os.replace(tmp, path)
