@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-dir", default="configs/ravdess4")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
-    parser.add_argument("--set", action="append", default=[], help="config override, e.g. trainer.max_epochs=8 (repeatable)")
+    parser.add_argument("--set", action="append", default=[],
+                        help="config override, e.g. trainer.max_epochs=8 (repeatable)")
     parser.add_argument("--folds", default=None, help="comma-separated fold indices (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/bench-can-nmt")

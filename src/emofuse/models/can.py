@@ -91,14 +91,16 @@ def fixed_spectrogram(batch: Batch, cfg: CANConfig) -> tuple[Tensor, Tensor]:
     if batch.acoustic is None:
         raise ValueError("the convolutional attention network needs a spectrogram in batch.acoustic")
     x = batch.acoustic  # (B, T, F)
-    mask = batch.acoustic_mask if batch.acoustic_mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    mask = batch.acoustic_mask
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     x, mask = x[:, : cfg.time_frames], mask[:, : cfg.time_frames]
     x = x[:, :, : cfg.freq_bins]
     if x.shape[1] < cfg.time_frames:
         x = F.pad(x, (0, 0, 0, cfg.time_frames - x.shape[1]))
         mask = F.pad(mask, (0, cfg.time_frames - mask.shape[1]), value=False)
     if x.shape[2] < cfg.freq_bins:
-        x = F.pad(x, (0, cfg.freq_bins - x.shape[2]))  # missing high bins: zeros (masked later)
+        x = F.pad(x, (0, cfg.freq_bins - x.shape[2]))  # bins the feature lacks: 0 (the same for every utterance)
     if cfg.freq_downsample > 1:
         x = F.avg_pool1d(x, cfg.freq_downsample)  # pools the last (frequency) axis
     keep = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)

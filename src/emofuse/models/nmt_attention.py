@@ -18,19 +18,20 @@ the two restricted modes implemented here:
     local-m with the two sequences' lengths), with Luong's Gaussian exp(-(s - p_i)^2 / 2 sigma^2),
     sigma = window / 2, folded into the softmax so each row still sums to 1.
   - "nmt-forced": each word attends only to the audio states whose centre lies inside its own
-    forced-alignment span (`batch.word_frames` on the waveform's sample grid), so the alignment
+    forced-alignment span (`batch.word_frames`, mapped to samples), so the alignment
     is given, not learned.
+Every mode takes every score (`score: dot | general | concat`).
 The attention matrix (B, W, T') is returned in `explain["alignment"]`, with the seconds per
 column in `explain["alignment_hop"]` and each word's expected time `explain["attention_center"]`.
 
 Audio front end: `batch.acoustic` is the `waveform` feature at 16 kHz, (B, T, 160) frames of
 160 samples (10 ms) each as `features/frames.py` stores it, flattened back to (B, T * 160)
 samples here; (B, S, 1) with `acoustic_hop` = 1/16000 works the same. `batch.word_frames`
-(forced mode) are on that frame grid and become sample spans. The first convolution is a learned filterbank, 400 samples wide
-(25 ms) with stride 160 (10 ms), followed by log(1 + |.|): it brings 16 kHz down to 100 states
-per second at the cost of one 400-tap filter per channel per 10 ms, like an STFT. Further
-convolutions (kernel 3, ReLU) may stride again (the default's second layer halves the rate to
-50 Hz, 20 ms per audio state). All convolutions are "valid": an audio state is real only if
+(forced mode) are on that frame grid and become sample spans. The first convolution is a
+learned filterbank, 400 samples wide (25 ms) with stride 160 (10 ms), followed by
+log(1 + |.|): it brings 16 kHz down to 100 states per second at the cost of one 400-tap filter
+per channel per 10 ms, like an STFT. Further convolutions (kernel 3, ReLU) may stride again
+(the default's second layer halves the rate to 50 Hz, 20 ms per audio state). All convolutions are "valid": an audio state is real only if
 its whole receptive field lies in real samples, so padding never reaches a real state, and
 sample spans map to states through the stack's stride S and receptive field R
 (state j covers samples [j S, j S + R)). After the filterbank each channel is normalised over
@@ -114,7 +115,8 @@ class WaveformFrontEnd(nn.Module):
         self.strides = [int(s) for s in cfg.conv_strides]
         self.normalize = cfg.normalize_waveform
         if cfg.filterbank_norm not in FILTERBANK_NORMS:
-            raise ConfigError(f"nmt: filterbank_norm must be one of {', '.join(FILTERBANK_NORMS)}, not {cfg.filterbank_norm!r}")
+            raise ConfigError(
+                f"nmt: filterbank_norm must be one of {', '.join(FILTERBANK_NORMS)}, not {cfg.filterbank_norm!r}")
         self.filterbank_norm = cfg.filterbank_norm
         self.batch_norm = MaskedBatchNorm1d(cfg.conv_channels[0]) if cfg.filterbank_norm == "batch" else None
         sizes = [1, *cfg.conv_channels]
