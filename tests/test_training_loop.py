@@ -219,3 +219,13 @@ def _csv(path: Path) -> list[dict]:
 
     with path.open() as f:
         return list(csv.DictReader(f))
+
+
+def test_the_same_seed_gives_the_same_predictions(tmp_path):
+    data = synthetic_data()
+    outputs = []
+    for name in ("a", "b"):
+        cfg = tiny_config(tmp_path / name, "fold=2", "trainer.max_epochs=2", "model.dropout=0.3")
+        run_folds(cfg, data, folds_for(data, cfg), log=lambda s: None)
+        outputs.append((tmp_path / name / "run" / "fold-2" / "predictions.csv").read_text())
+    assert outputs[0] == outputs[1]
