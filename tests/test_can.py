@@ -47,6 +47,7 @@ def test_can_attention_puts_no_mass_on_padded_words_or_frames():
     assert torch.all(a[0, :, 3:] == 0)
     assert torch.all(a[1, :, 3:] == 0)  # 20 real frames -> positions 0..2
     assert torch.all(out.explain["time_weight"][0, 3:] == 0)
+    assert out.explain["alignment_hop"].tolist() == pytest.approx([0.02 * 8] * 2)  # one column = 2^3 frames
 
 
 def test_can_attention_rows_of_real_words_sum_to_one():

@@ -118,6 +118,7 @@ def test_forced_attention_puts_no_mass_outside_each_words_frames():
     front = model.frontend
     _, state_mask = front(batch.acoustic, batch.acoustic_mask)
     centres = torch.arange(a.shape[-1]) * front.stride + (front.field - 1) / 2  # samples
+    assert out.explain["alignment_hop"].tolist() == pytest.approx([front.stride / SR] * 2)
     for b in range(2):
         for i in range(int(batch.word_mask[b].sum())):
             start, end = (batch.word_frames[b, i] * 160).tolist()  # samples [start, end)
