@@ -324,6 +324,12 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
         t = result["test"]
         log(f"fold {fold.index}: test UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f} "
             f"(best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
+        write_run(cfg, data, folds, run_dir)  # the report grows fold by fold
+    return write_run(cfg, data, folds, run_dir)
+
+
+def write_run(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: Path) -> dict:
+    """Summarise every finished fold of the run into metrics.json, report.md, confusion.png."""
     done = [read_json(run_dir / f"fold-{f.index}" / "metrics.json") for f in folds
             if (run_dir / f"fold-{f.index}" / "metrics.json").is_file()]
     run = run_summary(cfg.to_dict(), data.classes, done, len(folds))
