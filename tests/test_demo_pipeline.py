@@ -1,4 +1,4 @@
-"""`emofuse demo` end to end, in a reduced setting: the fused model must earn its keep.
+"""`emofuse demo` end to end: the fused model must earn its keep.
 
 The demo corpus is built so that the words alone cannot resolve the ambiguous phrases and
 the voice alone cannot resolve the lexical sentences; H-MM-4 must beat chance and both
@@ -17,13 +17,14 @@ from emofuse.inference.modeldir import read_info
 
 pytestmark = pytest.mark.slow
 
-REDUCED = ["trainer.max_epochs=12", "trainer.patience=null", "trainer.threads=1"]
+# The demo's own (already small) settings, with the progress bar off.
+SETTINGS = ["trainer.progress=false"]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    return run_demo(out, REDUCED, workers=2, log=lambda line: None, progress=False)
+    return run_demo(out, SETTINGS, workers=2, log=lambda line: None, progress=False)
 
 
 def test_demo_fused_model_beats_chance_and_both_unimodal_models(demo):
