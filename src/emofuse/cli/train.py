@@ -32,6 +32,12 @@ def train(
     if is_rank_zero():
         out.print(run_table(run))
         out.print(f"[bold green]wrote[/] {escape(run['run_dir'])}/metrics.json, report.md, confusion.png")
+        if cfg.fold is None and run.get("folds"):
+            from emofuse.inference.modeldir import export_run
+
+            # The deployable artefact: the fold with the best validation score, never chosen by test.
+            model_dir = export_run(run["run_dir"], Path(run["run_dir"]) / "model")
+            out.print(f"[bold green]exported[/] {escape(str(model_dir))} (try: emofuse predict {escape(str(model_dir))} FILE)")
 
 
 def run_table(run: dict) -> Table:
