@@ -101,11 +101,11 @@ def test_output_shapes(name):
             assert out.explain[key].shape == (2, 4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + ["fgcme-ctc-align/blstm"])
 def test_utterance_alone_or_padded_in_a_batch_gives_the_same_output(name):
     rng = np.random.default_rng(1)
     short, long = utterance("s", 23, 3, rng), utterance("l", 61, 7, rng)
-    model = build(name)
+    model = build("fgcme-ctc-align", ctc_encoder="blstm") if name.endswith("/blstm") else build(name)
     alone = model(collate([short], [0], [ids(3)]))
     together = model(collate([long, short], [0, 0], [ids(7, 4), ids(3)]))
     assert torch.allclose(alone.logits[0], together.logits[1], atol=1e-5)
@@ -246,12 +246,15 @@ def _iou(spans: torch.Tensor, truth: torch.Tensor) -> float:
     return (overlap / union).mean().item()
 
 
+STEPS = 250
+
+
 def test_ctc_aligner_learns_word_spans_on_a_synthetic_task():
     """Frames carry a one-hot of the word they belong to (plus noise); after training on such
     utterances the CTC aligner's spans must match the true ones far better than an even split."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    cfg = FGCMEConfig(**{**SMALL, "alignment": "ctc", "ctc_hidden": 16, "ctc_layers": 1, "ctc_subsample": 1})
+    cfg = FGCMEConfig(**{**SMALL, "alignment": "ctc", "ctc_hidden": 16, "ctc_subsample": 1})  # the CNN aligner
     aligner = FGCMEWithCTCAlignment(InputSpec(num_classes=2, acoustic_dim=6, word_dim=5, vocab_size=6), cfg).aligner
     optimizer = torch.optim.Adam(aligner.parameters(), lr=0.02)
 
@@ -266,7 +269,7 @@ def test_ctc_aligner_learns_word_spans_on_a_synthetic_task():
         return acoustic, tokens, torch.stack([bounds[:, :3], bounds[:, 1:]], -1)
 
     mask, word_mask = torch.ones(16, 30, dtype=torch.bool), torch.ones(16, 3, dtype=torch.bool)
-    for _ in range(250):
+    for _ in range(STEPS):
         acoustic, tokens, _ = make(16)
         loss = aligner.loss(acoustic, mask, tokens, word_mask)
         optimizer.zero_grad()
