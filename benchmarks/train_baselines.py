@@ -47,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     from emofuse.training.metrics import HEADLINE
 
     quiet_lightning()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for config in args.configs:
         path = Path(config) if Path(config).is_absolute() else ROOT / config
         cfg = load_config(path, overrides)
@@ -79,10 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             metric, threshold = target
             entry["target"] = {"metric": metric, "threshold": threshold,
                                "met": summary[metric]["mean"] >= threshold}
+        # Re-read just before writing: another benchmark process may have added its entry meanwhile.
+        results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
         results[key] = entry
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(RESULTS, json.dumps(results, indent=2) + "\n")
-        line = "  ".join(f"{k} {summary[k]['mean']:.3f}±{summary[k]['std'] or 0:.3f}" for k in HEADLINE)
+        line = "  ".join(f"{k} {summary[k]['mean']:.3f}" + (f"±{summary[k]['std']:.3f}" if summary[k]["std"] is not None else "")
+                         for k in HEADLINE)
         print(f"== {key}: {line}  ({run['folds_done']}/{run['folds_total']} folds, {wall:.0f} s)", flush=True)
     return 0
 

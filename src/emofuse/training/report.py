@@ -66,12 +66,26 @@ def summary_row(run: dict) -> dict[str, str]:
 
 
 def markdown_table(rows: Sequence[dict[str, str]]) -> str:
+    """A GitHub table; columns whose cells are all numbers (or mean ± std) are right-aligned."""
     if not rows:
         return ""
     header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+
+    def numeric(column: str) -> bool:
+        cells = [str(r.get(column, "")).replace("±", " ").split() for r in rows]
+        return all(c and all(_is_number(part) for part in c) for c in cells)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if numeric(h) else "---" for h in header) + "|"]
     lines += ["| " + " | ".join(str(r.get(h, "")) for h in header) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("%"))
+    except ValueError:
+        return text in ("-",)
+    return True
 
 
 def report_markdown(run: dict, config: dict | None = None) -> str:
