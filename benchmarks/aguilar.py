@@ -65,9 +65,13 @@ def explain_stats(cfg, data, fold, fold_dir: Path, result: dict) -> dict:
     module = EmotionModule(cfg.model_name, cfg.model_settings, spec, {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
                            list(data.classes))
     state = torch.load(fold_dir / result["best_checkpoint"], map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
-    model = module.model.eval()
+    model = module.model
+    # Only the network: the module's other buffers (e.g. class weights) are not needed here.
+    model.load_state_dict({k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")})
+    model.eval()
     gates, gate_by_class, entropies = [], {c: [] for c in data.classes}, []
+    gate_by_word: dict[str, list[float]] = {}
+    index = {it.id: i for i, it in enumerate(data.items)}
     with torch.no_grad():
         for batch in eval_loader(cfg, collator, fold.test):
             out = model(batch)
@@ -76,6 +80,9 @@ def explain_stats(cfg, data, fold, fold_dir: Path, result: dict) -> dict:
                 gates.append(g[batch.word_mask])
                 for b, y in enumerate(batch.labels.tolist()):
                     gate_by_class[data.classes[y]].append(g[b][batch.word_mask[b]])
+                    words = data.items[index[batch.ids[b]]].words or []
+                    for w, value in zip(words, g[b][batch.word_mask[b]].tolist()):
+                        gate_by_word.setdefault(w, []).append(value)
             if "attention" in out.explain:
                 a = out.explain["attention"]  # (B, W)
                 n = batch.word_mask.sum(1).clamp(min=2).float()
@@ -85,6 +92,7 @@ def explain_stats(cfg, data, fold, fold_dir: Path, result: dict) -> dict:
     if gates:
         stats["gate_mean"] = float(torch.cat(gates).mean())
         stats["gate_by_class"] = {c: float(torch.cat(v).mean()) for c, v in gate_by_class.items() if v}
+        stats["gate_by_word"] = {w: float(np.mean(v)) for w, v in sorted(gate_by_word.items(), key=lambda kv: -len(kv[1]))[:20]}
     if entropies:
         stats["attention_entropy"] = float(torch.cat(entropies).mean())
     return stats
