@@ -244,3 +244,68 @@ def test_alignment_and_collate_give_one_frame_span_per_word(kids_audio, sphinx):
     a = alignment_matrix(batch.word_frames, num_frames, batch.word_mask)
     assert a.shape == (1, 6, num_frames) and torch.all(a.sum(-1) >= 1)
     np.testing.assert_array_equal(a[0].numpy().astype(bool), word_frame_matrix(alignment.times(), num_frames))
+
+
+def test_speech_segments_split_at_long_pauses_only():
+    from emofuse.align.sphinx import SEGMENT_PAD, speech_segments
+
+    silence = np.zeros
+    one = np.concatenate([silence(8000, np.float32), tone(0.5), silence(3200, np.float32), tone(0.5),
+                          silence(8000, np.float32)])  # a 0.2 s pause: one segment
+    two = np.concatenate([silence(8000, np.float32), tone(0.5), silence(16000, np.float32), tone(0.5),
+                          silence(8000, np.float32)])  # a 1 s pause: two segments
+    assert len(speech_segments(one)) == 1
+    segments = speech_segments(two)
+    assert len(segments) == 2
+    (s0, e0), (s1, e1) = segments
+    assert s0 == pytest.approx(8000 - SEGMENT_PAD * 16000, abs=400)
+    assert s1 == pytest.approx(8000 + 8000 + 16000 - SEGMENT_PAD * 16000, abs=400)
+    assert e0 < s1 and e1 <= len(two)
+    assert speech_segments(silence(16000, np.float32)) == []
+
+
+def test_asr_dictionary_holds_the_most_probable_lm_words_and_is_cached(tmp_path):
+    from emofuse.align.sphinx import asr_dictionary
+
+    path = asr_dictionary(500, cache_dir=tmp_path)
+    words = {line.split(" ", 1)[0].split("(")[0] for line in path.read_text().splitlines()}
+    assert len(words) == 500
+    assert {"the", "and", "you", "door"} & words == {"the", "and", "you"}  # "door" is rarer than the top 500
+    mtime = path.stat().st_mtime_ns
+    assert asr_dictionary(500, cache_dir=tmp_path) == path and path.stat().st_mtime_ns == mtime
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_recognised_word_times_follow_the_recording_clock(kids_audio, sphinx):
+    _, audio = kids_audio
+    shifted = np.concatenate([np.zeros(2 * 16000, np.float32), audio])
+    plain, late = sphinx.recognize(audio), sphinx.recognize(shifted)
+    assert [w.text for w in late] == [w.text for w in plain] and "door" in [w.text for w in late]
+    for a, b in zip(plain, late):
+        assert b.start - a.start == pytest.approx(2.0, abs=0.02)
+
+
+def test_forced_word_times_follow_the_recording_clock(kids_audio, sphinx):
+    _, audio = kids_audio
+    words = ["kids", "are", "talking", "by", "the", "door"]
+    shifted = np.concatenate([np.zeros(2 * 16000, np.float32), audio, np.zeros(16000, np.float32)])
+    plain, late = sphinx.align(audio, words), sphinx.align(shifted, words)
+    assert [w.text for w in late] == words
+    for a, b in zip(plain, late):
+        assert b.start - a.start == pytest.approx(2.0, abs=0.02)
+
+
+def test_alignment_does_not_depend_on_what_was_decoded_before(kids_audio, ravdess_root):
+    from emofuse.align.sphinx import Sphinx
+    from emofuse.features.audio import load_audio
+
+    _, audio = kids_audio
+    words = ["kids", "are", "talking", "by", "the", "door"]
+    other = load_audio(ravdess_utt(ravdess_root, "03-01-04-02-02-02-01"), 16000)
+    fresh = Sphinx()
+    first = fresh.align(audio, words)
+    used = Sphinx()
+    used.align(other, ["dogs", "are", "sitting", "by", "the", "door"])
+    used.recognize(other)
+    assert used.align(audio, words) == first == fresh.align(audio, words)
+    assert used.recognize(audio) == fresh.recognize(audio)

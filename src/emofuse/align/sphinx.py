@@ -5,6 +5,20 @@ transcript (optional silences between words) and its segmentation gives each wor
 `Sphinx.recognize` is speech recognition with the packaged n-gram LM, for utterances
 without a transcript (and as a fallback when alignment fails).
 
+Recognition is made fast enough for a 2-core service in three ways, each measured on 48
+RAVDESS and 48 demo utterances against pocketsphinx's defaults (RTF 0.70 / 0.77, WER 0.22 /
+0.71):
+- the search vocabulary is the ASR_VOCABULARY (10 000) most probable words of the packaged
+  LM: pocketsphinx drops LM words missing from the dictionary, so a dictionary holding only
+  those words (built once from CMUdict and cached, `asr_dictionary`) shrinks the lexicon
+  tree 13x; the search, not the acoustic scoring, dominates decoding time;
+- no second flat-lexicon pass (`fwdflat=False`);
+- only speech is decoded: the energy VAD's speech regions, split at pauses of
+  SEGMENT_GAP seconds or more and padded by SEGMENT_PAD, each decoded as its own utterance
+  (word times shifted back to the recording's clock).
+Together: RTF 0.12 / 0.22 at WER 0.18 / 0.72. Forced alignment likewise decodes only the
+stretch from the first to the last speech segment.
+
 Frames are pocketsphinx's 10 ms frames; a segment [start_frame, end_frame] is inclusive, so a
 word spans [start_frame / 100, (end_frame + 1) / 100) seconds.
 
@@ -15,7 +29,11 @@ the search beams, which is what happens for a transcript of a different sentence
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +43,9 @@ from emofuse.corpora.base import Word
 FRAME_SECONDS = 0.01
 SAMPLE_RATE = 16000
 _ALT = re.compile(r"\(\d+\)$")  # "the(2)": the second pronunciation of "the"
+ASR_VOCABULARY = 10000  # words the recogniser searches: the LM's most probable (module docstring)
+SEGMENT_GAP = 0.5  # seconds of non-speech that split a recording into separately decoded parts
+SEGMENT_PAD = 0.25  # seconds of context kept around each speech part
 
 
 def _pcm16(audio: np.ndarray) -> bytes:
@@ -42,12 +63,70 @@ def _segments_to_words(segments) -> list[Word]:
     return words
 
 
-class Sphinx:
-    """Lazily built decoders (building one takes ~0.5 s); one instance per worker process."""
+def asr_dictionary(size: int = ASR_VOCABULARY, cache_dir: str | Path | None = None) -> Path:
+    """A pronunciation dictionary with the `size` most probable words of the packaged LM.
 
-    def __init__(self) -> None:
+    Words are ranked by their unigram log probability in en-us.lm.bin (all pronunciations of
+    a word kept, CMUdict order). Built once (about a second) and cached, written atomically,
+    under `cache_dir` (default: the temp folder), keyed by pocketsphinx's version and `size`.
+    """
+    from importlib.metadata import version
+
+    from pocketsphinx import NGramModel, get_model_path
+
+    folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "emofuse-sphinx"
+    key = hashlib.sha1(f"{version('pocketsphinx')}:{size}".encode()).hexdigest()[:12]
+    path = folder / f"asr-{size}-{key}.dict"
+    if path.is_file():
+        return path
+    lm = NGramModel.readfile(get_model_path("en-us/en-us.lm.bin"))
+    entries: dict[str, list[str]] = {}
+    with open(get_model_path("en-us/cmudict-en-us.dict"), encoding="utf-8") as f:
+        for line in f:
+            entries.setdefault(_ALT.sub("", line.split(" ", 1)[0]), []).append(line)
+    unknown = lm.prob(["<emofuse-no-such-word>"])
+    scored = [(lm.prob([w]), w) for w in entries]
+    ranked = [w for p, w in sorted(scored, key=lambda x: (-x[0], x[1])) if p > unknown][:size]
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.writelines(line for w in sorted(ranked) for line in entries[w])
+    os.replace(tmp, path)
+    return path
+
+
+def speech_segments(audio: np.ndarray, gap: float = SEGMENT_GAP, pad: float = SEGMENT_PAD) -> list[tuple[int, int]]:
+    """[start, end) sample ranges of speech (energy VAD), split at pauses >= `gap` s, padded."""
+    from emofuse.align.vad import HOP, energy_speech_mask
+
+    mask = energy_speech_mask(audio, SAMPLE_RATE)
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    runs = list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+    merged: list[list[int]] = []
+    for start, end in runs:
+        if merged and (start - merged[-1][1]) * HOP < gap:
+            merged[-1][1] = end
+        else:
+            merged.append([start, end])
+    step, n = int(round(HOP * SAMPLE_RATE)), len(audio)
+    pad_frames = int(round(pad / HOP))  # whole frames: segment starts stay on the 10 ms grid
+    return [(max(0, (s - pad_frames) * step), min(n, (e + pad_frames) * step)) for s, e in merged]
+
+
+class Sphinx:
+    """Lazily built decoders (building one takes ~0.2 s); one instance per worker process.
+
+    pocketsphinx's front end (its live cepstral mean normalisation) carries state from one
+    utterance to the next, so the same audio aligned differently depending on what the
+    process had decoded before (measured: a word end moved by 20 ms). The front end is
+    rebuilt before every utterance (`reinit_feat`, 0.1 ms): results depend on the audio
+    alone, not on the order of files or on which worker took them.
+    """
+
+    def __init__(self, asr_vocabulary: int = ASR_VOCABULARY) -> None:
         self._aligner = None
         self._recognizer = None
+        self.asr_vocabulary = asr_vocabulary
         self.added: dict[str, str] = {}  # word -> how its pronunciation was made (g2p.pronounce)
 
     @staticmethod
@@ -55,7 +134,10 @@ class Sphinx:
         from importlib.metadata import version
 
         return {"engine": "pocketsphinx", "version": version("pocketsphinx"),
-                "model": "en-us", "dict": "cmudict-en-us", "frame": FRAME_SECONDS}
+                "model": "en-us", "dict": "cmudict-en-us", "frame": FRAME_SECONDS,
+                "trim": "energy VAD speech span", "front_end": "reset per utterance",
+                "asr": {"vocabulary": ASR_VOCABULARY, "fwdflat": False, "segment_gap": SEGMENT_GAP,
+                        "segment_pad": SEGMENT_PAD}}
 
     @property
     def aligner(self):
@@ -70,7 +152,8 @@ class Sphinx:
         if self._recognizer is None:
             from pocketsphinx import Decoder
 
-            self._recognizer = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
+            self._recognizer = Decoder(samprate=SAMPLE_RATE, dict=str(asr_dictionary(self.asr_vocabulary)),
+                                       fwdflat=False, loglevel="FATAL")
         return self._recognizer
 
     def ensure_pronounceable(self, words: list[str]) -> None:
@@ -84,34 +167,52 @@ class Sphinx:
             self.added[word] = how
 
     def align(self, audio: np.ndarray, words: list[str]) -> list[Word] | None:
-        """Forced alignment of `words` (normalised) to 16 kHz mono audio; None when it fails."""
+        """Forced alignment of `words` (normalised) to 16 kHz mono audio; None when it fails.
+
+        Only the stretch from the first to the last speech segment (`speech_segments`, with
+        its padding) is decoded: leading and trailing silence cost time and give the decoder
+        room to misplace words. Times are on the recording's clock."""
         if not words or audio.size < SAMPLE_RATE * FRAME_SECONDS * 3:
             return None
         self.ensure_pronounceable(words)
+        segments = speech_segments(audio)
+        start, end = (segments[0][0], segments[-1][1]) if segments else (0, len(audio))
+        if end - start < SAMPLE_RATE * FRAME_SECONDS * 3:
+            start, end = 0, len(audio)
         decoder = self.aligner
         try:
             decoder.set_align_text(" ".join(words))
+            decoder.reinit_feat()  # no state from earlier utterances (class docstring)
             decoder.start_utt()
-            decoder.process_raw(_pcm16(audio), full_utt=True)
+            decoder.process_raw(_pcm16(audio[start:end]), full_utt=True)
             decoder.end_utt()
         except RuntimeError:
             return None
         aligned = _segments_to_words(decoder.seg())
         if [w.text for w in aligned] != list(words):
             return None  # empty segmentation: the grammar could not be fitted to the audio
-        return aligned
+        offset = start / SAMPLE_RATE
+        return [Word(w.text, w.start + offset, w.end + offset) for w in aligned]
 
     def recognize(self, audio: np.ndarray) -> list[Word]:
-        """Words and times of the recogniser's best hypothesis (possibly none)."""
+        """Words and times of the recogniser's best hypothesis (possibly none), decoding each
+        speech segment (`speech_segments`) on its own."""
         if audio.size < SAMPLE_RATE * FRAME_SECONDS * 3:
             return []
         decoder = self.recognizer
-        try:
-            decoder.start_utt()
-            decoder.process_raw(_pcm16(audio), full_utt=True)
-            decoder.end_utt()
-        except RuntimeError:
-            return []
-        if decoder.hyp() is None:
-            return []
-        return _segments_to_words(decoder.seg())
+        words: list[Word] = []
+        for start, end in speech_segments(audio):
+            if end - start < SAMPLE_RATE * FRAME_SECONDS * 3:
+                continue
+            try:
+                decoder.reinit_feat()
+                decoder.start_utt()
+                decoder.process_raw(_pcm16(audio[start:end]), full_utt=True)
+                decoder.end_utt()
+            except RuntimeError:
+                continue
+            if decoder.hyp() is None:
+                continue
+            offset = start / SAMPLE_RATE
+            words.extend(Word(w.text, w.start + offset, w.end + offset) for w in _segments_to_words(decoder.seg()))
+        return words
