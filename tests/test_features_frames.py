@@ -49,6 +49,13 @@ def test_compare_lld_one_pass_equals_the_stock_lld_and_delta_tables():
     np.testing.assert_allclose(ours[:, 65:], stock_de[:n], rtol=1e-5, atol=1e-4)
 
 
+def test_compare_lld_direct_engine_run_equals_process_signal():
+    from emofuse.features.frames import _run_smile, _smile
+
+    y = tone(0.9, freq=150.0) * np.linspace(0.2, 1.0, 14400, dtype=np.float32)
+    np.testing.assert_array_equal(_run_smile(y), _smile().process_signal(y, 16000).to_numpy(dtype=np.float32))
+
+
 def test_compare_lld_pitch_follows_the_voice():
     x = get_frame_feature("compare_lld").extract(tone(1.0, freq=200.0))
     f0 = x[20:80, 0]  # F0final_sma, voiced middle frames

@@ -114,6 +114,36 @@ def _smile():
     return opensmile.Smile(feature_set=str(_compare_config()), feature_level="lld_de_all")
 
 
+def _run_smile(signal: np.ndarray) -> np.ndarray:
+    """(T', D) float32 frames of one mono 16 kHz signal through openSMILE's own API.
+
+    The same steps as `opensmile.Smile.process_signal` for one channel (same options, the
+    same int16 conversion, one engine per call), minus the audinterface/pandas wrapping
+    around them, which costs ~10 ms per call; `tests/test_features_frames.py` checks the
+    values are identical to process_signal's.
+    """
+    from opensmile.core.config import config
+
+    smile_def = _smile()
+    pcm = (signal * 32768).astype(np.int16)
+    options = smile_def._options()
+    options["source"] = os.path.join(smile_def.default_config_root, config.EXTERNAL_INPUT_CONFIG)
+    options["sampleRate"] = SAMPLE_RATE
+    options["nBits"] = 16
+    rows: list[np.ndarray] = []
+    engine = smile_def._smile(options=options)
+    try:
+        engine.external_sink_set_callback_ex(config.EXTERNAL_OUTPUT_COMPONENT, lambda data, meta: rows.append(data.copy()))
+        engine.external_audio_source_write_data(config.EXTERNAL_SOURCE_COMPONENT, pcm.tobytes())
+        engine.external_audio_source_set_eoi(config.EXTERNAL_SOURCE_COMPONENT)
+        engine.run()
+    finally:
+        engine.free()
+    if not rows:
+        return np.zeros((1, 130), dtype=np.float32)  # never seen: the caller repeats it to T frames
+    return np.vstack(rows).astype(np.float32)
+
+
 def _compare_lld(y: np.ndarray) -> np.ndarray:
     hop = int(HOP * SAMPLE_RATE)
     num_frames = max(1, len(y) // hop)
@@ -124,8 +154,7 @@ def _compare_lld(y: np.ndarray) -> np.ndarray:
     right = needed - left - len(y)
     mode = "reflect" if len(y) > max(left, right) else "constant"
     padded = np.pad(y, (left, right), mode=mode).astype(np.float32)
-    table = _smile().process_signal(padded, SAMPLE_RATE)
-    values = table.to_numpy(dtype=np.float32)  # (T', 130)
+    values = _run_smile(padded)  # (T', 130)
     if len(values) < num_frames:  # never seen; keep the grid whole rather than fail
         values = np.concatenate([values, np.repeat(values[-1:], num_frames - len(values), axis=0)])
     return values[:num_frames]
