@@ -66,6 +66,7 @@ def predict(
     results_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write all results as .csv or .jsonl."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes for a folder (each loads the model once)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Files per model batch."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine). Folder workers use 1 each."),
 ) -> None:
     """Predict the emotion of recordings and show, per word, its time span, acoustic share and attention."""
     from emofuse.inference.explain import render_html, render_png, write_text_atomic
@@ -103,7 +104,8 @@ def predict(
                   TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True,
                   disable=single or not err.is_terminal) as bar:
         task = bar.add_task("predict", total=len(jobs))
-        for index, result in predict_jobs(model_dir, jobs, workers=min(workers, len(jobs)), batch_size=batch_size):
+        for index, result in predict_jobs(model_dir, jobs, workers=min(workers, len(jobs)), batch_size=batch_size,
+                                          threads=threads):
             results[index] = result
             bar.advance(task)
             if isinstance(result, PredictionError):
@@ -142,6 +144,7 @@ def serve(
     port: int = typer.Option(8000, "--port", help="TCP port."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload (413 above)."),
     max_seconds: float = typer.Option(120.0, "--max-seconds", help="Longest accepted recording (413 above)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine)."),
 ) -> None:
     """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,
     and a web page at / to upload or record audio and see the explanation."""
@@ -150,7 +153,7 @@ def serve(
     from emofuse.serving.app import create_app
 
     _, err = _consoles()
-    app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds)
+    app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds, threads=threads)
     state = app.state.predictor
     err.print(f"model {escape(state.name)} loaded in {state.load_seconds:.1f} s; serving on http://{host}:{port}/")
     uvicorn.run(app, host=host, port=port, log_level="info")

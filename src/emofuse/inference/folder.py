@@ -94,7 +94,7 @@ def _init_worker(model_dir: str) -> None:
 
     torch.set_num_threads(1)
     global _PREDICTOR
-    _PREDICTOR = Predictor(model_dir, warm=True)
+    _PREDICTOR = Predictor(model_dir, warm=True, threads=1)
 
 
 def _work(chunk: list[tuple[int, Job]]) -> list[tuple[int, Result]]:
@@ -104,12 +104,16 @@ def _work(chunk: list[tuple[int, Job]]) -> list[tuple[int, Result]]:
 
 
 def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, batch_size: int = 4,
-                 predictor: Predictor | None = None) -> Iterator[tuple[int, Result]]:
-    """(index, Prediction | PredictionError) for every job, in the order they finish."""
+                 predictor: Predictor | None = None, threads: int | None = None) -> Iterator[tuple[int, Result]]:
+    """(index, Prediction | PredictionError) for every job, in the order they finish.
+
+    threads: torch threads of the in-process Predictor when workers <= 1 (default
+    `predictor.DEFAULT_THREADS`); each of several worker processes uses 1.
+    """
     indexed = list(enumerate(jobs))
     chunks = [indexed[i:i + batch_size] for i in range(0, len(indexed), max(1, batch_size))]
     if workers <= 1:
-        predictor = predictor or Predictor(model_dir)
+        predictor = predictor or Predictor(model_dir, threads=threads)
         for chunk in chunks:
             results = predictor.predict_files([job for _, job in chunk])
             yield from ((i, r) for (i, _), r in zip(chunk, results))

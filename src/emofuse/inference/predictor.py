@@ -37,6 +37,7 @@ from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.inference.modeldir import ModelInfo, load_model_dir
 
 SAMPLE_RATE = 16000
+DEFAULT_THREADS = 1  # torch threads of a Predictor (see its docstring)
 # Per-word maps a model may put in Output.explain, with what they mean.
 WORD_MAPS = {
     "gate": "acoustic share of the word (GMU z, Aguilar et al. 2019 Eq. 1); 1 - gate is the lexical share",
@@ -123,16 +124,17 @@ class Predictor:
 
     warm=True also opens every tool now (openSMILE, MiniLM, the pocketsphinx decoders) so the
     first prediction is as fast as the next; `load_seconds` says how long loading took.
-    threads: torch's intra-op threads for this process (None leaves them). One utterance is
-    too little work to share between threads: on 2 busy cores, 2 threads made the paper-size
-    H-MM-4 6x slower than 1 (0.86 s vs 0.14 s for 3 s of audio); parallelism over files comes
-    from worker processes instead (`inference.folder`).
+    threads: torch's intra-op threads for this process (default DEFAULT_THREADS = 1). Two
+    threads halve the paper-size BLSTM alone (2 x 256 over 3.3 s of frames: 32 ms vs 60 ms on
+    an idle 2-core machine), but torch's idle OpenMP workers then compete with the
+    single-threaded alignment and openSMILE stages that follow: a whole 3 s prediction went
+    from 0.17 s to 0.22 s, and on cores other jobs keep busy 2 threads were 6x slower. A
+    folder run parallelises over files with worker processes instead (`inference.folder`).
     """
 
-    def __init__(self, model_dir: str | Path, warm: bool = True, threads: int | None = 1):
+    def __init__(self, model_dir: str | Path, warm: bool = True, threads: int | None = None):
         started = time.perf_counter()
-        if threads is not None:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(DEFAULT_THREADS if threads is None else threads)
         loaded = load_model_dir(model_dir)
         self.load_timings: dict[str, float] = {"model": time.perf_counter() - started}
         self.info: ModelInfo = loaded.info

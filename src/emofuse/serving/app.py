@@ -107,13 +107,13 @@ def decode_upload(data: bytes, filename: str):
 
 
 def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: float = 120.0,
-               predictor: Predictor | None = None) -> FastAPI:
+               predictor: Predictor | None = None, threads: int | None = None) -> FastAPI:
     """The service for one model directory; the model is loaded here, once (module docstring)."""
     from emofuse import __version__
     from emofuse.inference.explain import render_fragment
 
     started = time.perf_counter()
-    predictor = predictor or Predictor(model_dir, warm=True)
+    predictor = predictor or Predictor(model_dir, warm=True, threads=threads)
     load_seconds = time.perf_counter() - started
     app = FastAPI(
         title="emofuse",
