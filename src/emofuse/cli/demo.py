@@ -51,7 +51,7 @@ def demo(
                       f"predicted [bold]{p['label']}[/] "
                       f"({', '.join(f'{k} {v:.2f}' for k, v in p['probabilities'].items())})")
     if words:
-        out_console.print(f"  words [acoustic share]: {escape(words)}")
+        out_console.print(escape(f"  words [acoustic share]: {words}"))
     d = result.out_dir
     out_console.print(f"\nfinished in {time.perf_counter() - start:.0f} s. Everything is in {escape(str(d))}:")
     for what, path in [("manifest", result.manifest), ("features", d / "features"), ("runs", d / "runs"),
@@ -65,7 +65,7 @@ def demo(
         f"emofuse report {' '.join(str(result.runs[m]) for m in MODELS)}",
         "emofuse prepare ravdess PATH/TO/RAVDESS --out ravdess.jsonl   # then: emofuse train configs/ravdess4/h-mm-4.yaml",
     ]:
-        out_console.print(f"  {escape(line)}")
+        out_console.print(f"  {escape(line)}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
