@@ -108,7 +108,7 @@ def main() -> None:
         "workers": args.workers,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_before": load_before, "load_average_after": load_after,
-                    "note": "2 cores shared with other jobs while measuring: wall-clock figures are pessimistic"},
+                    "note": "wall-clock figures depend on other jobs sharing the cores: see the load averages"},
         "cold": {
             "wall_seconds": round(cold.wall_seconds, 1),
             "audio_seconds": round(cold.audio_seconds, 1),
