@@ -168,6 +168,23 @@ def test_joint_multiview_trains_both_views_and_sums_the_papers_terms():
         assert all(p.grad is not None for p in view.parameters())
 
 
+def test_class_weights_weight_both_cross_entropy_terms():
+    torch.manual_seed(0)
+    model = get_model("MV-B-ACO-1+H-MM-4").build(SPEC, hidden=8, dropout=0.0).eval()
+    batch = batch_of([ANGRY, HAPPY, NEUTRAL, SAD, ANGRY, SAD])
+    out = model(batch)
+    model.loss(out, batch)  # (the contrastive term draws random negatives: compare the CE terms)
+    plain = dict(model.last_terms)
+    model.loss(out, batch, class_weights=torch.ones(4))
+    assert model.last_terms["ce_a"] == pytest.approx(plain["ce_a"], rel=1e-6)
+    assert model.last_terms["ce_m"] == pytest.approx(plain["ce_m"], rel=1e-6)
+    weights = torch.tensor([4.0, 0.1, 0.1, 0.1])
+    model.loss(out, batch, class_weights=weights)
+    weighted = model.last_terms
+    expected = torch.nn.functional.cross_entropy(out.logits, batch.labels, weight=weights).item()
+    assert weighted["ce_a"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_beta_schedule_decays_the_cross_entropy_weights_with_the_epoch():
     torch.manual_seed(0)
     model = get_model("MV-B-ACO-1+H-MM-4").build(SPEC, hidden=8, beta_decay=1.0, dropout=0.0).eval()

@@ -544,13 +544,13 @@ class FGCME(nn.Module):
 class FGCMEWithCTCAlignment(FGCME):
     """"w/ CTC Align": FG_CME whose word spans come from its jointly trained CTC aligner.
 
-    Only this variant defines `loss`, so the other rows keep the engine's cross-entropy
-    (with its optional class weights).
+    Only this variant defines `loss`; the other rows use the engine's cross-entropy.
     """
 
-    def loss(self, output: Output, batch: Batch) -> Tensor:
-        """Cross-entropy (Eq. 2) + ctc_weight x the CTC aligner's loss (unweighted classes)."""
-        ce = F.cross_entropy(output.logits, batch.labels)
+    def loss(self, output: Output, batch: Batch, class_weights: Tensor | None = None) -> Tensor:
+        """Cross-entropy (Eq. 2, with the engine's optional class weights) + ctc_weight x the
+        CTC aligner's loss."""
+        ce = F.cross_entropy(output.logits, batch.labels, weight=class_weights)
         ctc = self.aligner.loss(batch.acoustic, batch.acoustic_mask, batch.token_ids, batch.word_mask)
         return ce + self.cfg.ctc_weight * ctc
 

@@ -273,8 +273,9 @@ class MultiView(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def loss(self, output: Output, batch: Batch) -> Tensor:
-        """The multi-view objective for `output` = V_a's output on `batch` (see module docstring)."""
+    def loss(self, output: Output, batch: Batch, class_weights: Tensor | None = None) -> Tensor:
+        """The multi-view objective for `output` = V_a's output on `batch` (see module docstring);
+        the engine's optional class weights weight its cross-entropy terms."""
         cfg = self.cfg
         if self.frozen:
             with torch.no_grad():
@@ -291,11 +292,11 @@ class MultiView(nn.Module):
             total = total + l_kl
             terms["kl"] = float(l_kl.detach())
         else:
-            l_a = F.cross_entropy(output.logits, batch.labels)
+            l_a = F.cross_entropy(output.logits, batch.labels, weight=class_weights)
             total = total + decay * cfg.beta_a * l_a
             terms["ce_a"] = float(l_a.detach())
             if cfg.mode == "joint":
-                l_m = F.cross_entropy(view_m.logits, batch.labels)
+                l_m = F.cross_entropy(view_m.logits, batch.labels, weight=class_weights)
                 total = total + decay * cfg.beta_m * l_m
                 terms["ce_m"] = float(l_m.detach())
         self.last_terms = terms

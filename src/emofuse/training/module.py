@@ -50,8 +50,8 @@ class EmotionModule(L.LightningModule):
 
     def loss(self, out: Output, batch: Batch) -> Tensor:
         custom = getattr(self.model, "loss", None)
-        if callable(custom):
-            return custom(out, batch)
+        if callable(custom):  # a model's own objective weights its cross-entropy terms the same way
+            return custom(out, batch, class_weights=self.class_weights)
         return F.cross_entropy(out.logits, batch.labels, weight=self.class_weights)
 
     def on_train_epoch_start(self) -> None:
