@@ -199,6 +199,13 @@ def test_model_directory_holds_weights_config_statistics_and_metrics(hmm4_dir, r
     assert record["normaliser"] == fitted["normaliser"]
 
 
+def test_the_predictor_says_what_the_model_earned(hmm4):
+    metrics = hmm4.describe()["metrics"]  # GET /health shows this to whoever deploys the model
+    assert metrics["monitor"] == "val_ua" and metrics["val_score"] is not None and metrics["fold"] is not None
+    assert set(metrics["test"]) == {"ua", "wa", "macro_f1", "weighted_f1"}
+    assert 0.0 <= metrics["test"]["ua"] <= 1.0 and "ua" in metrics["cross_validation"]
+
+
 def test_loaded_weights_equal_the_best_checkpoint(hmm4_dir, runs):
     info = read_info(hmm4_dir)
     fold = runs["H-MM-4"] / f"fold-{info.metrics['fold']}"

@@ -46,6 +46,7 @@ def test_health_says_which_model_is_loaded(client):
     body = response.json()
     assert body["status"] == "ok" and body["model"] == "H-MM-4" and body["classes"] == CLASSES
     assert body["limits"] == {"max_upload_mb": 1.0, "max_seconds": 5.0}
+    assert {"fold", "val_score", "test", "cross_validation"} <= set(body["metrics"])  # untrained here
 
 
 def test_predict_returns_label_probabilities_and_words(client, files):

@@ -204,7 +204,13 @@ class Predictor:
             "alignment": "none (acoustic only)" if not self.needs_words
             else "forced with a transcript, ASR without",
             "needs_transcript": False,
-            "metrics": {k: info.metrics.get(k) for k in ("fold", "val_ua")},
+            "metrics": {
+                **{k: info.metrics.get(k) for k in ("fold", "monitor", "val_score", "val_ua", "best_epoch")},
+                "test": {k: v for k, v in (info.metrics.get("test") or {}).items()
+                         if k in ("ua", "wa", "macro_f1", "weighted_f1")},
+                "cross_validation": {k: v for k, v in (info.metrics.get("run_summary") or {}).items()
+                                     if k in ("ua", "wa", "macro_f1", "weighted_f1")},
+            },
             "emofuse_version": info.emofuse_version,
         }
 
