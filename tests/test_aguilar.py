@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from emofuse.features.batch import UtteranceFeatures, collate
-from emofuse.models.aguilar2019 import AcousticWords, UnpackedBLSTM, reverse_within, word_spans
-from emofuse.models.layers import BLSTM
+from emofuse.models.aguilar2019 import AcousticWords, word_spans
 from emofuse.models.base import InputSpec, get_model, model_names
+from emofuse.models.layers import BLSTM, reverse_within
 
 torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared machine
 
@@ -42,12 +42,11 @@ def test_reverse_within_flips_only_the_real_steps():
 def test_unpacked_blstm_gives_the_packed_blstms_outputs_and_gradients():
     torch.manual_seed(0)
     packed = BLSTM(6, 5, layers=2)
-    unpacked = UnpackedBLSTM(6, 5, layers=2)
-    unpacked.load_state_dict(packed.state_dict())  # same keys, same weights
-    assert set(unpacked.state_dict()) == set(packed.state_dict())
+    unpacked = BLSTM(6, 5, layers=2)
+    unpacked.load_state_dict(packed.state_dict())
     x = torch.randn(3, 9, 6)
     mask = torch.arange(9).unsqueeze(0) < torch.tensor([[9], [4], [6]])
-    out_p, out_u = packed(x, mask), unpacked(x, mask)
+    out_p, out_u = packed.forward_packed(x, mask), unpacked.forward_unpacked(x, mask)
     assert torch.allclose(out_p, out_u, atol=1e-6)
     out_p.pow(2).sum().backward()
     out_u.pow(2).sum().backward()

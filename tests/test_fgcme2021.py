@@ -9,9 +9,8 @@ import torch
 
 from emofuse.features.batch import UtteranceFeatures, alignment_matrix, collate
 from emofuse.models.base import InputSpec, get_model
-from emofuse.models.layers import BLSTM
 from emofuse.models.fgcme2021 import (
-    FGCME, FGCMEConfig, FGCMEWithCTCAlignment, MaskedBLSTM, MaskedConvStack, ctc_viterbi, ctc_word_spans, mean_max_pool,
+    FGCME, FGCMEConfig, FGCMEWithCTCAlignment, MaskedConvStack, ctc_viterbi, ctc_word_spans, mean_max_pool,
     shrink_word_frames,
 )
 
@@ -38,18 +37,6 @@ def ids(words: int, offset: int = 2) -> list[int]:
 
 def build(name: str, **settings) -> FGCME:
     return get_model(name).build(SPEC, **{**SMALL, **settings}).eval()
-
-
-def test_masked_blstm_equals_the_packed_blstm_with_the_same_weights():
-    packed = BLSTM(6, 3, layers=2).eval()
-    fast = MaskedBLSTM(6, 3, layers=2).eval()
-    for layer in range(2):
-        for direction, lstm in (("", fast.forward_lstms[layer]), ("_reverse", fast.backward_lstms[layer])):
-            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(lstm, f"{kind}_l0").data.copy_(getattr(packed.lstm, f"{kind}_l{layer}{direction}"))
-    x = torch.randn(3, 9, 6)
-    mask = torch.arange(9).unsqueeze(0) < torch.tensor([[9], [4], [1]])
-    assert torch.allclose(fast(x, mask), packed(x, mask), atol=1e-6)
 
 
 def test_mean_max_pool_equals_hand_computation():

@@ -77,7 +77,7 @@ from torch import Tensor, nn
 
 from emofuse.features.batch import Batch, alignment_matrix
 from emofuse.models.base import InputSpec, Output, register
-from emofuse.models.layers import masked_max
+from emofuse.models.layers import BLSTM, masked_max
 
 NEG_INF = float("-inf")
 
@@ -99,53 +99,6 @@ class FGCMEConfig:
     ctc_kernel: int = 5  # CNN aligner: kernel of each "same" convolution (context 1 + layers x (k - 1) steps)
     ctc_subsample: int = 2  # frames stacked per CTC step (20 ms steps by default)
     ctc_weight: float = 1.0  # weight of the CTC loss next to cross-entropy
-
-
-# ------------------------------------------------------------------------------ shared block
-
-
-def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
-    """Reverse the first lengths[b] steps of each row; padding stays where it is. (B, T, D)."""
-    t = torch.arange(x.shape[1], device=x.device).unsqueeze(0)  # (1, T)
-    flipped = lengths.unsqueeze(1) - 1 - t
-    index = torch.where(flipped >= 0, flipped, t)  # (B, T)
-    return x.gather(1, index.unsqueeze(-1).expand_as(x))
-
-
-class MaskedBLSTM(nn.Module):
-    """Bidirectional LSTM that is padding invariant without packed sequences.
-
-    The forward direction runs over the padded batch (padding comes after every real step,
-    so it never reaches a real state); the backward direction runs over each row reversed
-    within its own length. Same function as `layers.BLSTM` (tests check it with shared
-    weights), but on CPU the backward pass of packed sequences of unequal lengths is ~30x
-    slower in torch 2.13 (27 s vs 1 s for 32 x 370 frames, hidden 128), which made frame-level
-    BiLSTMs untrainable here. (B, T, D_in), (B, T) -> (B, T, 2 * hidden), padded steps 0.
-    """
-
-    def __init__(self, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0):
-        super().__init__()
-        self.hidden = hidden
-        sizes = [input_size] + [2 * hidden] * (layers - 1)
-        self.forward_lstms = nn.ModuleList(nn.LSTM(n, hidden, batch_first=True) for n in sizes)
-        self.backward_lstms = nn.ModuleList(nn.LSTM(n, hidden, batch_first=True) for n in sizes)
-        self.dropout = nn.Dropout(dropout)
-
-    @property
-    def output_size(self) -> int:
-        return 2 * self.hidden
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        keep = mask.unsqueeze(-1).to(x.dtype)
-        lengths = mask.sum(1)
-        h = x * keep
-        for i, (fwd, bwd) in enumerate(zip(self.forward_lstms, self.backward_lstms)):
-            if i > 0:
-                h = self.dropout(h)
-            ahead, _ = fwd(h)  # (B, T, H)
-            behind, _ = bwd(reverse_padded(h, lengths))
-            h = torch.cat([ahead, reverse_padded(behind, lengths)], dim=-1) * keep  # (B, T, 2H)
-        return h
 
 
 # ---------------------------------------------------------------- acoustic embedding (§3.1.1)
@@ -415,7 +368,7 @@ class CTCAligner(nn.Module):
         if cfg.ctc_encoder == "cnn":
             self.encoder = MaskedSameConv(size, cfg.ctc_hidden, cfg.ctc_layers, cfg.ctc_kernel)
         elif cfg.ctc_encoder == "blstm":
-            self.encoder = MaskedBLSTM(size, cfg.ctc_hidden, cfg.ctc_layers, cfg.dropout)
+            self.encoder = BLSTM(size, cfg.ctc_hidden, cfg.ctc_layers, cfg.dropout)
         else:
             raise ValueError(f"ctc_encoder must be 'cnn' or 'blstm', not {cfg.ctc_encoder!r}")
         self.out = nn.Linear(self.encoder.output_size, vocab_size)
@@ -476,7 +429,7 @@ class FGCME(nn.Module):
         self.semantic_excitation = Excitation(acoustic_size, cfg.semantic_size) if cfg.semantic_excite else None
         self.aligner = CTCAligner(spec.acoustic_dim, spec.vocab_size, cfg) if cfg.alignment == "ctc" else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blstm = MaskedBLSTM(acoustic_size + cfg.semantic_size, cfg.lstm_hidden, layers=1)
+        self.blstm = BLSTM(acoustic_size + cfg.semantic_size, cfg.lstm_hidden, layers=1)
         self.fcn = nn.Sequential(
             nn.Linear(self.blstm.output_size, cfg.fcn_hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
             nn.Linear(cfg.fcn_hidden, spec.num_classes),

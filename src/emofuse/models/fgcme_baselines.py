@@ -19,7 +19,7 @@ differ only in how they encode and fuse.
                          on for `hops` hops; the last two hop vectors are concatenated.
 
 Every block masks padding (tests/test_fgcme_baselines.py checks alone vs padded). The BiLSTMs
-are `fgcme2021.MaskedBLSTM` (padding invariant without packed sequences, far faster on CPU).
+are `layers.BLSTM` (padding invariant without packed sequences on CPU, far faster there).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from emofuse.features.batch import Batch
 from emofuse.models.base import InputSpec, Output, register
-from emofuse.models.fgcme2021 import MaskedBLSTM, MaskedConvStack
-from emofuse.models.layers import ContextAttention, masked_max, masked_softmax
+from emofuse.models.fgcme2021 import MaskedConvStack
+from emofuse.models.layers import BLSTM, ContextAttention, masked_max, masked_softmax
 
 
 @dataclass
@@ -83,7 +83,7 @@ class CNNLSTM(nn.Module):
     def __init__(self, spec: InputSpec, cfg: FGCMEBaselineConfig):
         super().__init__()
         self.cnn = MaskedConvStack(spec.acoustic_dim, tuple(cfg.conv_kernels), tuple(cfg.conv_filters))
-        self.blstm = MaskedBLSTM(self.cnn.output_size, cfg.hidden, cfg.layers, cfg.dropout)
+        self.blstm = BLSTM(self.cnn.output_size, cfg.hidden, cfg.layers, cfg.dropout)
         self.fcn = fcn(self.blstm.output_size, cfg, spec.num_classes)
 
     def forward(self, batch: Batch) -> Output:
@@ -99,7 +99,7 @@ class LSTMAttention(nn.Module):
         super().__init__()
         self.modality = modality
         size = spec.acoustic_dim if modality == "acoustic" else spec.word_dim
-        self.blstm = MaskedBLSTM(size, cfg.hidden, cfg.layers, cfg.dropout)
+        self.blstm = BLSTM(size, cfg.hidden, cfg.layers, cfg.dropout)
         self.attention = ContextAttention(self.blstm.output_size)
         self.fcn = fcn(self.blstm.output_size, cfg, spec.num_classes)
 
@@ -131,8 +131,8 @@ class UttConcat(nn.Module):
 
     def __init__(self, spec: InputSpec, cfg: FGCMEBaselineConfig):
         super().__init__()
-        self.audio = MaskedBLSTM(spec.acoustic_dim, cfg.hidden, cfg.layers, cfg.dropout)
-        self.text = MaskedBLSTM(spec.word_dim, cfg.hidden, cfg.layers, cfg.dropout)
+        self.audio = BLSTM(spec.acoustic_dim, cfg.hidden, cfg.layers, cfg.dropout)
+        self.text = BLSTM(spec.word_dim, cfg.hidden, cfg.layers, cfg.dropout)
         self.fcn = fcn(4 * cfg.hidden, cfg, spec.num_classes)
 
     def forward(self, batch: Batch) -> Output:
@@ -147,11 +147,11 @@ class AttnFusion(nn.Module):
 
     def __init__(self, spec: InputSpec, cfg: FGCMEBaselineConfig):
         super().__init__()
-        self.audio = MaskedBLSTM(spec.acoustic_dim, cfg.hidden, cfg.layers, cfg.dropout)
-        self.text = MaskedBLSTM(spec.word_dim, cfg.hidden, cfg.layers, cfg.dropout)
+        self.audio = BLSTM(spec.acoustic_dim, cfg.hidden, cfg.layers, cfg.dropout)
+        self.text = BLSTM(spec.word_dim, cfg.hidden, cfg.layers, cfg.dropout)
         size = 2 * cfg.hidden
         self.attention = nn.MultiheadAttention(size, cfg.heads, dropout=cfg.dropout, batch_first=True)
-        self.fusion = MaskedBLSTM(2 * size, cfg.hidden, 1)
+        self.fusion = BLSTM(2 * size, cfg.hidden, 1)
         self.fcn = fcn(size, cfg, spec.num_classes)
 
     def forward(self, batch: Batch) -> Output:
@@ -180,8 +180,8 @@ class MultiHopAttention(nn.Module):
         if cfg.hops < 1:
             raise ValueError(f"mha needs hops >= 1, not {cfg.hops}")
         self.hops = cfg.hops
-        self.audio = MaskedBLSTM(spec.acoustic_dim, cfg.hidden, cfg.layers, cfg.dropout)
-        self.text = MaskedBLSTM(spec.word_dim, cfg.hidden, cfg.layers, cfg.dropout)
+        self.audio = BLSTM(spec.acoustic_dim, cfg.hidden, cfg.layers, cfg.dropout)
+        self.text = BLSTM(spec.word_dim, cfg.hidden, cfg.layers, cfg.dropout)
         self.fcn = fcn(4 * cfg.hidden, cfg, spec.num_classes)
 
     def forward(self, batch: Batch) -> Output:
