@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -170,6 +171,7 @@ class Predictor:
 
             self.sphinx = Sphinx()
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emofuse-frames")
         if warm:
             self.warm_up()
         self.load_seconds = time.perf_counter() - started
@@ -246,23 +248,32 @@ class Predictor:
         item = UtteranceFeatures(id=label, acoustic_hop=self.frame.hop if self.frame else 0.01,
                                  align_source=alignment.source)
         times = alignment.times().astype(np.float32) if alignment.words else None  # (W, 2)
+        frames = None
         if self.frame is not None:
-            t = clock()
-            acoustic = self.frame.extract(audio, SAMPLE_RATE)  # (T, D)
-            if times is not None and len(times):
-                item.speech_mask = speech_mask(len(acoustic), self.frame.hop, times)  # (T,)
-            else:
-                item.speech_mask = energy_speech_mask(audio, SAMPLE_RATE, self.frame.hop, len(acoustic))
-            item.acoustic = acoustic
-            timings["frames"] = clock() - t
+            # openSMILE computes outside the GIL: its frames run in a thread while the word
+            # encoder runs here (a 3 s prediction: 0.91x the time of running them in turn).
+            # Alignment is not overlapped: pocketsphinx holds the GIL and stalled openSMILE.
+            frames = self._pool.submit(self._timed, self.frame.extract, audio, SAMPLE_RATE)
         if self.needs_words:
             item.words = alignment.texts
             item.word_times = times
             if self.encoder is not None:
                 t = clock()
-                vectors, _oov = self.encoder.encode([alignment.texts])[0]  # (W, D_w)
+                try:
+                    vectors, _oov = self.encoder.encode([alignment.texts])[0]  # (W, D_w)
+                except BaseException:
+                    if frames is not None:
+                        frames.result()
+                    raise
                 item.word_vectors = vectors.astype(np.float32)
                 timings["words"] = clock() - t
+        if frames is not None:
+            acoustic, timings["frames"] = frames.result()  # (T, D)
+            if times is not None and len(times):
+                item.speech_mask = speech_mask(len(acoustic), self.frame.hop, times)  # (T,)
+            else:
+                item.speech_mask = energy_speech_mask(audio, SAMPLE_RATE, self.frame.hop, len(acoustic))
+            item.acoustic = acoustic
         full_words = len(item.words or [])
         full_frames = len(item.acoustic) if item.acoustic is not None else 0
         item = truncate(item, self.info.max_frames, self.info.max_words)
@@ -271,6 +282,11 @@ class Predictor:
         if item.acoustic is not None and self.mean is not None:
             item = replace(item, acoustic=((item.acoustic - self.mean) / self.std).astype(np.float32))
         return item, alignment, truncated
+
+    @staticmethod
+    def _timed(fn, *args):
+        t = time.perf_counter()
+        return fn(*args), time.perf_counter() - t
 
     @torch.inference_mode()
     def _run(self, items: Sequence[UtteranceFeatures]):
