@@ -77,7 +77,7 @@ def test_an_unknown_model_name_fails_listing_the_registered_models(tmp_path):
     ("data.label_set=ravdess5", "ravdess4"),
     ("data.align=magic", "forced"),
     ("trainer.batch_size=0", "batch_size"),
-    ("data.normalise=maybe", "true or false"),
+    ("data.normalise=maybe", "valid: fold, speaker, utterance, none"),
     ("data.acoustic=null", "reads acoustic frames"),
     ("nokey", "key=value"),
 ])

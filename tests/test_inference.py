@@ -109,7 +109,7 @@ def trained_runs(ravdess: str) -> dict[str, Path]:
 
 
 def registry_model_dir(out: Path, name: str = "H-MM-4", acoustic: str = "fbank40", words: str | None = "glove50",
-                       seed: int = 0, **settings) -> Path:
+                       seed: int = 0, normaliser: dict | None = None, **settings) -> Path:
     """A model directory of a registry model with random weights (a real network, untrained)."""
     from emofuse.features.frames import get_frame_feature
     from emofuse.models.base import InputSpec, get_model
@@ -126,7 +126,8 @@ def registry_model_dir(out: Path, name: str = "H-MM-4", acoustic: str = "fbank40
     info = ModelInfo(name=entry.name, settings=settings, spec=spec, needs=list(entry.needs), classes=CLASSES,
                      label_set="ravdess4", acoustic=acoustic, acoustic_settings=dict(frame.settings),
                      words=words if reads_words else None, align="auto" if reads_words else "none",
-                     normaliser={"mean": rng.normal(0, 1, frame.dim).tolist(), "std": (1 + rng.random(frame.dim)).tolist()})
+                     normaliser=normaliser or {"mean": rng.normal(0, 1, frame.dim).tolist(),
+                                               "std": (1 + rng.random(frame.dim)).tolist()})
     return write_model_dir(out, model, info)
 
 
@@ -348,3 +349,21 @@ def test_html_explanation_is_self_contained_and_escapes_words(tmp_path, hmm4, ra
     assert page.count('class="ef-chip') == len(result.words) and 'class="ef-ac"' in page
     png = render_png(result, tmp_path / "x.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mode", ["speaker", "utterance"])
+def test_models_trained_without_fixed_statistics_normalise_each_recording_and_say_so(tmp_path, ravdess_root, mode):
+    from emofuse.errors import ConfigError
+    from emofuse.features.audio import load_audio
+    from emofuse.inference.onnx_export import export_onnx
+
+    model_dir = registry_model_dir(tmp_path / mode, "B-ACO-1", words=None, normaliser={"mode": mode})
+    predictor = Predictor(model_dir, warm=False)
+    note = predictor.describe()["normalisation"]
+    assert "recording's own statistics" in note and (("per-speaker" in note) == (mode == "speaker"))
+    audio = load_audio(ravdess_files(ravdess_root)[0], 16000)
+    item, _, _ = predictor.features(audio)
+    np.testing.assert_allclose(item.acoustic.mean(0), 0.0, atol=1e-3)
+    assert predictor.predict_audio(audio).label in CLASSES
+    with pytest.raises(ConfigError, match=f"data.normalise={mode}"):
+        export_onnx(model_dir, tmp_path / "m.onnx")

@@ -229,3 +229,40 @@ def test_the_same_seed_gives_the_same_predictions(tmp_path):
         run_folds(cfg, data, folds_for(data, cfg), log=lambda s: None)
         outputs.append((tmp_path / name / "run" / "fold-2" / "predictions.csv").read_text())
     assert outputs[0] == outputs[1]
+
+
+def test_speaker_normalisation_uses_each_speakers_own_frames_and_no_labels(tmp_path):
+    from emofuse.features.normalise import SpeakerNormaliser
+    from emofuse.training.data import Collator
+
+    data = synthetic_data()
+    for u, it in zip(data.corpus, data.items):  # a per-speaker offset, as voices have
+        it.acoustic = it.acoustic + 3.0 * int(u.speaker[3:])
+    cfg = tiny_config(tmp_path, "fold=0", "trainer.max_epochs=1", "data.normalise=speaker")
+    run_folds(cfg, data, folds_for(data, cfg), log=lambda s: None)
+    stored = json.loads((tmp_path / "run" / "fold-0" / "normaliser.json").read_text())
+    assert stored["normaliser"]["mode"] == "speaker"
+    assert set(stored["normaliser"]["speakers"]) == {u.speaker for u in data.corpus}  # test speakers too
+    norm = SpeakerNormaliser.fit_features(data.items, [u.speaker for u in data.corpus])
+    collator = Collator(data, norm)
+    for speaker in ("spk0", "spk5"):
+        indices = [i for i, u in enumerate(data.corpus) if u.speaker == speaker]
+        frames = np.concatenate([collator.item(i).acoustic for i in indices])
+        np.testing.assert_allclose(frames.mean(0), 0.0, atol=1e-4)
+        np.testing.assert_allclose(frames.std(0), 1.0, atol=1e-3)
+    shuffled = LabelledData(data.corpus, data.items, np.roll(data.labels, 5), data.classes)
+    again = SpeakerNormaliser.fit_features(shuffled.items, [u.speaker for u in shuffled.corpus])
+    assert again.to_dict() == norm.to_dict()  # labels play no part
+
+
+def test_utterance_normalisation_scores_each_utterance_on_its_own(tmp_path):
+    from emofuse.features.normalise import UtteranceNormaliser
+    from emofuse.training.data import Collator
+
+    data = synthetic_data()
+    cfg = tiny_config(tmp_path, "fold=0", "trainer.max_epochs=1", "data.normalise=utterance")
+    run_folds(cfg, data, folds_for(data, cfg), log=lambda s: None)
+    stored = json.loads((tmp_path / "run" / "fold-0" / "normaliser.json").read_text())
+    assert stored["normaliser"] == {"mode": "utterance"}
+    item = Collator(data, UtteranceNormaliser()).item(3).acoustic
+    np.testing.assert_allclose(item.mean(0), 0.0, atol=1e-4)

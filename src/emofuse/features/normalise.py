@@ -1,9 +1,20 @@
-"""z-normalisation of frame features (or word vectors) with training-fold statistics only.
+"""z-normalisation of frame features (or word vectors).
 
-Aguilar et al. 2019 (seed 004, sec. 4) z-normalise the ComParE LLDs with the statistics of
-the training fold; fitting on all data would leak the test speakers into the model. Fit on
-the training utterances, apply everywhere, and store `to_dict()` with the trained model so
-inference normalises exactly as training did.
+Three ways to choose the statistics (`data.normalise` of an experiment):
+
+- ``fold`` (`Normaliser`, the papers' way): Aguilar et al. 2019 (seed 004, sec. 4)
+  z-normalise the ComParE LLDs with the statistics of the training fold; fitting on all data
+  would leak the test speakers into the model. Fit on the training utterances, apply
+  everywhere, and store `to_dict()` with the trained model so inference normalises exactly
+  as training did.
+- ``speaker`` (`SpeakerNormaliser`): every speaker with the statistics of their own
+  utterances in the experiment, test speakers included. No label is read, but a test
+  speaker's unlabelled audio is: the classic speaker normalisation of speaker-independent
+  emotion recognition, which removes each voice's pitch, loudness and timbre offsets. A new
+  recording of an unknown speaker has no such statistics; inference then falls back to the
+  recording's own (`utterance`) and says so.
+- ``utterance`` (`UtteranceNormaliser`): every utterance with its own statistics; needs
+  nothing from other recordings, so training and inference match exactly.
 """
 
 from __future__ import annotations
@@ -64,6 +75,8 @@ class Normaliser:
 
     apply = __call__
 
+    mode = "fold"
+
     def to_dict(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "count": self.count}
 
@@ -73,3 +86,48 @@ class Normaliser:
             return cls(np.array(record["mean"]), np.array(record["std"]), record.get("count", 0))
         except KeyError as exc:
             raise ConfigError(f"normaliser record lacks {exc}") from None
+
+
+class UtteranceNormaliser:
+    """Each (T, D) array z-normalised with its own per-dimension statistics."""
+
+    mode = "utterance"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return Normaliser.fit([x])(x)
+
+    apply = __call__
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode}
+
+
+class SpeakerNormaliser:
+    """Per-speaker `Normaliser`s; `for_index(i)` gives the one of item i's speaker."""
+
+    mode = "speaker"
+
+    def __init__(self, by_speaker: dict[str, Normaliser], speakers: list[str]):
+        self.by_speaker = by_speaker
+        self.speakers = speakers  # speaker of each item, by index
+
+    @classmethod
+    def fit_features(cls, items, speakers: list[str], field: str = "acoustic") -> "SpeakerNormaliser":
+        """Fit one Normaliser per speaker on that speaker's items (all of them: no labels read)."""
+        grouped: dict[str, list] = {}
+        for it, speaker in zip(items, speakers):
+            grouped.setdefault(speaker, []).append(getattr(it, field))
+        return cls({s: Normaliser.fit(arrays) for s, arrays in grouped.items()}, list(speakers))
+
+    def for_index(self, index: int) -> Normaliser:
+        return self.by_speaker[self.speakers[index]]
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "speakers": {s: n.to_dict() for s, n in sorted(self.by_speaker.items())}}
+
+
+def normaliser_mode(record: dict | None) -> str:
+    """The mode of a stored normaliser record (`to_dict()` output): fold, speaker, utterance or none."""
+    if not record:
+        return "none"
+    return record.get("mode", "fold")

@@ -240,6 +240,12 @@ def fold_dirs(run_dir: Path) -> list[Path]:
                   key=lambda p: int(p.name[5:]))
 
 
+def _exported_normaliser(record: dict | None) -> dict | None:
+    if record and record.get("mode") == "speaker":
+        return {"mode": "speaker"}
+    return record
+
+
 def validation_score(fold_dir: Path) -> tuple[str, float | None]:
     """(monitor, best validation score) of a finished fold, as the engine recorded it.
 
@@ -384,7 +390,8 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
         align="auto" if reads_words else "none",
         max_frames=features.get("max_frames"),
         max_words=features.get("max_words"),
-        normaliser=fitted.get("normaliser") if acoustic else None,
+        # per-speaker statistics describe the training corpus's speakers, not a new one: keep the mode only
+        normaliser=_exported_normaliser(fitted.get("normaliser")) if acoustic else None,
         vocabulary=fitted.get("vocabulary") if "token_ids" in needs else None,
         metrics={
             "fold": fold_index,

@@ -89,6 +89,11 @@ def _check_exportable(loaded: LoadedModel) -> None:
     if info.settings.get("speech_only"):
         raise ConfigError(f"model {info.name!r} drops silence frames (speech_only), a data-dependent step "
                           "that does not export to ONNX")
+    mode = (info.normaliser or {}).get("mode", "fold")
+    if mode not in ("fold",):
+        raise ConfigError(f"model {info.name!r} was trained with data.normalise={mode}: the ONNX graph holds "
+                          "fixed normalisation statistics, so only models normalised with the training "
+                          "part's statistics (data.normalise: fold) export")
 
 
 def _torch_reference(model: nn.Module, features: np.ndarray, mean, std, hop: float) -> dict[str, np.ndarray]:

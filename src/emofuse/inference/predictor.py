@@ -35,6 +35,7 @@ import torch
 
 from emofuse.errors import DataError
 from emofuse.features.batch import UtteranceFeatures, collate
+from emofuse.features.normalise import UtteranceNormaliser, normaliser_mode
 from emofuse.inference.modeldir import ModelInfo, load_model_dir
 
 SAMPLE_RATE = 16000
@@ -46,6 +47,15 @@ WORD_MAPS = {
     "acoustic_gate": "FG_CME acoustic excitation E^a (Li et al. 2021 §3.3), mean over channels",
     "semantic_gate": "FG_CME semantic excitation E^s (Li et al. 2021 §3.3), mean over channels",
     "attention_center": "expected time (s) of the word's attention over the audio (NMT-style attention)",
+}
+# How a recording's frames are normalised, per the model's training mode (data.normalise).
+NORMALISATION = {
+    "fold": "z-scored with the training part's statistics, as in training",
+    "utterance": "z-scored with the recording's own statistics, as in training",
+    "speaker": "z-scored with the recording's own statistics: the model was trained with per-speaker "
+               "statistics, which a new recording's speaker does not have (expect lower accuracy than "
+               "the cross-validation figures)",
+    "none": "not normalised, as in training",
 }
 # Per-frame maps (B, T) on the acoustic grid.
 FRAME_MAPS = {"frame_attention": "attention over frames (B-ACO-1 + attention, Aguilar et al. 2019 Table 3)"}
@@ -150,7 +160,8 @@ class Predictor:
 
             self.frame = get_frame_feature(info.acoustic)
         self.mean = self.std = None
-        if info.normaliser:
+        self.normalisation = normaliser_mode(info.normaliser)  # fold, speaker, utterance, none
+        if self.normalisation == "fold":
             self.mean = np.asarray(info.normaliser["mean"], dtype=np.float32)  # (D,)
             self.std = np.asarray(info.normaliser["std"], dtype=np.float32)
         self.vocab = None
@@ -206,6 +217,7 @@ class Predictor:
             "alignment": "none (acoustic only)" if not self.needs_words
             else "forced with a transcript, ASR without",
             "needs_transcript": False,
+            "normalisation": NORMALISATION[self.normalisation] if self.frame is not None else None,
             "metrics": {
                 **{k: info.metrics.get(k) for k in ("fold", "monitor", "val_score", "val_ua", "best_epoch")},
                 "test": {k: v for k, v in (info.metrics.get("test") or {}).items()
@@ -281,6 +293,9 @@ class Predictor:
             item.acoustic is not None and len(item.acoustic) < full_frames)
         if item.acoustic is not None and self.mean is not None:
             item = replace(item, acoustic=((item.acoustic - self.mean) / self.std).astype(np.float32))
+        elif item.acoustic is not None and self.normalisation in ("speaker", "utterance"):
+            # A new recording's speaker has no statistics: the recording's own stand in (NORMALISATION).
+            item = replace(item, acoustic=UtteranceNormaliser()(item.acoustic))
         return item, alignment, truncated
 
     @staticmethod

@@ -45,7 +45,9 @@ class DataConfig:
     acoustic: str | None = "compare_lld"  # frame feature, or null for text-only models
     words: str | None = None  # word vectors (minilm, glove50, ...), or null for acoustic-only models
     align: str = "auto"  # word times from: auto, corpus, forced, asr, proportional; text (words, no times); none
-    normalise: bool = True  # z-normalise acoustic frames with the training part's statistics
+    # z-normalise acoustic frames: fold (= true; the training part's statistics, the papers'),
+    # speaker (each speaker's own; see features.normalise), utterance (each its own), none (= false)
+    normalise: bool | str = True
     max_frames: int | None = None  # truncate longer utterances (the papers: 700); null = never
     max_words: int | None = None  # truncate longer transcripts (the papers: 30); null = never
     workers: int = 1  # feature extraction processes
@@ -248,6 +250,19 @@ def validate_model(section: dict) -> dict:
     return resolved
 
 
+NORMALISE_MODES = ("fold", "speaker", "utterance", "none")
+
+
+def normalise_mode(data: DataConfig) -> str | None:
+    """data.normalise as one of NORMALISE_MODES (None when it is not a valid value)."""
+    value = data.normalise
+    if value is True:
+        return "fold"
+    if value is False or value is None:
+        return "none"
+    return value if value in NORMALISE_MODES else None
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks that need no data: choices, ranges, and what the model needs."""
     from emofuse.corpora.labels import get_label_set
@@ -273,6 +288,8 @@ def validate(cfg: ExperimentConfig) -> None:
 
         if not is_word_feature(d.words):
             raise ConfigError(f"data.words={d.words!r}; valid: {', '.join(words)}, or null")
+    if normalise_mode(d) is None:
+        raise ConfigError(f"data.normalise={d.normalise!r}; valid: {', '.join(NORMALISE_MODES)} (true = fold, false = none)")
     if t.monitor not in MONITORS:
         raise ConfigError(f"trainer.monitor={t.monitor!r}; valid: {', '.join(MONITORS)}")
     if o.name not in OPTIMISERS:

@@ -154,7 +154,9 @@ class Collator:
     def item(self, index: int) -> UtteranceFeatures:
         it = truncate(self.data.items[index], self.max_frames, self.max_words)
         if self.normaliser is not None and it.acoustic is not None:
-            it = replace(it, acoustic=self.normaliser(it.acoustic))
+            by_item = getattr(self.normaliser, "for_index", None)  # per-speaker statistics
+            normalise = by_item(index) if by_item is not None else self.normaliser
+            it = replace(it, acoustic=normalise(it.acoustic))
         return it
 
     def __call__(self, indices: Sequence[int]) -> Batch:

@@ -49,8 +49,8 @@ from torch.utils.data import DataLoader
 
 from emofuse.errors import ConfigError, EmofuseError
 from emofuse.models.base import get_model
-from emofuse.training.config import ExperimentConfig, atomic_write_text, default_file_mode, save_config
-from emofuse.features.normalise import Normaliser
+from emofuse.training.config import ExperimentConfig, atomic_write_text, default_file_mode, normalise_mode, save_config
+from emofuse.features.normalise import Normaliser, SpeakerNormaliser, UtteranceNormaliser
 from emofuse.training.data import (
     BucketBatchSampler, Collator, IndexDataset, LabelledData, class_weights, lengths_of,
 )
@@ -140,8 +140,14 @@ def fold_inputs(cfg: ExperimentConfig, data: LabelledData, train_idx) -> tuple[d
                            f"(data.align={cfg.data.align!r})")
     train_items = [data.items[int(i)] for i in train_idx]
     normaliser = None
-    if cfg.data.normalise and first.acoustic is not None:
-        normaliser = Normaliser.fit_features(train_items)
+    mode = normalise_mode(cfg.data)
+    if first.acoustic is not None:
+        if mode == "fold":
+            normaliser = Normaliser.fit_features(train_items)
+        elif mode == "speaker":  # every speaker's own utterances, test speakers' too (no labels)
+            normaliser = SpeakerNormaliser.fit_features(data.items, [u.speaker for u in data.corpus])
+        elif mode == "utterance":
+            normaliser = UtteranceNormaliser()
     vocab = None
     if "token_ids" in needs:
         from emofuse.features.vocab import Vocabulary
@@ -180,7 +186,8 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
             "spec": spec,
             "normaliser": normaliser.to_dict() if normaliser is not None else None,
             "vocabulary": vocab.to_dict() if vocab is not None else None,
-            "fitted_on": "training part of this fold",
+            "fitted_on": {"fold": "training part of this fold", "speaker": "each speaker's own utterances (no labels)",
+                          "utterance": "each utterance itself", "none": "nothing"}[normalise_mode(cfg.data)],
         })
         write_json(fold_dir / "split.json", fold.to_json(data.corpus))
     collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
