@@ -367,3 +367,16 @@ def test_models_trained_without_fixed_statistics_normalise_each_recording_and_sa
     assert predictor.predict_audio(audio).label in CLASSES
     with pytest.raises(ConfigError, match=f"data.normalise={mode}"):
         export_onnx(model_dir, tmp_path / "m.onnx")
+
+
+def test_frames_from_the_worker_process_equal_frames_computed_in_process(tmp_path, ravdess_root):
+    model_dir = registry_model_dir(tmp_path / "hmm4", "H-MM-4", acoustic="compare_lld", words="glove50")
+    path = ravdess_files(ravdess_root)[0]
+    transcript = STATEMENT_1 if path.stem.split("-")[4] == "01" else STATEMENT_2
+    with_process = Predictor(model_dir, frames_process=True)
+    here = Predictor(model_dir, frames_process=False)
+    assert with_process._frames_proc is not None and here._frames_proc is None
+    a, b = with_process.predict_file(path, transcript), here.predict_file(path, transcript)
+    assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6) and a.label == b.label
+    with_process._frames_proc.shutdown(wait=True)  # a dead worker: the next call computes here
+    assert with_process.predict_file(path, transcript).probabilities == pytest.approx(b.probabilities, abs=1e-6)

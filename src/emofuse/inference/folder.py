@@ -94,7 +94,7 @@ def _init_worker(model_dir: str) -> None:
 
     torch.set_num_threads(1)
     global _PREDICTOR
-    _PREDICTOR = Predictor(model_dir, warm=True, threads=1)
+    _PREDICTOR = Predictor(model_dir, warm=True, threads=1, frames_process=False)  # workers fill the cores already
 
 
 def _work(chunk: list[tuple[int, Job]]) -> list[tuple[int, Result]]:

@@ -23,8 +23,11 @@ service): requests run one at a time and never see each other's state.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,6 +62,31 @@ NORMALISATION = {
 }
 # Per-frame maps (B, T) on the acoustic grid.
 FRAME_MAPS = {"frame_attention": "attention over frames (B-ACO-1 + attention, Aguilar et al. 2019 Table 3)"}
+
+
+# ------------------------------------------------------------------ openSMILE worker process
+# pocketsphinx holds the GIL for a whole decode and openSMILE's sink calls back into Python
+# per frame, so in one process the two run in turn (threads made it slower). A persistent
+# worker process computes the frames while this process aligns and encodes the words.
+_WORKER_FRAME = None
+FRAMES_TIMEOUT = 120.0  # seconds before a silent worker is given up (its frames are computed here)
+
+
+def _frames_worker_init(name: str) -> None:
+    global _WORKER_FRAME
+    from emofuse.features.frames import get_frame_feature
+
+    _WORKER_FRAME = get_frame_feature(name)
+    _WORKER_FRAME.extract((np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2) * 1e-3).astype(np.float32))
+
+
+def _frames_worker_ready() -> bool:
+    return _WORKER_FRAME is not None
+
+
+def _frames_worker_extract(audio: np.ndarray) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    return _WORKER_FRAME.extract(audio, SAMPLE_RATE), time.perf_counter() - t
 
 
 @dataclass
@@ -143,7 +171,8 @@ class Predictor:
     folder run parallelises over files with worker processes instead (`inference.folder`).
     """
 
-    def __init__(self, model_dir: str | Path, warm: bool = True, threads: int | None = None):
+    def __init__(self, model_dir: str | Path, warm: bool = True, threads: int | None = None,
+                 frames_process: bool | None = None):
         started = time.perf_counter()
         torch.set_num_threads(DEFAULT_THREADS if threads is None else threads)
         loaded = load_model_dir(model_dir)
@@ -183,6 +212,21 @@ class Predictor:
             self.sphinx = Sphinx()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emofuse-frames")
+        if frames_process is None:  # worth a process where frames are costly and a second core exists
+            frames_process = (self.frame is not None and self.frame.name == "compare_lld" and self.needs_words
+                              and (os.cpu_count() or 1) >= 2 and sys.platform.startswith("linux"))
+        self._frames_proc = None
+        self._frames_started = None
+        if frames_process and self.frame is not None:
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
+
+            # fork: the child starts at once with this process's modules (spawn re-imported
+            # emofuse and torch: 4 s, past the load budget); it only runs openSMILE and numpy.
+            self._frames_proc = ProcessPoolExecutor(max_workers=1, mp_context=get_context("fork"),
+                                                    initializer=_frames_worker_init, initargs=(self.frame.name,))
+            self._frames_started = (time.perf_counter(), self._frames_proc.submit(_frames_worker_ready))
+            weakref.finalize(self, self._frames_proc.shutdown, wait=False, cancel_futures=True)
         if warm:
             self.warm_up()
         self.load_seconds = time.perf_counter() - started
@@ -193,7 +237,7 @@ class Predictor:
         """Open every tool once (the first openSMILE call writes its config and starts up)."""
         quiet = (np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2) * 1e-3).astype(np.float32)
         steps = []
-        if self.frame is not None:
+        if self.frame is not None and self._frames_proc is None:
             steps.append((f"frames:{self.frame.name}", lambda: self.frame.extract(quiet, SAMPLE_RATE)))
         if self.encoder is not None and hasattr(self.encoder, "_load"):
             steps.append((f"words:{self.info.words}", self.encoder._load))
@@ -204,6 +248,14 @@ class Predictor:
             t = time.perf_counter()
             step()
             self.load_timings[name] = self.load_timings.get(name, 0.0) + time.perf_counter() - t
+        if self._frames_started is not None:  # it started with the other tools; wait for what is left
+            t = time.perf_counter()
+            try:
+                self._frames_started[1].result(timeout=FRAMES_TIMEOUT)
+            except Exception:  # could not start: frames are computed in this process
+                self._frames_proc = None
+                self.frame.extract(quiet, SAMPLE_RATE)
+            self.load_timings["frames process (wait)"] = time.perf_counter() - t
 
     @property
     def name(self) -> str:
@@ -254,17 +306,26 @@ class Predictor:
 
         timings = {} if timings is None else timings
         clock = time.perf_counter
+        frames = None
+        if self._frames_proc is not None:
+            try:
+                frames = self._frames_proc.submit(_frames_worker_extract, audio)  # runs beside alignment
+            except Exception:  # the worker is gone (BrokenProcessPool): compute frames here from now on
+                self._frames_proc = None
         t = clock()
-        alignment = self._align(audio, transcript, label)
+        try:
+            alignment = self._align(audio, transcript, label)
+        except BaseException:
+            if frames is not None:
+                frames.cancel()
+            raise
         timings["align"] = clock() - t
         item = UtteranceFeatures(id=label, acoustic_hop=self.frame.hop if self.frame else 0.01,
                                  align_source=alignment.source)
         times = alignment.times().astype(np.float32) if alignment.words else None  # (W, 2)
-        frames = None
-        if self.frame is not None:
+        if frames is None and self.frame is not None:
             # openSMILE computes outside the GIL: its frames run in a thread while the word
             # encoder runs here (a 3 s prediction: 0.91x the time of running them in turn).
-            # Alignment is not overlapped: pocketsphinx holds the GIL and stalled openSMILE.
             frames = self._pool.submit(self._timed, self.frame.extract, audio, SAMPLE_RATE)
         if self.needs_words:
             item.words = alignment.texts
@@ -280,7 +341,13 @@ class Predictor:
                 item.word_vectors = vectors.astype(np.float32)
                 timings["words"] = clock() - t
         if frames is not None:
-            acoustic, timings["frames"] = frames.result()  # (T, D)
+            try:
+                acoustic, timings["frames"] = frames.result(timeout=FRAMES_TIMEOUT)  # (T, D)
+            except Exception as exc:  # the worker died or hangs: compute here and stop using it
+                if self._frames_proc is None or isinstance(exc, DataError):
+                    raise
+                self._frames_proc = None
+                acoustic, timings["frames"] = self._timed(self.frame.extract, audio, SAMPLE_RATE)
             if times is not None and len(times):
                 item.speech_mask = speech_mask(len(acoustic), self.frame.hop, times)  # (T,)
             else:
