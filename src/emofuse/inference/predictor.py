@@ -225,7 +225,7 @@ class Predictor:
             # emofuse and torch: 4 s, past the load budget); it only runs openSMILE and numpy.
             self._frames_proc = ProcessPoolExecutor(max_workers=1, mp_context=get_context("fork"),
                                                     initializer=_frames_worker_init, initargs=(self.frame.name,))
-            self._frames_started = (time.perf_counter(), self._frames_proc.submit(_frames_worker_ready))
+            self._frames_started = self._frames_proc.submit(_frames_worker_ready)
             weakref.finalize(self, self._frames_proc.shutdown, wait=False, cancel_futures=True)
         if warm:
             self.warm_up()
@@ -251,7 +251,7 @@ class Predictor:
         if self._frames_started is not None:  # it started with the other tools; wait for what is left
             t = time.perf_counter()
             try:
-                self._frames_started[1].result(timeout=FRAMES_TIMEOUT)
+                self._frames_started.result(timeout=FRAMES_TIMEOUT)
             except Exception:  # could not start: frames are computed in this process
                 self._frames_proc = None
                 self.frame.extract(quiet, SAMPLE_RATE)
