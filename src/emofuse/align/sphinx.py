@@ -97,13 +97,10 @@ def asr_dictionary(size: int = ASR_VOCABULARY, cache_dir: str | Path | None = No
 
 def speech_segments(audio: np.ndarray, gap: float = SEGMENT_GAP, pad: float = SEGMENT_PAD) -> list[tuple[int, int]]:
     """[start, end) sample ranges of speech (energy VAD), split at pauses >= `gap` s, padded."""
-    from emofuse.align.vad import HOP, energy_speech_mask
+    from emofuse.align.vad import HOP, _runs, energy_speech_mask
 
-    mask = energy_speech_mask(audio, SAMPLE_RATE)
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    runs = list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
     merged: list[list[int]] = []
-    for start, end in runs:
+    for start, end in _runs(energy_speech_mask(audio, SAMPLE_RATE)):
         if merged and (start - merged[-1][1]) * HOP < gap:
             merged[-1][1] = end
         else:
@@ -123,10 +120,9 @@ class Sphinx:
     alone, not on the order of files or on which worker took them.
     """
 
-    def __init__(self, asr_vocabulary: int = ASR_VOCABULARY) -> None:
+    def __init__(self) -> None:
         self._aligner = None
         self._recognizer = None
-        self.asr_vocabulary = asr_vocabulary
         self.added: dict[str, str] = {}  # word -> how its pronunciation was made (g2p.pronounce)
 
     @staticmethod
@@ -152,7 +148,7 @@ class Sphinx:
         if self._recognizer is None:
             from pocketsphinx import Decoder
 
-            self._recognizer = Decoder(samprate=SAMPLE_RATE, dict=str(asr_dictionary(self.asr_vocabulary)),
+            self._recognizer = Decoder(samprate=SAMPLE_RATE, dict=str(asr_dictionary()),
                                        fwdflat=False, loglevel="FATAL")
         return self._recognizer
 

@@ -96,8 +96,6 @@ class UtteranceNormaliser:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return Normaliser.fit([x])(x)
 
-    apply = __call__
-
     def to_dict(self) -> dict:
         return {"mode": self.mode}
 

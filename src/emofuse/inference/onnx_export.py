@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from emofuse.errors import ConfigError, EmofuseError
 from emofuse.features.batch import Batch
+from emofuse.features.normalise import normaliser_mode
 from emofuse.inference.modeldir import LoadedModel, load_model_dir
 from emofuse.models.layers import BLSTM
 
@@ -89,8 +90,8 @@ def _check_exportable(loaded: LoadedModel) -> None:
     if info.settings.get("speech_only"):
         raise ConfigError(f"model {info.name!r} drops silence frames (speech_only), a data-dependent step "
                           "that does not export to ONNX")
-    mode = (info.normaliser or {}).get("mode", "fold")
-    if mode not in ("fold",):
+    mode = normaliser_mode(info.normaliser)
+    if mode not in ("fold", "none"):
         raise ConfigError(f"model {info.name!r} was trained with data.normalise={mode}: the ONNX graph holds "
                           "fixed normalisation statistics, so only models normalised with the training "
                           "part's statistics (data.normalise: fold) export")

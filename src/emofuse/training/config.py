@@ -253,9 +253,8 @@ def validate_model(section: dict) -> dict:
 NORMALISE_MODES = ("fold", "speaker", "utterance", "none")
 
 
-def normalise_mode(data: DataConfig) -> str | None:
-    """data.normalise as one of NORMALISE_MODES (None when it is not a valid value)."""
-    value = data.normalise
+def normalise_mode(value: bool | str | None) -> str | None:
+    """A data.normalise value as one of NORMALISE_MODES (None when it is not a valid value)."""
     if value is True:
         return "fold"
     if value is False or value is None:
@@ -288,7 +287,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
         if not is_word_feature(d.words):
             raise ConfigError(f"data.words={d.words!r}; valid: {', '.join(words)}, or null")
-    if normalise_mode(d) is None:
+    if normalise_mode(d.normalise) is None:
         raise ConfigError(f"data.normalise={d.normalise!r}; valid: {', '.join(NORMALISE_MODES)} (true = fold, false = none)")
     if t.monitor not in MONITORS:
         raise ConfigError(f"trainer.monitor={t.monitor!r}; valid: {', '.join(MONITORS)}")

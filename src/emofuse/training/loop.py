@@ -140,7 +140,7 @@ def fold_inputs(cfg: ExperimentConfig, data: LabelledData, train_idx) -> tuple[d
                            f"(data.align={cfg.data.align!r})")
     train_items = [data.items[int(i)] for i in train_idx]
     normaliser = None
-    mode = normalise_mode(cfg.data)
+    mode = normalise_mode(cfg.data.normalise)
     if first.acoustic is not None:
         if mode == "fold":
             normaliser = Normaliser.fit_features(train_items)
@@ -187,7 +187,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
             "normaliser": normaliser.to_dict() if normaliser is not None else None,
             "vocabulary": vocab.to_dict() if vocab is not None else None,
             "fitted_on": {"fold": "training part of this fold", "speaker": "each speaker's own utterances (no labels)",
-                          "utterance": "each utterance itself", "none": "nothing"}[normalise_mode(cfg.data)],
+                          "utterance": "each utterance itself", "none": "nothing"}[normalise_mode(cfg.data.normalise)],
         })
         write_json(fold_dir / "split.json", fold.to_json(data.corpus))
     collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)

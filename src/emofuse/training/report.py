@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from emofuse.errors import DataError
-from emofuse.training.config import atomic_write_text, default_file_mode
+from emofuse.training.config import atomic_write_text, default_file_mode, normalise_mode
 from emofuse.training.metrics import HEADLINE, NAMES, mean_std, summarise
 
 STD_NOTE = "mean ± sample std (ddof=1) over folds, in percent"
@@ -98,7 +98,7 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
             f"Protocol `{p.get('name')}`"
             + (f" (k={p.get('k')})" if p.get("name") == "speaker-kfold" else "")
             + f", features acoustic=`{d.get('acoustic')}` words=`{d.get('words')}` align=`{d.get('align')}` "
-            f"normalise=`{ {True: 'fold', False: 'none'}.get(d.get('normalise'), d.get('normalise')) }`, "
+            f"normalise=`{normalise_mode(d.get('normalise', True))}`, "
             f"label set `{d.get('label_set')}`; {o.get('name')} lr={o.get('lr')} wd={o.get('weight_decay')} "
             f"clip={o.get('grad_clip')}, batch {t.get('batch_size')}, ≤{t.get('max_epochs')} epochs "
             f"(patience {t.get('patience')}), seed {config.get('seed')}.",
