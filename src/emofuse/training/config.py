@@ -95,6 +95,22 @@ class ProtocolConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time masking of the normalised acoustic frames, SpecAugment-style (Park et al.
+    2019): spans of frames and bands of feature dimensions set to 0, the normalised mean.
+    Off by default, as in the papers; validation, test and prediction never see it."""
+
+    time_masks: int = 0  # spans of frames masked per training utterance
+    time_width: int = 20  # each span 0..time_width frames (at most a fifth of the utterance)
+    feature_masks: int = 0  # bands of feature dimensions masked per training utterance
+    feature_width: int = 10  # each band 0..feature_width dimensions
+
+    @property
+    def active(self) -> bool:
+        return (self.time_masks > 0 and self.time_width > 0) or (self.feature_masks > 0 and self.feature_width > 0)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     corpus: str = "corpus"  # names the run folder runs/<corpus>/<name>; defaults to the config's folder
@@ -104,6 +120,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     fold: int | None = None  # run only this fold
     run_dir: str | None = None  # default runs/<corpus>/<name>
 
@@ -122,7 +139,8 @@ class ExperimentConfig:
         return _plain(dataclasses.asdict(self))
 
 
-SECTIONS = {"data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig, "protocol": ProtocolConfig}
+SECTIONS = {"data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig, "protocol": ProtocolConfig,
+            "augment": AugmentConfig}
 TOP_LEVEL = {"name", "corpus", "seed", "fold", "run_dir", "model", *SECTIONS}
 # Path values may name environment variables: ${EMOFUSE_DATA:-../shared/data}/ravdess.
 PATH_KEYS = ("manifest", "path", "store")
@@ -310,6 +328,11 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"protocol.val_fraction={p.val_fraction} must be in [0, 1) or null")
     if p.val_speakers is not None and p.val_speakers < 1:
         raise ConfigError(f"protocol.val_speakers={p.val_speakers} must be >= 1 or null")
+    for key in ("time_masks", "time_width", "feature_masks", "feature_width"):
+        if getattr(cfg.augment, key) < 0:
+            raise ConfigError(f"augment.{key}={getattr(cfg.augment, key)} must be >= 0")
+    if cfg.augment.active and d.acoustic is None:
+        raise ConfigError("augment masks acoustic frames, but data.acoustic is null")
     if isinstance(t.devices, str) and t.devices != "auto":
         raise ConfigError(f"trainer.devices={t.devices!r}; give a number or auto")
     if cfg.fold is not None and cfg.fold < 0:
@@ -501,7 +524,11 @@ def save_config(cfg: ExperimentConfig, run_dir: Path) -> Path:
     resolved = cfg.to_dict()
     if path.is_file():
         previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        changed = [k for k in config_differences(previous, resolved) if k not in RESUMABLE_KEYS]
+        # A key added to the schema after that run started (absent there) still at its default is no change.
+        defaults, before = flatten(ExperimentConfig().to_dict()), flatten(previous)
+        now = flatten(resolved)
+        changed = [k for k in config_differences(previous, resolved) if k not in RESUMABLE_KEYS
+                   and not (k not in before and k in defaults and now.get(k) == defaults[k])]
         if changed:
             raise ConfigError(
                 f"{path}: this run directory holds a run with a different config "

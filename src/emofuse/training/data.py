@@ -144,12 +144,17 @@ class Collator:
     """Indices -> Batch: truncation, fold normalisation and padding (emofuse.features.batch.collate)."""
 
     def __init__(self, data: LabelledData, normaliser=None, max_frames: int | None = None,
-                 max_words: int | None = None, vocab=None):
+                 max_words: int | None = None, vocab=None, augment=None):
         self.data = data
         self.normaliser = normaliser
         self.max_frames = max_frames
         self.max_words = max_words
         self.vocab = vocab
+        self.augment = augment  # training only: a callable on the normalised (T, D) frames
+
+    def with_augment(self, augment) -> "Collator":
+        """The same collator, masking frames with `augment` (emofuse.training.augment)."""
+        return Collator(self.data, self.normaliser, self.max_frames, self.max_words, self.vocab, augment)
 
     def item(self, index: int) -> UtteranceFeatures:
         it = truncate(self.data.items[index], self.max_frames, self.max_words)
@@ -157,6 +162,8 @@ class Collator:
             by_item = getattr(self.normaliser, "for_index", None)  # per-speaker statistics
             normalise = by_item(index) if by_item is not None else self.normaliser
             it = replace(it, acoustic=normalise(it.acoustic))
+        if self.augment is not None and it.acoustic is not None:
+            it = replace(it, acoustic=self.augment(it.acoustic))
         return it
 
     def __call__(self, indices: Sequence[int]) -> Batch:

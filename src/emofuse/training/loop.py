@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 
 from emofuse.errors import ConfigError, EmofuseError
 from emofuse.models.base import get_model
+from emofuse.training.augment import FrameMasking
 from emofuse.training.config import ExperimentConfig, atomic_write_text, default_file_mode, normalise_mode, save_config
 from emofuse.features.normalise import Normaliser, SpeakerNormaliser, UtteranceNormaliser
 from emofuse.training.data import (
@@ -88,10 +89,12 @@ class FoldDataModule(L.LightningDataModule):
     """Train / validation loaders of one fold. Training batches are length-bucketed and
     sharded over DDP ranks; the validation part is NOT sharded (every rank sees all of it)."""
 
-    def __init__(self, cfg: ExperimentConfig, collator: Collator, train_idx: np.ndarray, val_idx: np.ndarray):
+    def __init__(self, cfg: ExperimentConfig, collator: Collator, train_idx: np.ndarray, val_idx: np.ndarray,
+                 fold_index: int = 0):
         super().__init__()
         self.cfg = cfg
         self.collator = collator
+        self.fold_index = fold_index
         self.train_idx = np.asarray(train_idx)
         self.val_idx = np.asarray(val_idx)
 
@@ -100,7 +103,10 @@ class FoldDataModule(L.LightningDataModule):
         lengths = lengths_of(self.collator.data, indices, d.max_frames, d.max_words)
         sampler = BucketBatchSampler(lengths, batch_size, shuffle=shuffle, seed=self.cfg.seed,
                                      chunk=self.cfg.trainer.bucket_chunk, num_replicas=replicas, rank=rank)
-        return DataLoader(IndexDataset(indices), batch_sampler=sampler, collate_fn=self.collator,
+        collator = self.collator
+        if shuffle and self.cfg.augment.active:  # the training loader only
+            collator = collator.with_augment(FrameMasking(self.cfg.augment, [self.cfg.seed, self.fold_index, rank]))
+        return DataLoader(IndexDataset(indices), batch_sampler=sampler, collate_fn=collator,
                           num_workers=d.loader_workers, persistent_workers=d.loader_workers > 0)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
@@ -238,7 +244,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
             for noise in (".*sync_dist=True.*", ".*log_every_n_steps.*", ".*LeafSpec.*", ".*exists and is not empty.*"):
                 warnings.filterwarnings("ignore", message=noise)
             try:
-                trainer.fit(module, datamodule=FoldDataModule(cfg, collator, fold.train, fold.val), ckpt_path=resume)
+                trainer.fit(module, datamodule=FoldDataModule(cfg, collator, fold.train, fold.val, fold.index), ckpt_path=resume)
             except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after a graceful shutdown
                 if trainer.state.status == TrainerStatus.INTERRUPTED:
                     raise KeyboardInterrupt from None
