@@ -44,6 +44,7 @@ class Batch:
     word_times: Tensor | None = None  # (B, W, 2) float seconds [start, end)
     word_frames: Tensor | None = None  # (B, W, 2) long frames [start, end) on the acoustic grid
     token_ids: Tensor | None = None  # (B, W) long, 0 = padding, 1 = unknown
+    word_strings: list[list[str]] | None = None  # the words themselves (models that encode text)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,7 +65,9 @@ class Batch:
             for f in fields(self)
             if isinstance(getattr(self, f.name), Tensor)
         }
-        return replace(self, ids=[self.ids[i] for i in index.tolist()], **picked)
+        rows = index.tolist()
+        strings = None if self.word_strings is None else [self.word_strings[i] for i in rows]
+        return replace(self, ids=[self.ids[i] for i in rows], word_strings=strings, **picked)
 
 
 def alignment_matrix(word_frames: Tensor, num_frames: int, word_mask: Tensor | None = None) -> Tensor:
@@ -126,6 +129,8 @@ def collate(
             frames[..., 0] = frames[..., 0].clamp(max=batch.acoustic.shape[1] - 1)
             frames[..., 1] = frames[..., 1].clamp(max=batch.acoustic.shape[1])
         batch.word_frames = frames * batch.word_mask.unsqueeze(-1)
+    if items and all(it.words is not None for it in items):
+        batch.word_strings = [list(it.words) for it in items]
     if items and items[0].word_vectors is not None:
         batch.words, mask = _pad([it.word_vectors for it in items], torch.float32)
         batch.word_mask = mask if batch.word_mask is None else batch.word_mask

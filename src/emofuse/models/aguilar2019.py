@@ -30,6 +30,10 @@ class BaselineConfig:
     speech_only: bool = False  # B-*-2: drop frames outside words (silence) before the BLSTM
     use_acoustic: bool = True
     use_lexical: bool = False
+    # Fine-tune the MiniLM word encoder with the model (data.words: minilm): word vectors are
+    # recomputed from the words in every batch, the encoder training at `encoder_lr`.
+    finetune_words: bool = False
+    encoder_lr: float = 3.0e-5
 
 
 class AcousticEncoder(nn.Module):
@@ -58,15 +62,29 @@ class AcousticEncoder(nn.Module):
 
 
 class LexicalEncoder(nn.Module):
-    """BLSTM x2 over word vectors, mean-pooled (B-LEX)."""
+    """BLSTM x2 over word vectors, mean-pooled (B-LEX); with `finetune_words` the MiniLM
+    word vectors are computed here, by an encoder that trains with the model."""
 
     def __init__(self, word_dim: int, cfg: BaselineConfig):
         super().__init__()
+        self.vectors = None
+        if cfg.finetune_words:
+            from emofuse.features.minilm import TrainableWordVectors
+
+            self.vectors = TrainableWordVectors()
+            if word_dim != self.vectors.dim:
+                raise ValueError(f"finetune_words fine-tunes MiniLM ({self.vectors.dim}-d word vectors), "
+                                 f"but the data's word vectors are {word_dim}-d: set data.words=minilm")
         self.blstm = BLSTM(word_dim, cfg.hidden, cfg.layers, cfg.dropout)
         self.output_size = self.blstm.output_size
 
     def forward(self, batch: Batch) -> Tensor:
-        return masked_mean(self.blstm(batch.words, batch.word_mask), batch.word_mask)  # (B, 2H)
+        words = batch.words
+        if self.vectors is not None:
+            if batch.word_strings is None:
+                raise ValueError("finetune_words needs the words of every utterance in the batch")
+            words = self.vectors(batch.word_strings, batch.word_mask.shape[1])
+        return masked_mean(self.blstm(words, batch.word_mask), batch.word_mask)  # (B, 2H)
 
 
 class Baseline(nn.Module):
@@ -88,6 +106,15 @@ class Baseline(nn.Module):
             parts.append(self.lexical(batch))
         u = torch.cat(parts, dim=-1)  # (B, 2H or 4H)
         return Output(self.classifier(u), u)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser groups: a fine-tuned word encoder trains at its own (smaller) rate."""
+        vectors = self.lexical.vectors if self.lexical is not None else None
+        if vectors is None:
+            return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+        inner = {id(p) for p in vectors.parameters()}
+        return [{"params": [p for p in vectors.parameters() if p.requires_grad], "lr": self.cfg.encoder_lr},
+                {"params": [p for p in self.parameters() if p.requires_grad and id(p) not in inner], "lr": lr}]
 
 
 register("B-ACO-1", BaselineConfig, needs=("acoustic",),

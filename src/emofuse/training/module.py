@@ -97,7 +97,8 @@ class EmotionModule(L.LightningModule):
 
     def configure_optimizers(self):
         name, lr, wd = self.optim["name"], self.optim["lr"], self.optim["weight_decay"]
-        params = [p for p in self.parameters() if p.requires_grad]
+        groups = getattr(self.model, "param_groups", None)  # a model with per-part learning rates
+        params = groups(lr) if groups is not None else [p for p in self.parameters() if p.requires_grad]
         if name == "adam":
             return torch.optim.Adam(params, lr=lr, weight_decay=wd)
         if name == "adamw":
