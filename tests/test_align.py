@@ -17,7 +17,7 @@ from emofuse.align import (
     word_frame_matrix,
 )
 from emofuse.align.g2p import letters_to_phones, pronounce
-from emofuse.align.text import normalise_transcript, number_to_words, ordinal_to_words
+from emofuse.align.text import normalise_transcript, number_to_words, ordinal_to_words, written_words
 from emofuse.align.vad import energy_speech_mask, speech_span
 from emofuse.corpora.base import Utterance, Word
 from emofuse.errors import ConfigError, DataError
@@ -115,6 +115,22 @@ def test_auto_prefers_corpus_times_then_forced_then_asr():
         resolve_mode(Utterance(id="7", transcript="hi", **base), "corpus")
     with pytest.raises(ConfigError, match="unknown alignment mode"):
         resolve_mode(Utterance(id="8", **base), "magic")
+
+
+def test_written_words_keep_case_and_punctuation_as_tokens():
+    assert written_words("My duties?  All right.") == ["My", "duties", "?", "All", "right", "."]
+    assert written_words("You must\u2019ve had $20!!") == ["You", "must've", "had", "$", "20", "!", "!"]
+    assert written_words("") == [] and written_words(None) == []
+
+
+def test_written_mode_gives_the_transcript_as_written_without_times_or_audio():
+    utt = Utterance(id="w", audio="a.wav", speaker="s", label="x", original_label="x", transcript="What?! No way...")
+    assert resolve_mode(utt, "written") == "written"
+    alignment = align_utterance(utt, None, "written")  # never reads the audio
+    assert alignment.texts == ["What", "?", "!", "No", "way", ".", ".", "."]
+    assert alignment.source == "written" and np.isnan(alignment.times()).all()
+    empty = Utterance(id="e", audio=None, speaker="s", label="x", original_label="x", transcript=" ")
+    assert align_utterance(empty, None, "written").source == "none"
 
 
 def test_corpus_words_are_normalised_and_fillers_dropped():

@@ -212,6 +212,18 @@ def test_words_without_audio_come_from_the_transcript(tmp_path, vectors):
     np.testing.assert_array_equal(item.word_vectors[2], [1, 1, 0])
 
 
+def test_written_words_are_stored_apart_from_the_normalised_ones(tmp_path, vectors):
+    utts = [Utterance(id="t0", audio=None, speaker="a", label="x", original_label="x", transcript="Door number two!")]
+    store = FeatureStore(tmp_path / "store")
+    store.extract(utts, [vectors], align="auto", progress=False)
+    report = store.extract(utts, [vectors], align="written", progress=False)
+    assert report.align_sources == {"written": 1}
+    item, = store.load(utts, words=vectors, align="written")
+    assert item.words == ["Door", "number", "two", "!"] and item.word_times is None
+    assert item.align_source == "written" and len(item.word_vectors) == 4
+    assert store.load(utts, words=vectors, align="auto")[0].words == ["door", "number", "two"]
+
+
 def test_unknown_feature_names_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown feature 'mfcc'"):
         split_features(["fbank40", "mfcc"])

@@ -10,6 +10,8 @@ Modes (`align_utterance(utt, audio, mode)`):
 - ``auto``: corpus times when the corpus has them, else ``forced`` when there is a
   transcript, else ``asr``.
 - ``text``: words of the transcript without times (no audio, or no alignment wanted).
+- ``written``: the transcript as written (case and punctuation kept, `text.written_words`),
+  without times: for text-only models, which never place words on the audio.
 
 Audio without any speech (energy VAD) is not decoded: its words are spread proportionally.
 A failed forced alignment never raises: it falls back to ASR, whose hypothesis times are
@@ -24,19 +26,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emofuse.align.text import normalise_transcript, normalise_word
+from emofuse.align.text import normalise_transcript, normalise_word, written_words
 from emofuse.align.vad import HOP, energy_speech_mask, speech_span
 from emofuse.corpora.base import Utterance, Word
 from emofuse.errors import ConfigError, DataError
 
-MODES = ("auto", "corpus", "forced", "asr", "proportional", "text", "none")
-SOURCES = ("corpus", "forced", "asr", "proportional", "text")
+MODES = ("auto", "corpus", "forced", "asr", "proportional", "text", "written", "none")
+SOURCES = ("corpus", "forced", "asr", "proportional", "text", "written")
 SAMPLE_RATE = 16000
 
 
 @dataclass
 class Alignment:
-    words: list[Word]  # times in seconds from the utterance start; NaN for source "text"
+    words: list[Word]  # times in seconds from the utterance start; NaN for sources "text" and "written"
     source: str  # which method produced the times (SOURCES), "none" when there are no words
     mode: str  # the mode that was asked for after resolution (resolve_mode)
     fallbacks: list[str] = field(default_factory=list)  # "forced->asr: why", ...
@@ -90,6 +92,8 @@ def resolve_mode(utt: Utterance, mode: str) -> str | None:
         raise ConfigError(f"unknown alignment mode {mode!r}; known: {', '.join(MODES)}")
     if mode == "none":
         return None
+    if mode == "written":
+        return "written"
     if mode in ("corpus", "auto") and utt.words:
         return "corpus"
     if mode == "corpus":
@@ -187,6 +191,9 @@ def align_utterance(utt: Utterance, audio: np.ndarray | None, mode: str = "auto"
         fallbacks.append("forced->asr: no transcript")
     if resolved == "corpus":
         return Alignment(corpus_words(utt), "corpus", resolved)
+    if resolved == "written":
+        words = written_words(utt.transcript)
+        return Alignment([Word(w, float("nan"), float("nan")) for w in words], "written" if words else "none", resolved)
     words = transcript_words(utt)
     if resolved == "text":
         return Alignment([Word(w, float("nan"), float("nan")) for w in words], "text" if words else "none", resolved)

@@ -177,6 +177,21 @@ def normalise_transcript(text: str | None) -> list[str]:
     return words
 
 
+_WRITTEN_RE = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+
+
+def written_words(text: str | None) -> list[str]:
+    """The transcript as written, for text-only models: words with their case, and each
+    punctuation mark as a token of its own ("My duties?  All right." -> ["My", "duties", "?",
+    "All", "right", "."]). Typographic apostrophes become "'"; nothing is spelled out.
+    Punctuation and case carry emotion in written dialogue (MELD) that the spoken form loses."""
+    if not text:
+        return []
+    text = unicodedata.normalize("NFKC", text)
+    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u02bc", "'")
+    return _WRITTEN_RE.findall(text)
+
+
 def normalise_word(text: str) -> list[str]:
     """One corpus word (e.g. from an IEMOCAP .wdseg file) as normalised words (maybe several)."""
     cleaned = re.sub(r"\(\d+\)$", "", text.strip())  # alternative-pronunciation marker: HELLO(2)

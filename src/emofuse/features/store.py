@@ -276,7 +276,7 @@ def _align_entry(job: _Job, utt: Utterance, audio, res: _Result, cache_dir: str 
         except Exception as exc:
             res.errors.append(("align", _reason(exc)))
             return None
-    if audio is None and job.align_mode not in ("corpus", "text"):
+    if audio is None and job.align_mode not in ("corpus", "text", "written"):
         res.errors.append(("align", "skipped: the audio could not be read"))
         return None
     try:
@@ -358,7 +358,7 @@ def _run_jobs(jobs: list[_Job], cache_dir: str | None) -> list[_Result]:
         res = _Result(utt.id)
         results.append(res)
         audio = None
-        decodes = job.compute_align and job.align_mode not in ("corpus", "text")
+        decodes = job.compute_align and job.align_mode not in ("corpus", "text", "written")
         if job.frames or job.vad_path is not None or decodes:
             t = time.perf_counter()
             try:
@@ -627,7 +627,7 @@ class FeatureStore:
                     alignment = _read_alignment(path)
                     item.words = alignment.texts
                     item.align_source = alignment.source
-                    if alignment.source != "text":
+                    if alignment.source not in ("text", "written"):
                         item.word_times = alignment.times().astype(np.float32)  # (W, 2)
                     if words:
                         vpath = dirs[mode][1] / f"{text_key}.safetensors"

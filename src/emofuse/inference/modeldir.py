@@ -55,7 +55,8 @@ class ModelInfo:
     acoustic_settings: dict = field(default_factory=dict)
     hop: float = 0.01
     words: str | None = None  # word vectors (minilm, glove50, glove-file:PATH)
-    align: str = "none"  # "none" (acoustic only) or "auto": forced with a transcript, ASR without
+    align: str = "none"  # "none" (acoustic only), "auto" (forced with a transcript, ASR without) or
+    # "written" (the transcript as written, no times; ASR words without one)
     max_frames: int | None = None
     max_words: int | None = None
     normaliser: dict | None = None  # {"mean": [...], "std": [...]} of the training part
@@ -387,7 +388,8 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
         acoustic_settings=dict(frame.settings) if frame else {},
         hop=frame.hop if frame else 0.01,
         words=words,
-        align="auto" if reads_words else "none",
+        # text-only models trained on the written transcript read it the same way at prediction time
+        align=("written" if features.get("align") == "written" else "auto") if reads_words else "none",
         max_frames=features.get("max_frames"),
         max_words=features.get("max_words"),
         # per-speaker statistics describe the training corpus's speakers, not a new one: keep the mode only

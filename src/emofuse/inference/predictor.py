@@ -267,6 +267,7 @@ class Predictor:
             "model": info.name, "classes": self.classes, "label_set": info.label_set,
             "acoustic": info.acoustic, "words": info.words,
             "alignment": "none (acoustic only)" if not self.needs_words
+            else "the transcript as written (trained so); ASR words without one" if info.align == "written"
             else "forced with a transcript, ASR without",
             "needs_transcript": False,
             "normalisation": NORMALISATION[self.normalisation] if self.frame is not None else None,
@@ -290,6 +291,8 @@ class Predictor:
         utt = Utterance(id=label, audio=label or "<audio>", speaker="", label="", original_label="",
                         transcript=transcript or None)
         mode = "forced" if transcript_words(utt) else "asr"
+        if self.info.align == "written" and transcript_words(utt):
+            mode = "written"  # a text-only model trained on written transcripts (punctuation kept)
         alignment = align_utterance(utt, audio, mode, sphinx=self.sphinx)
         if not alignment.words:
             why = "the recogniser found no words in it" if mode == "asr" else "no words could be aligned"

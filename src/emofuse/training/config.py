@@ -28,7 +28,7 @@ import yaml
 from emofuse.errors import ConfigError
 
 OPTIMISERS = ("adam", "adamw", "sgd")
-ALIGN_SOURCES = ("auto", "corpus", "forced", "asr", "proportional", "text", "none")
+ALIGN_SOURCES = ("auto", "corpus", "forced", "asr", "proportional", "text", "written", "none")
 # What `make_folds` understands (emofuse.training.splits); kept here so a typo fails before
 # any data is read even when the splits module is missing.
 MONITORS = ("val_ua", "val_wa", "val_macro_f1", "val_weighted_f1", "val_loss")
@@ -342,9 +342,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"model {cfg.model_name!r} reads acoustic frames: set data.acoustic (e.g. compare_lld)")
     if "words" in needs and d.words is None:
         raise ConfigError(f"model {cfg.model_name!r} reads word vectors: set data.words (e.g. minilm)")
-    if "word_frames" in needs and (d.acoustic is None or d.align in ("none", "text")):
+    if "word_frames" in needs and (d.acoustic is None or d.align in ("none", "text", "written")):
         raise ConfigError(f"model {cfg.model_name!r} needs word times on the acoustic grid: "
-                          "set data.acoustic and a data.align other than none or text")
+                          "set data.acoustic and a data.align other than none, text or written")
 
 
 def expand_path(value: str) -> str:
