@@ -27,7 +27,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "train_baselines.json"
 DEFAULTS = ["configs/ravdess4/b-aco-1.yaml", "configs/meld/b-lex.yaml"]
-TARGETS = {"ravdess4/b-aco-1": ("ua", 0.65), "meld/b-lex": ("weighted_f1", 0.55)}
+TARGETS = {"ravdess4/b-aco-1": ("ua", 0.65), "meld/b-lex": ("weighted_f1", 0.55),
+           "ravdess4/h-mm-4": ("ua", 0.72), "ravdess4/fgcme": ("ua", 0.72)}
 
 
 def main(argv: list[str] | None = None) -> int:

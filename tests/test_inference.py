@@ -380,3 +380,19 @@ def test_frames_from_the_worker_process_equal_frames_computed_in_process(tmp_pat
     assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6) and a.label == b.label
     with_process._frames_proc.shutdown(wait=True)  # a dead worker: the next call computes here
     assert with_process.predict_file(path, transcript).probabilities == pytest.approx(b.probabilities, abs=1e-6)
+
+
+def test_words_without_times_serialise_as_null_and_render():
+    """A text-only model reading the written transcript has words without times."""
+    from emofuse.inference.explain import render_fragment, render_png
+    from emofuse.inference.predictor import Prediction, WordExplanation
+
+    words = [WordExplanation("What", float("nan"), float("nan")), WordExplanation("?", float("nan"), float("nan"))]
+    p = Prediction(file="x.wav", label="surprise", probabilities={"surprise": 0.9, "neutral": 0.1}, words=words,
+                   duration=1.0, align_source="written", envelope=np.zeros((100, 2), dtype=np.float32))
+    row = json.loads(json.dumps(p.to_json(), allow_nan=False))  # strict JSON: no NaN
+    assert row["words"][0] == {"text": "What", "start": None, "end": None}
+    assert words[0].span() == "-" and not words[0].timed
+    assert "What" in render_fragment(p) and "nan" not in render_fragment(p)
+    with tempfile.TemporaryDirectory() as folder:
+        assert render_png(p, Path(folder) / "p.png").stat().st_size > 0

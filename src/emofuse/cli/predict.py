@@ -35,7 +35,7 @@ def _word_table(prediction) -> Table | None:
         table.add_column(titles[k], justify="right")
     for w in prediction.words:
         cells = [f"{w.values[k]:.3f}" if k in w.values else "-" for k in keys]
-        table.add_row(escape(w.text), f"{w.start:.2f}-{w.end:.2f}", *cells, style=None if w.used else "dim")
+        table.add_row(escape(w.text), w.span(), *cells, style=None if w.used else "dim")
     return table
 
 

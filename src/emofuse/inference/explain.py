@@ -71,7 +71,7 @@ def _word_chip(word, top_attention: float) -> str:
     parts = [
         f'<div class="ef-chip{"" if word.used else " ef-unused"}"{style} title="{html.escape(title)}">',
         f'<div class="ef-w">{html.escape(word.text)}</div>',
-        f'<div class="ef-t">{word.start:.2f}–{word.end:.2f} s</div>',
+        f'<div class="ef-t">{word.span(" s")}</div>',
     ]
     if "gate" in v:
         z = max(0.0, min(1.0, v["gate"]))
@@ -116,7 +116,8 @@ def _draw_waveform(ax, prediction: Prediction) -> None:
         env = np.zeros((1, 2), dtype=np.float32)
     t = (np.arange(len(env)) + 0.5) * 0.01
     top = _attention_scale(prediction)
-    for w in prediction.words:
+    timed = [w for w in prediction.words if w.timed]  # text-only models' words have no times
+    for w in timed:
         if "attention" in w.values:
             r, g, b = ATTENTION
             ax.axvspan(w.start, w.end, color=(r / 255, g / 255, b / 255), alpha=0.08 + 0.5 * min(1.0, w.values["attention"] / top), lw=0)
@@ -124,7 +125,7 @@ def _draw_waveform(ax, prediction: Prediction) -> None:
     peak = float(np.abs(env).max()) or 1.0
     ax.set_ylim(-1.15 * peak, 1.35 * peak)
     ax.set_xlim(0, max(prediction.duration, t[-1]))
-    for w in prediction.words:
+    for w in timed:
         ax.axvline(w.start, color="#c00", lw=0.7, alpha=0.7)
         ax.axvline(w.end, color="#c00", lw=0.7, alpha=0.3, ls="--")
         ax.text((w.start + w.end) / 2, 1.2 * peak, w.text, ha="center", va="center", fontsize=9, clip_on=True)
@@ -237,7 +238,7 @@ def render_png(prediction: Prediction, path: str | Path, dpi: int = 100) -> Path
             ax_w.add_patch(Rectangle((x + 0.004, y + 0.05 * height), width - 0.008, 0.9 * height,
                                      facecolor=shade, edgecolor="#bbb", lw=0.6))
             ax_w.text(x + width / 2, y + 0.62 * height, w.text, ha="center", va="center", fontsize=9, weight="bold")
-            ax_w.text(x + width / 2, y + 0.4 * height, f"{w.start:.2f}–{w.end:.2f}s", ha="center", va="center", fontsize=6)
+            ax_w.text(x + width / 2, y + 0.4 * height, w.span("s"), ha="center", va="center", fontsize=6)
             if "gate" in w.values:
                 z = max(0.0, min(1.0, w.values["gate"]))
                 bar_x, bar_w = x + 0.012, width - 0.024

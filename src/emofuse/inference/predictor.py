@@ -23,6 +23,8 @@ service): requests run one at a time and never see each other's state.
 
 from __future__ import annotations
 
+import math
+
 import os
 import sys
 import threading
@@ -97,8 +99,18 @@ class WordExplanation:
     values: dict[str, float] = field(default_factory=dict)  # WORD_MAPS keys the model gives
     used: bool = True  # False: beyond the model's max_words / max_frames, not seen by the model
 
+    @property
+    def timed(self) -> bool:
+        """False for words without times (a text-only model reading the written transcript)."""
+        return not (math.isnan(self.start) or math.isnan(self.end))
+
+    def span(self, unit: str = "") -> str:
+        return f"{self.start:.2f}–{self.end:.2f}{unit}" if self.timed else "-"
+
     def to_json(self) -> dict:
-        return {"text": self.text, "start": round(self.start, 3), "end": round(self.end, 3),
+        timed = self.timed
+        return {"text": self.text, "start": round(self.start, 3) if timed else None,
+                "end": round(self.end, 3) if timed else None,
                 **{k: round(v, 6) for k, v in self.values.items()},
                 **({} if self.used else {"used": False})}
 
