@@ -81,6 +81,9 @@ def test_a_run_with_masking_trains_and_records_its_settings(tmp_path):
     assert run["folds_done"] == 1
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["augment"] == {"time_masks": 1, "time_width": 5, "feature_masks": 0, "feature_width": 10}
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Training frames masked per utterance: 1 time span(s) of ≤5 frames." in report
+    assert "Validation: 1 speaker(s) carved from each training part." in report
 
 
 @pytest.mark.parametrize("override, message", [

@@ -101,7 +101,9 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
             f"normalise=`{normalise_mode(d.get('normalise', True))}`, "
             f"label set `{d.get('label_set')}`; {o.get('name')} lr={o.get('lr')} wd={o.get('weight_decay')} "
             f"clip={o.get('grad_clip')}, batch {t.get('batch_size')}, ≤{t.get('max_epochs')} epochs "
-            f"(patience {t.get('patience')}), seed {config.get('seed')}.",
+            f"(patience {t.get('patience')}), seed {config.get('seed')}."
+            + (f" Validation: {p['val_speakers']} speaker(s) carved from each training part." if p.get("val_speakers") else "")
+            + _augment_note(config.get("augment") or {}),
             "",
         ]
     monitor = (config or {}).get("trainer", {}).get("monitor", "val_ua")
@@ -168,6 +170,15 @@ def confusion_png(path: Path, confusion: Sequence[Sequence[int]], classes: Seque
     finally:
         plt.close(fig)
     return path
+
+
+def _augment_note(a: dict) -> str:
+    parts = []
+    if a.get("time_masks") and a.get("time_width"):
+        parts.append(f"{a['time_masks']} time span(s) of ≤{a['time_width']} frames")
+    if a.get("feature_masks") and a.get("feature_width"):
+        parts.append(f"{a['feature_masks']} feature band(s) of ≤{a['feature_width']} dimensions")
+    return f" Training frames masked per utterance: {' and '.join(parts)}." if parts else ""
 
 
 def write_run_report(run_dir: Path, run: dict, config: dict | None = None) -> None:
