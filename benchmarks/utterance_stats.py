@@ -1,0 +1,109 @@
+"""Benchmark: how much do utterance statistics of the frames carry? A linear reference for RAVDESS4.
+
+Each utterance becomes the mean, standard deviation and 10th / 90th percentiles of its frames
+(ComParE LLD + deltas: 4 x 130 values; fbank40: 4 x 40). The statistics are z-scored either
+with the training part's statistics only (`fold`) or per speaker over that speaker's own
+utterances, labels unused (`speaker`, as `data.normalise=speaker` does with frames). A
+class-balanced logistic regression or RBF SVM is trained per fold; the model and C are chosen
+on the validation actors (never the test fold), on the same actor-exclusive folds as the
+neural runs (5 folds, 4 validation actors).
+
+    python benchmarks/utterance_stats.py --set data.manifest=M --set data.store=S
+
+Results: printed and written to benchmarks/results/utterance_stats.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "utterance_stats.json"
+
+
+def statistics(frames: np.ndarray) -> np.ndarray:
+    a = np.asarray(frames, dtype=np.float64)
+    return np.concatenate([a.mean(0), a.std(0), np.percentile(a, 10, 0), np.percentile(a, 90, 0)])
+
+
+def by_speaker(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    out = x.copy()
+    for s in np.unique(speakers):
+        rows = speakers == s
+        out[rows] = (x[rows] - x[rows].mean(0)) / (x[rows].std(0) + 1e-8)
+    return out
+
+
+def run(feature: str, normalise: str, overrides: list[str], val_speakers: int) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, accuracy_score
+    from sklearn.svm import SVC
+
+    from emofuse.training.config import load_config
+    from emofuse.training.features import load_labelled
+    from emofuse.training.splits import make_folds
+
+    cfg = load_config(ROOT / "configs/ravdess4/b-aco-1.yaml", [*overrides, f"data.acoustic={feature}"])
+    data = load_labelled(cfg, log=lambda m: None, progress=False)
+    x = np.stack([statistics(it.acoustic) for it in data.items])
+    y = np.asarray(data.labels)
+    speakers = np.array([u.speaker for u in data.corpus])
+    if normalise == "speaker":
+        x = by_speaker(x, speakers)
+    folds = make_folds(data.corpus, "speaker-kfold", k=5, seed=cfg.seed, val_speakers=val_speakers)
+    per_fold = []
+    for fold in folds:
+        tr, va, te = (np.asarray(i) for i in (fold.train, fold.val, fold.test))
+        mean, std = x[tr].mean(0), x[tr].std(0) + 1e-8
+        z = (x - mean) / std
+        best = None
+        for c in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0):
+            for kind in ("logistic", "svm"):
+                clf = (LogisticRegression(C=c, max_iter=2000, class_weight="balanced") if kind == "logistic"
+                       else SVC(C=100 * c, class_weight="balanced"))
+                clf.fit(z[tr], y[tr])
+                score = balanced_accuracy_score(y[va], clf.predict(z[va]))
+                if best is None or score > best[0]:
+                    best = (score, kind, c, clf)
+        predicted = best[3].predict(z[te])
+        per_fold.append({"fold": fold.index, "classifier": best[1], "C": best[2] * (100 if best[1] == "svm" else 1),
+                         "val_ua": round(best[0], 4), "ua": round(balanced_accuracy_score(y[te], predicted), 4),
+                         "wa": round(accuracy_score(y[te], predicted), 4)})
+    ua = [f["ua"] for f in per_fold]
+    wa = [f["wa"] for f in per_fold]
+    return {"feature": feature, "normalise": normalise, "val_speakers": val_speakers,
+            "ua": {"mean": round(float(np.mean(ua)), 4), "std": round(float(np.std(ua, ddof=1)), 4)},
+            "wa": {"mean": round(float(np.mean(wa)), 4), "std": round(float(np.std(wa, ddof=1)), 4)},
+            "folds": per_fold}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--set", action="append", default=[], help="config override (repeatable)")
+    parser.add_argument("--features", default="compare_lld,fbank40")
+    parser.add_argument("--val-speakers", type=int, default=4)
+    args = parser.parse_args(argv)
+    results = []
+    for feature in args.features.split(","):
+        for normalise in ("fold", "speaker"):
+            started = time.time()
+            r = run(feature, normalise, args.set, args.val_speakers)
+            r["seconds"] = round(time.time() - started, 1)
+            results.append(r)
+            print(f"{feature:12s} {normalise:8s} UA {r['ua']['mean']:.3f} ± {r['ua']['std']:.3f}  "
+                  f"WA {r['wa']['mean']:.3f}  ({r['seconds']} s)", flush=True)
+    from emofuse.training.config import atomic_write_text
+
+    atomic_write_text(RESULTS, json.dumps({"what": __doc__.split("\n")[0], "std": "sample (ddof=1)",
+                                           "overrides": args.set, "runs": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
