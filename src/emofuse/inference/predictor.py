@@ -24,7 +24,6 @@ service): requests run one at a time and never see each other's state.
 from __future__ import annotations
 
 import math
-
 import os
 import sys
 import threading
