@@ -110,3 +110,24 @@ def test_a_run_saved_before_the_augment_section_existed_still_resumes(tmp_path):
     save_config(cfg, tmp_path / "run")  # no "different config" error
     with pytest.raises(ConfigError, match=r"different config \(augment.time_masks\)"):
         save_config(tiny_config(tmp_path, "augment.time_masks=2"), tmp_path / "run")
+
+
+def test_loader_workers_draw_different_masks():
+    import torch.utils.data as tud
+
+    cfg = AugmentConfig(time_masks=3, time_width=10, feature_masks=2, feature_width=4)
+    masking = FrameMasking(cfg, [0, 0, 0])
+    frames = np.ones((60, 12), dtype=np.float32)
+
+    class Frames(tud.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return masking(frames)
+
+    loader = tud.DataLoader(Frames(), batch_size=1, num_workers=2)  # worker w takes items w, w + 2
+    masks = [batch[0].numpy() for batch in loader]
+    # Same draw order within each worker: without per-worker streams items 0 and 1 would match.
+    assert not np.array_equal(masks[0], masks[1])
+    np.testing.assert_array_equal(masks[0], FrameMasking(cfg, [0, 0, 0, 0])(frames))

@@ -8,7 +8,8 @@ Nothing moves in time, so word spans, speech masks and lengths stay valid.
 
 Each utterance gets `time_masks` spans of 0..`time_width` frames (never more than a fifth
 of its frames per span) and `feature_masks` bands of 0..`feature_width` dimensions, drawn
-from a generator seeded with the run's seed and fold; a resumed run draws fresh masks.
+from a generator seeded with the run's seed, fold and rank (and DataLoader worker, so workers
+never repeat each other's masks); a resumed run draws fresh masks.
 """
 
 from __future__ import annotations
@@ -23,10 +24,20 @@ class FrameMasking:
 
     def __init__(self, cfg: AugmentConfig, seed: int | list[int] = 0):
         self.cfg = cfg
-        self.rng = np.random.default_rng(seed)
+        self.seed = [seed] if isinstance(seed, int) else list(seed)
+        self._rngs: dict[int, np.random.Generator] = {}
+
+    def _rng(self) -> np.random.Generator:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        worker = -1 if info is None else info.id  # each loader worker process: its own stream
+        if worker not in self._rngs:
+            self._rngs[worker] = np.random.default_rng(self.seed if worker < 0 else [*self.seed, worker])
+        return self._rngs[worker]
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        c, rng = self.cfg, self.rng
+        c, rng = self.cfg, self._rng()
         out = np.array(frames, copy=True)
         num_frames, dim = out.shape
         widest = min(c.time_width, num_frames // 5)
