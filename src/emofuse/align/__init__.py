@@ -33,6 +33,7 @@ from emofuse.errors import ConfigError, DataError
 
 MODES = ("auto", "corpus", "forced", "asr", "proportional", "text", "written", "none")
 SOURCES = ("corpus", "forced", "asr", "proportional", "text", "written")
+UNTIMED = ("text", "written")  # modes and sources whose words have no times (nothing is decoded)
 SAMPLE_RATE = 16000
 
 
@@ -241,6 +242,6 @@ def word_frame_matrix(times: np.ndarray, num_frames: int, hop: float = HOP) -> n
 
 
 __all__ = [
-    "Alignment", "MODES", "SOURCES", "align_utterance", "corpus_words", "proportional_words",
+    "Alignment", "MODES", "SOURCES", "UNTIMED", "align_utterance", "corpus_words", "proportional_words",
     "resolve_mode", "transcript_words", "transfer_times", "word_frame_matrix",
 ]

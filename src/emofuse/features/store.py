@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from emofuse.align import Alignment, align_utterance, resolve_mode
+from emofuse.align import UNTIMED, Alignment, align_utterance, resolve_mode
 from emofuse.align.vad import VAD_SETTINGS, energy_speech_mask
 from emofuse.corpora.base import Corpus, Utterance
 from emofuse.errors import ConfigError, DataError, EmofuseError
@@ -276,7 +276,7 @@ def _align_entry(job: _Job, utt: Utterance, audio, res: _Result, cache_dir: str 
         except Exception as exc:
             res.errors.append(("align", _reason(exc)))
             return None
-    if audio is None and job.align_mode not in ("corpus", "text", "written"):
+    if audio is None and job.align_mode not in ("corpus", *UNTIMED):
         res.errors.append(("align", "skipped: the audio could not be read"))
         return None
     try:
@@ -358,7 +358,7 @@ def _run_jobs(jobs: list[_Job], cache_dir: str | None) -> list[_Result]:
         res = _Result(utt.id)
         results.append(res)
         audio = None
-        decodes = job.compute_align and job.align_mode not in ("corpus", "text", "written")
+        decodes = job.compute_align and job.align_mode not in ("corpus", *UNTIMED)
         if job.frames or job.vad_path is not None or decodes:
             t = time.perf_counter()
             try:
@@ -627,7 +627,7 @@ class FeatureStore:
                     alignment = _read_alignment(path)
                     item.words = alignment.texts
                     item.align_source = alignment.source
-                    if alignment.source not in ("text", "written"):
+                    if alignment.source not in UNTIMED:
                         item.word_times = alignment.times().astype(np.float32)  # (W, 2)
                     if words:
                         vpath = dirs[mode][1] / f"{text_key}.safetensors"
