@@ -301,9 +301,8 @@ class Predictor:
             return Alignment([], "none", "none")
         utt = Utterance(id=label, audio=label or "<audio>", speaker="", label="", original_label="",
                         transcript=transcript or None)
-        mode = "forced" if transcript_words(utt) else "asr"
-        if self.info.align == "written" and transcript_words(utt):
-            mode = "written"  # a text-only model trained on written transcripts (punctuation kept)
+        # A text-only model trained on written transcripts (punctuation kept) reads them so.
+        mode = ("written" if self.info.align == "written" else "forced") if transcript_words(utt) else "asr"
         alignment = align_utterance(utt, audio, mode, sphinx=self.sphinx)
         if not alignment.words:
             why = "the recogniser found no words in it" if mode == "asr" else "no words could be aligned"
