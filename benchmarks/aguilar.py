@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -34,11 +32,9 @@ import numpy as np
 import torch
 
 from emofuse.training.config import atomic_write_text, load_config, save_config
-from emofuse.training.data import Collator
 from emofuse.training.features import load_labelled
-from emofuse.training.loop import eval_loader, fold_inputs, quiet_lightning, train_fold
+from emofuse.training.loop import eval_loader, load_fold_model, quiet_lightning, train_fold
 from emofuse.training.metrics import classification_metrics  # noqa: F401  (documents where UA/WA come from)
-from emofuse.training.module import EmotionModule
 from emofuse.training.report import read_json, run_summary, write_json, write_run_report
 from emofuse.training.splits import make_folds
 
@@ -60,15 +56,7 @@ def data_key(cfg) -> tuple:
 
 def explain_stats(cfg, data, fold, fold_dir: Path, result: dict) -> dict:
     """Mean GMU gate and attention entropy of the best checkpoint over the test part's real words."""
-    spec, normaliser, vocab = fold_inputs(cfg, data, fold.train)
-    collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
-    module = EmotionModule(cfg.model_name, cfg.model_settings, spec, {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
-                           list(data.classes))
-    state = torch.load(fold_dir / result["best_checkpoint"], map_location="cpu", weights_only=True)
-    model = module.model
-    # Only the network: the module's other buffers (e.g. class weights) are not needed here.
-    model.load_state_dict({k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")})
-    model.eval()
+    model, collator = load_fold_model(cfg, data, fold, fold_dir)
     gates, gate_by_class, entropies = [], {c: [] for c in data.classes}, []
     gate_by_word: dict[str, list[float]] = {}
     index = {it.id: i for i, it in enumerate(data.items)}

@@ -34,10 +34,8 @@ import torch
 
 from emofuse.features.batch import alignment_matrix
 from emofuse.training.config import atomic_write_text, load_config, save_config
-from emofuse.training.data import Collator
 from emofuse.training.features import load_labelled
-from emofuse.training.loop import eval_loader, fold_inputs, quiet_lightning, train_fold
-from emofuse.training.module import EmotionModule
+from emofuse.training.loop import eval_loader, load_fold_model, quiet_lightning, train_fold
 from emofuse.training.report import read_json, run_summary, write_json, write_run_report
 from emofuse.training.splits import make_folds
 
@@ -52,13 +50,7 @@ def data_key(cfg) -> tuple:
 
 def explain_stats(cfg, data, fold, fold_dir: Path, result: dict) -> dict:
     """Attention entropy and (NMT) the attention mass inside each word's own span, on the test part."""
-    spec, normaliser, vocab = fold_inputs(cfg, data, fold.train)
-    collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
-    module = EmotionModule(cfg.model_name, cfg.model_settings, spec, {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
-                           list(data.classes))
-    state = torch.load(fold_dir / result["best_checkpoint"], map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
-    model = module.model.eval()
+    model, collator = load_fold_model(cfg, data, fold, fold_dir)
     entropies, own = [], []
     with torch.no_grad():
         for batch in eval_loader(cfg, collator, fold.test):

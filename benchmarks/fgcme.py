@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from emofuse.training.config import atomic_write_text, load_config, save_config
 from emofuse.training.data import Collator
 from emofuse.training.features import load_labelled
-from emofuse.training.loop import eval_loader, fold_inputs, quiet_lightning, train_fold
+from emofuse.training.loop import eval_loader, fold_inputs, load_fold_model, quiet_lightning, train_fold
 from emofuse.training.module import EmotionModule
 from emofuse.training.report import read_json, run_summary, write_json, write_run_report
 from emofuse.training.splits import make_folds
@@ -99,13 +99,7 @@ def explain_stats(cfg, data, fold, fold_dir: Path, result: dict) -> dict:
     """Mean gates over the test part's real words; CTC-vs-forced span IoU for the CTC row."""
     if not cfg.model_name.startswith("fgcme"):
         return {}
-    spec, normaliser, vocab = fold_inputs(cfg, data, fold.train)
-    collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
-    module = EmotionModule(cfg.model_name, cfg.model_settings, spec, {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
-                           list(data.classes))
-    state = torch.load(fold_dir / result["best_checkpoint"], map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
-    model = module.model.eval()
+    model, collator = load_fold_model(cfg, data, fold, fold_dir)
     gates: dict[str, list] = {"acoustic_gate": [], "semantic_gate": []}
     ious = []
     with torch.no_grad():

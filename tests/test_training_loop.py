@@ -221,6 +221,24 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def test_load_fold_model_gives_back_the_tested_network(tmp_path):
+    from emofuse.training.loop import eval_loader, load_fold_model
+    from emofuse.training.module import predict
+
+    data = synthetic_data()
+    cfg = tiny_config(tmp_path, "fold=1", "trainer.max_epochs=2")
+    folds = folds_for(data, cfg)
+    fold_dir = tmp_path / "run" / "fold-1"
+    with pytest.raises(EmofuseError, match="metrics.json"):
+        load_fold_model(cfg, data, folds[1], fold_dir)
+    run_folds(cfg, data, folds, log=lambda s: None)
+    model, collator = load_fold_model(cfg, data, folds[1], fold_dir)
+    assert not model.training
+    ids, _, probs = predict(model, eval_loader(cfg, collator, folds[1].test))
+    saved = {r["id"]: [float(r[f"p_{c}"]) for c in CLASSES] for r in _csv(fold_dir / "predictions.csv")}
+    np.testing.assert_allclose(probs, [saved[i] for i in ids], atol=2e-6)
+
+
 def test_the_same_seed_gives_the_same_predictions(tmp_path):
     data = synthetic_data()
     outputs = []

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -284,6 +285,28 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
         write_json(fold_dir / "metrics.json", result)  # last: its presence marks the fold done
     _barrier()
     return result
+
+
+def load_fold_model(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path) -> tuple[torch.nn.Module, Collator]:
+    """A finished fold's best network (eval mode, on the CPU) and the collator it was tested with
+    (the fold's normaliser and vocabulary, fitted again as `train_fold` fitted them).
+
+    For analyses of trained folds (benchmarks): the checkpoint named in the fold's
+    `metrics.json`; only the network's weights (`model.*`) are read, not the module's other
+    buffers such as class weights."""
+    marker = fold_dir / "metrics.json"
+    if not marker.is_file():
+        raise EmofuseError(f"{marker}: no such file; fold {fold.index} has not finished (train it first)")
+    path = fold_dir / read_json(marker)["best_checkpoint"]
+    spec, normaliser, vocab = fold_inputs(cfg, data, fold.train)
+    collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
+    module = EmotionModule(cfg.model_name, cfg.model_settings, spec, asdict(cfg.optim), list(data.classes))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise EmofuseError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from None
+    module.model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    return module.model.eval(), collator
 
 
 def write_predictions(path: Path, data: LabelledData, ids, labels, probs) -> None:
