@@ -239,6 +239,57 @@ def test_load_fold_model_gives_back_the_tested_network(tmp_path):
     np.testing.assert_allclose(probs, [saved[i] for i in ids], atol=2e-6)
 
 
+def test_refit_trains_on_training_and_validation_speakers_for_the_selected_epochs(tmp_path):
+    from emofuse.training.loop import eval_loader, load_fold_model
+    from emofuse.training.module import predict
+
+    class Record(L.Callback):
+        def __init__(self):
+            self.runs = []
+
+        def on_train_start(self, trainer, module):
+            self.runs.append({"ids": set(), "epochs": 0, "validated": 0})
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.runs[-1]["ids"].update(batch.ids)
+
+        def on_train_epoch_end(self, trainer, module):
+            self.runs[-1]["epochs"] += 1
+
+        def on_validation_end(self, trainer, module):
+            self.runs[-1]["validated"] += 1
+
+    data = synthetic_data()
+    cfg = tiny_config(tmp_path, "fold=0", "trainer.max_epochs=4", "protocol.refit=true")
+    folds = folds_for(data, cfg)
+    fold, fold_dir = folds[0], tmp_path / "run" / "fold-0"
+    record = Record()
+    run_folds(cfg, data, folds, log=lambda s: None, extra_callbacks=(record,))
+    metrics = json.loads((fold_dir / "metrics.json").read_text())
+    selected = torch.load(next((fold_dir / "selection" / "checkpoints").glob("best-*.ckpt")), weights_only=False)
+    epochs = selected["epoch"] + 1
+    assert metrics["refit"]["epochs"] == epochs and metrics["best_epoch"] == epochs - 1
+    ids = {data.items[i].id for i in fold.train}
+    val_ids = {data.items[i].id for i in fold.val}
+    # First the selection run on the training part, validated every epoch; then the refit on
+    # training + validation speakers, never validated, for exactly the selected epochs.
+    assert [r["ids"] for r in record.runs] == [ids, ids | val_ids]
+    assert record.runs[0]["validated"] >= epochs and record.runs[1]["validated"] == 0
+    assert record.runs[1]["epochs"] == epochs
+    assert metrics["val_score"] == pytest.approx(json.loads((fold_dir / "selection" / "trained.json").read_text())["best_score"])
+    # The refit's normaliser saw the validation speakers' frames too (fold mode).
+    saved = json.loads((fold_dir / "normaliser.json").read_text())
+    frames = np.concatenate([data.items[i].acoustic for i in [*fold.train, *fold.val]])
+    np.testing.assert_allclose(saved["normaliser"]["mean"], frames.mean(0), rtol=1e-4)
+    assert "refit" in saved["fitted_on"]
+    # The tested network is the one load_fold_model (and export) reopen.
+    model, collator = load_fold_model(cfg, data, fold, fold_dir)
+    test_ids, _, probs = predict(model, eval_loader(cfg, collator, fold.test))
+    rows = {r["id"]: [float(r[f"p_{c}"]) for c in CLASSES] for r in _csv(fold_dir / "predictions.csv")}
+    np.testing.assert_allclose(probs, [rows[i] for i in test_ids], atol=2e-6)
+    assert "Refit" in (tmp_path / "run" / "report.md").read_text()
+
+
 def test_the_same_seed_gives_the_same_predictions(tmp_path):
     data = synthetic_data()
     outputs = []

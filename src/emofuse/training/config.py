@@ -92,6 +92,9 @@ class ProtocolConfig:
     k: int = 5  # folds for speaker-kfold
     val_fraction: float | None = 0.1  # validation speakers carved from the training speakers
     val_speakers: int | None = None  # or this many validation speakers (overrides val_fraction)
+    # refit: choose the number of epochs on the validation speakers, then train a fresh network on
+    # training + validation speakers for that many epochs and test it (training/loop.train_fold)
+    refit: bool = False
 
 
 @dataclass

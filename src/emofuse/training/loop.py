@@ -26,6 +26,7 @@ Run directory:
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import os
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -169,23 +170,98 @@ def fold_inputs(cfg: ExperimentConfig, data: LabelledData, train_idx) -> tuple[d
     return spec, normaliser, vocab
 
 
+@dataclass
+class Stage:
+    """What one training run of a fold left: the module and collator it trained with, and the
+    checkpoint to test (the best epoch on validation, or the last epoch of a refit)."""
+
+    module: EmotionModule
+    collator: Collator
+    best_path: Path
+    marker: dict
+
+
 def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, log: Log = print,
                extra_callbacks: tuple = ()) -> dict:
-    """Train one fold (resuming from its last checkpoint), test its best checkpoint once."""
+    """Train one fold (resuming from its last checkpoint), test its best checkpoint once.
+
+    With `protocol.refit`, a selection run on the training part picks the number of epochs on
+    the validation speakers (`fold-K/selection/`); then a fresh network is trained on the
+    training and validation speakers together for exactly that many epochs (`fold-K/`, so
+    export and resume read it as any fold), and that network is tested. The test part is
+    never looked at before the one test pass.
+    """
     if len(fold.val) == 0:
         raise ConfigError(f"fold {fold.index} has no validation part: model selection needs validation speakers "
                           "(set protocol.val_fraction or protocol.val_speakers)")
     if len(fold.test) == 0:
         raise ConfigError(f"fold {fold.index} has no test part")
     started = time.time()
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    refit = None
+    if cfg.protocol.refit:
+        selection = _fit(cfg, data, fold, fold.train, fold.val, fold_dir / "selection", log, extra_callbacks)
+        epochs = int(torch.load(selection.best_path, map_location="cpu", weights_only=False).get("epoch", 0)) + 1
+        refit_cfg = copy.deepcopy(cfg)
+        refit_cfg.trainer.max_epochs = refit_cfg.trainer.min_epochs = epochs
+        refit = {"epochs": epochs, "selection_val_score": selection.marker.get("best_score"),
+                 "selection_epochs_run": selection.marker.get("epochs_run")}
+        stage = _fit(refit_cfg, data, fold, np.concatenate([fold.train, fold.val]), None, fold_dir, log,
+                     extra_callbacks)
+    else:
+        stage = _fit(cfg, data, fold, fold.train, fold.val, fold_dir, log, extra_callbacks)
+    module, collator, best_path, marker = stage.module, stage.collator, stage.best_path, stage.marker
+    monitor = cfg.trainer.monitor
+
+    # The test part, once, with the best checkpoint: a plain pass over the whole part.
+    state = torch.load(best_path, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    device = _eval_device(cfg)
+    module.to(device)
+    ids, labels, probs = predict(module.model, eval_loader(cfg, collator, fold.test), device)
+    preds = probs.argmax(1)
+    metrics = classification_metrics(labels, preds, data.classes)
+    result = {
+        "fold": fold.index,
+        "name": fold.name,
+        "n_train": int(len(fold.train)), "n_val": int(len(fold.val)), "n_test": int(len(fold.test)),
+        "best_epoch": int(state.get("epoch", -1)),
+        "epochs_run": marker.get("epochs_run"),
+        "monitor": monitor,
+        "val_score": refit["selection_val_score"] if refit else marker.get("best_score"),
+        "best_checkpoint": os.path.relpath(best_path, fold_dir),
+        "test": metrics,
+        "seconds": round(time.time() - started, 2),
+    }
+    if refit:
+        result["refit"] = refit
+    if rank_zero_only.rank == 0:
+        write_predictions(fold_dir / "predictions.csv", data, ids, labels, probs)
+        write_json(fold_dir / "metrics.json", result)  # last: its presence marks the fold done
+    _barrier()
+    return result
+
+
+def training_part(cfg: ExperimentConfig, fold) -> np.ndarray:
+    """The utterances the tested network of a fold was trained on: the training part, or the
+    training and validation parts together with `protocol.refit`."""
+    return np.concatenate([fold.train, fold.val]) if cfg.protocol.refit else np.asarray(fold.train)
+
+
+def _fit(cfg: ExperimentConfig, data: LabelledData, fold, train_idx, val_idx, stage_dir: Path, log: Log,
+         extra_callbacks: tuple) -> Stage:
+    """One training run in `stage_dir` (resumable). With validation indices: early stopping and
+    the best epoch on the monitor; without (a refit): exactly max_epochs, the last one kept."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    spec, normaliser, vocab = fold_inputs(cfg, data, fold.train)
-    weights = class_weights(data.class_counts(fold.train)).tolist() if cfg.optim.class_weights else None
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    selecting = val_idx is not None
+    spec, normaliser, vocab = fold_inputs(cfg, data, train_idx)
+    weights = class_weights(data.class_counts(train_idx)).tolist() if cfg.optim.class_weights else None
     if rank_zero_only.rank == 0:
-        write_json(fold_dir / "normaliser.json", {
+        part = "training part of this fold" if selecting else "training and validation parts of this fold (refit)"
+        write_json(stage_dir / "normaliser.json", {
             "label_set": cfg.data.label_set,
             "classes": list(data.classes),
             "features": {k: getattr(cfg.data, k) for k in ("acoustic", "words", "align", "max_frames", "max_words")},
@@ -193,29 +269,33 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
             "spec": spec,
             "normaliser": normaliser.to_dict() if normaliser is not None else None,
             "vocabulary": vocab.to_dict() if vocab is not None else None,
-            "fitted_on": {"fold": "training part of this fold", "speaker": "each speaker's own utterances (no labels)",
+            "fitted_on": {"fold": part, "speaker": "each speaker's own utterances (no labels)",
                           "utterance": "each utterance itself", "none": "nothing"}[normalise_mode(cfg.data.normalise)],
         })
-        write_json(fold_dir / "split.json", fold.to_json(data.corpus))
+        write_json(stage_dir / "split.json", fold.to_json(data.corpus))
     collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
     module = EmotionModule(cfg.model_name, cfg.model_settings, spec, asdict(cfg.optim), list(data.classes), weights)
 
-    ckpt_dir = fold_dir / "checkpoints"
-    # Best epoch on the validation monitor (val UA by default; first of equals), and every epoch's state in last.ckpt for resume
-    # (Lightning's save_last only writes when the best one changes).
+    ckpt_dir = stage_dir / "checkpoints"
+    # Every epoch's state in last.ckpt for resume (Lightning's save_last only writes when the
+    # best one changes); when selecting, the best epoch on the validation monitor too (val UA
+    # by default; first of equals).
     monitor, mode = cfg.trainer.monitor, "min" if cfg.trainer.monitor == "val_loss" else "max"
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
-        monitor=monitor, mode=mode, save_top_k=1, save_last=False, enable_version_counter=False,
-    )
     last_checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                                       enable_version_counter=False)
-    callbacks: list = [checkpoint, last_checkpoint, *extra_callbacks]
-    if cfg.trainer.patience:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.trainer.patience))
+    callbacks: list = [last_checkpoint, *extra_callbacks]
+    checkpoint = None
+    if selecting:
+        checkpoint = ModelCheckpoint(
+            dirpath=ckpt_dir, filename="best-epoch{epoch:02d}", auto_insert_metric_name=False,
+            monitor=monitor, mode=mode, save_top_k=1, save_last=False, enable_version_counter=False,
+        )
+        callbacks.insert(0, checkpoint)
+        if cfg.trainer.patience:
+            callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.trainer.patience))
     if cfg.trainer.progress:
         callbacks.append(RichProgressBar(leave=True))
-    loggers = [CSVLogger(fold_dir / "logs", name="csv"), TensorBoardLogger(fold_dir / "logs", name="tensorboard")]
+    loggers = [CSVLogger(stage_dir / "logs", name="csv"), TensorBoardLogger(stage_dir / "logs", name="tensorboard")]
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs, min_epochs=cfg.trainer.min_epochs,
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
@@ -226,14 +306,15 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
         use_distributed_sampler=False,  # our bucket sampler shards itself
         enable_progress_bar=cfg.trainer.progress, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=cfg.trainer.log_every_n_steps,
-        default_root_dir=fold_dir,
+        limit_val_batches=None if selecting else 0,
+        default_root_dir=stage_dir,
     )
-    trained_marker = fold_dir / "trained.json"
+    trained_marker = stage_dir / "trained.json"
     if trained_marker.is_file():
         best_path = Path(read_json(trained_marker)["best_checkpoint"])
         if not best_path.is_absolute():
-            best_path = fold_dir / best_path
-        log(f"fold {fold.index}: training had finished; testing {best_path.name}")
+            best_path = stage_dir / best_path
+        log(f"fold {fold.index}: training in {stage_dir} had finished; using {best_path.name}")
     else:
         last = ckpt_dir / "last.ckpt"
         resume = str(last) if last.is_file() else None
@@ -245,46 +326,25 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
             for noise in (".*sync_dist=True.*", ".*log_every_n_steps.*", ".*LeafSpec.*", ".*exists and is not empty.*"):
                 warnings.filterwarnings("ignore", message=noise)
             try:
-                trainer.fit(module, datamodule=FoldDataModule(cfg, collator, fold.train, fold.val, fold.index), ckpt_path=resume)
+                data_module = FoldDataModule(cfg, collator, train_idx, val_idx if selecting else train_idx[:0], fold.index)
+                trainer.fit(module, datamodule=data_module, ckpt_path=resume)
             except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after a graceful shutdown
                 if trainer.state.status == TrainerStatus.INTERRUPTED:
                     raise KeyboardInterrupt from None
                 raise
         if trainer.state.status == TrainerStatus.INTERRUPTED or trainer.interrupted:
             raise KeyboardInterrupt
-        best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else ckpt_dir / "last.ckpt"
+        if checkpoint is not None and checkpoint.best_model_path:
+            best_path = Path(checkpoint.best_model_path)
+        else:
+            best_path = ckpt_dir / "last.ckpt"
         if rank_zero_only.rank == 0:
-            write_json(trained_marker, {"best_checkpoint": os.path.relpath(best_path, fold_dir),
-                                        "epochs_run": trainer.current_epoch, "monitor": monitor,
-                                        "best_score": _float(checkpoint.best_model_score)})
+            write_json(trained_marker, {"best_checkpoint": os.path.relpath(best_path, stage_dir),
+                                        "epochs_run": trainer.current_epoch,
+                                        "monitor": monitor if selecting else None,
+                                        "best_score": _float(checkpoint.best_model_score) if checkpoint else None})
         _barrier()
-
-    # The test part, once, with the best checkpoint: a plain pass over the whole part.
-    state = torch.load(best_path, map_location="cpu", weights_only=False)
-    module.load_state_dict(state["state_dict"])
-    device = _eval_device(cfg)
-    module.to(device)
-    ids, labels, probs = predict(module.model, eval_loader(cfg, collator, fold.test), device)
-    preds = probs.argmax(1)
-    metrics = classification_metrics(labels, preds, data.classes)
-    marker = read_json(trained_marker) if trained_marker.is_file() else {}
-    result = {
-        "fold": fold.index,
-        "name": fold.name,
-        "n_train": int(len(fold.train)), "n_val": int(len(fold.val)), "n_test": int(len(fold.test)),
-        "best_epoch": int(state.get("epoch", -1)),
-        "epochs_run": marker.get("epochs_run"),
-        "monitor": monitor,
-        "val_score": marker.get("best_score", _float(checkpoint.best_model_score)),
-        "best_checkpoint": os.path.relpath(best_path, fold_dir),
-        "test": metrics,
-        "seconds": round(time.time() - started, 2),
-    }
-    if rank_zero_only.rank == 0:
-        write_predictions(fold_dir / "predictions.csv", data, ids, labels, probs)
-        write_json(fold_dir / "metrics.json", result)  # last: its presence marks the fold done
-    _barrier()
-    return result
+    return Stage(module, collator, best_path, read_json(trained_marker) if trained_marker.is_file() else {})
 
 
 def load_fold_model(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path) -> tuple[torch.nn.Module, Collator]:
@@ -298,7 +358,7 @@ def load_fold_model(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: P
     if not marker.is_file():
         raise EmofuseError(f"{marker}: no such file; fold {fold.index} has not finished (train it first)")
     path = fold_dir / read_json(marker)["best_checkpoint"]
-    spec, normaliser, vocab = fold_inputs(cfg, data, fold.train)
+    spec, normaliser, vocab = fold_inputs(cfg, data, training_part(cfg, fold))
     collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
     module = EmotionModule(cfg.model_name, cfg.model_settings, spec, asdict(cfg.optim), list(data.classes))
     try:

@@ -103,6 +103,9 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
             f"clip={o.get('grad_clip')}, batch {t.get('batch_size')}, ≤{t.get('max_epochs')} epochs "
             f"(patience {t.get('patience')}), seed {config.get('seed')}."
             + (f" Validation: {p['val_speakers']} speaker(s) carved from each training part." if p.get("val_speakers") else "")
+            + (" Refit: the number of epochs is chosen on the validation speakers, then a fresh network trained "
+               "on training and validation speakers together for that many epochs is the one tested."
+               if p.get("refit") else "")
             + _augment_note(config.get("augment") or {}),
             "",
         ]
