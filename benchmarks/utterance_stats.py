@@ -3,10 +3,12 @@
 Each utterance becomes the mean, standard deviation and 10th / 90th percentiles of its frames
 (ComParE LLD + deltas: 4 x 130 values; fbank40: 4 x 40). The statistics are z-scored either
 with the training part's statistics only (`fold`) or per speaker over that speaker's own
-utterances, labels unused (`speaker`, as `data.normalise=speaker` does with frames). A
-class-balanced logistic regression or RBF SVM is trained per fold; the model and C are chosen
-on the validation actors (never the test fold), on the same actor-exclusive folds as the
-neural runs (5 folds, 4 validation actors).
+utterances, labels unused (`speaker`). `frames` instead z-scores each speaker's frames (what
+`data.normalise=speaker` feeds the networks) and then takes the statistics. A class-balanced
+logistic regression or RBF SVM is trained per fold; the model and C are chosen on the
+validation actors (never the test fold), on the same actor-exclusive folds as the neural runs
+(5 folds, 4 validation actors). `ua_refit`: the chosen model and C fitted again on training +
+validation actors (what `protocol.refit` does for the networks).
 
     python benchmarks/utterance_stats.py --set data.manifest=M --set data.store=S
 
@@ -41,6 +43,7 @@ def by_speaker(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
 
 
 def run(feature: str, normalise: str, overrides: list[str], val_speakers: int) -> dict:
+    from sklearn.base import clone
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, accuracy_score
     from sklearn.svm import SVC
@@ -51,9 +54,18 @@ def run(feature: str, normalise: str, overrides: list[str], val_speakers: int) -
 
     cfg = load_config(ROOT / "configs/ravdess4/b-aco-1.yaml", [*overrides, f"data.acoustic={feature}"])
     data = load_labelled(cfg, log=lambda m: None, progress=False)
-    x = np.stack([statistics(it.acoustic) for it in data.items])
     y = np.asarray(data.labels)
     speakers = np.array([u.speaker for u in data.corpus])
+    if normalise == "frames":
+        frames = [np.asarray(it.acoustic, dtype=np.float64) for it in data.items]
+        for s in np.unique(speakers):
+            rows = np.flatnonzero(speakers == s)
+            own = np.concatenate([frames[i] for i in rows])
+            for i in rows:
+                frames[i] = (frames[i] - own.mean(0)) / (own.std(0) + 1e-8)
+        x = np.stack([statistics(a) for a in frames])
+    else:
+        x = np.stack([statistics(it.acoustic) for it in data.items])
     if normalise == "speaker":
         x = by_speaker(x, speakers)
     folds = make_folds(data.corpus, "speaker-kfold", k=5, seed=cfg.seed, val_speakers=val_speakers)
@@ -72,15 +84,20 @@ def run(feature: str, normalise: str, overrides: list[str], val_speakers: int) -
                 if best is None or score > best[0]:
                     best = (score, kind, c, clf)
         predicted = best[3].predict(z[te])
+        both = np.concatenate([tr, va])  # refit: the chosen classifier and C on training + validation actors
+        z = (x - x[both].mean(0)) / (x[both].std(0) + 1e-8)
+        refit = clone(best[3]).fit(z[both], y[both]).predict(z[te])
         per_fold.append({"fold": fold.index, "classifier": best[1], "C": best[2] * (100 if best[1] == "svm" else 1),
                          "val_ua": round(best[0], 4), "ua": round(balanced_accuracy_score(y[te], predicted), 4),
-                         "wa": round(accuracy_score(y[te], predicted), 4)})
-    ua = [f["ua"] for f in per_fold]
-    wa = [f["wa"] for f in per_fold]
+                         "wa": round(accuracy_score(y[te], predicted), 4),
+                         "ua_refit": round(balanced_accuracy_score(y[te], refit), 4)})
+
+    def mean_std(key: str) -> dict:
+        v = [f[key] for f in per_fold]
+        return {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v, ddof=1)), 4)}
+
     return {"feature": feature, "normalise": normalise, "val_speakers": val_speakers,
-            "ua": {"mean": round(float(np.mean(ua)), 4), "std": round(float(np.std(ua, ddof=1)), 4)},
-            "wa": {"mean": round(float(np.mean(wa)), 4), "std": round(float(np.std(wa, ddof=1)), 4)},
-            "folds": per_fold}
+            "ua": mean_std("ua"), "wa": mean_std("wa"), "ua_refit": mean_std("ua_refit"), "folds": per_fold}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = []
     for feature in args.features.split(","):
-        for normalise in ("fold", "speaker"):
+        for normalise in ("fold", "frames", "speaker"):
             started = time.time()
             r = run(feature, normalise, args.set, args.val_speakers)
             r["seconds"] = round(time.time() - started, 1)
             results.append(r)
             print(f"{feature:12s} {normalise:8s} UA {r['ua']['mean']:.3f} ± {r['ua']['std']:.3f}  "
-                  f"WA {r['wa']['mean']:.3f}  ({r['seconds']} s)", flush=True)
+                  f"WA {r['wa']['mean']:.3f}  refit UA {r['ua_refit']['mean']:.3f} ± {r['ua_refit']['std']:.3f}  "
+                  f"({r['seconds']} s)", flush=True)
     from emofuse.training.config import atomic_write_text
 
     atomic_write_text(RESULTS, json.dumps({"what": __doc__.split("\n")[0], "std": "sample (ddof=1)",
