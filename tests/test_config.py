@@ -78,6 +78,7 @@ def test_an_unknown_model_name_fails_listing_the_registered_models(tmp_path):
     ("data.align=magic", "forced"),
     ("trainer.batch_size=0", "batch_size"),
     ("data.normalise=maybe", "valid: fold, speaker, utterance, none"),
+    ("data.trim=-0.1", "data.trim=-0.1 must be seconds >= 0"),
     ("data.acoustic=null", "reads acoustic frames"),
     ("nokey", "key=value"),
 ])

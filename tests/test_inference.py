@@ -338,6 +338,27 @@ def test_acoustic_only_model_predicts_a_tone_and_shows_no_words(tmp_path):
     assert sum(result.frame_maps["frame_attention"]) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_a_model_trained_on_trimmed_speech_trims_and_maps_frames_back(tmp_path):
+    import json
+
+    from conftest import tone
+
+    model_dir = registry_model_dir(tmp_path / "m", "B-ACO-1+attn", words=None)
+    record = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**record, "trim": 0.1}))
+    predictor = Predictor(model_dir, warm=False)
+    quiet = np.zeros(8000, np.float32)
+    audio = np.concatenate([quiet, tone(1.0), quiet])  # 0.5 s silence, 1 s tone, 0.5 s silence
+    item, _, _ = predictor.features(audio)
+    assert 35 <= item.frame_offset <= 45 and 110 <= len(item.acoustic) <= 130
+    result = predictor.predict_audio(audio)
+    attention = result.frame_maps["frame_attention"]
+    # Back on the recording's 10 ms grid: frame i of the map is 10 i ms into the recording
+    # (the trimmed tail is left off, as max_frames leaves off what it cuts).
+    assert len(attention) == item.frame_offset + len(item.acoustic) <= 200
+    assert not any(attention[:item.frame_offset]) and sum(attention) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_html_explanation_is_self_contained_and_escapes_words(tmp_path, hmm4, ravdess_root):
     from emofuse.inference.explain import render_html, render_png
 

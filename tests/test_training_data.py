@@ -11,7 +11,7 @@ from emofuse.errors import DataError
 from emofuse.features.batch import UtteranceFeatures
 from emofuse.features.normalise import Normaliser
 from emofuse.training.data import (
-    BucketBatchSampler, Collator, LabelledData, class_weights, map_labels, truncate,
+    BucketBatchSampler, Collator, LabelledData, class_weights, map_labels, trim, truncate,
 )
 
 
@@ -72,6 +72,25 @@ def test_words_after_the_kept_frames_are_dropped_with_them():
     item = _item("a", frames=10, words=8)  # words start every 2 frames
     cut = truncate(item, 5, None)
     assert len(cut.words) == 3  # starting at frames 0, 2, 4
+
+
+def test_trim_keeps_the_speech_span_and_a_margin_and_moves_the_words_with_it():
+    frames = 100
+    item = UtteranceFeatures(
+        id="a", acoustic=np.arange(frames * 2, dtype=np.float32).reshape(frames, 2), acoustic_hop=0.01,
+        speech_mask=np.zeros(frames, bool), words=["hi", "there"],
+        word_times=np.array([[0.30, 0.45], [0.45, 0.70]], np.float32), word_vectors=np.ones((2, 5), np.float32),
+    )
+    item.speech_mask[30:70] = True  # the words' frames
+    assert trim(item, None) is item
+    cut = trim(item, 0.05)  # 5 frames either side
+    assert cut.frame_offset == 25 and cut.acoustic.shape == (50, 2) and cut.speech_mask.shape == (50,)
+    np.testing.assert_array_equal(cut.acoustic, item.acoustic[25:75])
+    np.testing.assert_allclose(cut.word_times, [[0.05, 0.20], [0.20, 0.45]], atol=1e-6)
+    assert cut.speech_mask[:5].sum() == 0 and cut.speech_mask[5:45].all() and cut.words == item.words
+    assert trim(item, 0.5).acoustic.shape == (100, 2)  # the margin never reaches past the recording
+    silent = UtteranceFeatures(id="s", acoustic=np.ones((20, 2), np.float32), speech_mask=np.zeros(20, bool))
+    assert trim(silent, 0.1) is silent  # no speech found: every frame stays
 
 
 def test_collator_normalises_and_pads_with_masks():

@@ -29,6 +29,7 @@ class UtteranceFeatures:
     word_times: np.ndarray | None = None  # (W, 2) float seconds [start, end)
     word_vectors: np.ndarray | None = None  # (W, D_w) float32
     align_source: str | None = None  # "corpus", "forced", "asr", "proportional"; "text" (words, no times); "none"
+    frame_offset: int = 0  # frames cut from the recording's start (data.trim); word_times count from there
 
 
 @dataclass

@@ -59,6 +59,7 @@ class ModelInfo:
     # "written" (the transcript as written, no times; ASR words without one)
     max_frames: int | None = None
     max_words: int | None = None
+    trim: float | None = None  # seconds kept around the speech span (data.trim); None: every frame
     normaliser: dict | None = None  # {"mean": [...], "std": [...]} of the training part
     vocabulary: dict | None = None
     metrics: dict = field(default_factory=dict)
@@ -392,6 +393,7 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
         align=("written" if features.get("align") == "written" else "auto") if reads_words else "none",
         max_frames=features.get("max_frames"),
         max_words=features.get("max_words"),
+        trim=features.get("trim"),
         # per-speaker statistics describe the training corpus's speakers, not a new one: keep the mode only
         normaliser=_exported_normaliser(fitted.get("normaliser")) if acoustic else None,
         vocabulary=fitted.get("vocabulary") if "token_ids" in needs else None,

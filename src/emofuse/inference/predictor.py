@@ -315,7 +315,7 @@ class Predictor:
         """The model's input for one recording: (item, alignment, truncated)."""
         from emofuse.features.frames import speech_mask
         from emofuse.align.vad import energy_speech_mask
-        from emofuse.training.data import truncate
+        from emofuse.training.data import trim, truncate
 
         timings = {} if timings is None else timings
         clock = time.perf_counter
@@ -367,6 +367,7 @@ class Predictor:
                 item.speech_mask = energy_speech_mask(audio, SAMPLE_RATE, self.frame.hop, len(acoustic))
             item.acoustic = acoustic
         full_words = len(item.words or [])
+        item = trim(item, self.info.trim)  # the speech span, as in training (data.trim)
         full_frames = len(item.acoustic) if item.acoustic is not None else 0
         item = truncate(item, self.info.max_frames, self.info.max_words)
         truncated = len(item.words or []) < full_words or (
@@ -484,7 +485,8 @@ class Predictor:
         for key in FRAME_MAPS:
             v = explain.get(key)
             if isinstance(v, torch.Tensor) and v.dim() == 2 and n_frames:
-                frame_maps[key] = [round(float(x), 6) for x in v[row, :n_frames]]
+                # frames trimmed off the start (data.trim) get 0: the map stays on the recording's grid
+                frame_maps[key] = [0.0] * item.frame_offset + [round(float(x), 6) for x in v[row, :n_frames]]
         return Prediction(
             file=label,
             label=self.classes[int(np.argmax(p))],

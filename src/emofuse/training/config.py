@@ -50,6 +50,9 @@ class DataConfig:
     normalise: bool | str = True
     max_frames: int | None = None  # truncate longer utterances (the papers: 700); null = never
     max_words: int | None = None  # truncate longer transcripts (the papers: 30); null = never
+    # keep only the speech span (first to last speech frame: the words' span when word times
+    # exist, else energy VAD) plus this many seconds either side; null = every frame
+    trim: float | None = None
     workers: int = 1  # feature extraction processes
     loader_workers: int = 0  # DataLoader worker processes
 
@@ -327,6 +330,8 @@ def validate(cfg: ExperimentConfig) -> None:
                        ("trainer.patience", t.patience), ("trainer.eval_batch_size", t.eval_batch_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be >= 1 or null")
+    if d.trim is not None and not (isinstance(d.trim, (int, float)) and d.trim >= 0):
+        raise ConfigError(f"data.trim={d.trim!r} must be seconds >= 0 or null")
     if p.val_fraction is not None and not 0 <= p.val_fraction < 1:
         raise ConfigError(f"protocol.val_fraction={p.val_fraction} must be in [0, 1) or null")
     if p.val_speakers is not None and p.val_speakers < 1:

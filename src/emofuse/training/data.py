@@ -109,6 +109,33 @@ def truncate(item: UtteranceFeatures, max_frames: int | None, max_words: int | N
     return replace(item, **changes) if changes else item
 
 
+def trim(item: UtteranceFeatures, margin: float | None) -> UtteranceFeatures:
+    """The utterance cut to its speech span plus `margin` seconds either side (None: as is).
+
+    The span runs from the first to the last frame of `speech_mask` (frames inside words when
+    word times exist, else energy VAD). Word times are shifted to count from the new first
+    frame, and `frame_offset` says how many frames were cut from the start (prediction maps
+    frame-level explanations back onto the recording with it). An utterance without frames, a
+    speech mask or any speech frame is returned as is.
+    """
+    if margin is None or item.acoustic is None or item.speech_mask is None:
+        return item
+    speech = np.flatnonzero(np.asarray(item.speech_mask, dtype=bool))
+    if not len(speech):
+        return item
+    pad = int(round(margin / item.acoustic_hop))
+    start = max(0, int(speech[0]) - pad)
+    end = min(len(item.acoustic), int(speech[-1]) + 1 + pad)
+    if start == 0 and end == len(item.acoustic):
+        return item
+    changes: dict = {"acoustic": item.acoustic[start:end], "speech_mask": item.speech_mask[start:end],
+                     "frame_offset": item.frame_offset + start}
+    if item.word_times is not None and start:
+        shifted = np.asarray(item.word_times, dtype=np.float64) - start * item.acoustic_hop
+        changes["word_times"] = np.clip(shifted, 0.0, None).astype(np.asarray(item.word_times).dtype)
+    return replace(item, **changes)
+
+
 def _word_count(item: UtteranceFeatures) -> int:
     for value in (item.word_vectors, item.word_times, item.words):
         if value is not None:
