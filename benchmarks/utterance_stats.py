@@ -12,7 +12,8 @@ validation actors (what `protocol.refit` does for the networks).
 
     python benchmarks/utterance_stats.py --set data.manifest=M --set data.store=S
 
-Results: printed and written to benchmarks/results/utterance_stats.json.
+Results: printed and written to benchmarks/results/utterance_stats.json (or --results).
+With `--set data.trim=0.1` the frames are first cut to the speech span (`data.trim`).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], help="config override (repeatable)")
     parser.add_argument("--features", default="compare_lld,fbank40")
     parser.add_argument("--val-speakers", type=int, default=4)
+    parser.add_argument("--results", default=str(RESULTS), help="JSON file to write")
     args = parser.parse_args(argv)
     results = []
     for feature in args.features.split(","):
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({r['seconds']} s)", flush=True)
     from emofuse.training.config import atomic_write_text
 
-    atomic_write_text(RESULTS, json.dumps({"what": __doc__.split("\n")[0], "std": "sample (ddof=1)",
+    atomic_write_text(Path(args.results), json.dumps({"what": __doc__.split("\n")[0], "std": "sample (ddof=1)",
                                            "overrides": args.set, "runs": results}, indent=2) + "\n")
     return 0
 
