@@ -206,8 +206,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
         refit_cfg.trainer.max_epochs = refit_cfg.trainer.min_epochs = epochs
         refit = {"epochs": epochs, "selection_val_score": selection.marker.get("best_score"),
                  "selection_epochs_run": selection.marker.get("epochs_run")}
-        stage = _fit(refit_cfg, data, fold, np.concatenate([fold.train, fold.val]), None, fold_dir, log,
-                     extra_callbacks)
+        stage = _fit(refit_cfg, data, fold, training_part(cfg, fold), None, fold_dir, log, extra_callbacks)
     else:
         stage = _fit(cfg, data, fold, fold.train, fold.val, fold_dir, log, extra_callbacks)
     module, collator, best_path, marker = stage.module, stage.collator, stage.best_path, stage.marker

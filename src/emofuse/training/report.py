@@ -98,7 +98,8 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
             f"Protocol `{p.get('name')}`"
             + (f" (k={p.get('k')})" if p.get("name") == "speaker-kfold" else "")
             + f", features acoustic=`{d.get('acoustic')}` words=`{d.get('words')}` align=`{d.get('align')}` "
-            f"normalise=`{normalise_mode(d.get('normalise', True))}`, "
+            f"normalise=`{normalise_mode(d.get('normalise', True))}`"
+            + (f" trim=`{d['trim']}` s (speech span only)" if d.get("trim") is not None else "") + ", "
             f"label set `{d.get('label_set')}`; {o.get('name')} lr={o.get('lr')} wd={o.get('weight_decay')} "
             f"clip={o.get('grad_clip')}, batch {t.get('batch_size')}, ≤{t.get('max_epochs')} epochs "
             f"(patience {t.get('patience')}), seed {config.get('seed')}."
