@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utterance_stats import by_speaker  # noqa: E402  (benchmarks/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "speaker_backend.json"
 CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -54,14 +56,6 @@ def representations(model: torch.nn.Module, loader, n: int, classes: int, index:
                     out[index[uid]] = seen["h"][row].numpy()
     finally:
         hook.remove()
-    return out
-
-
-def by_speaker(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
-    out = x.copy()
-    for s in np.unique(speakers):
-        rows = speakers == s
-        out[rows] = (x[rows] - x[rows].mean(0)) / (x[rows].std(0) + 1e-6)
     return out
 
 
