@@ -66,3 +66,14 @@ def test_word_level_models_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ConfigError, match="only acoustic-only models export to ONNX"):
         export_onnx(model_dir, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_models_trained_on_the_speech_span_are_refused_with_the_reason(tmp_path):
+    import json
+
+    model_dir = registry_model_dir(tmp_path / "m", "B-ACO-1", words=None)
+    record = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**record, "trim": 0.1}))
+    with pytest.raises(ConfigError, match=r"speech span only \(data.trim=0.1\)"):
+        export_onnx(model_dir, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

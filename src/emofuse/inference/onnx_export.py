@@ -90,6 +90,10 @@ def _check_exportable(loaded: LoadedModel) -> None:
     if info.settings.get("speech_only"):
         raise ConfigError(f"model {info.name!r} drops silence frames (speech_only), a data-dependent step "
                           "that does not export to ONNX")
+    if info.trim is not None:
+        raise ConfigError(f"model {info.name!r} was trained on the speech span only (data.trim={info.trim}): "
+                          "finding that span (voice activity) is a data-dependent step outside the graph, so "
+                          "the graph's caller could not feed what the model was trained on")
     mode = normaliser_mode(info.normaliser)
     if mode not in ("fold", "none"):
         raise ConfigError(f"model {info.name!r} was trained with data.normalise={mode}: the ONNX graph holds "
