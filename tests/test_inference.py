@@ -359,6 +359,33 @@ def test_a_model_trained_on_trimmed_speech_trims_and_maps_frames_back(tmp_path):
     assert not any(attention[:item.frame_offset]) and sum(attention) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_a_model_with_a_refitted_output_layer_answers_through_it_and_says_so(tmp_path, ravdess_root):
+    import json
+
+    from emofuse.features.audio import load_audio
+    from emofuse.features.batch import collate
+    from emofuse.training.backend import Backend
+
+    model_dir = registry_model_dir(tmp_path / "m", "B-ACO-1", words=None)
+    predictor = Predictor(model_dir, warm=False)
+    audio = load_audio(ravdess_files(ravdess_root)[0], 16000)
+    item, _, _ = predictor.features(audio)
+    with torch.no_grad():
+        vector = predictor.model(collate([item], [0])).utterance_vector.numpy()  # (1, H)
+    rng = np.random.default_rng(0)
+    h = vector.shape[1]
+    backend = Backend("speaker-lr", CLASSES, 0.1, rng.normal(0, 1, (4, h)), np.array([0.0, 0.0, 0.0, 3.0]),
+                      rng.normal(0, 1, h), 1 + rng.random(h), 0.5)
+    record = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**record, "backend": backend.to_dict()}))
+    predictor = Predictor(model_dir, warm=False)
+    result = predictor.predict_audio(audio)
+    # one recording alone: the training speakers' mean statistics stand in for its speaker's
+    expected = backend.probabilities(vector)[0]
+    assert [result.probabilities[c] for c in CLASSES] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert "per speaker" in predictor.describe()["output_layer"]
+
+
 def test_html_explanation_is_self_contained_and_escapes_words(tmp_path, hmm4, ravdess_root):
     from emofuse.inference.explain import render_html, render_png
 

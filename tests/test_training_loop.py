@@ -335,3 +335,51 @@ def test_utterance_normalisation_scores_each_utterance_on_its_own(tmp_path):
     assert stored["normaliser"] == {"mode": "utterance"}
     item = Collator(data, UtteranceNormaliser()).item(3).acoustic
     np.testing.assert_allclose(item.mean(0), 0.0, atol=1e-4)
+
+
+def test_speaker_backend_replaces_the_networks_predictions_and_keeps_its_metrics(tmp_path):
+    from emofuse.training.backend import Backend, utterance_vectors
+    from emofuse.training.loop import eval_loader, load_fold_model
+    from emofuse.training.module import predict
+
+    data = synthetic_data()
+    cfg = tiny_config(tmp_path, "fold=0", "trainer.max_epochs=3", "protocol.backend=speaker-lr")
+    folds = folds_for(data, cfg)
+    fold, fold_dir = folds[0], tmp_path / "run" / "fold-0"
+    run_folds(cfg, data, folds, log=lambda s: None)
+    metrics = json.loads((fold_dir / "metrics.json").read_text())
+    backend = Backend.from_dict(json.loads((fold_dir / "backend.json").read_text()))
+    assert metrics["backend"]["kind"] == "speaker-lr" and metrics["backend"]["C"] == backend.C
+    model, collator = load_fold_model(cfg, data, fold, fold_dir)
+    # The network's own test metrics are kept beside the back-end's ...
+    test_ids, labels, network_probs = predict(model, eval_loader(cfg, collator, fold.test))
+    assert metrics["network_test"]["ua"] == pytest.approx(
+        float(np.mean([(network_probs.argmax(1)[labels == c] == c).mean() for c in np.unique(labels)])))
+    # ... and predictions.csv holds the back-end's: the reopened network's vectors, each speaker
+    # z-scored with all of that speaker's utterances in the experiment.
+    everything = np.concatenate([fold.train, fold.val, fold.test])
+    ids, vectors = utterance_vectors(model, eval_loader(cfg, collator, everything))
+    speaker = {u.id: u.speaker for u in data.corpus}
+    probs = dict(zip(ids, backend.probabilities(vectors, [speaker[i] for i in ids])))
+    rows = {r["id"]: [float(r[f"p_{c}"]) for c in CLASSES] for r in _csv(fold_dir / "predictions.csv")}
+    np.testing.assert_allclose([probs[i] for i in test_ids], [rows[i] for i in test_ids], atol=2e-6)
+    assert not np.allclose(network_probs, [rows[i] for i in test_ids], atol=1e-3)
+    run = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "network_summary" in run
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Back-end `speaker-lr`" in report and "its own classifier" in report
+
+
+def test_a_backend_travels_into_the_model_directory_and_keeps_it_out_of_onnx(tmp_path):
+    from emofuse.errors import ConfigError
+    from emofuse.inference.modeldir import export_run, read_info
+    from emofuse.inference.onnx_export import export_onnx
+
+    data = synthetic_data()
+    cfg = tiny_config(tmp_path, "fold=0", "trainer.max_epochs=2", "protocol.backend=lr")
+    run_folds(cfg, data, folds_for(data, cfg), log=lambda s: None)
+    model_dir = export_run(tmp_path / "run", tmp_path / "model")
+    info = read_info(model_dir)
+    assert info.backend == json.loads((tmp_path / "run" / "fold-0" / "backend.json").read_text())
+    with pytest.raises(ConfigError, match="protocol.backend=lr"):
+        export_onnx(model_dir, tmp_path / "m.onnx")

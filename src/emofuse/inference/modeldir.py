@@ -62,6 +62,9 @@ class ModelInfo:
     trim: float | None = None  # seconds kept around the speech span (data.trim); None: every frame
     normaliser: dict | None = None  # {"mean": [...], "std": [...]} of the training part
     vocabulary: dict | None = None
+    # protocol.backend: the logistic regression that replaces the network's classifier on its
+    # utterance vector (emofuse.training.backend.Backend.to_dict()); None: the network's own
+    backend: dict | None = None
     metrics: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)  # run dir, fold, checkpoint, trained model name
     config: dict = field(default_factory=dict)  # the run's resolved config
@@ -397,6 +400,7 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
         # per-speaker statistics describe the training corpus's speakers, not a new one: keep the mode only
         normaliser=_exported_normaliser(fitted.get("normaliser")) if acoustic else None,
         vocabulary=fitted.get("vocabulary") if "token_ids" in needs else None,
+        backend=_fitted_backend(fold_dir / "backend.json", list(fitted["classes"])),
         metrics={
             "fold": fold_index,
             "monitor": monitor,
@@ -418,6 +422,18 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
         config=run_config,
     )
     return write_model_dir(out_dir, network, info)
+
+
+def _fitted_backend(path: Path, classes: list[str]) -> dict | None:
+    """The fold's refitted output layer (`protocol.backend`), checked, or None."""
+    if not path.is_file():
+        return None
+    from emofuse.training.backend import Backend
+
+    backend = Backend.from_dict(_read_json(path), source=path)
+    if backend.classes != classes:
+        raise DataError(path, f"back-end classes {backend.classes} differ from the fold's {classes}")
+    return backend.to_dict()
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, fold: int | None = None) -> Path:

@@ -94,6 +94,10 @@ def _check_exportable(loaded: LoadedModel) -> None:
         raise ConfigError(f"model {info.name!r} was trained on the speech span only (data.trim={info.trim}): "
                           "finding that span (voice activity) is a data-dependent step outside the graph, so "
                           "the graph's caller could not feed what the model was trained on")
+    if info.backend is not None:
+        raise ConfigError(f"model {info.name!r} answers through a refitted output layer (protocol.backend="
+                          f"{info.backend.get('kind')}) that is not part of the network: the graph would give "
+                          "the network's own classifier, not the predictions its metrics describe")
     mode = normaliser_mode(info.normaliser)
     if mode not in ("fold", "none"):
         raise ConfigError(f"model {info.name!r} was trained with data.normalise={mode}: the ONNX graph holds "

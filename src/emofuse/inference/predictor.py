@@ -61,6 +61,13 @@ NORMALISATION = {
                "the cross-validation figures)",
     "none": "not normalised, as in training",
 }
+# The refitted output layer of a model trained with protocol.backend (training/backend.py).
+BACKEND = {
+    "lr": "a logistic regression on the network's utterance vector, z-scored with the training part's statistics",
+    "speaker-lr": "a logistic regression on the network's utterance vector, trained on vectors z-scored per "
+                  "speaker; a new recording's speaker has no statistics, so the training speakers' mean "
+                  "statistics stand in (expect lower accuracy than the cross-validation figures)",
+}
 # Per-frame maps (B, T) on the acoustic grid.
 FRAME_MAPS = {"frame_attention": "attention over frames (B-ACO-1 + attention, Aguilar et al. 2019 Table 3)"}
 
@@ -204,6 +211,11 @@ class Predictor:
         if self.normalisation == "fold":
             self.mean = np.asarray(info.normaliser["mean"], dtype=np.float32)  # (D,)
             self.std = np.asarray(info.normaliser["std"], dtype=np.float32)
+        self.backend = None
+        if info.backend is not None:  # protocol.backend: a logistic regression on the utterance vector
+            from emofuse.training.backend import Backend
+
+            self.backend = Backend.from_dict(info.backend, source=self.model_dir / "model.json")
         self.vocab = None
         if info.vocabulary is not None:
             from emofuse.features.vocab import Vocabulary
@@ -282,6 +294,7 @@ class Predictor:
             else "forced with a transcript, ASR without",
             "needs_transcript": False,
             "normalisation": NORMALISATION[self.normalisation] if self.frame is not None else None,
+            "output_layer": BACKEND[self.backend.kind] if self.backend is not None else "the network's own classifier",
             "metrics": {
                 **{k: info.metrics.get(k) for k in ("fold", "monitor", "val_score", "val_ua", "best_epoch")},
                 "test": {k: v for k, v in (info.metrics.get("test") or {}).items()
@@ -391,7 +404,10 @@ class Predictor:
             token_ids = [self.vocab.encode(list(it.words or [])) for it in items]
         batch = collate(items, [0] * len(items), token_ids=token_ids)
         out = self.model(batch)
-        probs = torch.softmax(out.logits.float(), -1)  # (B, C)
+        if self.backend is not None:  # each recording alone: its speaker has no statistics here (BACKEND)
+            probs = torch.from_numpy(self.backend.probabilities(out.utterance_vector.float().numpy())).float()
+        else:
+            probs = torch.softmax(out.logits.float(), -1)  # (B, C)
         return probs, out.explain
 
     # ------------------------------------------------------------------------------ public

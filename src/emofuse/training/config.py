@@ -87,6 +87,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
 
 
+BACKENDS = ("lr", "speaker-lr")  # protocol.backend (training/backend.py)
+
+
 @dataclass
 class ProtocolConfig:
     """How `emofuse.training.splits.make_folds` cuts the corpus (its keyword arguments)."""
@@ -98,6 +101,10 @@ class ProtocolConfig:
     # refit: choose the number of epochs on the validation speakers, then train a fresh network on
     # training + validation speakers for that many epochs and test it (training/loop.train_fold)
     refit: bool = False
+    # backend: refit the output layer as a logistic regression on the trained network's utterance
+    # vectors, "lr" or "speaker-lr" (z-scored per speaker); C chosen on the validation speakers
+    # (training/backend.py); null = the network's own classifier
+    backend: str | None = None
 
 
 @dataclass
@@ -332,6 +339,11 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}={value} must be >= 1 or null")
     if d.trim is not None and not (isinstance(d.trim, (int, float)) and d.trim >= 0):
         raise ConfigError(f"data.trim={d.trim!r} must be seconds >= 0 or null")
+    if p.backend is not None and p.backend not in BACKENDS:
+        raise ConfigError(f"protocol.backend={p.backend!r}; valid: {', '.join(BACKENDS)}, or null")
+    if p.backend and p.refit:
+        raise ConfigError(f"protocol.backend={p.backend!r} with protocol.refit: the back-end's C is chosen on the "
+                          "validation speakers, which a refitted network has been trained on; use one or the other")
     if p.val_fraction is not None and not 0 <= p.val_fraction < 1:
         raise ConfigError(f"protocol.val_fraction={p.val_fraction} must be in [0, 1) or null")
     if p.val_speakers is not None and p.val_speakers < 1:

@@ -9,7 +9,9 @@ Per fold (`train_fold`):
      training part by the protocol; the test part is never looked at while training);
   3. the best checkpoint is evaluated ONCE on the test part, in a plain single-process pass
      over the whole part (under DDP every rank runs the same pass and rank 0 writes), giving
-     `fold-K/metrics.json` and `fold-K/predictions.csv`.
+     `fold-K/metrics.json` and `fold-K/predictions.csv`. With `protocol.backend`, a logistic
+     regression refitted on the network's utterance vectors (`training/backend.py`,
+     `fold-K/backend.json`) gives the test predictions; the network's own metrics are kept.
 
 Resume: a fold whose `metrics.json` exists is done and skipped; an unfinished fold restarts
 from `fold-K/checkpoints/last.ckpt` at the epoch after the last finished one. Checkpoints
@@ -52,6 +54,7 @@ from torch.utils.data import DataLoader
 from emofuse.errors import ConfigError, EmofuseError
 from emofuse.models.base import get_model
 from emofuse.training.augment import FrameMasking
+from emofuse.training.backend import Backend, fit_backend, utterance_vectors
 from emofuse.training.config import ExperimentConfig, atomic_write_text, default_file_mode, normalise_mode, save_config
 from emofuse.features.normalise import Normaliser, SpeakerNormaliser, UtteranceNormaliser
 from emofuse.training.data import (
@@ -218,6 +221,12 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     device = _eval_device(cfg)
     module.to(device)
     ids, labels, probs = predict(module.model, eval_loader(cfg, collator, fold.test), device)
+    backend = None
+    if cfg.protocol.backend:  # the refitted output layer's predictions are the fold's (training/backend.py)
+        network_metrics = classification_metrics(labels, probs.argmax(1), data.classes)
+        backend, probs = fold_backend(cfg, data, fold, module.model, collator, device, ids)
+        if rank_zero_only.rank == 0:
+            write_json(fold_dir / "backend.json", backend.to_dict())
     preds = probs.argmax(1)
     metrics = classification_metrics(labels, preds, data.classes)
     result = {
@@ -234,11 +243,34 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     }
     if refit:
         result["refit"] = refit
+    if backend is not None:
+        result["backend"] = {"kind": backend.kind, "C": backend.C, "val_ua": round(backend.val_ua, 4)}
+        result["network_test"] = network_metrics
     if rank_zero_only.rank == 0:
         write_predictions(fold_dir / "predictions.csv", data, ids, labels, probs)
         write_json(fold_dir / "metrics.json", result)  # last: its presence marks the fold done
     _barrier()
     return result
+
+
+def fold_backend(cfg: ExperimentConfig, data: LabelledData, fold, model: torch.nn.Module, collator: Collator,
+                 device, test_ids: list[str]) -> tuple[Backend, np.ndarray]:
+    """Fit `protocol.backend` on the fold's trained network (training part; C on the validation
+    speakers); return it and its class probabilities for `test_ids`, in that order."""
+    everything = np.unique(np.concatenate([fold.train, fold.val, fold.test])).astype(int)
+    ids, x = utterance_vectors(model, eval_loader(cfg, collator, everything), device)
+    row = {uid: r for r, uid in enumerate(ids)}
+    position = {int(i): row[data.items[int(i)].id] for i in everything}
+    speakers = [""] * len(ids)
+    y = np.zeros(len(ids), dtype=int)
+    for i in everything:
+        speakers[position[int(i)]] = data.corpus[int(i)].speaker
+        y[position[int(i)]] = data.labels[int(i)]
+    train = [position[int(i)] for i in fold.train]
+    val = [position[int(i)] for i in fold.val]
+    backend = fit_backend(cfg.protocol.backend, x, y, speakers, train, val, list(data.classes))
+    probs = backend.probabilities(x, speakers)
+    return backend, probs[[row[uid] for uid in test_ids]]
 
 
 def training_part(cfg: ExperimentConfig, fold) -> np.ndarray:

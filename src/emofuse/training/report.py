@@ -49,6 +49,9 @@ def run_summary(config: dict, classes: Sequence[str], fold_results: Sequence[dic
         "folds_total": total_folds,
         "std": "sample (ddof=1)",
         "summary": summarise(tests) if tests else {},
+        # with protocol.backend: the network's own classifier on the same test parts
+        **({"network_summary": summarise([f["network_test"] for f in fold_results])}
+           if tests and all("network_test" in f for f in fold_results) else {}),
         "folds": [
             {k: v for k, v in f.items() if k != "predictions"} for f in fold_results
         ],
@@ -107,6 +110,10 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
             + (" Refit: the number of epochs is chosen on the validation speakers, then a fresh network trained "
                "on training and validation speakers together for that many epochs is the one tested."
                if p.get("refit") else "")
+            + (f" Back-end `{p['backend']}`: the network's output layer is replaced by a logistic regression on its "
+               "utterance vectors" + (", z-scored per speaker with each speaker's own utterances (no labels)"
+                                      if p["backend"] == "speaker-lr" else "")
+               + ", C chosen on the validation speakers." if p.get("backend") else "")
             + _augment_note(config.get("augment") or {}),
             "",
         ]
@@ -114,6 +121,10 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
     out += [f"Test results, {STD_NOTE}; best epoch chosen on `{monitor}` of the validation part "
             "(never the test part).", ""]
     out += [markdown_table([summary_row(run)]), ""]
+    if run.get("network_summary"):
+        network = {**run, "summary": run["network_summary"], "model": f"{run.get('model')} (its own classifier)"}
+        out += ["The same networks with their own output layer, before the back-end:", "",
+                markdown_table([summary_row(network)]), ""]
     fold_rows = []
     for f in run["folds"]:
         row = {"Fold": str(f["fold"]), "Test speakers / part": f.get("name", "")}
