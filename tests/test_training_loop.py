@@ -368,6 +368,9 @@ def test_speaker_backend_replaces_the_networks_predictions_and_keeps_its_metrics
     assert "network_summary" in run
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Back-end `speaker-lr`" in report and "its own classifier" in report
+    from emofuse.training.report import compare_runs
+
+    assert compare_runs([tmp_path / "run"])[0][0]["Model"] == "B-ACO-1 + speaker-lr"
 
 
 def test_a_backend_travels_into_the_model_directory_and_keeps_it_out_of_onnx(tmp_path):

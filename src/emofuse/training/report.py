@@ -44,6 +44,7 @@ def run_summary(config: dict, classes: Sequence[str], fold_results: Sequence[dic
         "corpus": config.get("corpus"),
         "model": config.get("model", {}).get("name"),
         "protocol": config.get("protocol", {}).get("name"),
+        "backend": config.get("protocol", {}).get("backend"),  # protocol.backend, or None
         "classes": list(classes),
         "folds_done": len(fold_results),
         "folds_total": total_folds,
@@ -61,7 +62,7 @@ def run_summary(config: dict, classes: Sequence[str], fold_results: Sequence[dic
 
 def summary_row(run: dict) -> dict[str, str]:
     s = run.get("summary", {})
-    row = {"Model": str(run.get("model") or run.get("name"))}
+    row = {"Model": str(run.get("model") or run.get("name")) + (f" + {run['backend']}" if run.get("backend") else "")}
     for key in HEADLINE:
         row[NAMES[key]] = mean_std(s[key]) if key in s else "-"
     row["Folds"] = f"{run.get('folds_done', 0)}/{run.get('folds_total', 0)}"
@@ -122,7 +123,8 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
             "(never the test part).", ""]
     out += [markdown_table([summary_row(run)]), ""]
     if run.get("network_summary"):
-        network = {**run, "summary": run["network_summary"], "model": f"{run.get('model')} (its own classifier)"}
+        network = {**run, "summary": run["network_summary"], "backend": None,
+                   "model": f"{run.get('model')} (its own classifier)"}
         out += ["The same networks with their own output layer, before the back-end:", "",
                 markdown_table([summary_row(network)]), ""]
     fold_rows = []
