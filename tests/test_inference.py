@@ -386,6 +386,55 @@ def test_a_model_with_a_refitted_output_layer_answers_through_it_and_says_so(tmp
     assert "per speaker" in predictor.describe()["output_layer"]
 
 
+def test_one_speakers_recordings_are_normalised_together_as_in_cross_validation(tmp_path, ravdess_root):
+    import json
+    from dataclasses import replace
+
+    from emofuse.features.audio import load_audio
+    from emofuse.features.batch import collate
+    from emofuse.features.normalise import Normaliser
+    from emofuse.training.backend import Backend
+
+    model_dir = registry_model_dir(tmp_path / "m", "B-ACO-1", words=None, normaliser={"mode": "speaker"})
+    predictor = Predictor(model_dir, warm=False)
+    files = ravdess_files(ravdess_root, actors=[1])[:3]
+    raw = [predictor.features(load_audio(f, 16000), None, str(f), normalise=False)[0] for f in files]
+    speaker = Normaliser.fit([it.acoustic for it in raw])
+    items = [replace(it, acoustic=speaker(it.acoustic)) for it in raw]
+    with torch.no_grad():
+        vectors = predictor.model(collate(items, [0] * len(items))).utterance_vector.numpy()  # (3, H)
+    rng = np.random.default_rng(1)
+    h = vectors.shape[1]
+    backend = Backend("speaker-lr", CLASSES, 0.1, rng.normal(0, 3, (4, h)), np.zeros(4), rng.normal(0, 1, h),
+                      1 + rng.random(h), 0.5)
+    record = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**record, "backend": backend.to_dict()}))
+    predictor = Predictor(model_dir, warm=False)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....WAVEnot really")
+    jobs = [(files[0], None), (broken, None), (files[1], None), (files[2], None)]
+    together = predictor.predict_speaker(jobs, batch_size=2)
+    assert isinstance(together[1], PredictionError) and "cannot decode" in together[1].error
+    expected = backend.probabilities(vectors, own_statistics=True)
+    got = [[r.probabilities[c] for c in CLASSES] for r in (together[0], together[2], together[3])]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    alone = predictor.predict_files([(f, None) for f in files])  # each with stand-in statistics
+    assert not np.allclose([[r.probabilities[c] for c in CLASSES] for r in alone], expected, atol=1e-3)
+    with pytest.raises(DataError, match="only 1 of 2"):
+        predictor.predict_speaker([(files[0], None), (broken, None)])
+
+
+def test_a_model_with_fixed_statistics_predicts_a_speakers_folder_as_file_by_file(hmm4, ravdess_root):
+    files = ravdess_files(ravdess_root, actors=[2])[:3]
+    jobs = [(f, STATEMENT_1 if f.stem.split("-")[4] == "01" else STATEMENT_2) for f in files]
+    together = hmm4.predict_speaker(jobs, batch_size=2)
+    alone = hmm4.predict_files(jobs)
+    for a, b in zip(together, alone):
+        assert a.file == b.file and a.label == b.label
+        assert [a.probabilities[c] for c in CLASSES] == pytest.approx([b.probabilities[c] for c in CLASSES], abs=1e-5)
+        assert [w.values for w in a.words] == [pytest.approx(w.values, abs=1e-5) for w in b.words]
+
+
 def test_html_explanation_is_self_contained_and_escapes_words(tmp_path, hmm4, ravdess_root):
     from emofuse.inference.explain import render_html, render_png
 

@@ -114,3 +114,13 @@ def test_a_wrong_model_directory_is_a_one_line_error(tmp_path, monkeypatch, caps
 def test_transcript_for_a_folder_is_refused(model_dir, folder):
     result = runner.invoke(app, ["predict", str(model_dir), str(folder), "--transcript", "hello"])
     assert result.exit_code != 0 and "--transcripts CSV" in str(result.exception)
+
+
+def test_one_speaker_folder_is_predicted_together_and_a_single_file_is_refused(model_dir, folder, ravdess_root, tmp_path):
+    result = runner.invoke(app, ["predict", str(model_dir), str(folder), "--transcripts", str(folder / "transcripts.csv"),
+                                 "--one-speaker", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 3 and all(r["label"] in CLASSES for r in lines)
+    single = runner.invoke(app, ["predict", str(model_dir), str(ravdess_files(ravdess_root)[0]), "--one-speaker"])
+    assert single.exit_code != 0 and "give a folder" in str(single.exception)

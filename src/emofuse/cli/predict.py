@@ -67,6 +67,7 @@ def predict(
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes for a folder (each loads the model once)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Files per model batch."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine). Folder workers use 1 each."),
+    one_speaker: bool = typer.Option(False, "--one-speaker", help="The folder holds one speaker's recordings: normalise them with their joint statistics, as a model trained with data.normalise=speaker or protocol.backend=speaker-lr was cross-validated (alone, a recording's own statistics stand in). One process."),
 ) -> None:
     """Predict the emotion of recordings and show, per word, its time span, acoustic share and attention."""
     from emofuse.inference.explain import render_html, render_png, write_text_atomic
@@ -84,6 +85,8 @@ def predict(
         raise ConfigError("give --transcript or --transcripts, not both")
     if png_out is not None and not single:
         raise ConfigError("--png draws one file; for a folder use --html (one page, a section per file)")
+    if one_speaker and single:
+        raise ConfigError("--one-speaker predicts a folder of one speaker's recordings together; give a folder")
     if results_out is not None and results_out.suffix.lower() not in (".csv", ".jsonl"):
         raise ConfigError(f"--out {results_out}: the results file must end in .csv or .jsonl")
     texts: dict[Path, str] = {}
@@ -104,8 +107,14 @@ def predict(
                   TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True,
                   disable=single or not err.is_terminal) as bar:
         task = bar.add_task("predict", total=len(jobs))
-        for index, result in predict_jobs(model_dir, jobs, workers=min(workers, len(jobs)), batch_size=batch_size,
-                                          threads=threads):
+        if one_speaker:  # two passes over the folder (statistics, then the model): one process
+            from emofuse.inference.predictor import Predictor
+
+            outcome = enumerate(Predictor(model_dir, threads=threads).predict_speaker(jobs, batch_size=batch_size))
+        else:
+            outcome = predict_jobs(model_dir, jobs, workers=min(workers, len(jobs)), batch_size=batch_size,
+                                   threads=threads)
+        for index, result in outcome:
             results[index] = result
             bar.advance(task)
             if isinstance(result, PredictionError):

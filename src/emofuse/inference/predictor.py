@@ -39,7 +39,7 @@ import torch
 
 from emofuse.errors import DataError
 from emofuse.features.batch import UtteranceFeatures, collate
-from emofuse.features.normalise import UtteranceNormaliser, normaliser_mode
+from emofuse.features.normalise import Normaliser, UtteranceNormaliser, normaliser_mode
 from emofuse.inference.modeldir import ModelInfo, load_model_dir
 
 SAMPLE_RATE = 16000
@@ -57,16 +57,18 @@ NORMALISATION = {
     "fold": "z-scored with the training part's statistics, as in training",
     "utterance": "z-scored with the recording's own statistics, as in training",
     "speaker": "z-scored with the recording's own statistics: the model was trained with per-speaker "
-               "statistics, which a new recording's speaker does not have (expect lower accuracy than "
-               "the cross-validation figures)",
+               "statistics, which a lone recording's speaker does not have (expect lower accuracy than "
+               "the cross-validation figures; `predict_speaker` / `--one-speaker` uses the joint statistics "
+               "of one speaker's recordings)",
     "none": "not normalised, as in training",
 }
 # The refitted output layer of a model trained with protocol.backend (training/backend.py).
 BACKEND = {
     "lr": "a logistic regression on the network's utterance vector, z-scored with the training part's statistics",
     "speaker-lr": "a logistic regression on the network's utterance vector, trained on vectors z-scored per "
-                  "speaker; a new recording's speaker has no statistics, so the training speakers' mean "
-                  "statistics stand in (expect lower accuracy than the cross-validation figures)",
+                  "speaker; a lone recording's speaker has no statistics, so the training speakers' mean "
+                  "statistics stand in (expect lower accuracy than the cross-validation figures; "
+                  "`predict_speaker` / `--one-speaker` uses one speaker's recordings' own statistics)",
 }
 # Per-frame maps (B, T) on the acoustic grid.
 FRAME_MAPS = {"frame_attention": "attention over frames (B-ACO-1 + attention, Aguilar et al. 2019 Table 3)"}
@@ -174,6 +176,18 @@ def envelope(audio: np.ndarray, sr: int = SAMPLE_RATE, hop: float = 0.01) -> np.
     padded = np.pad(np.asarray(audio, dtype=np.float32), (0, n * step - len(audio)))
     blocks = padded.reshape(n, step)
     return np.stack([blocks.min(1), blocks.max(1)], axis=1).astype(np.float32)
+
+
+def _checked_audio(audio: np.ndarray, sr: int, label: str) -> np.ndarray:
+    """Mono float32 samples at 16 kHz; empty or non-finite audio is a DataError naming `label`."""
+    from emofuse.features.audio import resample
+
+    audio = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sr, SAMPLE_RATE)
+    if audio.size == 0:
+        raise DataError(label, "audio is empty (0 samples)")
+    if not np.all(np.isfinite(audio)):
+        raise DataError(label, "audio holds NaN or infinite samples")
+    return audio
 
 
 class Predictor:
@@ -324,8 +338,9 @@ class Predictor:
         return alignment
 
     def features(self, audio: np.ndarray, transcript: str | None = None, label: str = "<audio>",
-                 timings: dict | None = None) -> tuple[UtteranceFeatures, object, bool]:
-        """The model's input for one recording: (item, alignment, truncated)."""
+                 timings: dict | None = None, normalise: bool = True) -> tuple[UtteranceFeatures, object, bool]:
+        """The model's input for one recording: (item, alignment, truncated); `normalise=False`
+        leaves the frames as extracted (`predict_speaker` normalises a speaker's recordings together)."""
         from emofuse.features.frames import speech_mask
         from emofuse.align.vad import energy_speech_mask
         from emofuse.training.data import trim, truncate
@@ -385,12 +400,20 @@ class Predictor:
         item = truncate(item, self.info.max_frames, self.info.max_words)
         truncated = len(item.words or []) < full_words or (
             item.acoustic is not None and len(item.acoustic) < full_frames)
-        if item.acoustic is not None and self.mean is not None:
-            item = replace(item, acoustic=((item.acoustic - self.mean) / self.std).astype(np.float32))
-        elif item.acoustic is not None and self.normalisation in ("speaker", "utterance"):
+        return (self._normalised(item) if normalise else item), alignment, truncated
+
+    def _normalised(self, item: UtteranceFeatures, speaker: Normaliser | None = None) -> UtteranceFeatures:
+        """Frames normalised as in training; `speaker`: the statistics of the speaker's recordings."""
+        if item.acoustic is None:
+            return item
+        if self.mean is not None:
+            return replace(item, acoustic=((item.acoustic - self.mean) / self.std).astype(np.float32))
+        if self.normalisation == "speaker" and speaker is not None:
+            return replace(item, acoustic=speaker(item.acoustic))
+        if self.normalisation in ("speaker", "utterance"):
             # A new recording's speaker has no statistics: the recording's own stand in (NORMALISATION).
-            item = replace(item, acoustic=UtteranceNormaliser()(item.acoustic))
-        return item, alignment, truncated
+            return replace(item, acoustic=UtteranceNormaliser()(item.acoustic))
+        return item
 
     @staticmethod
     def _timed(fn, *args):
@@ -398,12 +421,14 @@ class Predictor:
         return fn(*args), time.perf_counter() - t
 
     @torch.inference_mode()
-    def _run(self, items: Sequence[UtteranceFeatures]):
+    def _forward(self, items: Sequence[UtteranceFeatures]):
         token_ids = None
         if self.vocab is not None:
             token_ids = [self.vocab.encode(list(it.words or [])) for it in items]
-        batch = collate(items, [0] * len(items), token_ids=token_ids)
-        out = self.model(batch)
+        return self.model(collate(items, [0] * len(items), token_ids=token_ids))
+
+    def _run(self, items: Sequence[UtteranceFeatures]):
+        out = self._forward(items)
         if self.backend is not None:  # each recording alone: its speaker has no statistics here (BACKEND)
             probs = torch.from_numpy(self.backend.probabilities(out.utterance_vector.float().numpy())).float()
         else:
@@ -447,18 +472,12 @@ class Predictor:
 
         strict: raise the first DataError (one file); else return PredictionError in its place.
         """
-        from emofuse.features.audio import resample
-
         with self._lock:
             prepared: list = []
             for audio, transcript, label in inputs:
                 timings: dict[str, float] = {}
                 try:
-                    audio = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sr, SAMPLE_RATE)
-                    if audio.size == 0:
-                        raise DataError(label, "audio is empty (0 samples)")
-                    if not np.all(np.isfinite(audio)):
-                        raise DataError(label, "audio holds NaN or infinite samples")
+                    audio = _checked_audio(audio, sr, label)
                     item, alignment, truncated = self.features(audio, transcript, label, timings)
                     prepared.append((audio, transcript, label, item, alignment, truncated, timings))
                 except DataError as exc:
@@ -480,6 +499,58 @@ class Predictor:
                 timings["model"] = model_seconds
                 results.append(self._prediction(row, probs, explain, audio, transcript, label, item,
                                                 alignment, truncated, timings))
+                row += 1
+            return results
+
+    def predict_speaker(self, jobs: Sequence[tuple[str | Path, str | None]],
+                        batch_size: int = 8) -> list[Prediction | PredictionError]:
+        """Recordings of ONE speaker (file, transcript), predicted together as the model was
+        cross-validated: with `data.normalise=speaker` their frames are z-scored with the statistics
+        of all of them, and a `speaker-lr` back-end z-scores their utterance vectors with their own
+        statistics, instead of the stand-ins a lone recording gets. Models normalised otherwise
+        give what `predict_files` gives. Needs two or more readable recordings."""
+        from emofuse.features.audio import load_audio
+
+        with self._lock:
+            prepared: list = []
+            for path, transcript in jobs:
+                timings: dict[str, float] = {}
+                try:
+                    t = time.perf_counter()
+                    audio = _checked_audio(load_audio(path, SAMPLE_RATE), SAMPLE_RATE, str(path))
+                    timings["audio"] = time.perf_counter() - t
+                    item, alignment, truncated = self.features(audio, transcript, str(path), timings, normalise=False)
+                    prepared.append((audio, transcript, str(path), item, alignment, truncated, timings))
+                except DataError as exc:
+                    prepared.append(PredictionError(str(path), str(exc)))
+            good = [p for p in prepared if not isinstance(p, PredictionError)]
+            if len(good) < 2:
+                raise DataError(None, f"one speaker's recordings are predicted together to use their statistics, "
+                                      f"but only {len(good)} of {len(prepared)} file(s) could be read")
+            frames = [p[3].acoustic for p in good if p[3].acoustic is not None]
+            speaker = Normaliser.fit(frames) if frames and self.normalisation == "speaker" else None
+            items = [self._normalised(p[3], speaker) for p in good]
+            chunks, vectors = [], []
+            for start in range(0, len(items), max(1, batch_size)):
+                t = time.perf_counter()
+                out = self._forward(items[start:start + batch_size])
+                chunks.append((start, out, (time.perf_counter() - t) / len(out.logits)))
+                vectors.append(out.utterance_vector.float())
+            if self.backend is not None:
+                probs = torch.from_numpy(self.backend.probabilities(torch.cat(vectors).numpy(),
+                                                                    own_statistics=True)).float()
+            else:
+                probs = torch.cat([torch.softmax(out.logits.float(), -1) for _, out, _ in chunks])  # (N, C)
+            results, row = [], 0
+            for p in prepared:
+                if isinstance(p, PredictionError):
+                    results.append(p)
+                    continue
+                audio, transcript, label, _, alignment, truncated, timings = p
+                start, out, seconds = next(c for c in reversed(chunks) if c[0] <= row)
+                timings["model"] = seconds
+                results.append(self._prediction(row - start, probs[start:start + len(out.logits)], out.explain, audio,
+                                                transcript, label, items[row], alignment, truncated, timings))
                 row += 1
             return results
 
