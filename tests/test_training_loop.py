@@ -384,5 +384,7 @@ def test_a_backend_travels_into_the_model_directory_and_keeps_it_out_of_onnx(tmp
     model_dir = export_run(tmp_path / "run", tmp_path / "model")
     info = read_info(model_dir)
     assert info.backend == json.loads((tmp_path / "run" / "fold-0" / "backend.json").read_text())
+    assert info.metrics["monitor"] == "backend_val_ua" and info.metrics["val_ua"] == pytest.approx(
+        info.backend["val_ua"], abs=1e-4)
     with pytest.raises(ConfigError, match="protocol.backend=lr"):
         export_onnx(model_dir, tmp_path / "m.onnx")

@@ -255,9 +255,12 @@ def validation_score(fold_dir: Path) -> tuple[str, float | None]:
     """(monitor, best validation score) of a finished fold, as the engine recorded it.
 
     The engine selects each fold's best epoch on a validation monitor (val UA by default);
-    older run directories record `val_ua` directly.
+    older run directories record `val_ua` directly. With `protocol.backend` the back-end predicts,
+    so its validation UA (the one its C was chosen on) is the fold's score.
     """
     metrics = _read_json(fold_dir / "metrics.json")
+    if "backend" in metrics:  # protocol.backend: the refitted output layer is what predicts
+        return "backend_val_ua", metrics["backend"].get("val_ua")
     if "val_score" in metrics or "monitor" in metrics:
         return str(metrics.get("monitor") or "val_ua"), metrics.get("val_score")
     if "val_ua" in metrics:
@@ -405,7 +408,7 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
             "fold": fold_index,
             "monitor": monitor,
             "val_score": val_score,
-            "val_ua": val_score if monitor == "val_ua" else metrics.get("val_ua"),
+            "val_ua": val_score if monitor in ("val_ua", "backend_val_ua") else metrics.get("val_ua"),
             "best_epoch": metrics.get("best_epoch"),
             "test": metrics.get("test"),
             "run_summary": run_metrics.get("summary"),
