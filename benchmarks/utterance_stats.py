@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emofuse.training.backend import zscore_by_speaker
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "utterance_stats.json"
 
@@ -33,14 +35,6 @@ RESULTS = ROOT / "benchmarks" / "results" / "utterance_stats.json"
 def statistics(frames: np.ndarray) -> np.ndarray:
     a = np.asarray(frames, dtype=np.float64)
     return np.concatenate([a.mean(0), a.std(0), np.percentile(a, 10, 0), np.percentile(a, 90, 0)])
-
-
-def by_speaker(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
-    out = x.copy()
-    for s in np.unique(speakers):
-        rows = speakers == s
-        out[rows] = (x[rows] - x[rows].mean(0)) / (x[rows].std(0) + 1e-8)
-    return out
 
 
 def run(feature: str, normalise: str, overrides: list[str], val_speakers: int) -> dict:
@@ -68,7 +62,7 @@ def run(feature: str, normalise: str, overrides: list[str], val_speakers: int) -
     else:
         x = np.stack([statistics(it.acoustic) for it in data.items])
     if normalise == "speaker":
-        x = by_speaker(x, speakers)
+        x = zscore_by_speaker(x, speakers)
     folds = make_folds(data.corpus, "speaker-kfold", k=5, seed=cfg.seed, val_speakers=val_speakers)
     per_fold = []
     for fold in folds:

@@ -1,0 +1,139 @@
+"""Benchmark: `protocol.backend` on networks already trained by benchmarks/aguilar.py or fgcme.py.
+
+The back-end (`emofuse.training.backend`) only replaces the output layer of a fold's trained
+network, and training is deterministic for a given config, so the networks of a finished run
+with the same settings are the networks a from-scratch run with the back-end would train.
+This copies each fold's trained network (`trained.json`, its best checkpoint, `normaliser.json`,
+`split.json`; never `metrics.json` or `predictions.csv`) from FROM/<row> into OUT/<row>, then
+runs the benchmark with `--set protocol.backend=KIND`: the engine finds the training done,
+fits the back-end (C on the validation actors) and tests once. It refuses when the source run
+was trained with other settings than the ones given here.
+
+    python benchmarks/backend.py --bench aguilar --from runs/bench-aguilar-r --out runs/bench-backend \\
+        --kind speaker-lr --rows H-MM-4,B-ACO-1,teacher-student --set model.hidden=64 ...
+
+Results: OUT/<row>/ (run directories), and PREFIX.md / PREFIX.json (`--results`): per row the
+network's own test UA, the back-end's, C per fold, and seconds per fold (training, from the
+source run, and back-end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aguilar  # noqa: E402  (a sibling benchmark)
+import fgcme  # noqa: E402
+
+from emofuse.training.config import atomic_write_text, load_config  # noqa: E402
+from emofuse.training.report import read_json, write_json  # noqa: E402
+
+SETTINGS_IGNORED = {"run_dir", "protocol.backend", "trainer.progress"}
+
+
+def flat(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def copy_networks(source: Path, target: Path, config: dict) -> None:
+    """The trained networks of every finished fold of `source`, if it ran with `config`."""
+    trained = load_config(source / "config.yaml", []).to_dict()
+    differ = sorted(k for k in set(flat(trained)) | set(flat(config)) if k not in SETTINGS_IGNORED
+                    and not k.startswith("model.teacher_checkpoint") and flat(trained).get(k) != flat(config).get(k))
+    if differ:
+        raise SystemExit(f"{source}: trained with other settings ({', '.join(f'{k}={flat(trained).get(k)!r}' for k in differ)}; "
+                         f"asked {', '.join(f'{k}={flat(config).get(k)!r}' for k in differ)})")
+    for fold_dir in sorted(source.glob("fold-*")):
+        marker = fold_dir / "trained.json"
+        if not marker.is_file():
+            raise SystemExit(f"{fold_dir}: training has not finished (no trained.json)")
+        dest = target / fold_dir.name
+        if (dest / "trained.json").is_file():
+            continue
+        best = read_json(marker)["best_checkpoint"]
+        (dest / Path(best).parent).mkdir(parents=True, exist_ok=True)
+        for name in (best, "normaliser.json", "split.json"):
+            shutil.copy2(fold_dir / name, dest / name)
+        shutil.copy2(marker, dest / "trained.json")  # last: its presence marks the copy done
+
+
+def mean_std(values) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bench", choices=("aguilar", "fgcme"), required=True)
+    parser.add_argument("--from", dest="source", required=True, help="the --out folder of the finished benchmark run")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--kind", choices=("lr", "speaker-lr"), default="speaker-lr")
+    parser.add_argument("--rows", required=True, help="comma-separated rows of that benchmark")
+    parser.add_argument("--config-dir", default="configs/ravdess4")
+    parser.add_argument("--set", action="append", default=[], help="the overrides the source run used (repeatable)")
+    parser.add_argument("--results", default="", help="write PREFIX.md and PREFIX.json")
+    args = parser.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    source, out = Path(args.source), Path(args.out)
+    sets = [*args.set, f"protocol.backend={args.kind}"]
+    for row in rows:
+        stem = row.lower()
+        config = load_config(Path(args.config_dir) / f"{stem}.yaml", sets).to_dict()
+        copy_networks(source / stem, out / stem, config)
+    bench_args = ["--rows", ",".join(rows), "--out", str(out), "--config-dir", args.config_dir,
+                  *[a for s in sets for a in ("--set", s)]]
+    if args.bench == "aguilar":
+        aguilar.main([*bench_args, "--results", ""])
+    else:
+        fgcme.main(bench_args)
+
+    table = ["| row | network UA | back-end UA | back-end WA | per fold UA | C per fold | training s / fold | back-end s / fold |",
+             "|---|---:|---:|---:|---|---|---:|---:|"]
+    summary = []
+    for row in rows:
+        stem = row.lower()
+        folds = [read_json(f / "metrics.json") for f in sorted((out / stem).glob("fold-*"))]
+        trained = [read_json(f / "metrics.json")["seconds"] for f in sorted((source / stem).glob("fold-*"))
+                   if (f / "metrics.json").is_file()]
+        record = {
+            "row": row, "kind": args.kind,
+            "network_ua": [f["network_test"]["ua"] for f in folds], "ua": [f["test"]["ua"] for f in folds],
+            "wa": [f["test"]["wa"] for f in folds], "C": [f["backend"]["C"] for f in folds],
+            "backend_val_ua": [f["backend"]["val_ua"] for f in folds],
+            "training_seconds": trained, "backend_seconds": [f["seconds"] for f in folds],
+        }
+        summary.append(record)
+        table.append(f"| {row} | {mean_std(record['network_ua'])} | **{mean_std(record['ua'])}** | "
+                     f"{mean_std(record['wa'])} | {', '.join(f'{u:.3f}' for u in record['ua'])} | "
+                     f"{', '.join(str(c) for c in record['C'])} | "
+                     f"{np.mean(trained):.0f} | {np.mean(record['backend_seconds']):.0f} |")
+    text = "\n".join([
+        f"# Back-end `{args.kind}` on {args.bench} networks ({Path(args.config_dir).name})", "",
+        f"Networks trained by `benchmarks/{args.bench}.py` in `{source}` with: {' '.join(args.set) or '(configs as written)'}.",
+        "Their output layer replaced by a class-balanced logistic regression on the utterance vector"
+        + (", z-scored per speaker with all of the speaker's utterances (no labels)" if args.kind == "speaker-lr" else
+           ", z-scored with the training part's statistics")
+        + "; C chosen on the validation actors. Test UA/WA mean ± sample std over folds.", "",
+        *table, ""])
+    print(text)
+    if args.results:
+        atomic_write_text(Path(args.results + ".md"), text)
+        write_json(Path(args.results + ".json"), {"overrides": args.set, "kind": args.kind, "source": str(source),
+                                                  "std": "sample (ddof=1)", "rows": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
