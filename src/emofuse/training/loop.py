@@ -258,19 +258,15 @@ def fold_backend(cfg: ExperimentConfig, data: LabelledData, fold, model: torch.n
     """Fit `protocol.backend` on the fold's trained network (training part; C on the validation
     speakers); return it and its class probabilities for `test_ids`, in that order."""
     everything = np.unique(np.concatenate([fold.train, fold.val, fold.test])).astype(int)
-    ids, x = utterance_vectors(model, eval_loader(cfg, collator, everything), device)
-    row = {uid: r for r, uid in enumerate(ids)}
-    position = {int(i): row[data.items[int(i)].id] for i in everything}
-    speakers = [""] * len(ids)
-    y = np.zeros(len(ids), dtype=int)
-    for i in everything:
-        speakers[position[int(i)]] = data.corpus[int(i)].speaker
-        y[position[int(i)]] = data.labels[int(i)]
-    train = [position[int(i)] for i in fold.train]
-    val = [position[int(i)] for i in fold.val]
-    backend = fit_backend(cfg.protocol.backend, x, y, speakers, train, val, list(data.classes))
+    ids, x = utterance_vectors(model, eval_loader(cfg, collator, everything), device)  # loader order
+    index = {data.items[i].id: int(i) for i in everything}
+    rows = [index[uid] for uid in ids]  # the data index of each vector
+    where = {i: r for r, i in enumerate(rows)}
+    speakers = [data.corpus[i].speaker for i in rows]
+    backend = fit_backend(cfg.protocol.backend, x, data.labels[rows], speakers, [where[int(i)] for i in fold.train],
+                          [where[int(i)] for i in fold.val], list(data.classes))
     probs = backend.probabilities(x, speakers)
-    return backend, probs[[row[uid] for uid in test_ids]]
+    return backend, probs[[where[index[uid]] for uid in test_ids]]
 
 
 def training_part(cfg: ExperimentConfig, fold) -> np.ndarray:
