@@ -31,30 +31,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aguilar  # noqa: E402  (a sibling benchmark)
 import fgcme  # noqa: E402
 
-from emofuse.training.config import atomic_write_text, load_config  # noqa: E402
+from emofuse.training.config import atomic_write_text, config_differences, flatten, load_config  # noqa: E402
 from emofuse.training.report import read_json, write_json  # noqa: E402
 
 SETTINGS_IGNORED = {"run_dir", "protocol.backend", "trainer.progress"}
 
 
-def flat(record: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def copy_networks(source: Path, target: Path, config: dict) -> None:
     """The trained networks of every finished fold of `source`, if it ran with `config`."""
     trained = load_config(source / "config.yaml", []).to_dict()
-    differ = sorted(k for k in set(flat(trained)) | set(flat(config)) if k not in SETTINGS_IGNORED
-                    and not k.startswith("model.teacher_checkpoint") and flat(trained).get(k) != flat(config).get(k))
+    differ = [k for k in config_differences(trained, config)
+              if k not in SETTINGS_IGNORED and not k.startswith("model.teacher_checkpoint")]
     if differ:
-        raise SystemExit(f"{source}: trained with other settings ({', '.join(f'{k}={flat(trained).get(k)!r}' for k in differ)}; "
-                         f"asked {', '.join(f'{k}={flat(config).get(k)!r}' for k in differ)})")
+        was, asked = flatten(trained), flatten(config)
+        raise SystemExit(f"{source}: trained with other settings ({', '.join(f'{k}={was.get(k)!r}' for k in differ)}; "
+                         f"asked {', '.join(f'{k}={asked.get(k)!r}' for k in differ)})")
     for fold_dir in sorted(source.glob("fold-*")):
         marker = fold_dir / "trained.json"
         if not marker.is_file():

@@ -397,12 +397,12 @@ def test_one_speakers_recordings_are_normalised_together_as_in_cross_validation(
 
     model_dir = registry_model_dir(tmp_path / "m", "B-ACO-1", words=None, normaliser={"mode": "speaker"})
     predictor = Predictor(model_dir, warm=False)
-    files = ravdess_files(ravdess_root, actors=[1])[:3]
+    files = (ravdess_files(ravdess_root, actors=[1]) + ravdess_files(ravdess_root, actors=[1], statement="02"))[:6]
     raw = [predictor.features(load_audio(f, 16000), None, str(f), normalise=False)[0] for f in files]
     speaker = Normaliser.fit([it.acoustic for it in raw])
     items = [replace(it, acoustic=speaker(it.acoustic)) for it in raw]
     with torch.no_grad():
-        vectors = predictor.model(collate(items, [0] * len(items))).utterance_vector.numpy()  # (3, H)
+        vectors = predictor.model(collate(items, [0] * len(items))).utterance_vector.numpy()  # (6, H)
     rng = np.random.default_rng(1)
     h = vectors.shape[1]
     backend = Backend("speaker-lr", CLASSES, 0.1, rng.normal(0, 3, (4, h)), np.zeros(4), rng.normal(0, 1, h),
@@ -412,16 +412,17 @@ def test_one_speakers_recordings_are_normalised_together_as_in_cross_validation(
     predictor = Predictor(model_dir, warm=False)
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....WAVEnot really")
-    jobs = [(files[0], None), (broken, None), (files[1], None), (files[2], None)]
-    together = predictor.predict_speaker(jobs, batch_size=2)
+    jobs = [(files[0], None), (broken, None), *[(f, None) for f in files[1:]]]
+    together = predictor.predict_speaker(jobs, batch_size=4)  # chunks of 4 and 2
     assert isinstance(together[1], PredictionError) and "cannot decode" in together[1].error
     expected = backend.probabilities(vectors, own_statistics=True)
-    got = [[r.probabilities[c] for c in CLASSES] for r in (together[0], together[2], together[3])]
+    got = [[r.probabilities[c] for c in CLASSES] for r in [together[0], *together[2:]]]
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert [r.file for r in [together[0], *together[2:]]] == [str(f) for f in files]
     alone = predictor.predict_files([(f, None) for f in files])  # each with stand-in statistics
     assert not np.allclose([[r.probabilities[c] for c in CLASSES] for r in alone], expected, atol=1e-3)
-    with pytest.raises(DataError, match="only 1 of 2"):
-        predictor.predict_speaker([(files[0], None), (broken, None)])
+    with pytest.raises(DataError, match="none of the 1 recording"):
+        predictor.predict_speaker([(broken, None)])
 
 
 def test_a_model_with_fixed_statistics_predicts_a_speakers_folder_as_file_by_file(hmm4, ravdess_root):

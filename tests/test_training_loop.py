@@ -388,3 +388,7 @@ def test_a_backend_travels_into_the_model_directory_and_keeps_it_out_of_onnx(tmp
         info.backend["val_ua"], abs=1e-4)
     with pytest.raises(ConfigError, match="protocol.backend=lr"):
         export_onnx(model_dir, tmp_path / "m.onnx")
+    # metrics that describe a back-end are never exported with the bare network
+    (tmp_path / "run" / "fold-0" / "backend.json").unlink()
+    with pytest.raises(EmofuseError, match=r"backend\.json: missing"):
+        export_run(tmp_path / "run", tmp_path / "model2")

@@ -67,7 +67,7 @@ def predict(
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes for a folder (each loads the model once)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Files per model batch."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine). Folder workers use 1 each."),
-    one_speaker: bool = typer.Option(False, "--one-speaker", help="The folder holds one speaker's recordings: normalise them with their joint statistics, as a model trained with data.normalise=speaker or protocol.backend=speaker-lr was cross-validated (alone, a recording's own statistics stand in). One process."),
+    one_speaker: bool = typer.Option(False, "--one-speaker", help="The folder holds one speaker's recordings, spanning their emotions: normalise them with their joint statistics, as a model trained with data.normalise=speaker or protocol.backend=speaker-lr was cross-validated (file by file, stand-ins are used: the recording's own frame statistics, the training speakers' mean for the back-end, which also needs 5 or more recordings). One process."),
 ) -> None:
     """Predict the emotion of recordings and show, per word, its time span, acoustic share and attention."""
     from emofuse.inference.explain import render_html, render_png, write_text_atomic
@@ -109,6 +109,11 @@ def predict(
         task = bar.add_task("predict", total=len(jobs))
         if one_speaker:  # two passes over the folder (statistics, then the model): one process
             from emofuse.inference.predictor import Predictor
+            from emofuse.training.backend import MIN_UTTERANCES
+
+            if (info.backend or {}).get("kind") == "speaker-lr" and len(jobs) < MIN_UTTERANCES:
+                err.print(f"[yellow]note[/]: {len(jobs)} recording(s): the back-end takes a speaker's statistics "
+                          f"from {MIN_UTTERANCES} or more; the training speakers' mean statistics stand in")
 
             outcome = enumerate(Predictor(model_dir, threads=threads).predict_speaker(jobs, batch_size=batch_size))
         else:

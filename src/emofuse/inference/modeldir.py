@@ -403,7 +403,7 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
         # per-speaker statistics describe the training corpus's speakers, not a new one: keep the mode only
         normaliser=_exported_normaliser(fitted.get("normaliser")) if acoustic else None,
         vocabulary=fitted.get("vocabulary") if "token_ids" in needs else None,
-        backend=_fitted_backend(fold_dir / "backend.json", list(fitted["classes"])),
+        backend=_fitted_backend(fold_dir / "backend.json", list(fitted["classes"])) if "backend" in metrics else None,
         metrics={
             "fold": fold_index,
             "monitor": monitor,
@@ -427,10 +427,11 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
     return write_model_dir(out_dir, network, info)
 
 
-def _fitted_backend(path: Path, classes: list[str]) -> dict | None:
-    """The fold's refitted output layer (`protocol.backend`), checked, or None."""
+def _fitted_backend(path: Path, classes: list[str]) -> dict:
+    """The fold's refitted output layer (`protocol.backend`: its metrics.json names one), checked."""
     if not path.is_file():
-        return None
+        raise DataError(path, "missing: the fold's metrics.json describes a back-end (protocol.backend), and the "
+                              "network alone would not give the predictions those metrics describe")
     from emofuse.training.backend import Backend
 
     backend = Backend.from_dict(_read_json(path), source=path)

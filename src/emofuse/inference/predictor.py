@@ -230,6 +230,9 @@ class Predictor:
             from emofuse.training.backend import Backend
 
             self.backend = Backend.from_dict(info.backend, source=self.model_dir / "model.json")
+            if self.backend.classes != self.classes:
+                raise DataError(self.model_dir / "model.json", f"back-end classes {self.backend.classes} differ "
+                                                               f"from the model's {self.classes}")
         self.vocab = None
         if info.vocabulary is not None:
             from emofuse.features.vocab import Vocabulary
@@ -507,10 +510,13 @@ class Predictor:
         """Recordings of ONE speaker (file, transcript), predicted together as the model was
         cross-validated: with `data.normalise=speaker` their frames are z-scored with the statistics
         of all of them, and a `speaker-lr` back-end z-scores their utterance vectors with their own
-        statistics, instead of the stand-ins a lone recording gets. Models normalised otherwise
-        give what `predict_files` gives. Needs two or more readable recordings."""
+        statistics (given `backend.MIN_UTTERANCES` or more recordings; fewer get the training
+        speakers' mean statistics, as a lone recording does). Models normalised otherwise give what
+        `predict_files` gives. The statistics assume the recordings span the speaker's emotions.
+        An unreadable file gives a PredictionError in its place; none readable is a DataError."""
         from emofuse.features.audio import load_audio
 
+        batch_size = max(1, int(batch_size))
         with self._lock:
             prepared: list = []
             for path, transcript in jobs:
@@ -524,34 +530,34 @@ class Predictor:
                 except DataError as exc:
                     prepared.append(PredictionError(str(path), str(exc)))
             good = [p for p in prepared if not isinstance(p, PredictionError)]
-            if len(good) < 2:
-                raise DataError(None, f"one speaker's recordings are predicted together to use their statistics, "
-                                      f"but only {len(good)} of {len(prepared)} file(s) could be read")
+            if not good:
+                raise DataError(None, f"none of the {len(prepared)} recording(s) could be read")
             frames = [p[3].acoustic for p in good if p[3].acoustic is not None]
             speaker = Normaliser.fit(frames) if frames and self.normalisation == "speaker" else None
             items = [self._normalised(p[3], speaker) for p in good]
-            chunks, vectors = [], []
-            for start in range(0, len(items), max(1, batch_size)):
+            outputs, seconds = [], []
+            for start in range(0, len(items), batch_size):
                 t = time.perf_counter()
-                out = self._forward(items[start:start + batch_size])
-                chunks.append((start, out, (time.perf_counter() - t) / len(out.logits)))
-                vectors.append(out.utterance_vector.float())
+                outputs.append(self._forward(items[start:start + batch_size]))
+                seconds.append((time.perf_counter() - t) / len(outputs[-1].logits))
             if self.backend is not None:
-                probs = torch.from_numpy(self.backend.probabilities(torch.cat(vectors).numpy(),
-                                                                    own_statistics=True)).float()
+                vectors = torch.cat([out.utterance_vector.float() for out in outputs]).numpy()
+                probs = torch.from_numpy(self.backend.probabilities(vectors, own_statistics=True)).float()
             else:
-                probs = torch.cat([torch.softmax(out.logits.float(), -1) for _, out, _ in chunks])  # (N, C)
-            results, row = [], 0
+                probs = torch.cat([torch.softmax(out.logits.float(), -1) for out in outputs])  # (N, C)
+            results = []
+            readable = iter(range(len(good)))
             for p in prepared:
                 if isinstance(p, PredictionError):
                     results.append(p)
                     continue
+                row = next(readable)
+                chunk, within = divmod(row, batch_size)
                 audio, transcript, label, _, alignment, truncated, timings = p
-                start, out, seconds = next(c for c in reversed(chunks) if c[0] <= row)
-                timings["model"] = seconds
-                results.append(self._prediction(row - start, probs[start:start + len(out.logits)], out.explain, audio,
-                                                transcript, label, items[row], alignment, truncated, timings))
-                row += 1
+                timings["model"] = seconds[chunk]
+                rows = probs[chunk * batch_size:(chunk + 1) * batch_size]
+                results.append(self._prediction(within, rows, outputs[chunk].explain, audio, transcript, label,
+                                                items[row], alignment, truncated, timings))
             return results
 
     def _prediction(self, row, probs, explain, audio, transcript, label, item, alignment, truncated, timings):

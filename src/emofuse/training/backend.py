@@ -20,7 +20,10 @@ network must therefore not have seen them, so a back-end cannot be combined with
 At prediction time a recording's speaker has no statistics of their own unless several of
 their recordings are given together (`Backend.probabilities(vectors, own_statistics=True)`);
 one recording alone is z-scored with `reference`: the mean of the training speakers' own
-means and standard deviations (for ``lr``, the training part's statistics).
+means and standard deviations (for ``lr``, the training part's statistics). So is any speaker
+with fewer than `MIN_UTTERANCES` utterances, in training too. A speaker's statistics assume
+their utterances span their range of emotions, as a corpus speaker's do: a set of one
+speaker's recordings that are all angry is centred on anger.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from emofuse.errors import DataError
+from emofuse.errors import DataError, EmofuseError
 from emofuse.training.config import BACKENDS as KINDS
 CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strength, chosen on validation UA
+MIN_UTTERANCES = 5  # fewer utterances of a speaker: the reference statistics stand in for theirs
 EPS = 1e-6
 
 
@@ -41,7 +45,7 @@ class Backend:
     kind: str  # lr or speaker-lr
     classes: list[str]
     C: float
-    coef: np.ndarray  # (C, H); a binary problem is stored as two rows, (-w, w)
+    coef: np.ndarray  # (C, H); a binary problem is stored as two rows, (-w/2, w/2)
     intercept: np.ndarray  # (C,)
     reference_mean: np.ndarray  # (H,) z-scoring of a vector whose speaker has no statistics
     reference_std: np.ndarray  # (H,)
@@ -60,10 +64,11 @@ class Backend:
         return e / e.sum(1, keepdims=True)
 
     def normalise(self, x: np.ndarray, speakers: list[str] | None = None, own_statistics: bool = False) -> np.ndarray:
+        reference = (self.reference_mean, self.reference_std)
         if self.kind == "speaker-lr" and speakers is not None:
-            return zscore_by_speaker(x, speakers)
+            return zscore_by_speaker(x, speakers, reference)
         if self.kind == "speaker-lr" and own_statistics:
-            return zscore_by_speaker(x, [""] * len(x))
+            return zscore_by_speaker(x, [""] * len(x), reference)
         return (x - self.reference_mean) / (self.reference_std + EPS)
 
     def to_dict(self) -> dict:
@@ -82,7 +87,7 @@ class Backend:
                           val_ua=float(record.get("val_ua", float("nan"))))
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(source, f"not a back-end record ({type(exc).__name__}: {exc})") from None
-        n, h = len(backend.classes), backend.reference_mean.shape[0]
+        n, h = len(backend.classes), backend.reference_mean.shape[0] if backend.reference_mean.ndim == 1 else -1
         if backend.kind not in KINDS or backend.coef.shape != (n, h) or backend.intercept.shape != (n,) \
                 or backend.reference_std.shape != (h,):
             raise DataError(source, f"inconsistent back-end record (kind {backend.kind!r}, coef {backend.coef.shape}, "
@@ -90,13 +95,18 @@ class Backend:
         return backend
 
 
-def zscore_by_speaker(x: np.ndarray, speakers) -> np.ndarray:
-    """Each speaker's rows z-scored with that speaker's mean and standard deviation."""
+def zscore_by_speaker(x: np.ndarray, speakers, reference: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Each speaker's rows z-scored with that speaker's mean and standard deviation. A speaker with
+    fewer than MIN_UTTERANCES rows has no usable statistics (one row z-scores to 0): `reference`
+    (mean, std) stands in when given."""
     speakers = np.asarray(speakers)
     out = np.empty_like(x, dtype=np.float64)
     for s in np.unique(speakers):
         rows = speakers == s
-        out[rows] = (x[rows] - x[rows].mean(0)) / (x[rows].std(0) + EPS)
+        if reference is not None and rows.sum() < MIN_UTTERANCES:
+            out[rows] = (x[rows] - reference[0]) / (reference[1] + EPS)
+        else:
+            out[rows] = (x[rows] - x[rows].mean(0)) / (x[rows].std(0) + EPS)
     return out
 
 
@@ -124,11 +134,16 @@ def fit_backend(kind: str, x: np.ndarray, y: np.ndarray, speakers: list[str], tr
         raise ValueError(f"back-end {kind!r}; valid: {', '.join(KINDS)}")
     train_idx, val_idx = np.asarray(train_idx), np.asarray(val_idx)
     speakers = np.asarray(speakers)
+    if len(np.unique(y[train_idx])) < 2:
+        raise EmofuseError(f"back-end {kind!r}: the training part holds a single class; nothing to separate")
     if kind == "speaker-lr":
-        z = zscore_by_speaker(x, speakers)
-        train_speakers = np.unique(speakers[train_idx])
+        train_speakers = [s for s in np.unique(speakers[train_idx]) if (speakers == s).sum() >= MIN_UTTERANCES]
+        if not train_speakers:
+            raise EmofuseError(f"back-end {kind!r}: no training speaker has {MIN_UTTERANCES} or more utterances "
+                               "to take statistics from; use protocol.backend=lr")
         reference_mean = np.mean([x[speakers == s].mean(0) for s in train_speakers], axis=0)
         reference_std = np.mean([x[speakers == s].std(0) for s in train_speakers], axis=0)
+        z = zscore_by_speaker(x, speakers, (reference_mean, reference_std))
     else:
         reference_mean, reference_std = x[train_idx].mean(0), x[train_idx].std(0)
         z = (x - reference_mean) / (reference_std + EPS)
