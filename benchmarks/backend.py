@@ -37,8 +37,8 @@ from emofuse.training.report import read_json, write_json  # noqa: E402
 SETTINGS_IGNORED = {"run_dir", "protocol.backend", "trainer.progress"}
 
 
-def copy_networks(source: Path, target: Path, config: dict) -> None:
-    """The trained networks of every finished fold of `source`, if it ran with `config`."""
+def copy_networks(source: Path, target: Path, config: dict, folds: set[int] | None = None) -> None:
+    """The trained networks of the folds of `source` (all, or `folds`), if it ran with `config`."""
     trained = load_config(source / "config.yaml", []).to_dict()
     differ = [k for k in config_differences(trained, config)
               if k not in SETTINGS_IGNORED and not k.startswith("model.teacher_checkpoint")]
@@ -47,6 +47,8 @@ def copy_networks(source: Path, target: Path, config: dict) -> None:
         raise SystemExit(f"{source}: trained with other settings ({', '.join(f'{k}={was.get(k)!r}' for k in differ)}; "
                          f"asked {', '.join(f'{k}={asked.get(k)!r}' for k in differ)})")
     for fold_dir in sorted(source.glob("fold-*")):
+        if folds is not None and int(fold_dir.name.split("-")[1]) not in folds:
+            continue
         marker = fold_dir / "trained.json"
         if not marker.is_file():
             raise SystemExit(f"{fold_dir}: training has not finished (no trained.json)")
@@ -74,17 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", required=True, help="comma-separated rows of that benchmark")
     parser.add_argument("--config-dir", default="configs/ravdess4")
     parser.add_argument("--set", action="append", default=[], help="the overrides the source run used (repeatable)")
+    parser.add_argument("--folds", default=None, help="comma-separated fold indices (default: all)")
     parser.add_argument("--results", default="", help="write PREFIX.md and PREFIX.json")
     args = parser.parse_args(argv)
+    folds = None if args.folds is None else {int(x) for x in args.folds.split(",")}
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     source, out = Path(args.source), Path(args.out)
     sets = [*args.set, f"protocol.backend={args.kind}"]
     for row in rows:
         stem = row.lower()
         config = load_config(Path(args.config_dir) / f"{stem}.yaml", sets).to_dict()
-        copy_networks(source / stem, out / stem, config)
+        copy_networks(source / stem, out / stem, config, folds)
     bench_args = ["--rows", ",".join(rows), "--out", str(out), "--config-dir", args.config_dir,
-                  *[a for s in sets for a in ("--set", s)]]
+                  *[a for s in sets for a in ("--set", s)], *(["--folds", args.folds] if args.folds else [])]
     if args.bench == "aguilar":
         aguilar.main([*bench_args, "--results", ""])
     else:
