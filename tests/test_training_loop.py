@@ -392,3 +392,80 @@ def test_a_backend_travels_into_the_model_directory_and_keeps_it_out_of_onnx(tmp
     (tmp_path / "run" / "fold-0" / "backend.json").unlink()
     with pytest.raises(EmofuseError, match=r"backend\.json: missing"):
         export_run(tmp_path / "run", tmp_path / "model2")
+
+
+def test_weight_averaging_is_the_network_validated_checkpointed_and_tested(tmp_path):
+    from emofuse.training.loop import eval_loader, load_fold_model
+    from emofuse.training.module import predict
+
+    class RawWeights(L.Callback):
+        """The network's own weights after every optimiser step."""
+
+        def __init__(self):
+            self.steps = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.steps.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
+
+    data = synthetic_data()
+    decay = 0.6
+    cfg = tiny_config(tmp_path, "fold=0", "trainer.max_epochs=3", "trainer.patience=null", f"trainer.ema={decay}")
+    folds = folds_for(data, cfg)
+    fold, fold_dir = folds[0], tmp_path / "run" / "fold-0"
+    raw = RawWeights()
+    run_folds(cfg, data, folds, log=lambda s: None, extra_callbacks=(raw,))
+    # The average by hand: the first step's weights, then avg <- decay * avg + (1 - decay) * w.
+    average = dict(raw.steps[0])
+    for step in raw.steps[1:]:
+        average = {k: decay * average[k] + (1 - decay) * step[k] for k in average}
+    last = torch.load(fold_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    for key, value in average.items():
+        torch.testing.assert_close(last["state_dict"][f"model.{key}"], value, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(last["current_model_state"][f"model.{key}"], raw.steps[-1][key])
+    assert any(not torch.allclose(average[k].float(), raw.steps[-1][k].float(), atol=1e-4) for k in average)
+    # Validation scored the averaged weights: the last epoch's logged loss is theirs.
+    model, collator = load_fold_model(cfg, data, fold, fold_dir)
+    model.load_state_dict(average)
+    _, labels, probs = predict(model, eval_loader(cfg, collator, fold.val))
+    logged = [r for r in _csv(fold_dir / "logs" / "csv" / "version_0" / "metrics.csv") if r.get("val_loss")]
+    assert int(logged[-1]["epoch"]) == 2
+    assert float(logged[-1]["val_loss"]) == pytest.approx(-np.log(probs[np.arange(len(labels)), labels]).mean(), abs=1e-5)
+    # The tested network (and what export reads) is the best checkpoint's average.
+    model, collator = load_fold_model(cfg, data, fold, fold_dir)
+    test_ids, _, probs = predict(model, eval_loader(cfg, collator, fold.test))
+    rows = {r["id"]: [float(r[f"p_{c}"]) for c in CLASSES] for r in _csv(fold_dir / "predictions.csv")}
+    np.testing.assert_allclose(probs, [rows[i] for i in test_ids], atol=2e-6)
+    assert "EMA, decay 0.6" in (tmp_path / "run" / "report.md").read_text()
+    from emofuse.inference.modeldir import export_run, load_model_dir
+
+    exported = load_model_dir(export_run(tmp_path / "run", tmp_path / "model")).model.state_dict()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(exported[key], value)
+
+
+def test_an_interrupted_run_with_weight_averaging_resumes_to_the_same_network(tmp_path):
+    data = synthetic_data()
+    settings = ("fold=0", "trainer.max_epochs=3", "trainer.patience=null", "trainer.ema=0.7")
+    whole = tiny_config(tmp_path / "whole", *settings)
+    folds = folds_for(data, whole)
+    run_folds(whole, data, folds, log=lambda s: None)
+    cut = tiny_config(tmp_path / "cut", *settings)
+    with pytest.raises(KeyboardInterrupt):
+        run_folds(cut, data, folds, log=lambda s: None, extra_callbacks=(StopAt(epoch=2),))
+    run_folds(cut, data, folds, log=lambda s: None)
+    # The average (and the raw weights under it) came back from last.ckpt, not from scratch.
+    a = torch.load(tmp_path / "whole" / "run" / "fold-0" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "run" / "fold-0" / "checkpoints" / "last.ckpt", weights_only=False)
+    for key in ("state_dict", "current_model_state"):
+        for name, value in a[key].items():
+            torch.testing.assert_close(b[key][name], value)
+    predictions = [(tmp_path / d / "run" / "fold-0" / "predictions.csv").read_text() for d in ("whole", "cut")]
+    assert predictions[0] == predictions[1]
+
+
+def test_weight_averaging_decay_must_be_between_zero_and_one(tmp_path):
+    from emofuse.errors import ConfigError
+
+    for bad in ("0", "1", "1.5", "-0.1"):
+        with pytest.raises(ConfigError, match="trainer.ema"):
+            tiny_config(tmp_path, f"trainer.ema={bad}")

@@ -85,6 +85,10 @@ class TrainerConfig:
     deterministic: bool = True  # seed everything; warn on non-deterministic kernels
     progress: bool = True  # Rich progress bar
     log_every_n_steps: int = 10
+    # ema: decay of an exponential moving average of the weights, updated after every optimiser
+    # step (Lightning's EMAWeightAveraging); validation, the checkpoints, the test pass and export
+    # all use the averaged weights. null = off (the papers' setting)
+    ema: float | None = None
 
 
 BACKENDS = ("lr", "speaker-lr")  # protocol.backend (training/backend.py)
@@ -337,6 +341,8 @@ def validate(cfg: ExperimentConfig) -> None:
                        ("trainer.patience", t.patience), ("trainer.eval_batch_size", t.eval_batch_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be >= 1 or null")
+    if t.ema is not None and not 0.0 < t.ema < 1.0:
+        raise ConfigError(f"trainer.ema={t.ema} must be a decay in (0, 1) (e.g. 0.99) or null")
     if d.trim is not None and not (isinstance(d.trim, (int, float)) and d.trim >= 0):
         raise ConfigError(f"data.trim={d.trim!r} must be seconds >= 0 or null")
     if p.backend is not None and p.backend not in BACKENDS:

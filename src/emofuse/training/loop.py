@@ -45,7 +45,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -320,6 +320,10 @@ def _fit(cfg: ExperimentConfig, data: LabelledData, fold, train_idx, val_idx, st
         callbacks.insert(0, checkpoint)
         if cfg.trainer.patience:
             callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.trainer.patience))
+    if cfg.trainer.ema:
+        # Validation sees the averaged weights and every checkpoint's state_dict holds them (the
+        # raw weights ride along for resume), so selection, test and export read one network.
+        callbacks.append(EMAWeightAveraging(decay=cfg.trainer.ema))
     if cfg.trainer.progress:
         callbacks.append(RichProgressBar(leave=True))
     loggers = [CSVLogger(stage_dir / "logs", name="csv"), TensorBoardLogger(stage_dir / "logs", name="tensorboard")]

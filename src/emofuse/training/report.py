@@ -107,6 +107,8 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
             f"label set `{d.get('label_set')}`; {o.get('name')} lr={o.get('lr')} wd={o.get('weight_decay')} "
             f"clip={o.get('grad_clip')}, batch {t.get('batch_size')}, ≤{t.get('max_epochs')} epochs "
             f"(patience {t.get('patience')}), seed {config.get('seed')}."
+            + (f" Weights averaged (EMA, decay {t['ema']} per step); validation and test use the average."
+               if t.get("ema") else "")
             + (f" Validation: {p['val_speakers']} speaker(s) carved from each training part." if p.get("val_speakers") else "")
             + (" Refit: the number of epochs is chosen on the validation speakers, then a fresh network trained "
                "on training and validation speakers together for that many epochs is the one tested."
