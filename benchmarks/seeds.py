@@ -48,7 +48,8 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
 def run_one(args, name: str, overrides: list[str], seed: int) -> int:
     target = run_dir(Path(args.out), name, seed)
     sets = [*args.set, *overrides, f"seed={seed}"]
-    command = [sys.executable, str(HERE / f"{args.bench}.py"), "--rows", args.row, "--out", str(target),
+    rows = ",".join([*filter(None, args.before.split(",")), args.row])
+    command = [sys.executable, str(HERE / f"{args.bench}.py"), "--rows", rows, "--out", str(target),
                "--threads", str(args.threads)]
     if args.bench == "aguilar":
         command += ["--results", ""]
@@ -80,7 +81,7 @@ def summarise(args, variants: list[tuple[str, list[str]]], seeds: list[int]) -> 
     for name, overrides in variants:
         per_seed = {}
         for seed in seeds:
-            path = run_dir(Path(args.out), name, seed) / args.row / "metrics.json"
+            path = run_dir(Path(args.out), name, seed) / args.row.lower() / "metrics.json"  # the benchmarks name run folders by config stem
             if path.is_file():
                 scores = fold_scores(json.loads(path.read_text()))
                 if scores["folds"] == scores["folds_total"]:
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bench", choices=("fgcme", "aguilar"), required=True)
     parser.add_argument("--row", required=True, help="one row of that benchmark (e.g. fgcme, H-MM-4)")
+    parser.add_argument("--before", default="", help="rows the row needs run first in the same folder "
+                        "(e.g. H-MM-4 for teacher-student); not summarised")
     parser.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDE[,OVERRIDE...] (repeatable)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", action="append", default=[], help="an override for every variant (repeatable)")
