@@ -430,7 +430,9 @@ def test_weight_averaging_is_the_network_validated_checkpointed_and_tested(tmp_p
     logged = [r for r in _csv(fold_dir / "logs" / "csv" / "version_0" / "metrics.csv") if r.get("val_loss")]
     assert int(logged[-1]["epoch"]) == 2
     assert float(logged[-1]["val_loss"]) == pytest.approx(-np.log(probs[np.arange(len(labels)), labels]).mean(), abs=1e-5)
-    # The tested network (and what export reads) is the best checkpoint's average.
+    # The tested network (and what export reads) is the best checkpoint's average, not its raw weights.
+    best = torch.load(fold_dir / json.loads((fold_dir / "metrics.json").read_text())["best_checkpoint"], weights_only=False)
+    assert any(not torch.equal(best["state_dict"][k], best["current_model_state"][k]) for k in best["state_dict"])
     model, collator = load_fold_model(cfg, data, fold, fold_dir)
     test_ids, _, probs = predict(model, eval_loader(cfg, collator, fold.test))
     rows = {r["id"]: [float(r[f"p_{c}"]) for c in CLASSES] for r in _csv(fold_dir / "predictions.csv")}
