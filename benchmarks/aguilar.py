@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emofuse.training.config import atomic_write_text, load_config, save_config
+from emofuse.io import atomic_write_text
+from emofuse.training.config import load_config, save_config
 from emofuse.training.features import load_labelled
 from emofuse.training.loop import eval_loader, load_fold_model, quiet_lightning, train_fold
 from emofuse.training.metrics import classification_metrics  # noqa: F401  (documents where UA/WA come from)

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aguilar  # noqa: E402  (a sibling benchmark)
 import fgcme  # noqa: E402
 
-from emofuse.training.config import atomic_write_text, config_differences, flatten, load_config  # noqa: E402
+from emofuse.io import atomic_write_text  # noqa: E402
+from emofuse.training.config import config_differences, flatten, load_config  # noqa: E402
 from emofuse.training.report import read_json, write_json  # noqa: E402
 
 SETTINGS_IGNORED = {"run_dir", "protocol.backend", "trainer.progress"}

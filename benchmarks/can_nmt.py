@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from emofuse.features.batch import alignment_matrix
-from emofuse.training.config import atomic_write_text, load_config, save_config
+from emofuse.io import atomic_write_text
+from emofuse.training.config import load_config, save_config
 from emofuse.training.features import load_labelled
 from emofuse.training.loop import eval_loader, load_fold_model, quiet_lightning, train_fold
 from emofuse.training.report import read_json, run_summary, write_json, write_run_report

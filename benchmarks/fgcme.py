@@ -63,7 +63,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emofuse.training.config import atomic_write_text, load_config, save_config
+from emofuse.io import atomic_write_text
+from emofuse.training.config import load_config, save_config
 from emofuse.training.data import Collator
 from emofuse.training.features import load_labelled
 from emofuse.training.loop import eval_loader, fold_inputs, load_fold_model, quiet_lightning, train_fold

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(summary)
     print(text)
     if args.results:
-        from emofuse.training.config import atomic_write_text
+        from emofuse.io import atomic_write_text
 
         prefix = Path(args.results)
         atomic_write_text(prefix.with_suffix(".md"), text)

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from emofuse.training.config import atomic_write_text, load_config
+    from emofuse.io import atomic_write_text
+    from emofuse.training.config import load_config
     from emofuse.training.loop import quiet_lightning, run_experiment
     from emofuse.training.metrics import HEADLINE
 

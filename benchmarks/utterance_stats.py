@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{feature:12s} {normalise:8s} UA {r['ua']['mean']:.3f} ± {r['ua']['std']:.3f}  "
                   f"WA {r['wa']['mean']:.3f}  refit UA {r['ua_refit']['mean']:.3f} ± {r['ua_refit']['std']:.3f}  "
                   f"({r['seconds']} s)", flush=True)
-    from emofuse.training.config import atomic_write_text
+    from emofuse.io import atomic_write_text
 
     atomic_write_text(Path(args.results), json.dumps({"what": __doc__.split("\n")[0], "std": "sample (ddof=1)",
                                            "overrides": args.set, "runs": results}, indent=2) + "\n")

@@ -9,7 +9,7 @@ import yaml
 
 from emofuse.errors import ConfigError
 from emofuse.training.augment import FrameMasking
-from emofuse.training.config import AugmentConfig, load_config, save_config
+from emofuse.training.config import AugmentConfig, save_config
 from emofuse.training.data import Collator
 from emofuse.training.loop import FoldDataModule, run_folds
 

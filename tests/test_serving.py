@@ -3,7 +3,6 @@ concurrency, and the model loaded once."""
 
 from __future__ import annotations
 
-import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 

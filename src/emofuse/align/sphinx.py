@@ -30,7 +30,6 @@ the search beams, which is what happens for a transcript of a different sentence
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 
 from emofuse.align.g2p import pronounce
 from emofuse.corpora.base import Word
+from emofuse.io import atomic_open
 
 FRAME_SECONDS = 0.01
 SAMPLE_RATE = 16000
@@ -87,11 +87,8 @@ def asr_dictionary(size: int = ASR_VOCABULARY, cache_dir: str | Path | None = No
     unknown = lm.prob(["<emofuse-no-such-word>"])
     scored = [(lm.prob([w]), w) for w in entries]
     ranked = [w for p, w in sorted(scored, key=lambda x: (-x[0], x[1])) if p > unknown][:size]
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
+    with atomic_open(path) as out:
         out.writelines(line for w in sorted(ranked) for line in entries[w])
-    os.replace(tmp, path)
     return path
 
 

@@ -60,7 +60,7 @@ def report(
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table as Markdown here."),
 ) -> None:
     """Several runs side by side, one row per run (as Table 2 of Aguilar et al. 2019 reads)."""
-    from emofuse.training.config import atomic_write_text
+    from emofuse.io import atomic_write_text
     from emofuse.training.report import STD_NOTE, compare_runs
 
     out = Console(highlight=False)

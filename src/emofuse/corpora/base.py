@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from emofuse.errors import DataError
+from emofuse.io import atomic_open
 
 
 @dataclass(frozen=True)
@@ -125,18 +125,11 @@ class Corpus:
     def write(self, path: str | Path) -> Path:
         """Write the manifest atomically: a crash never leaves a half-written file."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {"__emofuse_manifest__": 1, "name": self.name}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(json.dumps(header) + "\n")
-                for u in self.utterances:
-                    out.write(json.dumps(u.to_json(), ensure_ascii=False) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path) as out:
+            out.write(json.dumps(header) + "\n")
+            for u in self.utterances:
+                out.write(json.dumps(u.to_json(), ensure_ascii=False) + "\n")
         return path
 
     @classmethod

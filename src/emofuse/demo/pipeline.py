@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from emofuse.demo import LABEL_SET, load_demo_corpus
+from emofuse.demo import load_demo_corpus
 
 MODELS = ("b-aco-1", "b-lex", "h-mm-4")
 FUSED = "h-mm-4"

@@ -40,6 +40,7 @@ from emofuse.align import word_frame_matrix
 from emofuse.align.vad import energy_speech_mask, frame_signal
 from emofuse.errors import ConfigError
 from emofuse.features.audio import resample
+from emofuse.io import atomic_write_text
 
 SAMPLE_RATE = 16000
 HOP = 0.01
@@ -100,10 +101,7 @@ def _compare_config() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"compare2016_lld_de_{hashlib.sha1(text.encode()).hexdigest()[:12]}.conf"
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     return path
 
 

@@ -28,7 +28,6 @@ import math
 import os
 import re
 import resource
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -45,6 +44,7 @@ from emofuse.corpora.base import Corpus, Utterance
 from emofuse.errors import ConfigError, DataError, EmofuseError
 from emofuse.features.frames import SAMPLE_RATE, frame_feature_names, get_frame_feature, speech_mask
 from emofuse.features.words import get_word_encoder, is_word_feature, word_encoder_settings
+from emofuse.io import atomic_open, atomic_path
 
 if TYPE_CHECKING:
     from emofuse.features.batch import UtteranceFeatures
@@ -157,29 +157,17 @@ class ExtractReport:
 # ------------------------------------------------------------------- atomic entries
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, record: dict) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as out:
-            json.dump(record, out, ensure_ascii=False)
-    _atomic(path, write)
+    with atomic_open(path) as out:
+        json.dump(record, out, ensure_ascii=False)
 
 
 def _write_tensors(path: Path, tensors: dict, metadata: dict) -> None:
     from safetensors.numpy import save_file
 
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()}))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
 
 
 def _read_tensors(path: Path) -> dict:

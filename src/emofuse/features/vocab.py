@@ -8,13 +8,12 @@ saw map to unknown, as they would for a new speaker.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from emofuse.errors import DataError
+from emofuse.io import write_json
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -55,15 +54,7 @@ class Vocabulary:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(self.to_dict(), out, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(path, self.to_dict(), indent=None)
         return path
 
     @classmethod

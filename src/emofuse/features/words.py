@@ -26,14 +26,13 @@ MiniLM has no OOV (word pieces); a word that yields no piece at all gets zeros, 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from emofuse.errors import ConfigError, DataError
+from emofuse.io import atomic_open, atomic_write_text
 
 Encoded = tuple[np.ndarray, int]  # (W, D) vectors, number of out-of-vocabulary words
 _CLITICS = ("n't", "'s", "'re", "'ll", "'ve", "'m", "'d")
@@ -137,9 +136,9 @@ class StaticVectors:
                 return cls(f"glove-file:{path}", words, np.load(folder / "matrix.npy", mmap_mode="r"), settings)
         words, matrix = read_vector_text(path)
         if cache_dir is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(folder / "words.txt", lambda f: f.write("\n".join(words).encode("utf-8")))
-            _atomic_write(folder / "matrix.npy", lambda f: np.save(f, matrix))
+            atomic_write_text(folder / "words.txt", "\n".join(words))
+            with atomic_open(folder / "matrix.npy", "wb") as out:
+                np.save(out, matrix)
         return cls(f"glove-file:{path}", words, matrix, settings)
 
     def warm(self) -> "StaticVectors":
@@ -222,17 +221,6 @@ def read_vector_text(path: Path) -> tuple[list[str], np.ndarray]:
     if not rows:
         raise DataError(path, "no word vectors in the file")
     return words, np.stack(rows)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 WORD_FEATURES = ("minilm", "glove50", "glove-file:PATH")

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from emofuse.errors import DataError
-from emofuse.inference.predictor import Prediction, PredictionError, Predictor
+from emofuse.inference.predictor import PredictionError, Predictor
+from emofuse.io import atomic_write_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".webm", ".aac",
                   ".aif", ".aiff", ".wma", ".mkv")
@@ -170,8 +171,5 @@ def write_results(path: str | Path, results: Sequence[Result], classes: Sequence
         text = buffer.getvalue()
     else:
         raise DataError(path, "results file must end in .csv or .jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path

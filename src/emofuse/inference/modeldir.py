@@ -24,8 +24,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import torch
 from torch import nn
 
 from emofuse.errors import ConfigError, DataError, EmofuseError
+from emofuse.io import atomic_dir
 
 FORMAT = "emofuse-model"
 FORMAT_VERSION = 1
@@ -109,34 +108,6 @@ def _version() -> str:
     return __version__
 
 
-def _atomic_dir(out_dir: Path, fill) -> Path:
-    """Fill a fresh temporary directory beside `out_dir`, then move it into place.
-
-    A reader never sees a half-written model directory: either the old one or the new one.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(out_dir, "exists and is not a directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    old = None
-    try:
-        fill(tmp)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.rmdir(old)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists() and not out_dir.exists():
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return out_dir
-
-
 def write_model_dir(out_dir: str | Path, model: nn.Module, info: ModelInfo) -> Path:
     """Write `model`'s weights and `info` as a model directory (atomically)."""
     from safetensors.torch import save_file
@@ -157,7 +128,7 @@ def write_model_dir(out_dir: str | Path, model: nn.Module, info: ModelInfo) -> P
 
             (tmp / "config.yaml").write_text(yaml.safe_dump(info.config, sort_keys=False), encoding="utf-8")
 
-    return _atomic_dir(Path(out_dir), fill)
+    return atomic_dir(Path(out_dir), fill)
 
 
 def _sha256(path: Path) -> str:

@@ -18,8 +18,6 @@ and silence compaction depend on the data (`layers.compact`) and do not trace in
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import types
 import warnings
 from pathlib import Path
@@ -33,6 +31,7 @@ from emofuse.features.batch import Batch
 from emofuse.features.normalise import normaliser_mode
 from emofuse.inference.modeldir import LoadedModel, load_model_dir
 from emofuse.models.layers import BLSTM
+from emofuse.io import atomic_path
 
 TOLERANCE = 1e-4
 OPSET = 17
@@ -171,21 +170,13 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, check: bool = True)
     dynamic = {"features": {1: "frames"}}
     if frame_attention:
         dynamic["frame_attention"] = {1: "frames"}
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out_path) as tmp:
         example = torch.randn(1, 50, dim) * (torch.as_tensor(std) if std is not None else 1.0) + (
             torch.as_tensor(mean) if mean is not None else 0.0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and LSTM-with-batch-first chatter
-            torch.onnx.export(graph, (example,), tmp, input_names=["features"], output_names=outputs,
+            torch.onnx.export(graph, (example,), str(tmp), input_names=["features"], output_names=outputs,
                               dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-        report = check_onnx(tmp, loaded) if check else {}
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        report = check_onnx(str(tmp), loaded) if check else {}
     return {"path": str(out_path), "model": info.name, "inputs": {"features": ["1", "frames", dim]},
             "outputs": outputs, "normalised_inside": mean is not None, "feature": info.acoustic, **report}

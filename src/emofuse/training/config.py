@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -26,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from emofuse.errors import ConfigError
+from emofuse.io import atomic_write_text
 
 OPTIMISERS = ("adam", "adamw", "sgd")
 ALIGN_SOURCES = ("auto", "corpus", "forced", "asr", "proportional", "text", "written", "none")
@@ -562,26 +562,3 @@ def save_config(cfg: ExperimentConfig, run_dir: Path) -> Path:
             )
     atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
     return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, default_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def default_file_mode() -> int:
-    """What open() would give a new file (0o666 less the umask); mkstemp's own is 0o600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask

@@ -34,7 +34,6 @@ import io
 import os
 import pickle
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -55,7 +54,8 @@ from emofuse.errors import ConfigError, EmofuseError
 from emofuse.models.base import get_model
 from emofuse.training.augment import FrameMasking
 from emofuse.training.backend import Backend, fit_backend, utterance_vectors
-from emofuse.training.config import ExperimentConfig, atomic_write_text, default_file_mode, normalise_mode, save_config
+from emofuse.io import atomic_open, atomic_write_text
+from emofuse.training.config import ExperimentConfig, normalise_mode, save_config
 from emofuse.features.normalise import Normaliser, SpeakerNormaliser, UtteranceNormaliser
 from emofuse.training.data import (
     BucketBatchSampler, Collator, IndexDataset, LabelledData, class_weights, lengths_of,
@@ -75,19 +75,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.chmod(tmp, default_file_mode())
-            with os.fdopen(fd, "wb") as out:
-                torch.save(checkpoint, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as out:
+            torch.save(checkpoint, out)
 
 
 class FoldDataModule(L.LightningDataModule):

@@ -8,32 +8,17 @@ see training.metrics). `compare_runs` lays several run directories side by side 
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from emofuse.errors import DataError
-from emofuse.training.config import atomic_write_text, default_file_mode, normalise_mode
+from emofuse.io import atomic_path, atomic_write_text, read_json, write_json  # noqa: F401  (read_json, write_json: re-exported)
+from emofuse.training.config import normalise_mode
 from emofuse.training.metrics import HEADLINE, NAMES, mean_std, summarise
 
 STD_NOTE = "mean ± sample std (ddof=1) over folds, in percent"
-
-
-def write_json(path: Path, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, "not found") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"not valid JSON ({exc.msg})") from None
 
 
 def run_summary(config: dict, classes: Sequence[str], fold_results: Sequence[dict], total_folds: int) -> dict:
@@ -176,16 +161,9 @@ def confusion_png(path: Path, confusion: Sequence[Sequence[int]], classes: Seque
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, default_file_mode())
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
     return path
