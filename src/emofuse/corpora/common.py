@@ -1,6 +1,8 @@
-"""What every corpus loader shares: cheap audio checks, problem collection, label mapping.
+"""What every corpus loader shares: one `Scan` that maps labels, probes audio and builds records.
 
-A loader never dies at the first bad file: it records each one as `Skipped(path, reason)`
+Each loader knows its corpus's layout and nothing else: for every candidate utterance it asks
+its `Scan` for the class (`scan.label`), the audio's duration (`scan.duration`) and hands over
+the record (`scan.add`); `scan.finish` builds the corpus. A loader never dies at the first bad file: it records each one as `Skipped(path, reason)`
 and goes on, so `emofuse prepare` can list them all at the end. With `strict=True` the
 first problem is raised instead, as a one-line `DataError` naming the file. Structural
 problems (the corpus folder is missing or holds nothing of the expected layout) are
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import soundfile as sf
 
@@ -28,6 +30,8 @@ SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", "
 # Frames decoded at each end of a file: enough to catch a truncated or garbled stream
 # without decoding the whole file (a full RAVDESS scan takes under a second).
 _PROBE_FRAMES = 512
+
+T = TypeVar("T")
 
 
 class PreparedCorpus(Corpus):
@@ -167,6 +171,21 @@ def require_folder(path: str | Path, what: str) -> Path:
     return path
 
 
+def corpus_folders(
+    path: str | Path, what: str, pattern: str, is_one: Callable[[Path], bool], missing: str
+) -> tuple[Path, list[Path]]:
+    """(root, its sub-folders matching `pattern`, e.g. one per actor or session); the root
+    alone when the user pointed at one such folder (`is_one(root)`); `missing` says what is
+    expected when there are none."""
+    root = require_folder(path, what)
+    folders = sorted(p for p in root.glob(pattern) if p.is_dir())
+    if not folders and is_one(root):
+        folders = [root]
+    if not folders:
+        raise DataError(root, missing)
+    return root, folders
+
+
 def finish(
     utterances: list[Utterance],
     name: str,
@@ -198,3 +217,78 @@ def finish(
         excluded=excluded,
         label_set=label_set.name if label_set else None,
     )
+
+
+class Scan:
+    """One loader's pass over a corpus: the steps every loader repeats, in one place.
+
+    `label` maps a corpus label through the label set (excluded labels are counted, unknown
+    ones skipped naming their source); `duration` probes an audio file once however many
+    utterances cut it; `add` keeps a record unless its id was already taken; `finish` builds
+    the corpus, or says why it is empty. `strict` raises at the first problem instead.
+    """
+
+    def __init__(self, label_set: LabelSet | None, strict: bool = False, progress: Progress | None = None):
+        self.label_set = label_set
+        self.problems = Problems(strict)
+        self.excluded: Counter = Counter()
+        self.progress = progress
+        self.utterances: list[Utterance] = []
+        self._ids: set[str] = set()
+        self._durations: dict[Path, float | DataError] = {}
+
+    def each(self, items: Sequence[T]) -> Iterator[T]:
+        """The items in order, reporting progress(done, total) as each one starts."""
+        for done, item in enumerate(items, start=1):
+            if self.progress:
+                self.progress(done, len(items))
+            yield item
+
+    def skip(self, path: str | Path, reason: str) -> None:
+        self.problems.skip(path, reason)
+
+    def exclude(self, why: str) -> None:
+        """Count an utterance the task leaves out for a reason other than its label set."""
+        self.excluded[why] += 1
+
+    def label(self, original: str, source: str | Path) -> str | None:
+        """The class for `original`, or None when the utterance is left out (see `map_label`)."""
+        return map_label(self.label_set, original, source, self.problems, self.excluded)
+
+    def duration(self, audio: str | Path, line: str | None = None) -> float | None:
+        """Seconds of audio in `audio`, or None when it cannot be used (skipped with the reason).
+
+        Each file is probed once. A bad file is reported once, naming the file; with `line`
+        (where a table points at it) it is reported for every line that points at it.
+        """
+        audio = Path(audio)
+        first = audio not in self._durations
+        if first:
+            try:
+                self._durations[audio] = probe_audio(audio)
+            except DataError as exc:
+                self._durations[audio] = exc
+        duration = self._durations[audio]
+        if not isinstance(duration, DataError):
+            return duration
+        if line is not None:
+            self.skip(duration.path, f"{duration.problem} ({line})")
+        elif first:
+            self.skip(duration.path, duration.problem)
+        return None
+
+    def add(self, source: str | Path, *, audio: str | Path | None, **fields) -> None:
+        """Build the Utterance (`audio` made absolute; None for text-only corpora) from
+        `fields` and keep it (see `keep`)."""
+        self.keep(Utterance(audio=str(Path(audio).resolve()) if audio else None, **fields), source)
+
+    def keep(self, utterance: Utterance, source: str | Path) -> None:
+        """Keep `utterance`; a second record with the same id is skipped naming `source`."""
+        if utterance.id in self._ids:
+            self.skip(source, f"utterance id {utterance.id!r} appears twice")
+            return
+        self._ids.add(utterance.id)
+        self.utterances.append(utterance)
+
+    def finish(self, name: str, source: str | Path) -> PreparedCorpus:
+        return finish(self.utterances, name, self.problems, self.excluded, self.label_set, source)

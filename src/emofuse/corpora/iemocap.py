@@ -29,21 +29,11 @@ unreadable audio.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from emofuse.corpora.base import Utterance, Word
-from emofuse.corpora.common import (
-    PreparedCorpus,
-    Problems,
-    Progress,
-    finish,
-    map_label,
-    probe_audio,
-    require_folder,
-)
-from emofuse.corpora.labels import LabelSet
+from emofuse.corpora.base import Word
+from emofuse.corpora.common import PreparedCorpus, Scan, corpus_folders
 from emofuse.errors import DataError
 
 _LABEL_LINE = re.compile(
@@ -166,25 +156,14 @@ def parse_wdseg(path: Path) -> list[Word]:
     return words
 
 
-def _sessions(root: Path) -> list[Path]:
-    sessions = sorted(p for p in root.glob("Session*") if p.is_dir())
-    if not sessions and (root / "dialog").is_dir() and (root / "sentences").is_dir():
-        sessions = [root]  # pointed at one session's folder
-    return sessions
+def _is_session(folder: Path) -> bool:
+    return (folder / "dialog").is_dir() and (folder / "sentences").is_dir()
 
 
-def load_iemocap(
-    path: str | Path,
-    label_set: LabelSet | None,
-    *,
-    strict: bool = False,
-    progress: Progress | None = None,
-) -> PreparedCorpus:
-    root = require_folder(path, "IEMOCAP")
-    sessions = _sessions(root)
-    if not sessions:
-        raise DataError(root, "no Session1..5 folders: expected the IEMOCAP release layout")
-    problems, excluded = Problems(strict), Counter()
+def load_iemocap(path: str | Path, scan: Scan) -> PreparedCorpus:
+    root, sessions = corpus_folders(
+        path, "IEMOCAP", "Session*", _is_session, "no Session1..5 folders: expected the IEMOCAP release layout"
+    )
 
     # Pass 1: labels (cheap), so the progress bar knows the total.
     todo: list[tuple[Path, str, _Label]] = []  # (session folder, dialog, label)
@@ -192,17 +171,17 @@ def load_iemocap(
     for session in sessions:
         folder = session / "dialog" / "EmoEvaluation"
         if not folder.is_dir():
-            problems.skip(folder, "EmoEvaluation folder missing: this session has no labels")
+            scan.skip(folder, "EmoEvaluation folder missing: this session has no labels")
             continue
         for file in sorted(folder.glob("Ses*.txt")):
             label_files += 1
             try:
                 labels = parse_emo_evaluation(file)
             except DataError as exc:
-                problems.skip(exc.path, exc.problem)
+                scan.skip(exc.path, exc.problem)
                 continue
             todo.extend((session, file.stem, label) for label in labels)
-    if not label_files and not problems.skipped:
+    if not label_files and not scan.problems.skipped:
         raise DataError(root, "no EmoEvaluation label files (SessionN/dialog/EmoEvaluation/Ses*.txt)")
 
     transcript_cache: dict[Path, tuple[dict[str, str], dict[str, tuple[str, str]]] | None] = {}
@@ -210,23 +189,18 @@ def load_iemocap(
     for session, dialog, label in todo:
         wanted_by_dialog.setdefault((session, dialog), set()).add(label.utt)
 
-    utterances: list[Utterance] = []
-    for done, (session, dialog, lab) in enumerate(todo, start=1):
-        if progress:
-            progress(done, len(todo))
+    for session, dialog, lab in scan.each(todo):
         ident = _UTTERANCE_ID.match(lab.utt)
         if not ident or not lab.utt.startswith(dialog + "_"):
-            problems.skip(lab.source, f"utterance id {lab.utt!r} does not fit dialog {dialog!r} (expected {dialog}_F000 style)")
+            scan.skip(lab.source, f"utterance id {lab.utt!r} does not fit dialog {dialog!r} (expected {dialog}_F000 style)")
             continue
-        label = map_label(label_set, lab.label, lab.source, problems, excluded)
+        label = scan.label(lab.label, lab.source)
         if label is None:
             continue
 
         wav = session / "sentences" / "wav" / dialog / f"{lab.utt}.wav"
-        try:
-            duration = probe_audio(wav)
-        except DataError as exc:
-            problems.skip(exc.path, exc.problem)
+        duration = scan.duration(wav)
+        if duration is None:
             continue
 
         transcript = None
@@ -238,13 +212,13 @@ def load_iemocap(
                     transcript_cache[tfile] = parse_transcriptions(tfile, wanted)
                 except DataError as exc:  # reported once for the file, not per utterance
                     transcript_cache[tfile] = None
-                    problems.skip(exc.path, f"{exc.problem}; its {len(wanted)} labelled utterance(s) are skipped")
+                    scan.skip(exc.path, f"{exc.problem}; its {len(wanted)} labelled utterance(s) are skipped")
             parsed = transcript_cache[tfile]
             if parsed is None:
                 continue
             transcripts, broken = parsed
             if lab.utt in broken:
-                problems.skip(*broken[lab.utt])
+                scan.skip(*broken[lab.utt])
                 continue
             transcript = transcripts.get(lab.utt)
 
@@ -254,31 +228,23 @@ def load_iemocap(
             try:
                 words = parse_wdseg(wdseg)
             except DataError as exc:
-                problems.skip(exc.path, exc.problem)
+                scan.skip(exc.path, exc.problem)
                 continue
 
         session_code, gender = ident["session"], ident["gender"]
-        utterances.append(
-            Utterance(
-                id=lab.utt,
-                audio=str(wav.resolve()),
-                speaker=f"{session_code}{gender}",
-                label=label,
-                original_label=lab.label,
-                session=session_code,
-                transcript=transcript,
-                words=words,
-                meta={
-                    "dialog": dialog,
-                    "kind": "improvised" if "_impro" in dialog else "scripted",
-                    "gender": "female" if gender == "F" else "male",
-                    "dialog_start": lab.start,
-                    "dialog_end": lab.end,
-                    "valence": lab.vad[0],
-                    "activation": lab.vad[1],
-                    "dominance": lab.vad[2],
-                    "duration": round(duration, 4),
-                },
-            )
+        scan.add(
+            lab.source, id=lab.utt, audio=wav, speaker=f"{session_code}{gender}", label=label,
+            original_label=lab.label, session=session_code, transcript=transcript, words=words,
+            meta={
+                "dialog": dialog,
+                "kind": "improvised" if "_impro" in dialog else "scripted",
+                "gender": "female" if gender == "F" else "male",
+                "dialog_start": lab.start,
+                "dialog_end": lab.end,
+                "valence": lab.vad[0],
+                "activation": lab.vad[1],
+                "dominance": lab.vad[2],
+                "duration": round(duration, 4),
+            },
         )
-    return finish(utterances, "iemocap", problems, excluded, label_set, root)
+    return scan.finish("iemocap", root)

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from pathlib import Path
 
-from emofuse.corpora.base import Corpus, Utterance, Word
-from emofuse.corpora.common import PreparedCorpus, Problems, Progress, finish, map_label, one_line, probe_audio
-from emofuse.corpora.labels import LabelSet
+from emofuse.corpora.base import Corpus, Word
+from emofuse.corpora.common import PreparedCorpus, Problems, Scan, one_line
 from emofuse.errors import DataError
 
 REQUIRED = ("path", "label", "speaker")
@@ -92,13 +90,7 @@ def _seconds(value, name: str) -> float | None:
     return number
 
 
-def load_manifest(
-    path: str | Path,
-    label_set: LabelSet | None,
-    *,
-    strict: bool = False,
-    progress: Progress | None = None,
-) -> PreparedCorpus:
+def load_manifest(path: str | Path, scan: Scan) -> PreparedCorpus:
     path = Path(path)
     if not path.exists():
         raise DataError(path, "manifest not found")
@@ -107,72 +99,59 @@ def load_manifest(
     if path.stat().st_size == 0:
         raise DataError(path, "empty manifest (0 bytes)")
     suffix = path.suffix.lower()
-    problems, excluded = Problems(strict), Counter()
     if suffix in (".jsonl", ".json") and _is_emofuse_manifest(path):
         corpus = Corpus.read(path)
-        kept = []
         for u in corpus:
-            label = map_label(label_set, u.original_label, f"{path} ({u.id})", problems, excluded)
+            label = scan.label(u.original_label, f"{path} ({u.id})")
             if label is not None:
                 u.label = label
-                kept.append(u)
-        return finish(kept, corpus.name, problems, excluded, label_set, path)
+                scan.keep(u, f"{path} ({u.id})")
+        return scan.finish(corpus.name, path)
 
     if suffix in (".csv", ".tsv"):
         rows: list[dict | None] = _rows_csv(path)
         line_of = lambda i: i + 2  # noqa: E731  header is line 1
     elif suffix in (".jsonl", ".json"):
-        rows = _rows_jsonl(path, problems)
+        rows = _rows_jsonl(path, scan.problems)
         line_of = lambda i: i + 1  # noqa: E731
     else:
         raise DataError(path, f"unknown manifest format {suffix!r}: use .csv, .tsv or .jsonl")
 
     base = path.parent
-    durations: dict[Path, float | DataError] = {}
-    utterances: list[Utterance] = []
-    ids: set[str] = set()
-    for index, row in enumerate(rows):
-        if progress:
-            progress(index + 1, len(rows))
+    for index, row in enumerate(scan.each(rows)):
         if row is None:
             continue
         source = f"{path}:{line_of(index)}"
         missing = [c for c in REQUIRED if not str(row.get(c) or "").strip()]
         if missing:
-            problems.skip(source, f"empty {', '.join(missing)}")
+            scan.skip(source, f"empty {', '.join(missing)}")
             continue
         audio = Path(str(row["path"]))
         audio = audio if audio.is_absolute() else base / audio
         try:
             start, end = _seconds(row.get("start"), "start"), _seconds(row.get("end"), "end")
         except ValueError as exc:
-            problems.skip(source, str(exc))
+            scan.skip(source, str(exc))
             continue
         if start is not None and end is not None and end <= start:
-            problems.skip(source, f"end {end} is not after start {start}")
+            scan.skip(source, f"end {end} is not after start {start}")
             continue
         original = str(row["label"]).strip()
-        label = map_label(label_set, original, source, problems, excluded)
+        label = scan.label(original, source)
         if label is None:
             continue
-        if audio not in durations:
-            try:
-                durations[audio] = probe_audio(audio)
-            except DataError as exc:
-                durations[audio] = exc
-        duration = durations[audio]
-        if isinstance(duration, DataError):
-            problems.skip(duration.path, f"{duration.problem} (manifest line {line_of(index)})")
+        duration = scan.duration(audio, line=f"manifest line {line_of(index)}")
+        if duration is None:
             continue
         if (start or 0.0) >= duration or (end is not None and end > duration + _SLACK):
-            problems.skip(source, f"segment {start}-{end} s lies outside {audio} ({duration:.2f} s)")
+            scan.skip(source, f"segment {start}-{end} s lies outside {audio} ({duration:.2f} s)")
             continue
         words = None
         if row.get("words") not in (None, ""):
             try:
                 words = [Word(str(w["text"]), float(w["start"]), float(w["end"])) for w in row["words"]]
             except (KeyError, TypeError, ValueError) as exc:
-                problems.skip(source, f"words must be a list of objects with text, start, end ({one_line(exc)})")
+                scan.skip(source, f"words must be a list of objects with text, start, end ({one_line(exc)})")
                 continue
         uid = str(row.get("id") or "").strip()
         if not uid:
@@ -182,19 +161,13 @@ def load_manifest(
                 uid = audio.with_suffix("").as_posix().lstrip("/")
             if start is not None:
                 uid = f"{uid}@{start:.3f}"
-        if uid in ids:
-            problems.skip(source, f"utterance id {uid!r} appears twice")
-            continue
-        ids.add(uid)
         session = str(row.get("session") or "").strip() or None
         transcript = str(row.get("transcript") or "").strip() or None
         meta = {k: v for k, v in row.items() if k not in REQUIRED + OPTIONAL and v not in (None, "")}
         meta["duration"] = round((end if end is not None else duration) - (start or 0.0), 4)
-        utterances.append(
-            Utterance(
-                id=uid, audio=str(audio.resolve()), speaker=str(row["speaker"]).strip(), label=label,
-                original_label=original, session=session, start=start, end=end,
-                transcript=transcript, words=words, meta=meta,
-            )
+        scan.add(
+            source, id=uid, audio=audio, speaker=str(row["speaker"]).strip(), label=label,
+            original_label=original, session=session, start=start, end=end,
+            transcript=transcript, words=words, meta=meta,
         )
-    return finish(utterances, path.stem, problems, excluded, label_set, path)
+    return scan.finish(path.stem, path)

@@ -23,20 +23,9 @@ published numbers.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 
-from emofuse.corpora.base import Utterance
-from emofuse.corpora.common import (
-    PreparedCorpus,
-    Problems,
-    Progress,
-    finish,
-    map_label,
-    one_line,
-    probe_audio,
-)
-from emofuse.corpora.labels import LabelSet
+from emofuse.corpora.common import PreparedCorpus, Scan, one_line
 from emofuse.errors import DataError
 
 SPLITS = ("train", "dev", "test")
@@ -90,13 +79,7 @@ def _read_csv(csv: Path):
     return table
 
 
-def load_meld(
-    path: str | Path,
-    label_set: LabelSet | None,
-    *,
-    strict: bool = False,
-    progress: Progress | None = None,
-) -> PreparedCorpus:
+def load_meld(path: str | Path, scan: Scan) -> PreparedCorpus:
     path = Path(path)
     if not path.exists():
         raise DataError(path, "MELD folder or CSV not found")
@@ -108,62 +91,46 @@ def load_meld(
         if not csvs:
             raise DataError(root, f"no MELD CSV files ({', '.join(CSV_NAMES.values())})")
 
-    tables = [(csv, split_of(csv), _read_csv(csv)) for csv in csvs]
-    total = sum(len(t) for _, _, t in tables)
-    problems, excluded = Problems(strict), Counter()
-    utterances: list[Utterance] = []
-    ids: set[str] = set()
-    done = 0
-    for csv, split, table in tables:
+    rows = []  # (csv, split, clip folder or None, row number, row) over every CSV
+    for csv in csvs:
+        split = split_of(csv)
         clips = clip_folder(root, split)
-        for row_number, row in enumerate(table.to_dict("records"), start=1):
-            done += 1
-            if progress:
-                progress(done, total)
-            source = f"{csv}:row {row_number}"
-            try:
-                dialogue, number = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
-            except ValueError:
-                problems.skip(source, f"Dialogue_ID/Utterance_ID not integers ({row['Dialogue_ID']!r}, {row['Utterance_ID']!r})")
+        records = _read_csv(csv).to_dict("records")
+        rows.extend((csv, split, clips, number, row) for number, row in enumerate(records, start=1))
+    for csv, split, clips, row_number, row in scan.each(rows):
+        source = f"{csv}:row {row_number}"
+        try:
+            dialogue, number = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
+        except ValueError:
+            scan.skip(source, f"Dialogue_ID/Utterance_ID not integers ({row['Dialogue_ID']!r}, {row['Utterance_ID']!r})")
+            continue
+        text, speaker = row["Utterance"].strip(), row["Speaker"].strip()
+        if not speaker:
+            scan.skip(source, "empty Speaker")
+            continue
+        label = scan.label(row["Emotion"], source)
+        if label is None:
+            continue
+        audio = None
+        if clips is not None:
+            clip = clips / f"dia{dialogue}_utt{number}.mp4"
+            if scan.duration(clip) is None:
                 continue
-            text, speaker = row["Utterance"].strip(), row["Speaker"].strip()
-            if not speaker:
-                problems.skip(source, "empty Speaker")
-                continue
-            uid = f"{split}_dia{dialogue}_utt{number}"
-            if uid in ids:
-                problems.skip(source, f"{uid} appears twice")
-                continue
-            label = map_label(label_set, row["Emotion"], source, problems, excluded)
-            if label is None:
-                continue
-            audio = None
-            if clips is not None:
-                clip = clips / f"dia{dialogue}_utt{number}.mp4"
-                try:
-                    probe_audio(clip)
-                except DataError as exc:
-                    problems.skip(exc.path, exc.problem)
-                    continue
-                audio = str(clip.resolve())
-            ids.add(uid)
-            utterances.append(
-                Utterance(
-                    id=uid, audio=audio, speaker=speaker, label=label,
-                    original_label=row["Emotion"].strip(), session=None,
-                    transcript=text or None, words=None,
-                    meta={
-                        "split": split,
-                        "dialogue": f"{split}_dia{dialogue}",
-                        "sentiment": row.get("Sentiment", "").strip() or None,
-                        "season": _int_or_none(row.get("Season")),
-                        "episode": _int_or_none(row.get("Episode")),
-                        "episode_start": parse_time(row.get("StartTime")),
-                        "episode_end": parse_time(row.get("EndTime")),
-                    },
-                )
-            )
-    return finish(utterances, "meld", problems, excluded, label_set, path)
+            audio = clip
+        scan.add(
+            source, id=f"{split}_dia{dialogue}_utt{number}", audio=audio, speaker=speaker, label=label,
+            original_label=row["Emotion"].strip(), transcript=text or None,
+            meta={
+                "split": split,
+                "dialogue": f"{split}_dia{dialogue}",
+                "sentiment": row.get("Sentiment", "").strip() or None,
+                "season": _int_or_none(row.get("Season")),
+                "episode": _int_or_none(row.get("Episode")),
+                "episode_start": parse_time(row.get("StartTime")),
+                "episode_end": parse_time(row.get("EndTime")),
+            },
+        )
+    return scan.finish("meld", path)
 
 
 def _int_or_none(value) -> int | None:

@@ -31,22 +31,10 @@ speaker-exclusive folds are video-exclusive (one YouTube speaker per video).
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from emofuse.corpora.base import Utterance
-from emofuse.corpora.common import (
-    PreparedCorpus,
-    Problems,
-    Progress,
-    finish,
-    map_label,
-    one_line,
-    probe_audio,
-    require_folder,
-)
-from emofuse.corpora.labels import LabelSet
+from emofuse.corpora.common import PreparedCorpus, Problems, Scan, one_line, require_folder
 from emofuse.errors import DataError
 
 INTENSITY_COLUMNS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
@@ -204,15 +192,7 @@ def _match(seg: _Segment, rows: list[tuple[str, float, float, str]]):
     return None
 
 
-def load_mosei(
-    path: str | Path,
-    label_set: LabelSet | None,
-    *,
-    strict: bool = False,
-    progress: Progress | None = None,
-    labels: str | Path | None = None,
-    ties: str = "drop",
-) -> PreparedCorpus:
+def load_mosei(path: str | Path, scan: Scan, labels: str | Path | None = None, ties: str = "drop") -> PreparedCorpus:
     root = require_folder(path, "CMU-MOSEI")
     audio_dir = _first_dir(root, ("Audio/Full/WAV_16000", "Audio/WAV_16000", "WAV_16000"))
     if audio_dir is None:
@@ -222,70 +202,51 @@ def load_mosei(
     if label_file is None or not label_file.is_file():
         raise DataError(label_file or root, "no MOSEI label file (mosei_labels.csv or CMU_MOSEI_Labels.csd)")
 
-    problems, excluded = Problems(strict), Counter()
     if label_file.suffix.lower() == ".csd":
         segments = read_label_csd(label_file)
     else:
-        segments = read_label_csv(label_file, problems)
-    if not segments and not problems.skipped:
+        segments = read_label_csv(label_file, scan.problems)
+    if not segments and not scan.problems.skipped:
         raise DataError(label_file, "holds no labelled segments")
 
-    durations: dict[str, float | DataError] = {}
     transcripts: dict[str, list] = {}
-    utterances: list[Utterance] = []
-    ids: set[str] = set()
-    for done, seg in enumerate(segments, start=1):
-        if progress:
-            progress(done, len(segments))
+    for seg in scan.each(segments):
         original, why = mosei_class(seg.intensities, ties)
         if original is None:
-            excluded[why] += 1
+            scan.exclude(why)
             continue
-        label = map_label(label_set, original, seg.source, problems, excluded)
+        label = scan.label(original, seg.source)
         if label is None:
             continue
 
         wav = audio_dir / f"{seg.video}.wav"
-        if seg.video not in durations:
-            try:
-                durations[seg.video] = probe_audio(wav)
-            except DataError as exc:
-                durations[seg.video] = exc
-                problems.skip(exc.path, exc.problem)  # once per video, not per segment
-        duration = durations[seg.video]
-        if isinstance(duration, DataError):
+        duration = scan.duration(wav)  # a bad video is reported once, not per segment
+        if duration is None:
             continue
 
         if transcript_dir is not None and seg.video not in transcripts:
             tfile = transcript_dir / f"{seg.video}.txt"
-            transcripts[seg.video] = read_transcript(tfile, problems) if tfile.is_file() else []
+            transcripts[seg.video] = read_transcript(tfile, scan.problems) if tfile.is_file() else []
         matched = _match(seg, transcripts.get(seg.video, []))
         start, end = seg.start, seg.end
         if start is None:  # labels by segment index: times come from the transcript
             if matched is None:
-                problems.skip(seg.source, f"segment {seg.segment!r} of {seg.video} not in its transcript, so no times")
+                scan.skip(seg.source, f"segment {seg.segment!r} of {seg.video} not in its transcript, so no times")
                 continue
             start, end = matched[1], matched[2]
         if min(end, duration) <= max(0.0, start):
-            problems.skip(seg.source, f"segment {start:.2f}-{end:.2f} s lies outside {wav} ({duration:.2f} s)")
+            scan.skip(seg.source, f"segment {start:.2f}-{end:.2f} s lies outside {wav} ({duration:.2f} s)")
             continue
         start, end = max(0.0, start), min(end, duration)
         segment = matched[0] if matched else seg.segment
         uid = f"{seg.video}_{segment}" if segment is not None else f"{seg.video}_t{start:.3f}"
-        if uid in ids:
-            problems.skip(seg.source, f"second label for segment {uid}")
-            continue
-        ids.add(uid)
         meta = {"video": seg.video, "segment": segment, "intensities": seg.intensities, "duration": round(end - start, 4)}
         if seg.split:
             meta["split"] = seg.split
         if seg.sentiment is not None:
             meta["sentiment"] = seg.sentiment
-        utterances.append(
-            Utterance(
-                id=uid, audio=str(wav.resolve()), speaker=seg.video, label=label, original_label=original,
-                session=None, start=round(start, 4), end=round(end, 4),
-                transcript=matched[3] if matched else None, words=None, meta=meta,
-            )
+        scan.add(
+            seg.source, id=uid, audio=wav, speaker=seg.video, label=label, original_label=original,
+            start=round(start, 4), end=round(end, 4), transcript=matched[3] if matched else None, meta=meta,
         )
-    return finish(utterances, "mosei", problems, excluded, label_set, root)
+    return scan.finish("mosei", root)

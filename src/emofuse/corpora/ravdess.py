@@ -20,20 +20,9 @@ statement; there are no word timings in the corpus (the align stage provides the
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 
-from emofuse.corpora.base import Utterance
-from emofuse.corpora.common import (
-    PreparedCorpus,
-    Problems,
-    Progress,
-    finish,
-    map_label,
-    probe_audio,
-    require_folder,
-)
-from emofuse.corpora.labels import LabelSet
+from emofuse.corpora.common import PreparedCorpus, Scan, corpus_folders
 from emofuse.errors import DataError
 
 EMOTIONS = {
@@ -84,24 +73,11 @@ def parse_name(stem: str) -> dict:
     }
 
 
-def _actor_folders(root: Path) -> list[Path]:
-    folders = sorted(p for p in root.glob("Actor_*") if p.is_dir())
-    if not folders and re.fullmatch(r"Actor_\d+", root.name):
-        folders = [root]  # pointed at a single actor's folder
-    return folders
-
-
-def load_ravdess(
-    path: str | Path,
-    label_set: LabelSet | None,
-    *,
-    strict: bool = False,
-    progress: Progress | None = None,
-) -> PreparedCorpus:
-    root = require_folder(path, "RAVDESS")
-    folders = _actor_folders(root)
-    if not folders:
-        raise DataError(root, "no Actor_XX folders: expected the RAVDESS release layout ROOT/Actor_01/...")
+def load_ravdess(path: str | Path, scan: Scan) -> PreparedCorpus:
+    root, folders = corpus_folders(
+        path, "RAVDESS", "Actor_*", lambda one: re.fullmatch(r"Actor_\d+", one.name) is not None,
+        "no Actor_XX folders: expected the RAVDESS release layout ROOT/Actor_01/...",
+    )
     files = sorted(
         f for folder in folders for f in folder.iterdir()
         if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES
@@ -109,44 +85,30 @@ def load_ravdess(
     if not files:
         raise DataError(root, "the Actor_XX folders hold no .wav or .flac files")
 
-    problems, excluded = Problems(strict), Counter()
-    utterances: list[Utterance] = []
-    seen: dict[str, Path] = {}
-    for done, file in enumerate(files, start=1):
-        if progress:
-            progress(done, len(files))
+    seen: dict[str, Path] = {}  # the same recording as .wav and .flac: keep the first
+    for file in scan.each(files):
         if file.stem in seen:
-            problems.skip(file, f"same utterance as {seen[file.stem]} (kept that one)")
+            scan.skip(file, f"same utterance as {seen[file.stem]} (kept that one)")
             continue
         try:
             code = parse_name(file.stem)
         except ValueError as exc:
-            problems.skip(file, str(exc))
+            scan.skip(file, str(exc))
             continue
         folder_actor = re.fullmatch(r"Actor_(\d+)", file.parent.name)
         if folder_actor and int(folder_actor.group(1)) != code["actor"]:
-            problems.skip(file, f"actor {code['actor']:02d} in the file name but the file is in {file.parent.name}")
+            scan.skip(file, f"actor {code['actor']:02d} in the file name but the file is in {file.parent.name}")
             continue
-        label = map_label(label_set, code["emotion"], file, problems, excluded)
+        label = scan.label(code["emotion"], file)
         if label is None:
             continue
-        try:
-            duration = probe_audio(file)
-        except DataError as exc:
-            problems.skip(file, exc.problem)
+        duration = scan.duration(file)
+        if duration is None:
             continue
         seen[file.stem] = file
-        utterances.append(
-            Utterance(
-                id=file.stem,
-                audio=str(file.resolve()),
-                speaker=f"Actor_{code['actor']:02d}",
-                label=label,
-                original_label=code["emotion"],
-                session=None,
-                transcript=STATEMENTS[code["statement"]],
-                words=None,
-                meta={**code, "duration": round(duration, 4)},
-            )
+        scan.add(
+            file, id=file.stem, audio=file, speaker=f"Actor_{code['actor']:02d}",
+            label=label, original_label=code["emotion"], transcript=STATEMENTS[code["statement"]],
+            meta={**code, "duration": round(duration, 4)},
         )
-    return finish(utterances, "ravdess", problems, excluded, label_set, root)
+    return scan.finish("ravdess", root)

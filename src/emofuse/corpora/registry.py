@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from emofuse.corpora.common import PreparedCorpus, Progress
+from emofuse.corpora.common import PreparedCorpus, Progress, Scan
 from emofuse.corpora.iemocap import load_iemocap
 from emofuse.corpora.labels import get_label_set
 from emofuse.corpora.manifest import load_manifest
@@ -18,7 +18,7 @@ from emofuse.errors import ConfigError
 
 @dataclass(frozen=True)
 class CorpusKind:
-    loader: Callable[..., PreparedCorpus]
+    loader: Callable[..., PreparedCorpus]  # loader(path, scan, **options)
     default_label_set: str | None  # None: labels as given
     summary: str
 
@@ -58,4 +58,4 @@ def load_corpus(
         raise ConfigError(f"unknown corpus {kind!r}; known: {', '.join(CORPUS_KINDS)}") from None
     name = label_set or entry.default_label_set
     labels = get_label_set(name) if name else None
-    return entry.loader(path, labels, strict=strict, progress=progress, **options)
+    return entry.loader(path, Scan(labels, strict, progress), **options)
