@@ -54,6 +54,7 @@ from emofuse.errors import ConfigError, EmofuseError
 from emofuse.models.base import get_model
 from emofuse.training.augment import FrameMasking
 from emofuse.training.backend import Backend, fit_backend, utterance_vectors
+from emofuse.training.checkpoints import checkpoint_state, read_checkpoint
 from emofuse.io import atomic_open, atomic_write_text
 from emofuse.training.config import ExperimentConfig, normalise_mode, save_config
 from emofuse.features.normalise import Normaliser, SpeakerNormaliser, UtteranceNormaliser
@@ -193,7 +194,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     refit = None
     if cfg.protocol.refit:
         selection = _fit(cfg, data, fold, fold.train, fold.val, fold_dir / "selection", log, extra_callbacks)
-        epochs = int(torch.load(selection.best_path, map_location="cpu", weights_only=False).get("epoch", 0)) + 1
+        epochs = int(read_checkpoint(selection.best_path).get("epoch", 0)) + 1
         refit_cfg = copy.deepcopy(cfg)
         refit_cfg.trainer.max_epochs = refit_cfg.trainer.min_epochs = epochs
         refit = {"epochs": epochs, "selection_val_score": selection.marker.get("best_score"),
@@ -205,7 +206,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     monitor = cfg.trainer.monitor
 
     # The test part, once, with the best checkpoint: a plain pass over the whole part.
-    state = torch.load(best_path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(best_path)
     module.load_state_dict(state["state_dict"])
     device = _eval_device(cfg)
     module.to(device)
@@ -339,7 +340,7 @@ def _fit(cfg: ExperimentConfig, data: LabelledData, fold, train_idx, val_idx, st
         last = ckpt_dir / "last.ckpt"
         resume = str(last) if last.is_file() else None
         if resume:
-            epoch = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1))
+            epoch = int(read_checkpoint(last).get("epoch", -1))  # refuses a crafted file before Lightning reads it
             log(f"fold {fold.index}: resuming from {last} ({epoch + 1} epoch(s) done)")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -347,7 +348,7 @@ def _fit(cfg: ExperimentConfig, data: LabelledData, fold, train_idx, val_idx, st
                 warnings.filterwarnings("ignore", message=noise)
             try:
                 data_module = FoldDataModule(cfg, collator, train_idx, val_idx if selecting else train_idx[:0], fold.index)
-                trainer.fit(module, datamodule=data_module, ckpt_path=resume)
+                trainer.fit(module, datamodule=data_module, ckpt_path=resume, weights_only=True)
             except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after a graceful shutdown
                 if trainer.state.status == TrainerStatus.INTERRUPTED:
                     raise KeyboardInterrupt from None
@@ -382,7 +383,7 @@ def load_fold_model(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: P
     collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
     module = EmotionModule(cfg.model_name, cfg.model_settings, spec, asdict(cfg.optim), list(data.classes))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        state = checkpoint_state(path)
     except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
         raise EmofuseError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from None
     module.model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
