@@ -11,12 +11,13 @@ import pytest
 import soundfile as sf
 
 from conftest import tone
-from emofuse.corpora.base import Corpus, Utterance
+from emofuse.corpora.base import Corpus, Utterance, Word
 from emofuse.errors import ConfigError, DataError
 from emofuse.features import frames as frames_module
 from emofuse.features import store as store_module
+from emofuse.features.store import extract as extract_module
 from emofuse.features.batch import collate
-from emofuse.features.store import FeatureStore, split_features
+from emofuse.features.store import FeatureStore, split_features, utterance_key
 
 
 def make_corpus(tmp_path: Path, n: int = 3) -> Corpus:
@@ -144,7 +145,7 @@ def test_resume_computes_only_what_is_missing(tmp_path):
 def test_interrupted_run_keeps_finished_entries_and_resumes(tmp_path, monkeypatch):
     corpus = make_corpus(tmp_path, n=4)
     store = FeatureStore(tmp_path / "store")
-    real, calls = store_module._run_jobs, []
+    real, calls = extract_module.run_jobs, []
 
     def interrupted(jobs, cache_dir):
         calls.append(len(jobs))
@@ -152,11 +153,11 @@ def test_interrupted_run_keeps_finished_entries_and_resumes(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real(jobs, cache_dir)
 
-    monkeypatch.setattr(store_module, "_run_jobs", interrupted)
+    monkeypatch.setattr(extract_module, "run_jobs", interrupted)
     with pytest.raises(KeyboardInterrupt):
         store.extract(corpus, ["fbank40"], align=None, progress=False, chunk_size=1)
     assert len(store.load(corpus, acoustic="fbank40", align=None, missing="skip")) == 2
-    monkeypatch.setattr(store_module, "_run_jobs", real)
+    monkeypatch.setattr(extract_module, "run_jobs", real)
     report = store.extract(corpus, ["fbank40"], align=None, progress=False)
     assert report.computed == 2 and report.cached == 2
 
@@ -296,3 +297,15 @@ def test_ravdess_through_the_store_with_forced_alignment_and_minilm(tmp_path, ra
         for start, end in item.word_times:
             inside[int(np.floor(start / 0.01 + 1e-4)) : int(np.ceil(end / 0.01 - 1e-4))] = True
         np.testing.assert_array_equal(item.speech_mask, inside)
+
+
+def test_entry_names_stay_those_earlier_versions_wrote():
+    # Stores extracted before the store was split into layout/extract/load must still be found:
+    # a change here means every existing store is recomputed (bump CODE_VERSION on purpose).
+    store = FeatureStore("/store")
+    assert store.frames_dir("fbank40").name == "fbank40-59a07c0b75ee"
+    assert store.vad_dir().name == "energy-97480bfb62d0"
+    assert store.align_dir("text").name == "text-d72283597f4f"
+    utt = Utterance("x/1", "/a.wav", "s", "angry", "angry", transcript="hi there", words=[Word("hi", 0, 0.2)])
+    assert utterance_key(utt, with_text=False) == "x_1-90adb07eebfe"
+    assert utterance_key(utt, with_text=True) == "x_1-87f9aa4df701"
