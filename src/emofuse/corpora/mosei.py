@@ -1,4 +1,5 @@
-"""CMU-MOSEI (Zadeh et al. 2018), from the raw release, for the 6-emotion task of seed 003.
+"""CMU-MOSEI (Zadeh et al. 2018), from the raw release, for the 6-emotion task of
+Lee, Song, Jeong, Choi 2018 ("Convolutional Attention Networks ...", §3.1).
 
 Expected layout (ROOT may also hold these under `Raw/`):
 

@@ -10,9 +10,9 @@ window centred there (see `align.vad.frame_signal`). Extractors are registered b
   concatenates the LLD and delta levels of the stock ComParE_2016 config); values equal the
   stock `LowLevelDescriptors` and `LowLevelDescriptors_Deltas` outputs frame for frame.
 - ``fbank40`` (40-d): log mel filterbank, 25 ms Hamming window, 512-point FFT, pre-emphasis
-  0.97 within each frame (as Kaldi), HTK mel scale 0-8 kHz (FG_CME, seed 002).
-- ``spectrogram8k`` (200-d): the convolutional attention network's input (Lee et al.,
-  seed 003): audio resampled to 8 kHz, STFT with a Hamming window of 800 samples, magnitude
+  0.97 within each frame (as Kaldi), HTK mel scale 0-8 kHz (Li et al. 2021, FG_CME, §4.3).
+- ``spectrogram8k`` (200-d): the convolutional attention network's input (Lee et al.
+  2018, §3.2): audio resampled to 8 kHz, STFT with a Hamming window of 800 samples, magnitude
   in dB. The paper gives a 200 x 400 input covering 0-4 kHz; its hop is not stated, so we use
   10 ms (80 samples) like every other feature and pool the 400 bins below Nyquist in pairs:
   200 bins of 20 Hz covering 0-4 kHz. Models crop or pad time to 400 frames themselves.

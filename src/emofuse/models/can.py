@@ -1,5 +1,5 @@
 """Lee, Song, Jeong, Choi: "Convolutional Attention Networks for Multimodal Emotion Recognition
-from Speech and Text Data" (orbis.ai, 2018; seed 003).
+from Speech and Text Data" (orbis.ai, 2018; §2 and Figure 1 for the model, §3.2 for the input).
 
 Reproduces the two models of Tables 1-2 (CMU-MOSEI, 6 emotions):
   - "can": the attention network of Figure 1. A spectrogram CNN and a word CNN (32 kernels of

@@ -1,5 +1,5 @@
 """Li, Zhang, Cao, Ding, Liu, Lee, Wang: "Learning Fine-Grained Cross Modality Excitement for
-Speech Emotion Recognition" (FG_CME), Interspeech 2021 (seed 002, GUIDE §2.2).
+Speech Emotion Recognition" (FG_CME), Interspeech 2021 (§3 for the model, §4.3 for its sizes).
 
 Reproduces the "Ours" row of Table 1 and its ablation rows:
 

@@ -1,4 +1,4 @@
-"""The baselines of Table 1 of Li et al. 2021 (FG_CME, seed 002, §4.2), re-implemented from
+"""The baselines of Table 1 of Li et al. 2021 (FG_CME, Interspeech 2021, §4.2), re-implemented from
 the descriptions there and in the papers it cites. Every model reads the same inputs as FG_CME
 (fbank40 frames at 10 ms, word vectors) and ends with the same FCN (128, classes), so the rows
 differ only in how they encode and fuse.

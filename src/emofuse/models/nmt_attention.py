@@ -1,5 +1,5 @@
 """NMT-style multimodal attention (Cid Ornelas, "Multimodal Emotion Recognition using Lexico-Acoustic
-Language Descriptions", slides; seed 001).
+Language Descriptions", slides: global and local attention, scores after Bahdanau et al. 2014).
 
 The text is the main modality ("decoder"), the audio the auxiliary one ("encoder"): a GRU over
 word vectors (GloVe) yields states h_i; a convolutional front end over the raw waveform and a
