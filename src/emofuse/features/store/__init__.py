@@ -13,12 +13,9 @@ Three jobs, one module each:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
-
-from emofuse.corpora.base import Corpus, Utterance
 from emofuse.features.store import extract as _extract
 from emofuse.features.store import load as _load
-from emofuse.features.store.extract import ExtractReport, Failure, Job
+from emofuse.features.store.extract import ExtractReport, Failure
 from emofuse.features.store.layout import (
     CODE_VERSION,
     STALE_TMP_SECONDS,
@@ -29,9 +26,6 @@ from emofuse.features.store.layout import (
     utterance_key,
 )
 
-if TYPE_CHECKING:
-    from emofuse.features.batch import UtteranceFeatures
-
 __all__ = [
     "CODE_VERSION", "STALE_TMP_SECONDS", "ExtractReport", "Failure", "FeatureStore", "StoreLayout",
     "align_mode_for", "settings_hash", "split_features", "utterance_key",
@@ -39,47 +33,14 @@ __all__ = [
 
 
 class FeatureStore(StoreLayout):
-    """Feature entries under `root` (layout.py). `extract` fills it, `load` reads it."""
+    """Feature entries under `root` (layout.py). `extract` fills it, `load` reads it.
 
-    def plan(
-        self, corpus: Corpus | Sequence[Utterance], features: Sequence[str], align: str | None = "auto",
-        force: bool = False,
-    ) -> tuple[list[Job], int, list[Failure]]:
-        return _extract.plan(self, corpus, features, align, force)
+    The methods are the engine's and the reader's functions, which take the layout as their
+    first argument: `store.extract(corpus, ["fbank40"], workers=2)` is
+    `extract.extract(store, corpus, ["fbank40"], workers=2)`.
+    """
 
-    def extract(
-        self,
-        corpus: Corpus | Sequence[Utterance],
-        features: Sequence[str],
-        align: str | None = "auto",
-        workers: int = 1,
-        progress: bool = True,
-        force: bool = False,
-        chunk_size: int = 16,
-    ) -> ExtractReport:
-        """Compute every missing entry (extract.extract); Ctrl-C keeps finished ones, a rerun resumes."""
-        return _extract.extract(self, corpus, features, align, workers, progress, force, chunk_size)
-
-    def load(
-        self,
-        corpus: Corpus | Sequence[Utterance],
-        acoustic: str | None = None,
-        words: str | None = None,
-        align: str | None = "auto",
-        missing: str = "error",
-    ) -> list["UtteranceFeatures"]:
-        """The stored features of `corpus`, in its order (load.load_features)."""
-        return _load.load_features(self, corpus, acoustic, words, align, missing)
-
-    def batches(
-        self,
-        corpus: Corpus | Sequence[Utterance],
-        classes: Sequence[str],
-        batch_size: int = 32,
-        acoustic: str | None = None,
-        words: str | None = None,
-        align: str | None = "auto",
-        vocab=None,
-    ):
-        """Padded `Batch`es in corpus order (load.batches)."""
-        return _load.batches(self, corpus, classes, batch_size, acoustic, words, align, vocab)
+    plan = _extract.plan  # (corpus, features, align, force) -> (jobs, complete, failures)
+    extract = _extract.extract  # (corpus, features, align, workers, ...) -> ExtractReport
+    load = _load.load_features  # (corpus, acoustic, words, align, missing) -> [UtteranceFeatures]
+    batches = _load.batches  # (corpus, classes, batch_size, ...) -> padded Batches
