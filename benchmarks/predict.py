@@ -84,7 +84,7 @@ def recordings(work: Path) -> dict[str, tuple[Path, str]]:
 
 def paper_size_model_dirs(work: Path) -> list[Path]:
     from emofuse.features.frames import get_frame_feature
-    from emofuse.inference.modeldir import ModelInfo, write_model_dir
+    from emofuse.models.modeldir import ModelInfo, write_model_dir
     from emofuse.models.base import InputSpec, get_model
 
     out = []
@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.json")
     args = parser.parse_args()
 
-    from emofuse.inference.modeldir import read_info
+    from emofuse.models.modeldir import read_info
     from emofuse.inference.predictor import Predictor
 
     work = Path(tempfile.mkdtemp(prefix="emofuse-bench-"))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emofuse.training.backend import zscore_by_speaker
+from emofuse.models.backend import zscore_by_speaker
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "utterance_stats.json"

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from emofuse.demo.pipeline import MODELS, run_demo
-from emofuse.inference.modeldir import read_info
+from emofuse.models.modeldir import read_info
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emofuse.errors import ConfigError
-from emofuse.inference.modeldir import export_run
+from emofuse.training.export import export_run
 from emofuse.inference.onnx_export import TOLERANCE, export_onnx
 from emofuse.inference.predictor import Predictor
 from test_inference import CLASSES, ravdess_files, registry_model_dir, trained_runs

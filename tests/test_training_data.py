@@ -9,10 +9,9 @@ from emofuse.corpora.base import Corpus, Utterance
 from emofuse.corpora.labels import get_label_set
 from emofuse.errors import DataError
 from emofuse.features.batch import UtteranceFeatures
-from emofuse.features.normalise import Normaliser
-from emofuse.training.data import (
-    BucketBatchSampler, Collator, LabelledData, class_weights, map_labels, trim, truncate,
-)
+from emofuse.features.normalise import Normalisation, Normaliser
+from emofuse.features.spans import trim, truncate
+from emofuse.training.data import BucketBatchSampler, Collator, LabelledData, class_weights, map_labels
 
 
 def test_bucketed_batches_cover_every_index_once_and_pad_less_than_random_batches():
@@ -98,7 +97,7 @@ def test_collator_normalises_and_pads_with_masks():
         Corpus([Utterance(id=u, audio=None, speaker="s", label="sad", original_label="sad") for u in "ab"]),
         [_item("a", 4), _item("b", 6)], np.array([3, 3]), ("angry", "happy", "neutral", "sad"),
     )
-    norm = Normaliser(np.ones(3), np.full(3, 2.0))
+    norm = Normalisation("fold", Normaliser(np.ones(3), np.full(3, 2.0)))
     batch = Collator(data, norm)([1, 0])
     assert batch.acoustic.shape == (2, 6, 3) and batch.acoustic_mask.sum().item() == 10
     assert float(batch.acoustic[1, :4].abs().max()) == 0.0  # (1 - 1) / 2

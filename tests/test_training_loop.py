@@ -301,7 +301,7 @@ def test_the_same_seed_gives_the_same_predictions(tmp_path):
 
 
 def test_speaker_normalisation_uses_each_speakers_own_frames_and_no_labels(tmp_path):
-    from emofuse.features.normalise import SpeakerNormaliser
+    from emofuse.features.normalise import Normalisation
     from emofuse.training.data import Collator
 
     data = synthetic_data()
@@ -312,7 +312,7 @@ def test_speaker_normalisation_uses_each_speakers_own_frames_and_no_labels(tmp_p
     stored = json.loads((tmp_path / "run" / "fold-0" / "normaliser.json").read_text())
     assert stored["normaliser"]["mode"] == "speaker"
     assert set(stored["normaliser"]["speakers"]) == {u.speaker for u in data.corpus}  # test speakers too
-    norm = SpeakerNormaliser.fit_features(data.items, [u.speaker for u in data.corpus])
+    norm = Normalisation.fit("speaker", data.items, [u.speaker for u in data.corpus], [])
     collator = Collator(data, norm)
     for speaker in ("spk0", "spk5"):
         indices = [i for i, u in enumerate(data.corpus) if u.speaker == speaker]
@@ -320,12 +320,12 @@ def test_speaker_normalisation_uses_each_speakers_own_frames_and_no_labels(tmp_p
         np.testing.assert_allclose(frames.mean(0), 0.0, atol=1e-4)
         np.testing.assert_allclose(frames.std(0), 1.0, atol=1e-3)
     shuffled = LabelledData(data.corpus, data.items, np.roll(data.labels, 5), data.classes)
-    again = SpeakerNormaliser.fit_features(shuffled.items, [u.speaker for u in shuffled.corpus])
+    again = Normalisation.fit("speaker", shuffled.items, [u.speaker for u in shuffled.corpus], [])
     assert again.to_dict() == norm.to_dict()  # labels play no part
 
 
 def test_utterance_normalisation_scores_each_utterance_on_its_own(tmp_path):
-    from emofuse.features.normalise import UtteranceNormaliser
+    from emofuse.features.normalise import Normalisation
     from emofuse.training.data import Collator
 
     data = synthetic_data()
@@ -333,12 +333,13 @@ def test_utterance_normalisation_scores_each_utterance_on_its_own(tmp_path):
     run_folds(cfg, data, folds_for(data, cfg), log=lambda s: None)
     stored = json.loads((tmp_path / "run" / "fold-0" / "normaliser.json").read_text())
     assert stored["normaliser"] == {"mode": "utterance"}
-    item = Collator(data, UtteranceNormaliser()).item(3).acoustic
+    item = Collator(data, Normalisation("utterance")).item(3).acoustic
     np.testing.assert_allclose(item.mean(0), 0.0, atol=1e-4)
 
 
 def test_speaker_backend_replaces_the_networks_predictions_and_keeps_its_metrics(tmp_path):
-    from emofuse.training.backend import Backend, utterance_vectors
+    from emofuse.models.backend import Backend
+    from emofuse.training.backend import utterance_vectors
     from emofuse.training.loop import eval_loader, load_fold_model
     from emofuse.training.module import predict
 
@@ -375,7 +376,8 @@ def test_speaker_backend_replaces_the_networks_predictions_and_keeps_its_metrics
 
 def test_a_backend_travels_into_the_model_directory_and_keeps_it_out_of_onnx(tmp_path):
     from emofuse.errors import ConfigError
-    from emofuse.inference.modeldir import export_run, read_info
+    from emofuse.models.modeldir import read_info
+    from emofuse.training.export import export_run
     from emofuse.inference.onnx_export import export_onnx
 
     data = synthetic_data()
@@ -438,7 +440,8 @@ def test_weight_averaging_is_the_network_validated_checkpointed_and_tested(tmp_p
     rows = {r["id"]: [float(r[f"p_{c}"]) for c in CLASSES] for r in _csv(fold_dir / "predictions.csv")}
     np.testing.assert_allclose(probs, [rows[i] for i in test_ids], atol=2e-6)
     assert "EMA, decay 0.6" in (tmp_path / "run" / "report.md").read_text()
-    from emofuse.inference.modeldir import export_run, load_model_dir
+    from emofuse.models.modeldir import load_model_dir
+    from emofuse.training.export import export_run
 
     exported = load_model_dir(export_run(tmp_path / "run", tmp_path / "model")).model.state_dict()
     for key, value in model.state_dict().items():

@@ -1,5 +1,5 @@
-"""`emofuse predict`, `emofuse serve` and `emofuse export`: thin wrappers over emofuse.inference
-and emofuse.serving."""
+"""`emofuse predict`, `emofuse serve` and `emofuse export`: thin wrappers over emofuse.inference,
+emofuse.serving and emofuse.training.export (`predict` and `serve` never import emofuse.training)."""
 
 from __future__ import annotations
 
@@ -72,8 +72,8 @@ def predict(
     """Predict the emotion of recordings and show, per word, its time span, acoustic share and attention."""
     from emofuse.inference.explain import render_html, render_png, write_text_atomic
     from emofuse.inference.folder import find_audio, predict_jobs, read_transcripts, write_results
-    from emofuse.inference.modeldir import read_info
     from emofuse.inference.predictor import PredictionError
+    from emofuse.models.modeldir import read_info
 
     out, err = _consoles()
     info = read_info(model_dir)  # a wrong folder fails before any file is read
@@ -109,7 +109,7 @@ def predict(
         task = bar.add_task("predict", total=len(jobs))
         if one_speaker:  # two passes over the folder (statistics, then the model): one process
             from emofuse.inference.predictor import Predictor
-            from emofuse.training.backend import MIN_UTTERANCES
+            from emofuse.models.backend import MIN_UTTERANCES
 
             if (info.backend or {}).get("kind") == "speaker-lr" and len(jobs) < MIN_UTTERANCES:
                 err.print(f"[yellow]note[/]: {len(jobs)} recording(s): the back-end takes a speaker's statistics "
@@ -180,7 +180,8 @@ def export(
     onnx_out: Optional[Path] = typer.Option(None, "--onnx", help="Also write the model as ONNX (acoustic-only models), checked with onnxruntime."),
 ) -> None:
     """Package a trained run as a model directory, and/or a model directory as ONNX."""
-    from emofuse.inference.modeldir import export_run, is_model_dir, read_info
+    from emofuse.models.modeldir import is_model_dir, read_info
+    from emofuse.training.export import export_run
 
     out, _ = _consoles()
     if out_dir is None and onnx_out is None:

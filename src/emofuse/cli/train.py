@@ -10,8 +10,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from emofuse.training.metrics import HEADLINE, NAMES, mean_std
-
 
 def train(
     config: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/ravdess4/b-aco-1.yaml."),
@@ -33,7 +31,7 @@ def train(
         out.print(run_table(run))
         out.print(f"[bold green]wrote[/] {escape(run['run_dir'])}/metrics.json, report.md, confusion.png")
         if cfg.fold is None and run.get("folds"):
-            from emofuse.inference.modeldir import export_run
+            from emofuse.training.export import export_run
 
             # The deployable artefact: the fold with the best validation score, never chosen by test.
             model_dir = export_run(run["run_dir"], Path(run["run_dir"]) / "model")
@@ -42,6 +40,9 @@ def train(
 
 def run_table(run: dict) -> Table:
     """Per-fold test scores and the mean ± std row, in percent."""
+    # Imported here: `emofuse serve` and `emofuse predict` load this module and need no training package.
+    from emofuse.training.metrics import HEADLINE, NAMES, mean_std
+
     table = Table(title=f"{run.get('model')} — {run.get('corpus')} (test, %)", title_justify="left")
     table.add_column("fold")
     for key in HEADLINE:

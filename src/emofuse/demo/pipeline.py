@@ -60,7 +60,7 @@ def held_out_recording(run_dir: Path, model_dir: Path, corpus) -> tuple[str, str
     Prefers one whose words are ambiguous (kind "acoustic"), where fusion has to listen.
     Returns (audio path, transcript, true label, utterance id).
     """
-    from emofuse.inference.modeldir import read_info
+    from emofuse.models.modeldir import read_info
 
     fold = read_info(model_dir).source["fold"]
     split_file = run_dir / f"fold-{fold}" / "split.json"
@@ -76,7 +76,7 @@ def run_demo(out_dir: str | Path = "emofuse-demo", overrides: list[str] = (), wo
              log: Log = print, progress: bool = True) -> DemoResult:
     from emofuse.features.store import FeatureStore
     from emofuse.inference.explain import render_html, write_text_atomic
-    from emofuse.inference.modeldir import export_run
+    from emofuse.training.export import export_run
     from emofuse.inference.predictor import Predictor
     from emofuse.training.loop import quiet_lightning, run_experiment
 

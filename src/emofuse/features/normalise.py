@@ -1,29 +1,33 @@
-"""z-normalisation of frame features (or word vectors).
+"""z-normalisation of frame features: one `Normalisation` decides it, everywhere.
 
-Three ways to choose the statistics (`data.normalise` of an experiment):
+`Normalisation` is the mode of `data.normalise` plus the statistics fitted for it. Training
+fits it (`Normalisation.fit`, per fold) and saves `to_dict()` in `fold-K/normaliser.json`;
+export, prediction, ONNX export and the report read it back with `Normalisation.from_dict` /
+`Normalisation.mode_of` and never look at the mode string themselves. `Normaliser` is one
+set of per-dimension statistics, its building block. The modes:
 
-- ``fold`` (`Normaliser`, the papers' way): Aguilar et al. 2019 (seed 004, sec. 4)
-  z-normalise the ComParE LLDs with the statistics of the training fold; fitting on all data
-  would leak the test speakers into the model. Fit on the training utterances, apply
-  everywhere, and store `to_dict()` with the trained model so inference normalises exactly
-  as training did.
-- ``speaker`` (`SpeakerNormaliser`): every speaker with the statistics of their own
+- ``fold`` (the papers' way): Aguilar et al. 2019 (sec. 4) z-normalise the ComParE LLDs
+  with the statistics of the training fold; fitting on all data would leak the test speakers
+  into the model. Fit on the training utterances, apply everywhere, and store the statistics
+  with the trained model so inference normalises exactly as training did.
+- ``speaker``: every speaker with the statistics of their own
   utterances in the experiment, test speakers included. No label is read, but a test
   speaker's unlabelled audio is: the classic speaker normalisation of speaker-independent
   emotion recognition, which removes each voice's pitch, loudness and timbre offsets. A new
   recording of an unknown speaker has no such statistics; inference then falls back to the
   recording's own (`utterance`) and says so.
-- ``utterance`` (`UtteranceNormaliser`): every utterance with its own statistics; needs
-  nothing from other recordings, so training and inference match exactly.
+- ``utterance``: every utterance with its own statistics; needs nothing from other
+  recordings, so training and inference match exactly.
+- ``none``: the frames as extracted.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from emofuse.errors import ConfigError
+from emofuse.errors import ConfigError, DataError
 
 
 class Normaliser:
@@ -75,8 +79,6 @@ class Normaliser:
 
     apply = __call__
 
-    mode = "fold"
-
     def to_dict(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "count": self.count}
 
@@ -88,44 +90,122 @@ class Normaliser:
             raise ConfigError(f"normaliser record lacks {exc}") from None
 
 
-class UtteranceNormaliser:
-    """Each (T, D) array z-normalised with its own per-dimension statistics."""
-
-    mode = "utterance"
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return Normaliser.fit([x])(x)
-
-    def to_dict(self) -> dict:
-        return {"mode": self.mode}
+MODES = ("fold", "speaker", "utterance", "none")  # data.normalise (true = fold, false = none)
 
 
-class SpeakerNormaliser:
-    """Per-speaker `Normaliser`s; `for_index(i)` gives the one of item i's speaker."""
+class Normalisation:
+    """How an experiment's acoustic frames are z-normalised: its mode and fitted statistics.
 
-    mode = "speaker"
+    `statistics`: the training part's (``fold``), or, for ``speaker`` at prediction time, the
+    joint statistics of one speaker's recordings (`for_one_speaker`). `by_speaker` and
+    `speakers` (``speaker``, training only): each corpus speaker's statistics and the speaker
+    of each item by index. A model directory keeps `portable()`: no corpus speaker's statistics.
+    """
 
-    def __init__(self, by_speaker: dict[str, Normaliser], speakers: list[str]):
-        self.by_speaker = by_speaker
-        self.speakers = speakers  # speaker of each item, by index
+    def __init__(self, mode: str, statistics: Normaliser | None = None,
+                 by_speaker: dict[str, Normaliser] | None = None, speakers: Sequence[str] | None = None,
+                 frames: bool = True):
+        if mode not in MODES:
+            raise ConfigError(f"normalisation mode {mode!r}; valid: {', '.join(MODES)}")
+        self.mode = mode
+        self.statistics = statistics
+        self.by_speaker = dict(by_speaker or {})
+        self.speakers = list(speakers) if speakers is not None else None
+        self.frames = frames  # False: the items had no frames, nothing was fitted or is saved
+
+    @staticmethod
+    def mode_of(value: bool | str | None) -> str:
+        """A data.normalise value as one of MODES (true = fold, false or null = none)."""
+        if value is True:
+            return "fold"
+        if value is False or value is None:
+            return "none"
+        if value not in MODES:
+            raise ConfigError(f"data.normalise={value!r}; valid: {', '.join(MODES)} (true = fold, false = none)")
+        return value
 
     @classmethod
-    def fit_features(cls, items, speakers: list[str], field: str = "acoustic") -> "SpeakerNormaliser":
-        """Fit one Normaliser per speaker on that speaker's items (all of them: no labels read)."""
-        grouped: dict[str, list] = {}
-        for it, speaker in zip(items, speakers):
-            grouped.setdefault(speaker, []).append(getattr(it, field))
-        return cls({s: Normaliser.fit(arrays) for s, arrays in grouped.items()}, list(speakers))
+    def fit(cls, mode: bool | str | None, items: Sequence, speakers: Sequence[str],
+            train_idx: Sequence[int]) -> "Normalisation":
+        """Fit `mode` on `items` (`UtteranceFeatures`): ``fold`` on the training part
+        (`train_idx`) only; ``speaker`` on every speaker's own items, test speakers' too (no
+        label is read). Items without frames give a Normalisation that saves nothing."""
+        mode = cls.mode_of(mode)
+        if not len(items) or items[0].acoustic is None:
+            return cls(mode, frames=False)
+        if mode == "fold":
+            return cls(mode, statistics=Normaliser.fit_features([items[int(i)] for i in train_idx]))
+        if mode == "speaker":
+            grouped: dict[str, list] = {}
+            for it, speaker in zip(items, speakers):
+                grouped.setdefault(speaker, []).append(it.acoustic)
+            return cls(mode, by_speaker={s: Normaliser.fit(a) for s, a in grouped.items()}, speakers=speakers)
+        return cls(mode)
 
-    def for_index(self, index: int) -> Normaliser:
-        return self.by_speaker[self.speakers[index]]
+    def fitted_on(self, training_part: str) -> str:
+        """What the statistics were taken from, in words (normaliser.json's `fitted_on`)."""
+        return {"fold": training_part, "speaker": "each speaker's own utterances (no labels)",
+                "utterance": "each utterance itself", "none": "nothing"}[self.mode]
 
-    def to_dict(self) -> dict:
-        return {"mode": self.mode, "speakers": {s: n.to_dict() for s, n in sorted(self.by_speaker.items())}}
+    def apply(self, x: np.ndarray, index: int | None = None) -> np.ndarray:
+        """Frames (T, D) normalised; `index`: the item's index in training (its speaker's
+        statistics). A recording whose speaker has no statistics is z-scored with its own."""
+        if self.mode == "none":
+            return x
+        if self.mode == "speaker" and index is not None and self.speakers is not None:
+            return self.by_speaker[self.speakers[index]](x)
+        if self.statistics is not None:
+            return self.statistics(x)
+        if self.mode == "fold":
+            raise ConfigError("a fold normalisation without statistics cannot normalise")
+        return Normaliser.fit([x])(x)
 
+    @property
+    def fixed(self) -> bool:
+        """Whether every recording is normalised with the same stored statistics (or not at all):
+        what a graph with the statistics inside (ONNX) can hold."""
+        return self.mode in ("fold", "none")
 
-def normaliser_mode(record: dict | None) -> str:
-    """The mode of a stored normaliser record (`to_dict()` output): fold, speaker, utterance or none."""
-    if not record:
-        return "none"
-    return record.get("mode", "fold")
+    def for_one_speaker(self, arrays: Iterable[np.ndarray]) -> "Normalisation":
+        """For ``speaker``: the normalisation of recordings that are all one speaker's, with
+        their joint statistics, as in cross-validation. Other modes: unchanged."""
+        if self.mode != "speaker":
+            return self
+        arrays = [a for a in arrays if a is not None]
+        return Normalisation(self.mode, statistics=Normaliser.fit(arrays)) if arrays else self
+
+    def portable(self) -> "Normalisation":
+        """What a model directory keeps: no corpus speaker's statistics (they describe the
+        training corpus's speakers, not a new one)."""
+        if self.mode == "speaker":
+            return Normalisation(self.mode, frames=self.frames)
+        return self
+
+    def to_dict(self) -> dict | None:
+        """The saved record (normaliser.json, model.json): fold statistics as
+        {"mean", "std", "count"}, {"mode": ...} otherwise, None for none or no frames."""
+        if self.mode == "none" or not self.frames:
+            return None
+        if self.mode == "fold":
+            return self.statistics.to_dict()
+        if self.mode == "speaker" and self.by_speaker:
+            return {"mode": self.mode, "speakers": {s: n.to_dict() for s, n in sorted(self.by_speaker.items())}}
+        return {"mode": self.mode}
+
+    @classmethod
+    def from_dict(cls, record: dict | None, source=None) -> "Normalisation":
+        """Read back a `to_dict()` record; a bad one is a DataError naming `source`."""
+        if not record:
+            return cls("none")
+        if not isinstance(record, dict):
+            raise DataError(source, f"normaliser record must be an object, not {type(record).__name__}")
+        mode = record.get("mode", "fold")
+        try:
+            if mode == "fold":
+                return cls(mode, statistics=Normaliser.from_dict(record))
+            if mode == "speaker":
+                by_speaker = {s: Normaliser.from_dict(r) for s, r in (record.get("speakers") or {}).items()}
+                return cls(mode, by_speaker=by_speaker)
+            return cls(mode)
+        except ConfigError as exc:
+            raise DataError(source, f"normaliser record: {exc}") from None

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from emofuse.errors import ConfigError, EmofuseError
 from emofuse.features.batch import Batch
-from emofuse.features.normalise import normaliser_mode
-from emofuse.inference.modeldir import LoadedModel, load_model_dir
+from emofuse.features.normalise import Normalisation
+from emofuse.models.modeldir import LoadedModel, load_model_dir
 from emofuse.models.layers import BLSTM
 from emofuse.io import atomic_path
 
@@ -97,11 +97,17 @@ def _check_exportable(loaded: LoadedModel) -> None:
         raise ConfigError(f"model {info.name!r} answers through a refitted output layer (protocol.backend="
                           f"{info.backend.get('kind')}) that is not part of the network: the graph would give "
                           "the network's own classifier, not the predictions its metrics describe")
-    mode = normaliser_mode(info.normaliser)
-    if mode not in ("fold", "none"):
-        raise ConfigError(f"model {info.name!r} was trained with data.normalise={mode}: the ONNX graph holds "
+    normalisation = Normalisation.from_dict(info.normaliser, loaded.path / "model.json")
+    if not normalisation.fixed:
+        raise ConfigError(f"model {info.name!r} was trained with data.normalise={normalisation.mode}: the ONNX graph holds "
                           "fixed normalisation statistics, so only models normalised with the training "
                           "part's statistics (data.normalise: fold) export")
+
+
+def _statistics(record: dict | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(mean, std) (D,) of a fold normalisation, to hold inside the graph; (None, None) for none."""
+    statistics = Normalisation.from_dict(record).statistics
+    return (None, None) if statistics is None else (statistics.mean, statistics.std)
 
 
 def _torch_reference(model: nn.Module, features: np.ndarray, mean, std, hop: float) -> dict[str, np.ndarray]:
@@ -124,10 +130,7 @@ def check_onnx(onnx_path: str | Path, loaded: LoadedModel, lengths=(57, 213), se
     import onnxruntime as ort
 
     info = loaded.info
-    mean = std = None
-    if info.normaliser:
-        mean = np.asarray(info.normaliser["mean"], dtype=np.float32)
-        std = np.asarray(info.normaliser["std"], dtype=np.float32)
+    mean, std = _statistics(info.normaliser)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -155,10 +158,7 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, check: bool = True)
     loaded = load_model_dir(model_dir)
     _check_exportable(loaded)
     info = loaded.info
-    mean = std = None
-    if info.normaliser:
-        mean = np.asarray(info.normaliser["mean"], dtype=np.float32)
-        std = np.asarray(info.normaliser["std"], dtype=np.float32)
+    mean, std = _statistics(info.normaliser)
     dim = int(info.spec["acoustic_dim"])
     probe = torch.zeros(1, 8, dim)
     with torch.inference_mode():

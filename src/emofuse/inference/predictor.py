@@ -1,7 +1,7 @@
 """Predict the emotion of a recording, with the per-word reasons the model can give.
 
 One `Predictor` per process: it loads the model directory once (safetensors weights rebuilt
-from the registry, see `inference.modeldir`) and the tools its inputs need, once: the frame
+from the registry, see `models.modeldir`) and the tools its inputs need, once: the frame
 feature (openSMILE for ComParE LLDs), the word encoder (MiniLM / GloVe) and the pocketsphinx
 decoders. For one recording it runs the same stages as training, in the same way:
 
@@ -39,8 +39,10 @@ import torch
 
 from emofuse.errors import DataError
 from emofuse.features.batch import UtteranceFeatures, collate
-from emofuse.features.normalise import Normaliser, UtteranceNormaliser, normaliser_mode
-from emofuse.inference.modeldir import ModelInfo, load_model_dir
+from emofuse.features.normalise import Normalisation
+from emofuse.features.spans import trim, truncate
+from emofuse.models.backend import Backend
+from emofuse.models.modeldir import ModelInfo, load_model_dir
 
 SAMPLE_RATE = 16000
 DEFAULT_THREADS = 1  # torch threads of a Predictor (see its docstring)
@@ -62,7 +64,7 @@ NORMALISATION = {
                "of one speaker's recordings)",
     "none": "not normalised, as in training",
 }
-# The refitted output layer of a model trained with protocol.backend (training/backend.py).
+# The refitted output layer of a model trained with protocol.backend (models/backend.py).
 BACKEND = {
     "lr": "a logistic regression on the network's utterance vector, z-scored with the training part's statistics",
     "speaker-lr": "a logistic regression on the network's utterance vector, trained on vectors z-scored per "
@@ -220,15 +222,9 @@ class Predictor:
             from emofuse.features.frames import get_frame_feature
 
             self.frame = get_frame_feature(info.acoustic)
-        self.mean = self.std = None
-        self.normalisation = normaliser_mode(info.normaliser)  # fold, speaker, utterance, none
-        if self.normalisation == "fold":
-            self.mean = np.asarray(info.normaliser["mean"], dtype=np.float32)  # (D,)
-            self.std = np.asarray(info.normaliser["std"], dtype=np.float32)
+        self.normalisation = Normalisation.from_dict(info.normaliser, self.model_dir / "model.json")
         self.backend = None
         if info.backend is not None:  # protocol.backend: a logistic regression on the utterance vector
-            from emofuse.training.backend import Backend
-
             self.backend = Backend.from_dict(info.backend, source=self.model_dir / "model.json")
             if self.backend.classes != self.classes:
                 raise DataError(self.model_dir / "model.json", f"back-end classes {self.backend.classes} differ "
@@ -310,7 +306,7 @@ class Predictor:
             else "the transcript as written (trained so); ASR words without one" if info.align == "written"
             else "forced with a transcript, ASR without",
             "needs_transcript": False,
-            "normalisation": NORMALISATION[self.normalisation] if self.frame is not None else None,
+            "normalisation": NORMALISATION[self.normalisation.mode] if self.frame is not None else None,
             "output_layer": BACKEND[self.backend.kind] if self.backend is not None else "the network's own classifier",
             "metrics": {
                 **{k: info.metrics.get(k) for k in ("fold", "monitor", "val_score", "val_ua", "best_epoch")},
@@ -346,7 +342,6 @@ class Predictor:
         leaves the frames as extracted (`predict_speaker` normalises a speaker's recordings together)."""
         from emofuse.features.frames import speech_mask
         from emofuse.align.vad import energy_speech_mask
-        from emofuse.training.data import trim, truncate
 
         timings = {} if timings is None else timings
         clock = time.perf_counter
@@ -405,18 +400,12 @@ class Predictor:
             item.acoustic is not None and len(item.acoustic) < full_frames)
         return (self._normalised(item) if normalise else item), alignment, truncated
 
-    def _normalised(self, item: UtteranceFeatures, speaker: Normaliser | None = None) -> UtteranceFeatures:
-        """Frames normalised as in training; `speaker`: the statistics of the speaker's recordings."""
+    def _normalised(self, item: UtteranceFeatures, normalisation: Normalisation | None = None) -> UtteranceFeatures:
+        """Frames normalised as in training; `normalisation`: one speaker's recordings' joint one
+        (`predict_speaker`). A lone recording's speaker has no statistics: its own stand in (NORMALISATION)."""
         if item.acoustic is None:
             return item
-        if self.mean is not None:
-            return replace(item, acoustic=((item.acoustic - self.mean) / self.std).astype(np.float32))
-        if self.normalisation == "speaker" and speaker is not None:
-            return replace(item, acoustic=speaker(item.acoustic))
-        if self.normalisation in ("speaker", "utterance"):
-            # A new recording's speaker has no statistics: the recording's own stand in (NORMALISATION).
-            return replace(item, acoustic=UtteranceNormaliser()(item.acoustic))
-        return item
+        return replace(item, acoustic=(normalisation or self.normalisation).apply(item.acoustic))
 
     @staticmethod
     def _timed(fn, *args):
@@ -510,7 +499,7 @@ class Predictor:
         """Recordings of ONE speaker (file, transcript), predicted together as the model was
         cross-validated: with `data.normalise=speaker` their frames are z-scored with the statistics
         of all of them, and a `speaker-lr` back-end z-scores their utterance vectors with their own
-        statistics (given `backend.MIN_UTTERANCES` or more recordings; fewer get the training
+        statistics (given `models.backend.MIN_UTTERANCES` or more recordings; fewer get the training
         speakers' mean statistics, as a lone recording does). Models normalised otherwise give what
         `predict_files` gives. The statistics assume the recordings span the speaker's emotions.
         An unreadable file gives a PredictionError in its place; none readable is a DataError."""
@@ -532,8 +521,7 @@ class Predictor:
             good = [p for p in prepared if not isinstance(p, PredictionError)]
             if not good:
                 raise DataError(None, f"none of the {len(prepared)} recording(s) could be read")
-            frames = [p[3].acoustic for p in good if p[3].acoustic is not None]
-            speaker = Normaliser.fit(frames) if frames and self.normalisation == "speaker" else None
+            speaker = self.normalisation.for_one_speaker(p[3].acoustic for p in good)
             items = [self._normalised(p[3], speaker) for p in good]
             outputs, seconds = [], []
             for start in range(0, len(items), batch_size):

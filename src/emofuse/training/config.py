@@ -25,6 +25,8 @@ from typing import Any, Literal
 import yaml
 
 from emofuse.errors import ConfigError
+from emofuse.features.normalise import Normalisation
+from emofuse.models.backend import KINDS
 from emofuse.io import atomic_write_text
 
 OPTIMISERS = ("adam", "adamw", "sgd")
@@ -91,7 +93,7 @@ class TrainerConfig:
     ema: float | None = None
 
 
-BACKENDS = ("lr", "speaker-lr")  # protocol.backend (training/backend.py)
+BACKENDS = KINDS  # protocol.backend (models/backend.py, fitted by training/backend.py)
 
 
 @dataclass
@@ -285,18 +287,6 @@ def validate_model(section: dict) -> dict:
     return resolved
 
 
-NORMALISE_MODES = ("fold", "speaker", "utterance", "none")
-
-
-def normalise_mode(value: bool | str | None) -> str | None:
-    """A data.normalise value as one of NORMALISE_MODES (None when it is not a valid value)."""
-    if value is True:
-        return "fold"
-    if value is False or value is None:
-        return "none"
-    return value if value in NORMALISE_MODES else None
-
-
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks that need no data: choices, ranges, and what the model needs."""
     from emofuse.corpora.labels import get_label_set
@@ -322,8 +312,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
         if not is_word_feature(d.words):
             raise ConfigError(f"data.words={d.words!r}; valid: {', '.join(words)}, or null")
-    if normalise_mode(d.normalise) is None:
-        raise ConfigError(f"data.normalise={d.normalise!r}; valid: {', '.join(NORMALISE_MODES)} (true = fold, false = none)")
+    Normalisation.mode_of(d.normalise)  # a ConfigError naming the valid modes
     if t.monitor not in MONITORS:
         raise ConfigError(f"trainer.monitor={t.monitor!r}; valid: {', '.join(MONITORS)}")
     if o.name not in OPTIMISERS:

@@ -6,8 +6,8 @@ adapter that reads a corpus (manifest or folder), maps its labels through the co
 set and asks the feature store for the configured features (extracting them first when they
 are not cached).
 
-Per fold, the acoustic z-normaliser (`emofuse.features.normalise.Normaliser`) is fitted on
-the training part only (Aguilar et al. 2019 normalise with training statistics) and applied
+Per fold, the acoustic normalisation (`emofuse.features.normalise.Normalisation`) is fitted
+as `data.normalise` says (the papers' way: on the training part only) and applied
 lazily in `Collator`, so the stored features are never copied. Batches are length-bucketed: indices are shuffled, cut into
 chunks of `bucket_chunk` batches, sorted by length inside each chunk and cut into batches
 whose order is shuffled again, so padding stays small without a fixed batch order. Nothing
@@ -26,6 +26,8 @@ from torch.utils.data import Dataset, Sampler
 from emofuse.corpora.base import Corpus, Utterance
 from emofuse.errors import DataError, LabelError
 from emofuse.features.batch import Batch, UtteranceFeatures, collate
+from emofuse.features.normalise import Normalisation
+from emofuse.features.spans import truncate, word_count
 
 
 @dataclass
@@ -82,72 +84,11 @@ def map_labels(corpus: Corpus, label_set) -> tuple[Corpus, np.ndarray]:
 # Per-item preparation
 
 
-def truncate(item: UtteranceFeatures, max_frames: int | None, max_words: int | None) -> UtteranceFeatures:
-    """The first `max_frames` frames and `max_words` words of an utterance (None = all).
-
-    Words that start after the kept frames are dropped with them, so word spans stay on the
-    acoustic grid.
-    """
-    changes: dict = {}
-    n_words = _word_count(item)
-    keep_words = n_words if max_words is None else min(n_words, max_words)
-    if max_frames is not None and item.acoustic is not None and len(item.acoustic) > max_frames:
-        changes["acoustic"] = item.acoustic[:max_frames]
-        if item.speech_mask is not None:
-            changes["speech_mask"] = item.speech_mask[:max_frames]
-        if item.word_times is not None and n_words:
-            cut = max_frames * item.acoustic_hop
-            starts = np.asarray(item.word_times, dtype=np.float64).reshape(-1, 2)[:, 0]
-            keep_words = min(keep_words, int(np.sum(starts < cut - 1e-9)))
-    if keep_words < n_words:
-        for name in ("word_times", "word_vectors"):
-            value = getattr(item, name)
-            if value is not None:
-                changes[name] = value[:keep_words]
-        if item.words is not None:
-            changes["words"] = item.words[:keep_words]
-    return replace(item, **changes) if changes else item
-
-
-def trim(item: UtteranceFeatures, margin: float | None) -> UtteranceFeatures:
-    """The utterance cut to its speech span plus `margin` seconds either side (None: as is).
-
-    The span runs from the first to the last frame of `speech_mask` (frames inside words when
-    word times exist, else energy VAD). Word times are shifted to count from the new first
-    frame, and `frame_offset` says how many frames were cut from the start (prediction maps
-    frame-level explanations back onto the recording with it). An utterance without frames, a
-    speech mask or any speech frame is returned as is.
-    """
-    if margin is None or item.acoustic is None or item.speech_mask is None:
-        return item
-    speech = np.flatnonzero(np.asarray(item.speech_mask, dtype=bool))
-    if not len(speech):
-        return item
-    pad = int(round(margin / item.acoustic_hop))
-    start = max(0, int(speech[0]) - pad)
-    end = min(len(item.acoustic), int(speech[-1]) + 1 + pad)
-    if start == 0 and end == len(item.acoustic):
-        return item
-    changes: dict = {"acoustic": item.acoustic[start:end], "speech_mask": item.speech_mask[start:end],
-                     "frame_offset": item.frame_offset + start}
-    if item.word_times is not None and start:
-        shifted = np.asarray(item.word_times, dtype=np.float64) - start * item.acoustic_hop
-        changes["word_times"] = np.clip(shifted, 0.0, None).astype(np.asarray(item.word_times).dtype)
-    return replace(item, **changes)
-
-
-def _word_count(item: UtteranceFeatures) -> int:
-    for value in (item.word_vectors, item.word_times, item.words):
-        if value is not None:
-            return len(value)
-    return 0
-
-
 def item_length(item: UtteranceFeatures) -> int:
     """What padding is paid for: frames when there is audio, else words."""
     if item.acoustic is not None:
         return len(item.acoustic)
-    return _word_count(item)
+    return word_count(item)
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,7 +111,7 @@ class IndexDataset(Dataset):
 class Collator:
     """Indices -> Batch: truncation, fold normalisation and padding (emofuse.features.batch.collate)."""
 
-    def __init__(self, data: LabelledData, normaliser=None, max_frames: int | None = None,
+    def __init__(self, data: LabelledData, normaliser: Normalisation | None = None, max_frames: int | None = None,
                  max_words: int | None = None, vocab=None, augment=None):
         self.data = data
         self.normaliser = normaliser
@@ -186,9 +127,7 @@ class Collator:
     def item(self, index: int) -> UtteranceFeatures:
         it = truncate(self.data.items[index], self.max_frames, self.max_words)
         if self.normaliser is not None and it.acoustic is not None:
-            by_item = getattr(self.normaliser, "for_index", None)  # per-speaker statistics
-            normalise = by_item(index) if by_item is not None else self.normaliser
-            it = replace(it, acoustic=normalise(it.acoustic))
+            it = replace(it, acoustic=self.normaliser.apply(it.acoustic, index=index))
         if self.augment is not None and it.acoustic is not None:
             it = replace(it, acoustic=self.augment(it.acoustic))
         return it

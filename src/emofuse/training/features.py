@@ -65,7 +65,7 @@ def load_labelled(cfg: ExperimentConfig, log: Callable[[str], None] = print, pro
         keep = [i for i, u in enumerate(corpus) if u.id in have]
         corpus, labels = corpus.subset(keep), labels[keep]
     if d.trim is not None:
-        from emofuse.training.data import trim
+        from emofuse.features.spans import trim
 
         items = [trim(it, d.trim) for it in items]
     return LabelledData(corpus, items, labels, label_set.classes)

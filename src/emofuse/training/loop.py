@@ -53,11 +53,12 @@ from torch.utils.data import DataLoader
 from emofuse.errors import ConfigError, EmofuseError
 from emofuse.models.base import get_model
 from emofuse.training.augment import FrameMasking
-from emofuse.training.backend import Backend, fit_backend, utterance_vectors
+from emofuse.models.backend import Backend
+from emofuse.training.backend import fit_backend, utterance_vectors
 from emofuse.training.checkpoints import checkpoint_state, read_checkpoint
 from emofuse.io import atomic_open, atomic_write_text
-from emofuse.training.config import ExperimentConfig, normalise_mode, save_config
-from emofuse.features.normalise import Normaliser, SpeakerNormaliser, UtteranceNormaliser
+from emofuse.training.config import ExperimentConfig, save_config
+from emofuse.features.normalise import Normalisation
 from emofuse.training.data import (
     BucketBatchSampler, Collator, IndexDataset, LabelledData, class_weights, lengths_of,
 )
@@ -140,15 +141,7 @@ def fold_inputs(cfg: ExperimentConfig, data: LabelledData, train_idx) -> tuple[d
         raise EmofuseError(f"model {cfg.model_name!r} needs word times but the features have none "
                            f"(data.align={cfg.data.align!r})")
     train_items = [data.items[int(i)] for i in train_idx]
-    normaliser = None
-    mode = normalise_mode(cfg.data.normalise)
-    if first.acoustic is not None:
-        if mode == "fold":
-            normaliser = Normaliser.fit_features(train_items)
-        elif mode == "speaker":  # every speaker's own utterances, test speakers' too (no labels)
-            normaliser = SpeakerNormaliser.fit_features(data.items, [u.speaker for u in data.corpus])
-        elif mode == "utterance":
-            normaliser = UtteranceNormaliser()
+    normaliser = Normalisation.fit(cfg.data.normalise, data.items, [u.speaker for u in data.corpus], train_idx)
     vocab = None
     if "token_ids" in needs:
         from emofuse.features.vocab import Vocabulary
@@ -284,10 +277,9 @@ def _fit(cfg: ExperimentConfig, data: LabelledData, fold, train_idx, val_idx, st
             "features": {k: getattr(cfg.data, k) for k in ("acoustic", "words", "align", "max_frames", "max_words", "trim")},
             "model": cfg.model,
             "spec": spec,
-            "normaliser": normaliser.to_dict() if normaliser is not None else None,
+            "normaliser": normaliser.to_dict(),
             "vocabulary": vocab.to_dict() if vocab is not None else None,
-            "fitted_on": {"fold": part, "speaker": "each speaker's own utterances (no labels)",
-                          "utterance": "each utterance itself", "none": "nothing"}[normalise_mode(cfg.data.normalise)],
+            "fitted_on": normaliser.fitted_on(part),
         })
         write_json(stage_dir / "split.json", fold.to_json(data.corpus))
     collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)

@@ -15,7 +15,7 @@ import numpy as np
 
 from emofuse.errors import DataError
 from emofuse.io import atomic_path, atomic_write_text, read_json, write_json  # noqa: F401  (read_json, write_json: re-exported)
-from emofuse.training.config import normalise_mode
+from emofuse.features.normalise import Normalisation
 from emofuse.training.metrics import HEADLINE, NAMES, mean_std, summarise
 
 STD_NOTE = "mean ± sample std (ddof=1) over folds, in percent"
@@ -87,7 +87,7 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
             f"Protocol `{p.get('name')}`"
             + (f" (k={p.get('k')})" if p.get("name") == "speaker-kfold" else "")
             + f", features acoustic=`{d.get('acoustic')}` words=`{d.get('words')}` align=`{d.get('align')}` "
-            f"normalise=`{normalise_mode(d.get('normalise', True))}`"
+            f"normalise=`{Normalisation.mode_of(d.get('normalise', True))}`"
             + (f" trim=`{d['trim']}` s (speech span only)" if d.get("trim") is not None else "") + ", "
             f"label set `{d.get('label_set')}`; {o.get('name')} lr={o.get('lr')} wd={o.get('weight_decay')} "
             f"clip={o.get('grad_clip')}, batch {t.get('batch_size')}, ≤{t.get('max_epochs')} epochs "

@@ -1,0 +1,195 @@
+"""The model directory: a trained model packaged so that prediction needs nothing else.
+
+It lives beside the models, not in training/, so that prediction and serving read it without
+the training package (as Hugging Face keeps `save_pretrained` with its modelling code).
+
+    MODEL_DIR/model.safetensors   the weights (tensors only: loading never unpickles code)
+    MODEL_DIR/model.json          how to rebuild and feed the model (below)
+    MODEL_DIR/config.yaml         the run's resolved config, for people (model.json holds it too)
+
+model.json keeps the registry name and settings that rebuild the network
+(`emofuse.models.base.get_model(name).build(InputSpec(**spec), **settings)`), the classes
+and label set, the frame feature and its settings, the word-vector kind, the alignment
+used at prediction time, the acoustic normaliser's statistics (fitted on the fold's
+training part), the vocabulary of token-id models, the metrics the fold earned (validation
+UA, test metrics) and the emofuse version that wrote it.
+
+A run directory of `emofuse train` becomes a model directory through
+`emofuse.training.export` (the best fold by validation UA, its Lightning checkpoint read once).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from emofuse.errors import DataError, EmofuseError
+from emofuse.io import atomic_dir
+
+FORMAT = "emofuse-model"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+MANIFEST = "model.json"
+
+
+@dataclass
+class ModelInfo:
+    """The contents of model.json (module docstring)."""
+
+    name: str  # registry name of the network stored in the weights
+    settings: dict  # its config settings
+    spec: dict  # InputSpec fields
+    needs: list[str]  # what the network reads: acoustic, words, word_frames, token_ids
+    classes: list[str]
+    label_set: str | None = None
+    acoustic: str | None = None  # frame feature name (compare_lld, fbank40, ...)
+    acoustic_settings: dict = field(default_factory=dict)
+    hop: float = 0.01
+    words: str | None = None  # word vectors (minilm, glove50, glove-file:PATH)
+    align: str = "none"  # "none" (acoustic only), "auto" (forced with a transcript, ASR without) or
+    # "written" (the transcript as written, no times; ASR words without one)
+    max_frames: int | None = None
+    max_words: int | None = None
+    trim: float | None = None  # seconds kept around the speech span (data.trim); None: every frame
+    normaliser: dict | None = None  # emofuse.features.normalise.Normalisation.to_dict() (portable)
+    vocabulary: dict | None = None
+    # protocol.backend: the logistic regression that replaces the network's classifier on its
+    # utterance vector (emofuse.models.backend.Backend.to_dict()); None: the network's own
+    backend: dict | None = None
+    metrics: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)  # run dir, fold, checkpoint, trained model name
+    config: dict = field(default_factory=dict)  # the run's resolved config
+    emofuse_version: str = ""
+    created: str = ""
+
+    @property
+    def acoustic_only(self) -> bool:
+        return not any(n in self.needs for n in ("words", "word_frames", "token_ids"))
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, record: dict, source: Path) -> "ModelInfo":
+        if record.get("format") != FORMAT:
+            raise DataError(source, f"not an emofuse model description (format {record.get('format')!r})")
+        if int(record.get("format_version", 0)) > FORMAT_VERSION:
+            raise DataError(source, f"written by a newer emofuse (format {record['format_version']}); upgrade emofuse")
+        known = set(cls.__dataclass_fields__)
+        body = {k: v for k, v in record.items() if k in known}
+        missing = {"name", "settings", "spec", "needs", "classes"} - set(body)
+        if missing:
+            raise DataError(source, f"missing keys {sorted(missing)}")
+        return cls(**body)
+
+
+@dataclass
+class LoadedModel:
+    info: ModelInfo
+    model: nn.Module  # in eval mode, on CPU
+    path: Path
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def _version() -> str:
+    from emofuse import __version__
+
+    return __version__
+
+
+def write_model_dir(out_dir: str | Path, model: nn.Module, info: ModelInfo) -> Path:
+    """Write `model`'s weights and `info` as a model directory (atomically)."""
+    from safetensors.torch import save_file
+
+    # safetensors refuses shared or strided storage: give it plain contiguous copies.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    info.emofuse_version = info.emofuse_version or _version()
+    info.created = info.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    def fill(tmp: Path) -> None:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "model": info.name})
+        record = info.to_json()
+        record["weights"] = {"file": WEIGHTS, "sha256": weights_sha256(tmp / WEIGHTS),
+                             "parameters": int(sum(v.numel() for v in state.values()))}
+        (tmp / MANIFEST).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if info.config:
+            import yaml
+
+            (tmp / "config.yaml").write_text(yaml.safe_dump(info.config, sort_keys=False), encoding="utf-8")
+
+    return atomic_dir(Path(out_dir), fill)
+
+
+def weights_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def is_model_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_info(model_dir: str | Path) -> ModelInfo:
+    path = Path(model_dir)
+    manifest = path / MANIFEST
+    if not path.is_dir():
+        raise DataError(path, "model directory not found")
+    if not manifest.is_file():
+        hint = " (this looks like a run directory: run `emofuse export RUN_DIR --out MODEL_DIR` first)" \
+            if (path / "config.yaml").is_file() else ""
+        raise DataError(path, f"not a model directory: no {MANIFEST}{hint}")
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(manifest, f"not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(record, dict):
+        raise DataError(manifest, "must hold a JSON object")
+    return ModelInfo.from_json(record, manifest)
+
+
+def build_model(info: ModelInfo) -> nn.Module:
+    from emofuse.models.base import InputSpec, get_model
+
+    return get_model(info.name).build(InputSpec(**info.spec), **info.settings)
+
+
+def load_model_dir(model_dir: str | Path) -> LoadedModel:
+    """Rebuild the network from the registry and load its safetensors weights (no pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(model_dir)
+    info = read_info(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise DataError(weights, "weights file not found")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(weights, f"unreadable weights ({exc})") from None
+    try:
+        model = build_model(info)
+    except EmofuseError as exc:
+        raise DataError(path / MANIFEST, f"cannot rebuild model {info.name!r}: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise DataError(weights, f"weights do not fit model {info.name!r} ({first})") from None
+    model.eval()
+    return LoadedModel(info, model, path)
