@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from emofuse.corpora.base import Corpus, Utterance  # noqa: E402
+from emofuse.io import atomic_path, atomic_write_text  # noqa: E402
 
 SEED = 9
 SAMPLE_RATE = 16000
@@ -77,18 +79,22 @@ class Voice:
     gender: str
     accent: str
     synth: str = "formant"
+    # The variant's voice file has a `breath` line: espeak-ng adds aspiration noise drawn
+    # from a random generator (the C library's rand() in 1.51), so only the noise's spectrum,
+    # not its samples, is fixed by the plan.
+    breath: bool = False
 
 
 # `en+f2` not `en-gb+f2`: espeak-ng 1.51 ignores the variant after the `en-gb` alias.
 VOICES = (
     Voice("s01", "en-us", "male", "American"),
-    Voice("s02", "en+f2", "female", "British"),
+    Voice("s02", "en+f2", "female", "British", breath=True),
     Voice("s03", "en-us+m3", "male", "American"),
     Voice("s04", "en-gb-x-rp+f4", "female", "British (received pronunciation)"),
     Voice("s05", "en-us-nyc+m2", "male", "American (New York City)"),
-    Voice("s06", "en-gb-scotland+f3", "female", "Scottish"),
+    Voice("s06", "en-gb-scotland+f3", "female", "Scottish", breath=True),
     Voice("s07", "en+klatt4", "male", "British", synth="klatt"),
-    Voice("s08", "en-us+f5", "female", "American"),
+    Voice("s08", "en-us+f5", "female", "American", breath=True),
 )
 
 # Prosody per emotion: (mean, sd) in espeak-ng units. Arousal (angry, happy vs sad) shows
@@ -291,10 +297,40 @@ def ssml(text: str, prosody: dict) -> str:
     return f'<speak><prosody range="{prosody["range"]}%">{text}</prosody></speak>'
 
 
-def espeak_command(spec: Spec, wav_path: str) -> list[str]:
+# The releases that made the shipped audio. Another espeak-ng release synthesises different
+# audio (phoneme data, timing, its own noise generator), so the shipped files can only be
+# compared with what these releases make.
+MADE_WITH = {"espeak-ng": "1.51", "sox": "14.4.2"}
+
+
+def tool_versions() -> dict[str, str | None]:
+    """The installed espeak-ng and sox releases ("1.51", "14.4.2"); None where a tool is
+    missing or its version line cannot be read."""
+    versions: dict[str, str | None] = {}
+    for tool in MADE_WITH:
+        try:
+            line = subprocess.run([tool, "--version"], check=True, capture_output=True, text=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            versions[tool] = None
+            continue
+        found = re.search(r"(\d+\.\d+(?:\.\d+)?)", line)
+        versions[tool] = found.group(1) if found else None
+    return versions
+
+
+def same_release(installed: str | None, made_with: str) -> bool:
+    """Same release at the precision `made_with` gives: espeak-ng 1.51 matches "1.51"."""
+    return installed is not None and installed.split(".")[: len(made_with.split("."))] == made_with.split(".")
+
+
+def espeak_command(spec: Spec, wav_path: str, espeak_version: str | None = None) -> list[str]:
     p = spec.prosody
+    # espeak-ng >= 1.52 seeds its noise generator from the clock unless -D (deterministic)
+    # is given; 1.51 has no -D (it would exit without writing) and draws from the C
+    # library's rand(), unseeded, so it repeats itself on one C library.
+    deterministic = ["-D"] if espeak_version and tuple(map(int, espeak_version.split(".")[:2])) >= (1, 52) else []
     return [
-        "espeak-ng", "-m", "-v", spec.voice.voice,
+        "espeak-ng", *deterministic, "-m", "-v", spec.voice.voice,
         "-p", str(p["pitch"]), "-s", str(p["rate"]), "-a", str(ESPEAK_AMPLITUDE), "-g", str(p["gap"]),
         "-w", wav_path, ssml(spec.text, p),
     ]
@@ -312,13 +348,17 @@ def trim(y: np.ndarray, sr: int, pad_s: float = 0.05, floor_db: float = -45.0) -
     return y[max(0, loud[0] * hop - pad) : min(len(y), (loud[-1] + 1) * hop + pad)]
 
 
-def synthesise(spec: Spec, workdir: str) -> np.ndarray:
+def synthesise(spec: Spec, workdir: str, espeak_version: str | None = None) -> np.ndarray:
     wav = os.path.join(workdir, "tmp.wav")
-    subprocess.run(espeak_command(spec, wav), check=True, capture_output=True)
+    subprocess.run(espeak_command(spec, wav, espeak_version), check=True, capture_output=True)
+    if not os.path.exists(wav):
+        raise RuntimeError(f"{spec.id}: espeak-ng wrote no audio: {' '.join(espeak_command(spec, wav, espeak_version))}")
     # Vocal effort as spectral tilt: a high shelf above 1.5 kHz, written as float (no clipping).
+    # -D: no dither. SoX dithers (fresh noise on every run unless -R) only when it lowers the
+    # bit depth, which a 32-bit float output never does; -D keeps it so if the output changes.
     tilted = os.path.join(workdir, "tilted.wav")
     subprocess.run(
-        ["sox", wav, "-e", "floating-point", "-b", "32", tilted, "treble", str(spec.prosody["tilt"]), "1500"],
+        ["sox", "-D", wav, "-e", "floating-point", "-b", "32", tilted, "treble", str(spec.prosody["tilt"]), "1500"],
         check=True, capture_output=True,
     )
     y, sr = sf.read(tilted, dtype="float64")
@@ -332,21 +372,8 @@ def synthesise(spec: Spec, workdir: str) -> np.ndarray:
 
 
 def write_flac(path: Path, y: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".flac", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".flac") as tmp:
         sf.write(tmp, y, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 def readme(specs: list[Spec]) -> str:
@@ -377,6 +404,21 @@ def readme(specs: list[Spec]) -> str:
         "",
     ]
     lines += [f"- {e}: " + json.dumps(PROSODY[e]) for e in EMOTIONS]
+    breath = ", ".join(v.speaker for v in VOICES if v.breath)
+    lines += [
+        "",
+        "## Regenerating",
+        "",
+        f"Made with espeak-ng {MADE_WITH['espeak-ng']} and SoX {MADE_WITH['sox']} (Debian 12); with those",
+        "releases on glibc every file regenerates bit for bit. SoX does not dither (`-D`; its output",
+        f"is 32-bit float). The breath voices ({breath}) add noise from the C library's `rand()`",
+        "inside espeak-ng 1.51, so another C library gives other noise samples with the same",
+        "spectrum; espeak-ng 1.52 seeds its own generator from the clock unless `-D` is given, which",
+        "the generator passes. `tests/test_demo_corpus.py` regenerates one file per voice when both",
+        "tools are installed: 60 dB SNR for voices without noise; for breath voices the duration within",
+        "30 ms and the long-term mel spectrum within 1 dB RMS. Other releases are skipped: they",
+        "synthesise different audio.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -384,6 +426,10 @@ def generate(out: Path, seed: int = SEED) -> Corpus:
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install espeak-ng sox (needed to generate only)")
+    versions = tool_versions()
+    for tool, made in MADE_WITH.items():
+        if not same_release(versions[tool], made):
+            print(f"warning: {tool} {versions[tool]} installed; the shipped audio was made with {made}", file=sys.stderr)
     specs = plan(seed)
     audio_dir = out / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
@@ -394,7 +440,7 @@ def generate(out: Path, seed: int = SEED) -> Corpus:
     utterances, peak = [], 0.0
     with tempfile.TemporaryDirectory() as workdir:
         for i, spec in enumerate(specs, start=1):
-            y = synthesise(spec, workdir)
+            y = synthesise(spec, workdir, versions["espeak-ng"])
             peak = max(peak, float(np.abs(y).max()))
             write_flac(audio_dir / f"{spec.id}.flac", y)
             utterances.append(
@@ -422,11 +468,57 @@ def generate(out: Path, seed: int = SEED) -> Corpus:
                 print(f"  {i}/{len(specs)} utterances", flush=True)
     corpus = Corpus(utterances, name=CORPUS_NAME)
     corpus.write(out / "manifest.jsonl")
-    write_text(out / "README.md", readme(specs))
+    atomic_write_text(out / "README.md", readme(specs))
     size = sum(p.stat().st_size for p in audio_dir.glob("*.flac"))
     total = sum(u.meta["duration"] for u in utterances)
     print(f"wrote {len(utterances)} utterances, {total:.0f} s of audio, {size / 1e6:.2f} MB FLAC to {out}; peak {peak:.3f}")
     return corpus
+
+
+# --- how close a regenerated file is to the shipped one ----------------------------------
+# With the releases in MADE_WITH (Debian 12: espeak-ng 1.51+dfsg-10+deb12u2, SoX
+# 14.4.2+git20190427-3.5, glibc, x86-64) all 288 files regenerate bit for bit. Voices without
+# breath noise draw no random numbers, so they must still match up to 16-bit rounding. The
+# breath voices' noise comes from the C library's rand(): another C library (or a clock-seeded
+# generator) draws other noise, which moves most samples (15,501 of 18,560 in s02_05, up to
+# 620, when rand() is reseeded) but not the spectrum or the timing.
+EXACT_SNR_DB = 60.0  # voices without noise: signal-to-difference ratio
+# Breath voices: RMS dB difference of the long-term mel spectra. Over 216 other noise draws
+# (every s02/s06/s08 file, rand() reseeded twice) the worst was 0.67 dB (a short s08 file).
+BREATH_SPECTRUM_DB = 1.0
+BREATH_DURATION_S = 0.03  # breath voices: the silence trim may move by a 10 ms hop or two
+
+
+def snr_db(regenerated: np.ndarray, shipped: np.ndarray) -> float:
+    """Shipped-signal energy over difference energy, in dB (inf when identical)."""
+    noise = float(np.sum((regenerated.astype(np.float64) - shipped) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(shipped.astype(np.float64) ** 2)) / noise)
+
+
+def long_term_spectrum_db(y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Mean power in 40 mel bands over the whole file, in dB: (40,). Noise of one draw or
+    another averages out; tilt, gain, pitch and voice do not."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=y.astype(np.float32), sr=sr, n_fft=400, hop_length=160, n_mels=40)  # (40, frames)
+    return 10 * np.log10(mel.mean(axis=1) + 1e-10)
+
+
+def reproduction_problem(voice: Voice, regenerated: np.ndarray, shipped: np.ndarray) -> str | None:
+    """Why `regenerated` is not the shipped file within this voice's tolerance, or None.
+    Both are float samples at SAMPLE_RATE read back from 16-bit FLAC."""
+    if not voice.breath:
+        if len(regenerated) != len(shipped):
+            return f"{len(regenerated)} samples, shipped {len(shipped)}"
+        snr = snr_db(regenerated, shipped)
+        return None if snr >= EXACT_SNR_DB else f"SNR {snr:.1f} dB against the shipped file (< {EXACT_SNR_DB:g})"
+    duration = abs(len(regenerated) - len(shipped)) / SAMPLE_RATE
+    if duration > BREATH_DURATION_S:
+        return f"duration differs by {duration:.3f} s (> {BREATH_DURATION_S:g})"
+    distance = float(np.sqrt(np.mean((long_term_spectrum_db(regenerated) - long_term_spectrum_db(shipped)) ** 2)))
+    if distance > BREATH_SPECTRUM_DB:
+        return f"long-term spectrum differs by {distance:.2f} dB RMS (> {BREATH_SPECTRUM_DB:g})"
+    return None
 
 
 # --- the cheap fusion check (not a CI test: it takes a minute or two) -------------------
