@@ -213,3 +213,4 @@ def test_memory_stays_flat_on_a_20_minute_recording(tmp_path):
     assert figures["duration"] == pytest.approx(minutes * 60, abs=0.01)
     assert figures["segments"] >= minutes * 20  # every 2 s burst, cut nowhere else
     assert figures["growth_kb"] < 50 * 1024, figures
+    print(f"segment_file on {minutes} min: peak RSS growth {figures['growth_kb'] / 1024:.1f} MB")
