@@ -396,3 +396,40 @@ def test_builtin_features_and_the_cli_do_not_import_transformers():
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers')))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+# ----------------------------------------------------------- where the toolkit resolves names
+
+
+def test_frames_resolves_an_hf_speech_folder_to_a_20_ms_frame_feature(speech_folders, text_folders):
+    from emofuse.features.frames import get_frame_feature, is_frame_feature
+
+    spec = f"hf:{speech_folders['wavlm']}#layers=all"
+    assert is_frame_feature(spec) and not is_frame_feature(f"hf:{text_folders['bert']}")
+    feature = get_frame_feature(spec)
+    assert feature.hop == pytest.approx(0.02) and feature.dim == 3 * 32 and feature.layer_axis == 3
+    assert len(feature.settings["weights_sha256"]) == 64
+    y = _audio(0.5)
+    values = feature.extract(y)  # (T, 3 * 32)
+    assert values.shape == (feature.num_frames(len(y)), 96)
+    stacked = hf.HFSpeechEncoder(spec).encode(y)  # (T, 3, 32)
+    np.testing.assert_allclose(values.reshape(-1, 3, 32), stacked, atol=1e-6)
+    summed = LayerWeightedSum(3, layer_dim=32)(torch.from_numpy(values))  # (T, 32)
+    assert summed.shape == (len(values), 32)
+
+
+def test_words_resolves_an_hf_text_folder(text_folders, speech_folders):
+    from emofuse.features.words import get_word_encoder, is_word_feature, word_encoder_settings
+
+    spec = f"hf:{text_folders['roberta']}"
+    assert is_word_feature(spec) and not is_word_feature(f"hf:{speech_folders['hubert']}")
+    (vectors, oov), = get_word_encoder(spec).encode([WORDS])
+    assert vectors.shape == (len(WORDS), 32) and oov == 0
+    assert word_encoder_settings(spec)["name"] == "hf-roberta"
+
+
+def test_an_hf_name_with_a_missing_folder_fails_where_names_are_resolved(tmp_path):
+    from emofuse.features.frames import is_frame_feature
+
+    with pytest.raises(DataError, match="encoder folder not found"):
+        is_frame_feature(f"hf:{tmp_path / 'gone'}")

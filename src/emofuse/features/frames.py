@@ -19,6 +19,9 @@ window centred there (see `align.vad.frame_signal`). Extractors are registered b
 - ``waveform`` (160-d): the raw 16 kHz samples, 160 per 10 ms frame; reshape (T, 160) to
   (T * 160,) for an end-to-end front end.
 
+``hf:PATH[#layer=K|#layers=all]``: a local pretrained speech encoder on its own 20 ms grid
+(`features.hf`, imported only when used; `FrameFeature.hop` says the grid).
+
 `speech_mask` gives the per-frame speech mask: frames inside words when word times exist,
 else energy-based (`align.vad.energy_speech_mask`).
 """
@@ -262,7 +265,20 @@ def frame_feature_names() -> list[str]:
     return list(_BUILDERS)
 
 
+def is_frame_feature(name: str) -> bool:
+    """A built-in name, or hf:PATH whose folder holds a speech encoder (`features.hf`)."""
+    if name.startswith("hf:"):
+        from emofuse.features.hf import is_speech_encoder
+
+        return is_speech_encoder(name)
+    return name in _BUILDERS
+
+
 def get_frame_feature(name: str) -> FrameFeature:
+    if name.startswith("hf:"):  # a local wav2vec2/HuBERT/WavLM/data2vec-audio/Whisper folder, 20 ms frames
+        from emofuse.features.hf import speech_frame_feature
+
+        return speech_frame_feature(name)
     try:
         return _BUILDERS[name]()
     except KeyError:

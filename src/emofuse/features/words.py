@@ -20,6 +20,9 @@ Out-of-vocabulary policy for static vectors (`StaticVectors.lookup`), first hit 
 4. apostrophes and hyphens removed ("rock'n'roll" -> "rocknroll");
 5. split at any non-letter and averaged over the parts found ("well-known");
 6. otherwise the zero vector, counted as out-of-vocabulary (ExtractReport.oov_words).
+- ``hf:PATH[#layer=K|#layers=all]``: a local BERT/RoBERTa/DeBERTa/ELECTRA folder, word pieces
+  averaged to words like MiniLM (`features.hf`, imported only when used).
+
 MiniLM has no OOV (word pieces); a word that yields no piece at all gets zeros, counted.
 """
 
@@ -223,15 +226,23 @@ def read_vector_text(path: Path) -> tuple[list[str], np.ndarray]:
     return words, np.stack(rows)
 
 
-WORD_FEATURES = ("minilm", "glove50", "glove-file:PATH")
+WORD_FEATURES = ("minilm", "glove50", "glove-file:PATH", "hf:PATH")
 
 
 def is_word_feature(spec: str) -> bool:
+    if spec.startswith("hf:"):  # reads the folder's config.json: text encoder or speech?
+        from emofuse.features.hf import is_text_encoder
+
+        return is_text_encoder(spec)
     return spec in ("minilm", "glove50") or spec.startswith("glove-file:")
 
 
 def get_word_encoder(spec: str, cache_dir: str | Path | None = None):
-    """`minilm`, `glove50` or `glove-file:PATH` (module docstring)."""
+    """`minilm`, `glove50`, `glove-file:PATH` or `hf:PATH` (module docstring)."""
+    if spec.startswith("hf:"):
+        from emofuse.features.hf import HFWordEncoder
+
+        return HFWordEncoder(spec)
     if spec == "minilm":
         return MiniLMWords()
     if spec == "glove50":
@@ -246,6 +257,10 @@ def get_word_encoder(spec: str, cache_dir: str | Path | None = None):
 
 def word_encoder_settings(spec: str) -> dict:
     """Settings that identify the vectors an encoder gives, without loading it."""
+    if spec.startswith("hf:"):
+        from emofuse.features.hf import text_settings
+
+        return text_settings(spec)
     if spec == "minilm":
         return {"name": "minilm", "model": "sentence-transformers/all-MiniLM-L6-v2", "pooling": "mean of word pieces",
                 "layer": "last_hidden_state"}
