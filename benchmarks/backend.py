@@ -1,4 +1,4 @@
-"""Benchmark: `protocol.backend` on networks already trained by benchmarks/aguilar.py or fgcme.py.
+"""Benchmark: `protocol.backend` on networks already trained by benchmarks.aguilar or benchmarks.fgcme.
 
 The back-end (`emofuse.training.backend`) only replaces the output layer of a fold's trained
 network, and training is deterministic for a given config, so the networks of a finished run
@@ -9,7 +9,7 @@ runs the benchmark with `--set protocol.backend=KIND`: the engine finds the trai
 fits the back-end (C on the validation actors) and tests once. It refuses when the source run
 was trained with other settings than the ones given here.
 
-    python benchmarks/backend.py --bench aguilar --from runs/bench-aguilar-r --out runs/bench-backend \\
+    python -m benchmarks.backend --bench aguilar --from runs/bench-aguilar-r --out runs/bench-backend \\
         --kind speaker-lr --rows H-MM-4,B-ACO-1,teacher-student --set model.hidden=64 ...
 
 Results: OUT/<row>/ (run directories), and PREFIX.md / PREFIX.json (`--results`): per row the
@@ -21,19 +21,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import aguilar  # noqa: E402  (a sibling benchmark)
-import fgcme  # noqa: E402
-
-from emofuse.io import atomic_write_text  # noqa: E402
-from emofuse.training.config import config_differences, flatten, load_config  # noqa: E402
-from emofuse.training.report import read_json, write_json  # noqa: E402
+from benchmarks import aguilar, fgcme
+from emofuse.io import atomic_write_text
+from emofuse.training.config import config_differences, flatten, load_config
+from emofuse.training.metrics import mean_std
+from emofuse.training.report import read_json, write_json
 
 SETTINGS_IGNORED = {"run_dir", "protocol.backend", "trainer.progress"}
 
@@ -61,11 +57,6 @@ def copy_networks(source: Path, target: Path, config: dict, folds: set[int] | No
         for name in (best, "normaliser.json", "split.json"):
             shutil.copy2(fold_dir / name, dest / name)
         shutil.copy2(marker, dest / "trained.json")  # last: its presence marks the copy done
-
-
-def mean_std(values) -> str:
-    v = np.asarray(values, dtype=np.float64)
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             "training_seconds": trained, "backend_seconds": [f["seconds"] for f in folds],
         }
         summary.append(record)
-        table.append(f"| {row} | {mean_std(record['network_ua'])} | **{mean_std(record['ua'])}** | "
-                     f"{mean_std(record['wa'])} | {', '.join(f'{u:.3f}' for u in record['ua'])} | "
+        table.append(f"| {row} | {mean_std(record['network_ua'], percent=False)} | **{mean_std(record['ua'], percent=False)}** | "
+                     f"{mean_std(record['wa'], percent=False)} | {', '.join(f'{u:.3f}' for u in record['ua'])} | "
                      f"{', '.join(str(c) for c in record['C'])} | "
                      f"{np.mean(trained):.0f} | {np.mean(record['backend_seconds']):.0f} |")
     text = "\n".join([

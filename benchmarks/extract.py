@@ -7,8 +7,8 @@ cached re-run (target <= 10 s) and of loading the stored features, and the align
 the RAVDESS statements are known, so we count the utterances whose six words all came from
 forced alignment (no fallback) and report the median word duration.
 
-    python benchmarks/extract.py                      # full run into /tmp/emofuse-features/ravdess
-    python benchmarks/extract.py --limit 48 --fresh   # a quick look
+    python -m benchmarks.extract                      # full run into /tmp/emofuse-features/ravdess
+    python -m benchmarks.extract --limit 48 --fresh   # a quick look
 
 The store it leaves at OUT/ravdess (manifest OUT/ravdess.jsonl) is meant for reuse by the
 training benchmarks.
@@ -17,13 +17,11 @@ training benchmarks.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +53,7 @@ def main() -> None:
     from emofuse.corpora.base import Corpus
     from emofuse.corpora.registry import load_corpus
     from emofuse.features.store import FeatureStore
+    from emofuse.io import write_json
 
     console = Console()
     if not args.data.is_dir():
@@ -134,11 +133,7 @@ def main() -> None:
         },
         "target_rtf_wall_total": 0.03,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.results.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as out:
-        json.dump(results, out, indent=2)
-    os.replace(tmp, args.results)
+    write_json(args.results, results)
 
     table = Table(title=f"extract: {len(corpus)} RAVDESS utterances, {audio_total / 3600:.2f} h, {args.workers} workers")
     table.add_column("measure")

@@ -3,8 +3,8 @@
 
 Rows (configs under `configs/ravdess4/`), in the order of Table 1: cnn-lstm,
 lstm-attn-acoustic, lstm-attn-semantic, uttconcat, attnfusion, mha, fgcme-no-acoustic-excite,
-fgcme-no-semantic-excite, fgcme-no-excite, fgcme-ctc-align, fgcme. Each runs through the real
-training engine (`emofuse.training.loop.train_fold`: fold-local normalisation, best epoch on
+fgcme-no-semantic-excite, fgcme-no-excite, fgcme-ctc-align, fgcme. Each runs through the one
+fold loop (`emofuse.training.loop.run_folds`: fold-local normalisation, best epoch on
 validation actors carved from the training part, one test pass per fold). The table gives
 test WA and UA (mean ± sample std over the folds run), the paper's numbers (which picked the
 best epoch on the test fold), seconds per fold and best epochs. From the best checkpoint of
@@ -12,9 +12,9 @@ every fold it also measures on the test part:
   - mean excitation gates over real words (FG_CME rows): "acoustic gate" E^a, "semantic gate" E^s;
   - for fgcme-ctc-align: the IoU of the CTC aligner's word spans with the forced alignment's.
 
-    python benchmarks/fgcme.py --throughput                 # utterances / s, forward + backward, batch 32
-    python benchmarks/fgcme.py --rows fgcme                 # the full model, 5 folds
-    python benchmarks/fgcme.py                              # every row (hours on 2 CPU cores)
+    python -m benchmarks.fgcme --throughput                 # utterances / s, forward + backward, batch 32
+    python -m benchmarks.fgcme --rows fgcme                 # the full model, 5 folds
+    python -m benchmarks.fgcme                              # every row (hours on 2 CPU cores)
 
 Results: OUT/<row>/ (the usual run directories with report.md), OUT/fgcme.md, OUT/fgcme.json.
 A fold whose metrics.json exists is read, not retrained (`emofuse train CONFIG
@@ -51,8 +51,6 @@ pocketsphinx forced alignment: 666 of 672 utterances forced, 5 ASR, 1 proportion
 
 from __future__ import annotations
 
-import argparse
-import copy
 import os
 import platform
 import sys
@@ -63,14 +61,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emofuse.io import atomic_write_text
-from emofuse.training.config import load_config, save_config
+from emofuse.training.config import load_config
 from emofuse.training.data import Collator
-from emofuse.training.features import load_labelled
-from emofuse.training.loop import eval_loader, fold_inputs, load_fold_model, quiet_lightning, train_fold
+from emofuse.training.experiments import DataCache, fold_values, report_text, row_arguments, row_table, run_rows
+from emofuse.training.loop import eval_loader, fold_inputs, load_fold_model, protocol_folds, quiet_lightning
+from emofuse.training.metrics import mean_std
 from emofuse.training.module import EmotionModule
-from emofuse.training.report import read_json, run_summary, write_json, write_run_report
-from emofuse.training.splits import make_folds
+from emofuse.training.report import write_json
 
 ROWS = ["cnn-lstm", "lstm-attn-acoustic", "lstm-attn-semantic", "uttconcat", "attnfusion", "mha",
         "fgcme-no-acoustic-excite", "fgcme-no-semantic-excite", "fgcme-no-excite", "fgcme-ctc-align", "fgcme"]
@@ -81,12 +78,6 @@ PAPER = {
     "fgcme-no-acoustic-excite": (0.703, 0.683), "fgcme-no-semantic-excite": (0.720, 0.696),
     "fgcme-no-excite": (0.718, 0.700), "fgcme-ctc-align": (0.582, 0.566), "fgcme": (0.720, 0.708),
 }
-
-
-def data_key(cfg) -> tuple:
-    d = cfg.data
-    return (d.manifest, d.corpus, d.path, d.store, d.label_set, d.acoustic, d.words, d.align,
-            d.max_frames, d.max_words)
 
 
 def span_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -119,83 +110,28 @@ def explain_stats(cfg, data, fold, fold_dir: Path, result: dict) -> dict:
     return stats
 
 
-def run_row(row: str, args, data_cache: dict, log) -> dict:
-    path = Path(args.config_dir) / f"{row}.yaml"
-    run_dir = Path(args.out) / row
-    cfg = load_config(path, list(args.set) + [f"run_dir={run_dir}", "trainer.progress=false"])
-    key = data_key(cfg)
-    if key not in data_cache:
-        data_cache[key] = load_labelled(cfg, log=log, progress=False)
-    data = data_cache[key]
-    p = cfg.protocol
-    folds = make_folds(data.corpus, p.name, k=p.k, seed=cfg.seed, val_fraction=p.val_fraction,
-                       val_speakers=p.val_speakers)
-    save_config(cfg, run_dir)
-    results = []
-    for fold in folds:
-        if args.folds is not None and fold.index not in args.folds:
-            continue
-        fold_dir = run_dir / f"fold-{fold.index}"
-        if (fold_dir / "metrics.json").is_file():
-            result = read_json(fold_dir / "metrics.json")
-        else:
-            result = train_fold(copy.deepcopy(cfg), data, fold, fold_dir, log=lambda s: None)
-            log(f"{row} fold {fold.index}: test UA {result['test']['ua']:.3f} WA {result['test']['wa']:.3f} "
-                f"(best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
-        explain_path = fold_dir / "explain.json"
-        if explain_path.is_file():
-            result["explain"] = read_json(explain_path)
-        else:
-            result["explain"] = explain_stats(cfg, data, fold, fold_dir, result)
-            write_json(explain_path, result["explain"])
-        results.append(result)
-    run = run_summary(cfg.to_dict(), data.classes, results, len(folds))
-    write_run_report(run_dir, run, cfg.to_dict())
-    return {"row": row, "model": cfg.model_name, "run_dir": str(run_dir), "settings": cfg.model_settings,
-            "optim": cfg.to_dict()["optim"], "trainer": cfg.to_dict()["trainer"], "folds": results,
-            "summary": run["summary"]}
-
-
-def mean_std(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "-"
-    v = np.asarray(values, dtype=np.float64)
-    std = f"{v.std(ddof=1):.{digits}f}" if len(v) > 1 else "n/a"
-    return f"{v.mean():.{digits}f} ± {std}"
-
-
 def table(rows: list[dict]) -> str:
     header = ["Row", "WA", "UA", "paper WA / UA", "s / fold", "best epochs", "acoustic gate", "semantic gate",
               "CTC-forced IoU", "folds"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for r in rows:
-        folds = r["folds"]
 
-        def stat(name):
-            return [f["explain"][name] for f in folds if name in f.get("explain", {})]
-
+    def cells(r: dict) -> list[str]:
         paper = PAPER.get(r["row"])
-        secs = [f["seconds"] for f in folds]
-        lines.append("| " + " | ".join([
-            r["row"],
-            mean_std([f["test"]["wa"] for f in folds]), mean_std([f["test"]["ua"] for f in folds]),
-            f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else "-",
-            f"{np.mean(secs):.0f}" if secs else "-",
-            ", ".join(str(f.get("best_epoch", "-")) for f in folds),
-            mean_std(stat("acoustic_gate")), mean_std(stat("semantic_gate")), mean_std(stat("ctc_forced_iou")),
-            str(len(folds)),
-        ]) + " |")
-    return "\n".join(lines)
+        return [r["row"], *(mean_std(fold_values(r, k), percent=False) for k in ("wa", "ua")),
+                f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else "-",
+                f"{np.mean(fold_values(r, 'seconds')):.0f}" if r["folds"] else "-",
+                ", ".join(str(f.get("best_epoch", "-")) for f in r["folds"]),
+                *(mean_std(fold_values(r, k), percent=False) for k in ("acoustic_gate", "semantic_gate", "ctc_forced_iou")),
+                str(len(r["folds"]))]
+
+    return row_table(header, rows, cells)
 
 
 def throughput(args, log) -> dict:
     """Training throughput of the full model: utterances / s over real RAVDESS batches of 32
     (forward + backward + Adam step), after warm-up steps."""
     cfg = load_config(Path(args.config_dir) / "fgcme.yaml", list(args.set) + ["trainer.progress=false"])
-    data = load_labelled(cfg, log=log, progress=False)
-    p = cfg.protocol
-    fold = make_folds(data.corpus, p.name, k=p.k, seed=cfg.seed, val_fraction=p.val_fraction,
-                      val_speakers=p.val_speakers)[0]
+    data = DataCache(log).get(cfg)
+    fold = protocol_folds(cfg, data)[0]
     spec, normaliser, vocab = fold_inputs(cfg, data, fold.train)
     collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
     torch.manual_seed(0)
@@ -229,46 +165,26 @@ def throughput(args, log) -> dict:
     return result
 
 
+TITLE = "FG_CME Table 1"
+NOTES = ["test WA/UA mean ± sample std over the folds run; best epoch chosen on validation actors of the "
+         "training part (the paper chose it on the test fold). Gates: mean over the test part's real words."]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-dir", default="configs/ravdess4")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
-    parser.add_argument("--set", action="append", default=[], help="config override, e.g. trainer.max_epochs=8 (repeatable)")
-    parser.add_argument("--folds", default=None, help="comma-separated fold indices (default: all)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser = row_arguments(__doc__.split("\n")[0], ROWS, "runs/bench-fgcme")
     parser.add_argument("--throughput", action="store_true", help="only measure the full model's training throughput")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--out", default="runs/bench-fgcme")
     args = parser.parse_args(argv)
-    args.folds = None if args.folds is None else {int(x) for x in args.folds.split(",")}
-    torch.set_num_threads(args.threads)
-    quiet_lightning()
     out = Path(args.out)
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     if args.throughput:
-        write_json(out / "throughput.json", throughput(args, log))
+        torch.set_num_threads(args.threads)
+        quiet_lightning()
+        write_json(out / "throughput.json", throughput(args, lambda line: print(line, file=sys.stderr, flush=True)))
         print((out / "throughput.json").read_text())
         return 0
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    data_cache: dict = {}
-    done = []
-    for row in rows:
-        done.append(run_row(row, args, data_cache, log))
-        report = [
-            f"# FG_CME Table 1 on {Path(args.config_dir).name}", "",
-            f"Overrides: {' '.join(args.set) or '(none: the configs as written)'}; test WA/UA mean ± sample std "
-            "over the folds run; best epoch chosen on validation actors of the training part (the paper "
-            "chose it on the test fold). Gates: mean over the test part's real words.", "",
-            table(done), "",
-            "Per-class precision, recall, F1 and confusion matrices: `<row>/report.md` of each run.", "",
-        ]
-        atomic_write_text(out / "fgcme.md", "\n".join(report))
-        write_json(out / "fgcme.json", {"overrides": args.set, "rows": done})
-    print((out / "fgcme.md").read_text())
+
+    run_rows(args, "fgcme", explain_stats, lambda done: report_text(args, TITLE, NOTES, table(done)))
     return 0
 
 

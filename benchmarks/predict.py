@@ -1,7 +1,7 @@
 """Prediction benchmark: latency and real-time factor of `emofuse predict`, folder throughput,
 model load time. Writes benchmarks/results/predict.json.
 
-    python benchmarks/predict.py [--model-dir DIR ...] [--repeats 3] [--folder-files 16]
+    python -m benchmarks.predict [--model-dir DIR ...] [--repeats 3] [--folder-files 16]
 
 Recordings (real speech, RAVDESS from $EMOFUSE_DATA, default ../shared/data):
   - "3 s":  one RAVDESS utterance (~3.5 s), its statement as the transcript;
@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.json")
     args = parser.parse_args()
 
+    from emofuse.io import write_json
     from emofuse.models.modeldir import read_info
     from emofuse.inference.predictor import Predictor
 
@@ -194,10 +195,7 @@ def main() -> None:
     report["folder"] = {"model": read_info(first).name, **folder_throughput(first, files, args.workers)}
     print(f"folder: {json.dumps(report['folder'])}", flush=True)
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, report)
     print(f"wrote {args.out}")
 
 

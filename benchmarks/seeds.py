@@ -13,7 +13,7 @@ the run directories are theirs and a finished fold is read, not retrained), then
 - the variant with the best mean validation UA is the one chosen. Its test figures are
   reported as they are; the test part plays no role in the choice.
 
-    python benchmarks/seeds.py --bench fgcme --row fgcme --seeds 0,1,2 --jobs 2 \\
+    python -m benchmarks.seeds --bench fgcme --row fgcme --seeds 0,1,2 --jobs 2 \\
         --variant base= --variant ema=trainer.ema=0.99 --variant dropout=model.dropout=0.4 \\
         --set data.normalise=speaker ... --out /tmp/seeds --results benchmarks/results/fgcme_seeds
 
@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from emofuse.training.metrics import mean_std
 
 HERE = Path(__file__).resolve().parent
 
@@ -102,8 +104,8 @@ def summarise(args, variants: list[tuple[str, list[str]]], seeds: list[int]) -> 
 
 def markdown(summary: dict) -> str:
     def fmt(row, key):
-        m, s = row["mean"][key], row["seed_std"][key]
-        return "-" if m is None else f"{m:.3f}" + (f" ± {s:.3f}" if s is not None else "")
+        mean = row["mean"][key]
+        return "-" if mean is None else mean_std({"mean": mean, "std": row["seed_std"][key]}, percent=False)
 
     lines = [f"# {summary['row']}: variants over seeds {', '.join(map(str, summary['seeds']))} ({summary['bench']}.py)", "",
              "Common overrides: " + (" ".join(summary["set"]) or "none") + ".", "",

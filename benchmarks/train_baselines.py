@@ -1,8 +1,8 @@
 """Benchmark: run the Aguilar et al. (2019) baselines through the engine, in full, and record
 UA / WA / macro-F1 / weighted-F1 (mean ± sample std over folds) and the wall time.
 
-    python benchmarks/train_baselines.py                      # both default runs below
-    python benchmarks/train_baselines.py configs/meld/b-lex.yaml -- trainer.max_epochs=5
+    python -m benchmarks.train_baselines                      # both default runs below
+    python -m benchmarks.train_baselines configs/meld/b-lex.yaml -- trainer.max_epochs=5
 
 Defaults: configs/ravdess4/b-aco-1.yaml (5-fold actor-exclusive CV, target UA >= 0.65) and
 configs/meld/b-lex.yaml (official split, target weighted-F1 >= 0.55 on test with MiniLM
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from emofuse.io import atomic_write_text
     from emofuse.training.config import load_config
     from emofuse.training.loop import quiet_lightning, run_experiment
-    from emofuse.training.metrics import HEADLINE
+    from emofuse.training.metrics import HEADLINE, mean_std
 
     quiet_lightning()
     for config in args.configs:
@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         results[key] = entry
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(RESULTS, json.dumps(results, indent=2) + "\n")
-        line = "  ".join(f"{k} {summary[k]['mean']:.3f}" + (f"±{summary[k]['std']:.3f}" if summary[k]["std"] is not None else "")
-                         for k in HEADLINE)
+        line = "  ".join(f"{k} {mean_std(summary[k], percent=False)}" for k in HEADLINE)
         print(f"== {key}: {line}  ({run['folds_done']}/{run['folds_total']} folds, {wall:.0f} s)", flush=True)
     return 0
 

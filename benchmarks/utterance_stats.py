@@ -10,7 +10,7 @@ validation actors (never the test fold), on the same actor-exclusive folds as th
 (5 folds, 4 validation actors). `ua_refit`: the chosen model and C fitted again on training +
 validation actors (what `protocol.refit` does for the networks).
 
-    python benchmarks/utterance_stats.py --set data.manifest=M --set data.store=S
+    python -m benchmarks.utterance_stats --set data.manifest=M --set data.store=S
 
 Results: printed and written to benchmarks/results/utterance_stats.json (or --results).
 With `--set data.trim=0.1` the frames are first cut to the speech span (`data.trim`).
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from emofuse.models.backend import zscore_by_speaker
+from emofuse.training.metrics import mean_std, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "utterance_stats.json"
@@ -87,12 +88,10 @@ def run(feature: str, normalise: str, overrides: list[str], val_speakers: int) -
                          "wa": round(accuracy_score(y[te], predicted), 4),
                          "ua_refit": round(balanced_accuracy_score(y[te], refit), 4)})
 
-    def mean_std(key: str) -> dict:
-        v = [f[key] for f in per_fold]
-        return {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v, ddof=1)), 4)}
-
+    summary = summarise(per_fold, ("ua", "wa", "ua_refit"))
     return {"feature": feature, "normalise": normalise, "val_speakers": val_speakers,
-            "ua": mean_std("ua"), "wa": mean_std("wa"), "ua_refit": mean_std("ua_refit"), "folds": per_fold}
+            **{k: {"mean": round(v["mean"], 4), "std": round(v["std"], 4)} for k, v in summary.items()},
+            "folds": per_fold}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             r = run(feature, normalise, args.set, args.val_speakers)
             r["seconds"] = round(time.time() - started, 1)
             results.append(r)
-            print(f"{feature:12s} {normalise:8s} UA {r['ua']['mean']:.3f} ± {r['ua']['std']:.3f}  "
-                  f"WA {r['wa']['mean']:.3f}  refit UA {r['ua_refit']['mean']:.3f} ± {r['ua_refit']['std']:.3f}  "
+            print(f"{feature:12s} {normalise:8s} UA {mean_std(r['ua'], percent=False)}  "
+                  f"WA {r['wa']['mean']:.3f}  refit UA {mean_std(r['ua_refit'], percent=False)}  "
                   f"({r['seconds']} s)", flush=True)
     from emofuse.io import atomic_write_text
 

@@ -86,3 +86,11 @@ def test_report_on_a_folder_without_results_says_so(tmp_path):
 def test_confusion_png_is_written_atomically(tmp_path):
     path = confusion_png(tmp_path / "c.png", [[3, 1], [0, 4]], CLASSES[:2], "t")
     assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["c.png"]
+
+
+def test_mean_std_formats_fold_values_in_percent_or_as_they_are():
+    assert mean_std([0.78125, 0.75]) == "76.6 ± 2.2"
+    assert mean_std([0.78125, 0.75], percent=False) == "0.766 ± 0.022"
+    assert mean_std([0.6], percent=False) == "0.600"  # one fold: no spread to give
+    assert mean_std([]) == "-"
+    assert mean_std({"mean": 0.5, "std": 0.25}, percent=False, digits=2) == "0.50 ± 0.25"

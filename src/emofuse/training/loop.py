@@ -38,7 +38,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import lightning as L
 import numpy as np
@@ -67,6 +67,8 @@ from emofuse.training.module import EmotionModule, predict
 from emofuse.training.report import read_json, run_summary, write_json, write_run_report
 
 Log = Callable[[str], None]
+# after_fold(cfg, data, fold, fold_dir, result) -> statistics of a finished fold (see run_folds)
+AfterFold = Callable[[ExperimentConfig, LabelledData, Any, Path, dict], "dict | None"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -415,31 +417,95 @@ def _eval_device(cfg: ExperimentConfig) -> torch.device:
 
 
 def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: Path | None = None,
-              log: Log = print, extra_callbacks: tuple = ()) -> dict:
-    """Train and test every fold (or `cfg.fold`), skipping finished ones; write the run report."""
+              log: Log = print, extra_callbacks: tuple = (), *, only: Collection[int] | None = None,
+              after_fold: AfterFold | None = None, after_fold_name: str = "explain", quiet: bool = False) -> dict:
+    """Train and test every fold (or `cfg.fold`, or those in `only`), skipping finished ones;
+    write the run report.
+
+    - `{fold}` in a model setting (the teacher checkpoint of a teacher-student row,
+      `model.teacher_checkpoint=runs/h-mm-4/fold-{fold}`) becomes the fold's index.
+    - A finished fold (its `metrics.json` exists) is read, not retrained.
+    - `after_fold(cfg, data, fold, fold_dir, result)` measures something on a finished fold
+      (a benchmark's gate or attention statistics); its dict is cached in
+      `fold-K/<after_fold_name>.json`, read back instead of measured again, and merged into
+      the fold's result under `after_fold_name`.
+    - `quiet`: one line per fold trained (its test scores), nothing else.
+
+    Returns the run summary over every finished fold of `run_dir` (`run_summary`, plus
+    `run_dir`) and `selected`: the results of the folds asked for, in fold order.
+    """
     run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
     if rank_zero_only.rank == 0:
         save_config(cfg, run_dir)
     if cfg.fold is not None and not 0 <= cfg.fold < len(folds):
         raise ConfigError(f"fold={cfg.fold}: the protocol gives folds 0..{len(folds) - 1}")
-    selected = folds if cfg.fold is None else [folds[cfg.fold]]
-    for fold in selected:
+    chosen = folds if cfg.fold is None else [folds[cfg.fold]]
+    if only is not None:
+        unknown = sorted(set(only) - {f.index for f in folds})
+        if unknown:
+            raise ConfigError(f"folds {unknown}: the protocol gives folds 0..{len(folds) - 1}")
+        chosen = [f for f in chosen if f.index in only]
+    extra = after_fold_name if after_fold is not None else None
+    selected = []
+    for fold in chosen:
         fold_dir = run_dir / f"fold-{fold.index}"
+        fold_cfg = fold_config(cfg, fold.index)
+        changed = False
         if (fold_dir / "metrics.json").is_file():
-            log(f"fold {fold.index}: done before, skipped ({fold_dir / 'metrics.json'})")
-            continue
-        log(f"fold {fold.index} ({fold.name}): train {len(fold.train)}, val {len(fold.val)}, test {len(fold.test)}")
-        result = train_fold(cfg, data, fold, fold_dir, log, extra_callbacks)
-        t = result["test"]
-        log(f"fold {fold.index}: test UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f} "
-            f"(best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
-        write_run(cfg, data, folds, run_dir)  # the report grows fold by fold
-    return write_run(cfg, data, folds, run_dir)
+            if not quiet:
+                log(f"fold {fold.index}: done before, skipped ({fold_dir / 'metrics.json'})")
+        else:
+            if not quiet:
+                log(f"fold {fold.index} ({fold.name}): train {len(fold.train)}, val {len(fold.val)}, "
+                    f"test {len(fold.test)}")
+            result = train_fold(fold_cfg, data, fold, fold_dir, (lambda s: None) if quiet else log, extra_callbacks)
+            t = result["test"]
+            log(f"fold {fold.index}: test UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f} "
+                f"(best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
+            changed = True
+        if after_fold is not None and not (fold_dir / f"{extra}.json").is_file():
+            measured = after_fold(fold_cfg, data, fold, fold_dir, read_json(fold_dir / "metrics.json")) or {}
+            if rank_zero_only.rank == 0:
+                write_json(fold_dir / f"{extra}.json", measured)
+            _barrier()
+            changed = True
+        selected.append(read_fold(fold_dir, extra))
+        if changed:
+            write_run(cfg, data, folds, run_dir, extra)  # the report grows fold by fold
+    run = write_run(cfg, data, folds, run_dir, extra)
+    run["selected"] = selected
+    return run
 
 
-def write_run(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: Path) -> dict:
+def fold_config(cfg: ExperimentConfig, index: int) -> ExperimentConfig:
+    """`cfg` for fold `index`: `{fold}` in the model settings (paths to a fold of another run,
+    such as a teacher checkpoint) replaced by the index."""
+
+    def fill(value):
+        if isinstance(value, str):
+            return value.replace("{fold}", str(index))
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+
+    out = copy.deepcopy(cfg)
+    out.model = fill(out.model)
+    return out
+
+
+def read_fold(fold_dir: Path, extra: str | None = None) -> dict:
+    """A finished fold's metrics.json, with its `<extra>.json` (an `after_fold` output) under `extra`."""
+    result = read_json(fold_dir / "metrics.json")
+    if extra and (fold_dir / f"{extra}.json").is_file():
+        result[extra] = read_json(fold_dir / f"{extra}.json")
+    return result
+
+
+def write_run(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: Path, extra: str | None = None) -> dict:
     """Summarise every finished fold of the run into metrics.json, report.md, confusion.png."""
-    done = [read_json(run_dir / f"fold-{f.index}" / "metrics.json") for f in folds
+    done = [read_fold(run_dir / f"fold-{f.index}", extra) for f in folds
             if (run_dir / f"fold-{f.index}" / "metrics.json").is_file()]
     run = run_summary(cfg.to_dict(), data.classes, done, len(folds))
     if rank_zero_only.rank == 0:
@@ -452,15 +518,21 @@ def write_run(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
 def run_experiment(cfg: ExperimentConfig, log: Log = print, progress=None) -> dict:
     """Read the corpus and its features (extracting what is missing), cut the folds, run them."""
     from emofuse.training.features import load_labelled
-    from emofuse.training.splits import make_folds
 
     run_dir = cfg.resolved_run_dir()
     if rank_zero_only.rank == 0:
         save_config(cfg, run_dir)  # fail early on a run_dir that holds another experiment
     data = load_labelled(cfg, log=log, progress=progress)
+    return run_folds(cfg, data, protocol_folds(cfg, data), run_dir, log)
+
+
+def protocol_folds(cfg: ExperimentConfig, data: LabelledData) -> list:
+    """The folds of `cfg.protocol` over the corpus of `data` (drawn with `cfg.seed`)."""
+    from emofuse.training.splits import make_folds
+
     p = cfg.protocol
-    folds = make_folds(data.corpus, p.name, k=p.k, seed=cfg.seed, val_fraction=p.val_fraction, val_speakers=p.val_speakers)
-    return run_folds(cfg, data, folds, run_dir, log)
+    return make_folds(data.corpus, p.name, k=p.k, seed=cfg.seed, val_fraction=p.val_fraction,
+                      val_speakers=p.val_speakers)
 
 
 def is_rank_zero() -> bool:

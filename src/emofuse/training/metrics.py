@@ -78,10 +78,22 @@ def summarise(folds: Sequence[dict], keys: Sequence[str] = HEADLINE) -> dict:
     return out
 
 
-def mean_std(entry: dict, percent: bool = True, digits: int = 1) -> str:
-    """'71.2 ± 3.4' (percent) for a summary entry; no '±' for a single fold."""
+def mean_std(values: dict | Sequence[float], percent: bool = True, digits: int | None = None) -> str:
+    """'71.2 ± 3.4' from a `summarise` entry or from per-fold values (sample std, ddof=1).
+
+    percent: scaled by 100 with one decimal (`emofuse report`, the UA/WA columns of the
+    benchmarks); else as they are with three decimals (gates, entropies, 0-1 scores), unless
+    `digits` says otherwise. One value gives no '±'; no values give '-'.
+    """
+    if isinstance(values, dict):
+        mean, std = values["mean"], values.get("std")
+    else:
+        v = np.asarray(values, dtype=np.float64)
+        if v.size == 0:
+            return "-"
+        mean, std = float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None
     scale = 100.0 if percent else 1.0
-    mean = entry["mean"] * scale
-    if entry.get("std") is None:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {entry['std'] * scale:.{digits}f}"
+    digits = (1 if percent else 3) if digits is None else digits
+    if std is None:
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
