@@ -14,6 +14,7 @@ keeps as `config.yaml`. See configs/README.md for the schema with every default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -280,11 +281,40 @@ def validate_model(section: dict) -> dict:
                           f"valid: {', '.join(valid)}")
     resolved = {"name": entry.name}
     resolved.update({k: coerce(f"model.{k}", v, hints[k]) for k, v in settings.items()})
+    _check_model_ranges(entry, resolved)
     try:
         cls(**{**entry.defaults, **{k: v for k, v in resolved.items() if k != "name"}})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {entry.name!r}: invalid settings ({exc})") from exc
     return resolved
+
+
+def _check_model_ranges(entry, settings: dict) -> None:
+    """Numeric model settings in their range, so that `model.dropout=1.5` or `model.hidden=0`
+    stops at load time (before any feature extraction), not as a traceback from a layer.
+
+    Sizes and counts (ints, and tuples of them such as conv_filters) are >= 1, except where the
+    model's default is 0, which there means "derived" (gmu_size, attention_size: 0 = hidden);
+    dropouts are probabilities in [0, 1); other floats (loss weights, margins, rates) are finite
+    and >= 0."""
+    defaults = {f.name: f.default for f in fields(entry.config_cls)} | dict(entry.defaults)
+    for key, value in settings.items():
+        if key == "name" or isinstance(value, bool):
+            continue
+        where = f"model.{key}={value!r}"
+        if isinstance(value, int):
+            low = 0 if defaults.get(key) == 0 else 1
+            if value < low:
+                raise ConfigError(f"{where} is out of range: must be >= {low}"
+                                  + (" (0 = derived from the other sizes)" if low == 0 else ""))
+        elif isinstance(value, float):
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{where} is out of range: must be a finite number >= 0")
+            if "dropout" in key and value >= 1:
+                raise ConfigError(f"{where} is out of range: a dropout probability is in [0, 1)")
+        elif isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            if min(value) < 1:
+                raise ConfigError(f"{where} is out of range: every size must be >= 1")
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -533,11 +563,13 @@ def config_differences(a: dict, b: dict) -> list[str]:
 
 def save_config(cfg: ExperimentConfig, run_dir: Path) -> Path:
     """Write `run_dir/config.yaml` atomically. A run directory that already holds a different
-    config (other than where/how fast it runs) is refused: its folds would mix two experiments."""
+    config (other than where/how fast it runs) is refused: its folds would mix two experiments.
+    A folder holding nothing but its config.yaml (a start that failed before any fold, e.g. on a
+    missing feature) has no results to mix, so a corrected config replaces it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     resolved = cfg.to_dict()
-    if path.is_file():
+    if path.is_file() and any(not _config_only(entry.name) for entry in run_dir.iterdir()):
         previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         # A key added to the schema after that run started (absent there) still at its default is no change.
         defaults, before = flatten(ExperimentConfig().to_dict()), flatten(previous)
@@ -551,3 +583,8 @@ def save_config(cfg: ExperimentConfig, run_dir: Path) -> Path:
             )
     atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
     return path
+
+
+def _config_only(name: str) -> bool:
+    """config.yaml itself, or a stray temporary file of an interrupted write of it (emofuse/io.py)."""
+    return name == "config.yaml" or (name.startswith(".config.yaml.") and name.endswith(".tmp"))
