@@ -51,3 +51,16 @@ def tone(seconds: float = 0.5, sr: int = 16000, freq: float = 220.0, channels: i
     if channels > 1:
         y = np.stack([y] * channels, axis=1)
     return y
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the CI box has 2 cores shared with other jobs, and
+    results must not depend on the thread count. Opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch  # here, not at the top: the corpus and feature tests never import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

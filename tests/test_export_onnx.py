@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from emofuse.errors import ConfigError
 from emofuse.training.export import export_run
@@ -13,12 +12,7 @@ from emofuse.inference.predictor import Predictor
 from test_inference import CLASSES, ravdess_files, registry_model_dir, trained_runs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _session(path):

@@ -130,12 +130,7 @@ def registry_model_dir(out: Path, name: str = "H-MM-4", acoustic: str = "fbank40
     return write_model_dir(out, model, info)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ from emofuse.training.splits import make_folds
 CLASSES = ("angry", "happy", "neutral", "sad")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def synthetic_words(speakers: int = 6, per_class: int = 2, seed: int = 0) -> LabelledData:

@@ -60,12 +60,7 @@ def folds_for(data: LabelledData, cfg):
     return make_folds(data.corpus, p.name, k=p.k, seed=cfg.seed, val_speakers=p.val_speakers)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_one_fold_writes_the_run_directory_and_learns_the_synthetic_task(tmp_path):
