@@ -164,7 +164,8 @@ def test_words_map_to_the_right_20_ms_frames(speech_folders):
 
 def test_chunked_equals_unchunked_within_tolerance(speech_folders):
     """Stated tolerance: conv features (layer 0) 1e-4; transformer layers lose the context
-    beyond their chunk, so the last layer is compared by relative RMS (measured 0.0x here)."""
+    beyond their chunk, so the last layer is compared by relative RMS: 0.0017 measured on
+    this model with 1 s chunks, bound 0.01."""
     y = _audio(3.0, seed=3)
     folder = speech_folders["wav2vec2"]
     whole = hf.HFSpeechEncoder(f"hf:{folder}#layers=all", chunk_seconds=30.0).encode(y)  # (149, 3, 32)
@@ -172,7 +173,7 @@ def test_chunked_equals_unchunked_within_tolerance(speech_folders):
     assert chunked.shape == whole.shape
     np.testing.assert_allclose(chunked[:, 0], whole[:, 0], atol=1e-4)
     error = np.sqrt(np.mean((chunked[:, -1] - whole[:, -1]) ** 2) / np.mean(whole[:, -1] ** 2))
-    assert error < 0.1
+    assert error < 0.01
 
 
 def test_chunk_seams_take_each_frame_from_one_chunk(speech_folders):

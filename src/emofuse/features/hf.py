@@ -30,7 +30,8 @@ an edge (the overlap split in half). The conv features (hidden_states[0] of the 
 family) are then the same as unchunked to float rounding (1e-4) when the model's conv stack
 normalises per frame (``feat_extract_norm="layer"``, data2vec-audio): the per-utterance input
 normalisation (``do_normalize``) is applied to the whole utterance before cutting. Transformer
-layers see only their chunk, so deeper layers differ by the context they lose; with the
+layers see only their chunk, so deeper layers differ by the context they lose (relative RMS
+0.0017 on the 2-layer test model with 1 s chunks, tested below 0.01); with the
 defaults (20 s chunks, 2 s overlap) only utterances longer than 20 s are cut at all.
 Whisper always reads a fixed window (30 s for the released models): longer audio is chunked
 the same way and only the frames of real audio are kept, never those of the padding.
