@@ -55,6 +55,54 @@ def _print_prediction(out: Console, prediction) -> None:
         out.print(table)
 
 
+def _print_long(out: Console, result) -> None:
+    summary = result.summary()
+    shares = "  ".join(f"{c} {100 * v:.1f}%" for c, v in summary["share"].items())
+    out.print(f"[bold]{escape(result.file)}[/]: {result.duration:.1f} s, {len(result.segments)} segments "
+              f"({escape(result.detector)}); share of speech time: {shares}")
+    table = Table(show_edge=False, pad_edge=False, box=None)
+    for name in ("start (s)", "end (s)", "emotion", "p", "words"):
+        table.add_column(name, justify="right" if name in ("start (s)", "end (s)", "p") else "left")
+    for s in result.segments:
+        words = " ".join(w.text for w in s.words) or "; ".join(s.warnings)
+        table.add_row(f"{s.start:.2f}", f"{s.end:.2f}", escape(s.label or "-"), f"{s.confidence:.2f}",
+                      escape(words[:80]))
+    out.print(table)
+
+
+def _predict_long_files(model_dir, jobs, settings, detector, cues, threads, as_json, out, err, single):
+    """Files predicted per segment (`inference.long`), one Predictor, a progress bar per file."""
+    from emofuse.errors import DataError
+    from emofuse.inference.long import predict_long
+    from emofuse.inference.predictor import PredictionError, Predictor
+
+    predictor = Predictor(model_dir, threads=threads)
+    results = []
+    for path, text in jobs:
+        if text and cues is None:
+            err.print(f"[yellow]note[/]: {escape(path)} is predicted per segment; its transcript is not used "
+                      "(give a timed one with --segments-from)")
+        with Progress(TextColumn(escape(Path(path).name)), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True,
+                      disable=not err.is_terminal) as bar:
+            task = bar.add_task("segments", total=1.0)
+            try:
+                result = predict_long(predictor, path, settings, detector, cues,
+                                      progress=lambda done, total: bar.update(task, completed=done / max(total, 1e-9)))
+            except DataError as exc:
+                if single:
+                    raise
+                err.print(f"[red]failed[/] {escape(str(exc))}")
+                results.append(PredictionError(path, str(exc)))
+                continue
+        results.append(result)
+        if as_json:
+            print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+        else:
+            _print_long(out, result)
+    return results
+
+
 def predict(
     model_dir: Path = typer.Argument(..., help="Model directory (from `emofuse export` or `emofuse train`)."),
     source: Path = typer.Argument(..., help="An audio file, or a folder searched recursively for audio files."),
@@ -68,8 +116,17 @@ def predict(
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Files per model batch."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine). Folder workers use 1 each."),
     one_speaker: bool = typer.Option(False, "--one-speaker", help="The folder holds one speaker's recordings, spanning their emotions: normalise them with their joint statistics, as a model trained with data.normalise=speaker or protocol.backend=speaker-lr was cross-validated (file by file, stand-ins are used: the recording's own frame statistics, the training speakers' mean for the back-end, which also needs 5 or more recordings). One process."),
+    segments: bool = typer.Option(False, "--segments", help="Predict every file per speech segment, whatever its length."),
+    segment_over: float = typer.Option(30.0, "--segment-over", min=0.0, help="Files longer than this many seconds are predicted per speech segment."),
+    segments_from: Optional[Path] = typer.Option(None, "--segments-from", help="Timed transcript (CSV start,end,text / .srt / .vtt) giving the segments of one file and their texts (forced-aligned within each)."),
+    vad: str = typer.Option("auto", "--vad", help="Speech detector for segments: auto (Silero VAD, else energy), silero, energy."),
+    min_pause: float = typer.Option(0.5, "--min-pause", help="Segments: a pause this long (s) ends a segment."),
+    min_segment: float = typer.Option(0.25, "--min-segment", help="Segments: speech shorter than this (s) is dropped."),
+    max_segment: float = typer.Option(10.0, "--max-segment", help="Segments: longer ones (s) are cut at their deepest pause."),
+    pad: float = typer.Option(0.1, "--pad", help="Segments: seconds added before and after each (at most --min-pause / 2)."),
 ) -> None:
-    """Predict the emotion of recordings and show, per word, its time span, acoustic share and attention."""
+    """Predict the emotion of recordings and show, per word, its time span, acoustic share and attention.
+    Long files (over --segment-over, or all with --segments) are predicted per speech segment."""
     from emofuse.inference.explain import render_html, render_png, write_text_atomic
     from emofuse.inference.folder import find_audio, predict_jobs, read_transcripts, write_results
     from emofuse.inference.predictor import PredictionError
@@ -100,6 +157,25 @@ def predict(
     if info.acoustic_only and texts:
         err.print(f"[yellow]note[/]: model {escape(info.name)} is acoustic-only; transcripts are not used")
     jobs = [(str(f), texts.get(f)) for f in files]
+    from emofuse.align.segments import DETECTORS, SegmentSettings
+    from emofuse.inference.long import is_long
+
+    if vad not in DETECTORS:
+        raise ConfigError(f"--vad {vad}: unknown speech detector; known: {', '.join(DETECTORS)}")
+
+    segment_settings = SegmentSettings(min_pause=min_pause, min_segment=min_segment, max_segment=max_segment, pad=pad)
+    cues = None
+    if segments_from is not None:
+        from emofuse.align.subtitles import read_timed_transcript
+
+        if not single:
+            raise ConfigError("--segments-from gives the segments of one file; give a file, not a folder")
+        cues = read_timed_transcript(segments_from)
+    long_jobs = [j for j in jobs if segments or cues is not None or is_long(j[0], segment_over)]
+    if long_jobs and (one_speaker or png_out is not None):
+        raise ConfigError("--one-speaker and --png take whole recordings; files predicted per segment "
+                          f"(over --segment-over {segment_over:g} s, or --segments) use --html for their timeline")
+    jobs = [j for j in jobs if j not in long_jobs]
 
     results: list = [None] * len(jobs)
     failed = 0
@@ -118,7 +194,7 @@ def predict(
             outcome = enumerate(Predictor(model_dir, threads=threads).predict_speaker(jobs, batch_size=batch_size))
         else:
             outcome = predict_jobs(model_dir, jobs, workers=min(workers, len(jobs)), batch_size=batch_size,
-                                   threads=threads)
+                                   threads=threads) if jobs else iter(())
         for index, result in outcome:
             results[index] = result
             bar.advance(task)
@@ -136,19 +212,34 @@ def predict(
                 print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
             else:
                 _print_prediction(out, result)
+    long_results = _predict_long_files(model_dir, long_jobs, segment_settings, vad, cues, threads, as_json,
+                                       out, err, single) if long_jobs else []
+    failed += sum(isinstance(r, PredictionError) for r in long_results)
+    segmented = [r for r in long_results if not isinstance(r, PredictionError)]
     done = [r for r in results if r is not None and not isinstance(r, PredictionError)]
     if results_out is not None:
-        write_results(results_out, results, info.classes)
+        if long_jobs:  # one row per segment; a file predicted whole is one segment
+            from emofuse.inference.long import write_segment_results
+
+            write_segment_results(results_out, long_results + results, info.classes)
+        else:
+            write_results(results_out, results, info.classes)
         err.print(f"[bold green]wrote[/] {escape(str(results_out))}")
-    if html_out is not None and done:
+    if html_out is not None and segmented:
+        from emofuse.inference.timeline import render_timeline_html
+
+        write_text_atomic(html_out, render_timeline_html(segmented, done, title=f"emofuse: {source.name}"))
+        err.print(f"[bold green]wrote[/] {escape(str(html_out))}")
+    elif html_out is not None and done:
         write_text_atomic(html_out, render_html(done, title=f"emofuse: {source.name}"))
         err.print(f"[bold green]wrote[/] {escape(str(html_out))}")
     if png_out is not None and done:
         render_png(done[0], png_out)
         err.print(f"[bold green]wrote[/] {escape(str(png_out))}")
     if not single:
-        err.print(f"{len(done)} of {len(jobs)} file(s) predicted" + (f", {failed} failed" if failed else ""))
-    if failed and not done:
+        err.print(f"{len(done) + len(segmented)} of {len(jobs) + len(long_jobs)} file(s) predicted"
+                  + (f", {failed} failed" if failed else ""))
+    if failed and not done and not segmented:
         sys.exit(1)
 
 

@@ -1,0 +1,304 @@
+"""Predict a long recording (a call, an interview, a meeting) one speech segment at a time.
+
+A whole recording read as one utterance is neither what the models were trained on (a few
+seconds of one speaker) nor affordable (a 10-minute file is one 872-word input). Here the
+file is read in blocks (`align.segments.read_blocks`), its speech segments are found as the
+audio streams by (`align.segments.Segmenter`, Silero VAD or the energy fallback) or taken
+from a timed transcript (`align.subtitles`: CSV start,end,text / SRT / WebVTT, each cue's text
+force-aligned within its own stretch of audio), and each segment is predicted by the
+`Predictor` as a recording of its own:
+
+    blocks ──► Segmenter ──► closed segments ──► audio cut from a short ring of blocks ──► Predictor
+                                                     (memory stays flat whatever the length)
+
+Each `SegmentPrediction` carries start and end, label, probabilities, the words with their
+gates and attention (times on the recording's clock) and the warnings of that segment; a
+segment the model cannot read (the recogniser found no words) keeps its times and says why.
+`LongPrediction.summary()` gives the share of speech time in each emotion and the strongest
+segments; a min/max envelope of the waveform (`ENVELOPE_POINTS` bins whatever the length)
+is kept for the timeline (`inference.timeline`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from emofuse.align.segments import SAMPLE_RATE, Segment, SegmentSettings, Segmenter, read_blocks
+from emofuse.errors import DataError
+from emofuse.inference.predictor import Prediction, PredictionError, Predictor, WordExplanation
+from emofuse.io import atomic_write_text
+
+ENVELOPE_POINTS = 4000  # waveform bins kept for the timeline: a one-hour file draws as a 10 kHz-free strip
+STRONGEST = 5  # segments listed in the summary
+BLOCK_SECONDS = 4.0
+
+
+@dataclass
+class SegmentPrediction:
+    start: float  # seconds on the recording's clock
+    end: float
+    label: str | None  # None when the segment could not be predicted (see warnings)
+    probabilities: dict[str, float]
+    words: list[WordExplanation]  # times on the recording's clock
+    warnings: list[str] = field(default_factory=list)
+    text: str | None = None  # the cue's text, when a timed transcript gave the segment
+    prediction: Prediction | None = None  # the segment's own prediction (times shifted), for the timeline
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities.get(self.label, 0.0) if self.label else 0.0
+
+    def to_json(self) -> dict:
+        record = {"start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
+                  "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+                  "words": [w.to_json() for w in self.words], "warnings": self.warnings}
+        if self.text is not None:
+            record["text"] = self.text
+        return record
+
+
+@dataclass
+class LongPrediction:
+    file: str
+    duration: float  # seconds of audio read
+    detector: str  # silero, energy or transcript
+    segments: list[SegmentPrediction]
+    classes: list[str]
+    model: str = ""
+    fallbacks: list[str] = field(default_factory=list)  # detector fallbacks ("silero->energy: why")
+    envelope: np.ndarray | None = None  # (N, 2) min/max per bin of `envelope_hop` seconds
+    envelope_hop: float = 0.01
+    seconds: float = 0.0  # wall-clock seconds the prediction took
+
+    def summary(self, strongest: int = STRONGEST) -> dict:
+        """Share of predicted speech time in each emotion, and the segments the model is surest of."""
+        done = [s for s in self.segments if s.label is not None]
+        speech = sum(s.duration for s in done)
+        share = {c: round(sum(s.duration for s in done if s.label == c) / speech, 4) if speech else 0.0
+                 for c in self.classes}
+        top = sorted(done, key=lambda s: -s.confidence)[:strongest]
+        return {"speech_seconds": round(speech, 3), "segments": len(self.segments),
+                "failed_segments": len(self.segments) - len(done), "share": share,
+                "strongest": [{"start": round(s.start, 3), "end": round(s.end, 3), "label": s.label,
+                               "probability": round(s.confidence, 6)} for s in top]}
+
+    def to_json(self) -> dict:
+        """What `emofuse predict --json` prints for a file predicted per segment."""
+        record = {"file": self.file, "duration": round(self.duration, 3), "model": self.model,
+                  "detector": self.detector, "summary": self.summary(),
+                  "segments": [s.to_json() for s in self.segments]}
+        if self.fallbacks:
+            record["fallbacks"] = self.fallbacks
+        return record
+
+    def rows(self) -> list[dict]:
+        """One flat record per segment, for CSV / JSONL results."""
+        return [{"file": self.file, **s.to_json()} for s in self.segments]
+
+
+class _Envelope:
+    """Min/max of the waveform in `bins` bins over a known length, filled block by block."""
+
+    def __init__(self, total_samples: int, bins: int = ENVELOPE_POINTS):
+        self.step = max(160, math.ceil(max(total_samples, 1) / bins))  # at least 10 ms a bin
+        self.values: list[np.ndarray] = []
+        self._rest = np.zeros(0, dtype=np.float32)
+
+    def push(self, block: np.ndarray, last: bool = False) -> None:
+        y = np.concatenate([self._rest, block]) if len(self._rest) else block
+        whole = len(y) // self.step * self.step
+        if last and whole < len(y):
+            y = np.pad(y, (0, self.step - (len(y) - whole)))
+            whole = len(y)
+        self._rest = y[whole:].copy()
+        if whole:
+            bins = y[:whole].reshape(-1, self.step)  # (n, step)
+            self.values.append(np.stack([bins.min(1), bins.max(1)], axis=1).astype(np.float32))
+
+    def result(self) -> np.ndarray:
+        if len(self._rest):
+            self.push(np.zeros(0, dtype=np.float32), last=True)
+        return np.concatenate(self.values) if self.values else np.zeros((0, 2), dtype=np.float32)
+
+
+class _Ring:
+    """The recent audio of a stream: blocks kept from `keep_from` (a sample index) onwards."""
+
+    def __init__(self):
+        self.blocks: list[tuple[int, np.ndarray]] = []  # (first sample, samples)
+        self.end = 0  # samples pushed so far
+
+    def push(self, block: np.ndarray) -> None:
+        self.blocks.append((self.end, block))
+        self.end += len(block)
+
+    def cut(self, start: float, end: float) -> np.ndarray:
+        a, b = int(round(start * SAMPLE_RATE)), min(int(round(end * SAMPLE_RATE)), self.end)
+        parts = [y[max(0, a - s): max(0, b - s)] for s, y in self.blocks if s < b and s + len(y) > a]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def forget_before(self, sample: int) -> None:
+        self.blocks = [(s, y) for s, y in self.blocks if s + len(y) > sample]
+
+
+def _audio_samples(path: Path) -> int:
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as err:
+        raise DataError(path, f"cannot read audio: {err}") from err
+    return int(round(info.frames * SAMPLE_RATE / info.samplerate))
+
+
+def is_long(path: str | Path, over: float) -> bool:
+    """Whether a file lasts more than `over` seconds (read from its header); unreadable files
+    are not long: the whole-file path reports them."""
+    try:
+        return _audio_samples(Path(path)) / SAMPLE_RATE > over
+    except DataError:
+        return False
+
+
+def _shifted(prediction: Prediction, offset: float) -> Prediction:
+    words = [replace(w, start=w.start + offset, end=w.end + offset) for w in prediction.words]
+    return replace(prediction, words=words, envelope=None)
+
+
+def _segment_result(segment: Segment, outcome: Prediction | PredictionError) -> SegmentPrediction:
+    if isinstance(outcome, PredictionError):
+        return SegmentPrediction(segment.start, segment.end, None, {}, [], [outcome.error], segment.text)
+    shifted = _shifted(outcome, segment.start)
+    warnings = list(outcome.fallbacks)
+    if outcome.truncated:
+        warnings.append("truncated to the model's max_frames/max_words")
+    return SegmentPrediction(segment.start, segment.end, outcome.label, dict(outcome.probabilities),
+                             shifted.words, warnings, segment.text, shifted)
+
+
+def predict_long(predictor: Predictor, path: str | Path, settings: SegmentSettings | None = None,
+                 detector: str = "auto", cues: Sequence[Segment] | None = None, batch_size: int = 4,
+                 progress: Callable[[float, float], None] | None = None,
+                 block_seconds: float = BLOCK_SECONDS) -> LongPrediction:
+    """Predict `path` per speech segment (module docstring).
+
+    cues: segments with texts from a timed transcript (`align.subtitles.read_timed_transcript`);
+    without them the segmenter finds the segments. batch_size: segments per model batch.
+    progress(seconds_read, seconds_total) is called after every block.
+    """
+    path = Path(path)
+    started = time.perf_counter()
+    total = _audio_samples(path)
+    settings = settings or SegmentSettings()
+    segmenter = None if cues is not None else Segmenter(settings, detector)
+    pending_cues = sorted(cues or [], key=lambda c: c.start)
+    # A segment can open up to max_segment + min_pause before the newest sample: keep that much.
+    keep = int((settings.max_segment + settings.min_pause + settings.pad + block_seconds + 1.0) * SAMPLE_RATE)
+    ring, env = _Ring(), _Envelope(total)
+    queue: list[Segment] = []
+    results: list[SegmentPrediction] = []
+
+    def run(segments: list[Segment]) -> None:
+        inputs = [(ring.cut(s.start, s.end), s.text, f"{path}@{s.start:.2f}-{s.end:.2f}s") for s in segments]
+        outcomes = predictor.predict_batch(inputs, strict=False)
+        results.extend(_segment_result(s, o) for s, o in zip(segments, outcomes))
+
+    def ready(now: float) -> list[Segment]:
+        closed = []
+        while pending_cues and pending_cues[0].end <= now:
+            closed.append(pending_cues.pop(0))
+        return closed
+
+    for block in read_blocks(path, block_seconds):
+        ring.push(block)
+        env.push(block)
+        queue += segmenter.push(block) if segmenter is not None else ready(ring.end / SAMPLE_RATE)
+        if len(queue) >= batch_size:
+            run(queue)
+            queue = []
+        oldest = min([int(s.start * SAMPLE_RATE) for s in queue] + [ring.end - keep])
+        if pending_cues:
+            oldest = min(oldest, int(pending_cues[0].start * SAMPLE_RATE))
+        ring.forget_before(oldest)
+        if progress is not None:
+            progress(ring.end / SAMPLE_RATE, total / SAMPLE_RATE)
+    duration = ring.end / SAMPLE_RATE
+    if segmenter is not None:
+        queue += segmenter.flush()
+    else:
+        for cue in pending_cues:  # cues running past the end are cut there; cues after it are said to be skipped
+            if cue.start < duration:
+                queue.append(Segment(cue.start, duration, cue.text))
+    if queue:
+        run(queue)
+    for cue in pending_cues:
+        if cue.start >= duration:
+            results.append(SegmentPrediction(cue.start, cue.end, None, {}, [],
+                                             [f"the cue starts after the audio ends ({duration:.2f} s)"], cue.text))
+        elif cue.end > duration:
+            for r in results:
+                if r.start == cue.start:
+                    r.warnings.append(f"the cue ends at {cue.end:g} s, after the audio ({duration:.2f} s): cut there")
+    return LongPrediction(
+        file=str(path), duration=duration,
+        detector=segmenter.detector_name if segmenter is not None else "transcript",
+        segments=results, classes=list(predictor.classes), model=predictor.info.name,
+        fallbacks=list(segmenter.fallbacks) if segmenter is not None else [],
+        envelope=env.result(), envelope_hop=env.step / SAMPLE_RATE, seconds=time.perf_counter() - started)
+
+
+def segment_rows(results: Sequence[LongPrediction | Prediction | PredictionError]) -> list[dict]:
+    """One record per segment; a file predicted whole is one segment from 0 to its end."""
+    rows = []
+    for r in results:
+        if isinstance(r, LongPrediction):
+            rows += r.rows()
+        elif isinstance(r, PredictionError):
+            rows.append({"file": r.file, "start": None, "end": None, "label": None, "probabilities": {},
+                         "words": [], "warnings": [r.error]})
+        else:
+            rows.append({"file": r.file, "start": 0.0, "end": round(r.duration, 3), "label": r.label,
+                         "probabilities": {k: round(v, 6) for k, v in r.probabilities.items()},
+                         "words": [w.to_json() for w in r.words], "warnings": list(r.fallbacks)})
+    return rows
+
+
+def write_segment_results(path: str | Path, results: Sequence[LongPrediction | Prediction | PredictionError],
+                          classes: Sequence[str]) -> Path:
+    """`.csv` or `.jsonl` with one row per segment (`segment_rows`), written atomically."""
+    path = Path(path)
+    rows = segment_rows(results)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    elif suffix == ".csv":
+        buffer = io.StringIO()
+        fields = ["file", "start", "end", "label", *[f"p_{c}" for c in classes], "words", "warnings"]
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            words = " ".join(f"{w['text']}@{w['start']:.2f}-{w['end']:.2f}" if w["start"] is not None else w["text"]
+                             for w in r["words"])
+            writer.writerow({"file": r["file"], "start": "" if r["start"] is None else f"{r['start']:.3f}",
+                             "end": "" if r["end"] is None else f"{r['end']:.3f}", "label": r["label"] or "",
+                             **{f"p_{c}": f"{r['probabilities'][c]:.6f}" if c in r["probabilities"] else ""
+                                for c in classes},
+                             "words": words, "warnings": "; ".join(r["warnings"])})
+        text = buffer.getvalue()
+    else:
+        raise DataError(path, "results file must end in .csv or .jsonl")
+    atomic_write_text(path, text)
+    return path
