@@ -5,11 +5,19 @@ averaging the channels and resamples with a polyphase filter (scipy `resample_po
 soundfile is tried first (it seeks, so a 3 s cut of a 1 h file reads 3 s); containers it
 cannot open (mp4, m4a, webm, ...) go through PyAV. Every failure is a `DataError` naming
 the file and the problem.
+
+For untrusted uploads, `load_audio_bounded(path, sr, max_seconds)` never decodes more than it
+may keep: `probe_audio` reads duration, rate and channels from the header first (soundfile
+for WAV/FLAC/OGG, PyAV stream metadata for other containers) and refuses before decoding;
+decoding then goes block by block and stops as soon as the decoded length passes the limit,
+for containers whose header does not say, or lies. A one-hour FLAC of silence is 0.7 MB on
+disk and 1.4 GB as float32 stereo samples: the limit is checked before, not after.
 """
 
 from __future__ import annotations
 
-from math import gcd
+from dataclasses import dataclass
+from math import ceil, gcd
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +116,152 @@ def load_audio(
     if not np.all(np.isfinite(y)):
         raise DataError(path, "audio holds NaN or infinite samples")
     return resample(y, native, sr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrusted audio: the header is checked before decoding, and decoding stops at the limit.
+
+MIN_RATE, MAX_RATE = 4_000, 192_000  # Hz: below, nothing a speech model can use; above, no real recorder
+MAX_CHANNELS = 8
+BLOCK_SECONDS = 1.0  # decoded per step: memory stays at the limit plus one block
+_SF_UNKNOWN_LENGTH = 2**62  # libsndfile reports SF_COUNT_MAX frames for a stream of unknown length
+
+
+class AudioRefused(DataError):
+    """Audio refused before (or while) decoding; `status` is the HTTP status a service answers."""
+
+    status = 422
+
+
+class AudioTooLong(AudioRefused):
+    """Longer than the caller's limit (413 Payload Too Large)."""
+
+    status = 413
+
+
+class AudioUnsupported(AudioRefused):
+    """A sample rate or channel count outside what is decoded, or no audio stream (415)."""
+
+    status = 415
+
+
+@dataclass(frozen=True)
+class AudioHeader:
+    """What a file says about itself, read without decoding."""
+
+    sample_rate: int
+    channels: int
+    duration: float | None  # seconds; None when the container does not say
+    reader: str  # "soundfile" or "pyav": the decoder that will read it
+
+
+def probe_audio(path: str | Path) -> AudioHeader:
+    """Duration, sample rate and channels from the file's header, without decoding samples.
+
+    soundfile first (WAV, FLAC, OGG, ...); a file it cannot open, or whose header declares no
+    samples (a streaming WAV writer leaves 0 there), goes to PyAV's stream metadata. DataError
+    when neither can open it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "audio file not found")
+    try:
+        info = sf.info(str(path))
+        if info.frames >= _SF_UNKNOWN_LENGTH:  # a FLAC streamed out with total samples 0 ("unknown")
+            # libsndfile fails at the end of such a stream; FFmpeg reads it to its end
+            return AudioHeader(int(info.samplerate), int(info.channels), None, "pyav")
+        if info.frames > 0:
+            return AudioHeader(int(info.samplerate), int(info.channels), info.frames / info.samplerate, "soundfile")
+    except Exception as exc:  # noqa: BLE001 - libsndfile cannot open this container: ask FFmpeg
+        sf_problem = str(exc)
+    else:
+        sf_problem = "the header declares 0 samples"
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioUnsupported(path, "the file holds no audio stream")
+            stream = container.streams.audio[0]
+            rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+            channels = int(stream.codec_context.channels or 0)
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / av.time_base
+            else:
+                duration = None
+    except DataError:
+        raise
+    except Exception as av_exc:  # noqa: BLE001
+        raise DataError(path, f"cannot read the audio header (soundfile: {sf_problem}; PyAV: {av_exc})") from None
+    return AudioHeader(rate, channels, duration, "pyav")
+
+
+def check_audio_header(path: str | Path, header: AudioHeader, max_seconds: float | None) -> None:
+    """Refuse, before decoding, a rate outside 4-192 kHz, more than 8 channels (AudioUnsupported)
+    or a declared duration over `max_seconds` (AudioTooLong)."""
+    if not MIN_RATE <= header.sample_rate <= MAX_RATE:
+        raise AudioUnsupported(path, f"sample rate {header.sample_rate} Hz is outside "
+                                     f"{MIN_RATE // 1000}-{MAX_RATE // 1000} kHz")
+    if not 1 <= header.channels <= MAX_CHANNELS:
+        raise AudioUnsupported(path, f"{header.channels} channels: at most {MAX_CHANNELS} are decoded")
+    if max_seconds is not None and header.duration is not None and header.duration > max_seconds:
+        raise AudioTooLong(path, f"the recording is {header.duration:.1f} s long; the limit is {max_seconds:g} s")
+
+
+def decode_bounded(path: str | Path, header: AudioHeader, max_seconds: float | None) -> np.ndarray:
+    """float32 mono samples at the header's rate, decoded block by block; AudioTooLong as soon as
+    more than `max_seconds` have been decoded, whatever the header said."""
+    path = Path(path)
+    limit = None if max_seconds is None else int(ceil(max_seconds * header.sample_rate))
+    chunks: list[np.ndarray] = []
+    decoded = 0
+
+    def keep(block: np.ndarray) -> None:  # block: (N,) mono
+        nonlocal decoded
+        decoded += block.size
+        if limit is not None and decoded > limit:
+            raise AudioTooLong(path, f"more than {max_seconds:g} s decoded (the limit); the header "
+                                     f"declared {'no length' if header.duration is None else f'{header.duration:.1f} s'}")
+        chunks.append(block)
+
+    block_frames = max(1, int(BLOCK_SECONDS * header.sample_rate))
+    try:
+        if header.reader == "soundfile":
+            with sf.SoundFile(str(path)) as f:
+                while True:
+                    y = f.read(block_frames, dtype="float32", always_2d=True)  # (N, C)
+                    if y.shape[0] == 0:
+                        break
+                    keep(y[:, 0].copy() if y.shape[1] == 1 else y.mean(axis=1))
+        else:
+            import av
+
+            with av.open(str(path)) as container:
+                stream = container.streams.audio[0]
+                resampler = av.AudioResampler(format="flt", layout="mono", rate=header.sample_rate)
+                for frame in container.decode(stream):
+                    for out in resampler.resample(frame):
+                        keep(out.to_ndarray().reshape(-1).astype(np.float32))
+                for out in resampler.resample(None):
+                    keep(out.to_ndarray().reshape(-1).astype(np.float32))
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged stream is a data problem
+        raise DataError(path, f"cannot decode audio ({type(exc).__name__}: {exc})") from None
+    y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if y.size == 0:
+        raise DataError(path, "audio is empty (0 samples)")
+    if not np.all(np.isfinite(y)):
+        raise DataError(path, "audio holds NaN or infinite samples")
+    return y
+
+
+def load_audio_bounded(path: str | Path, sr: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+    """float32 mono samples at `sr` Hz of an untrusted file, refused before decoding when its
+    header is out of bounds and while decoding when it runs past `max_seconds`.
+
+    AudioTooLong (status 413), AudioUnsupported (415), DataError for anything unreadable."""
+    header = probe_audio(path)
+    check_audio_header(path, header, max_seconds)
+    return resample(decode_bounded(path, header, max_seconds), header.sample_rate, sr)

@@ -1,0 +1,145 @@
+"""Decompression and sample-rate bombs are refused from the header, or while decoding, before
+they cost memory (issue 18, item 1: the audio side)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import tone
+from emofuse.features.audio import (
+    AudioTooLong, AudioUnsupported, load_audio, load_audio_bounded, probe_audio,
+)
+
+LIMIT = 120.0  # seconds: the service's default --max-seconds
+STREAMINFO_TOTAL = slice(18, 26)  # bytes of FLAC STREAMINFO holding rate | channels | bits | total samples
+
+
+def _silent_flac(path: Path, seconds: int, sr: int = 48_000, channels: int = 2) -> Path:
+    block = np.zeros((sr * 60, channels), np.int16)
+    with sf.SoundFile(str(path), "w", sr, channels, subtype="PCM_16", format="FLAC", compression_level=0) as out:
+        for start in range(0, seconds, 60):
+            out.write(block[: (min(seconds, start + 60) - start) * sr])
+    return path
+
+
+def _set_flac_total_samples(path: Path, total: int) -> None:
+    """Rewrite the total-samples field of STREAMINFO (0 means "unknown" in the FLAC format)."""
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC"
+    packed = int.from_bytes(data[STREAMINFO_TOTAL], "big")
+    packed = (packed & ~((1 << 36) - 1)) | total
+    data[STREAMINFO_TOTAL] = packed.to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bombs")
+    hour = _silent_flac(root / "hour.flac", 3600)  # 2.5 MB on disk, 1.4 GB as float32 samples
+    # Ten hours: a ten-minute stream whose header says ten hours (the check reads the header;
+    # encoding ten real hours would cost the test minutes).
+    ten = _silent_flac(root / "ten-hours.flac", 600)
+    _set_flac_total_samples(ten, 10 * 3600 * 48_000)
+    one_hz = root / "one-hz.wav"
+    sf.write(str(one_hz), np.zeros(20_000, np.int16), 1, subtype="PCM_16")  # 40 KB "lasting" 5.6 hours
+    return {"hour": hour, "ten": ten, "one_hz": one_hz}
+
+
+def test_the_header_is_read_without_decoding(bombs):
+    header = probe_audio(bombs["hour"])
+    assert (header.sample_rate, header.channels, header.duration) == (48_000, 2, 3600.0)
+    assert bombs["hour"].stat().st_size < 5_000_000  # small on disk (fastest FLAC level: 2.5 MB)
+    assert probe_audio(bombs["ten"]).duration == 36_000.0
+    assert probe_audio(bombs["one_hz"]).sample_rate == 1
+
+
+@pytest.mark.parametrize("bomb, refusal, status", [
+    ("hour", AudioTooLong, 413), ("ten", AudioTooLong, 413), ("one_hz", AudioUnsupported, 415),
+])
+def test_each_bomb_is_refused_with_its_status(bombs, bomb, refusal, status):
+    with pytest.raises(refusal) as caught:
+        load_audio_bounded(bombs[bomb], 16_000, max_seconds=LIMIT)
+    assert caught.value.status == status
+    assert str(bombs[bomb]) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_refusing_the_three_bombs_costs_less_than_200_mb(bombs):
+    script = """
+import json, resource, sys
+from emofuse.features.audio import AudioRefused, load_audio_bounded, probe_audio
+paths = sys.argv[1:]
+probe_audio(paths[0])  # the readers' own imports and buffers are not the bombs' cost
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+statuses = []
+for path in paths:
+    try:
+        load_audio_bounded(path, 16000, max_seconds=120.0)
+        statuses.append(200)
+    except AudioRefused as exc:
+        statuses.append(exc.status)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"statuses": statuses, "grew_mb": (after - before) / 1024}))
+"""
+    result = subprocess.run([sys.executable, "-c", script, *(str(bombs[k]) for k in ("hour", "ten", "one_hz"))],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"peak RSS growth refusing the three bombs: {measured['grew_mb']:.1f} MB")
+    assert measured["statuses"] == [413, 413, 415]
+    assert measured["grew_mb"] < 200
+
+
+def test_a_stream_whose_header_gives_no_length_is_stopped_while_decoding(tmp_path):
+    # A FLAC written as a stream says "total samples unknown" (0): only decoding can tell its length.
+    stream = _silent_flac(tmp_path / "stream.flac", 180, sr=16_000, channels=1)
+    _set_flac_total_samples(stream, 0)
+    assert probe_audio(stream).duration is None
+    with pytest.raises(AudioTooLong, match="more than 120 s decoded") as caught:
+        load_audio_bounded(stream, 16_000, max_seconds=LIMIT)
+    assert caught.value.status == 413
+    # The same stream within the limit is read whole.
+    assert load_audio_bounded(stream, 16_000, max_seconds=200.0).size == 180 * 16_000
+
+
+def test_a_wav_header_that_declares_no_samples_is_stopped_while_decoding(tmp_path):
+    # Streaming WAV writers leave the data size at 0; libsndfile then sees an empty file and
+    # FFmpeg reads whatever follows.
+    path = tmp_path / "streamed.wav"
+    sf.write(str(path), np.zeros(16_000 * 5, np.int16), 16_000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"data")
+    data[at + 4: at + 8] = (0).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    from emofuse.features.audio import decode_bounded
+
+    header = probe_audio(path)
+    assert header.reader == "pyav"
+    with pytest.raises(AudioTooLong, match="more than 2 s decoded"):
+        decode_bounded(path, header, max_seconds=2.0)
+    assert decode_bounded(path, header, max_seconds=10.0).size == 5 * 16_000
+
+
+@pytest.mark.parametrize("rate, channels, problem", [
+    (2_000, 1, "sample rate 2000 Hz"), (384_000, 1, "sample rate 384000 Hz"), (16_000, 9, "9 channels"),
+])
+def test_rates_and_channel_counts_out_of_bounds_are_unsupported(tmp_path, rate, channels, problem):
+    path = tmp_path / "odd.wav"
+    sf.write(str(path), np.zeros((rate // 10, channels), np.int16), rate, subtype="PCM_16")
+    with pytest.raises(AudioUnsupported, match=problem) as caught:
+        load_audio_bounded(path, 16_000, max_seconds=LIMIT)
+    assert caught.value.status == 415
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg"])
+def test_an_honest_recording_reads_as_the_unbounded_loader_reads_it(tmp_path, suffix):
+    path = tmp_path / f"tone{suffix}"
+    sf.write(str(path), tone(1.0, sr=44_100, channels=2), 44_100)
+    bounded = load_audio_bounded(path, 16_000, max_seconds=LIMIT)
+    np.testing.assert_allclose(bounded, load_audio(path, 16_000), atol=1e-6)
