@@ -1,0 +1,207 @@
+"""Long recordings predicted per speech segment: boundaries, outputs, the timeline, timed transcripts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from emofuse.align.segments import SegmentSettings
+from emofuse.align.subtitles import read_timed_transcript
+from emofuse.align.vad import energy_speech_mask, speech_span
+from emofuse.cli import app
+from emofuse.inference.long import predict_long
+from emofuse.inference.predictor import Predictor
+from emofuse.inference.timeline import render_timeline_html
+from test_inference import CLASSES, STATEMENT_2, ravdess_files, registry_model_dir
+
+SR = 16000
+PAUSES = [1.0, 0.8, 1.5, 1.2, 0.9]  # seconds of silence before each clip
+runner = CliRunner()
+pytestmark = [pytest.mark.data, pytest.mark.usefixtures("one_thread")]
+
+
+@pytest.fixture(scope="module")
+def joined(ravdess_root, tmp_path_factory):
+    """Five RAVDESS utterances of statement 2 (four emotions, two actors), each cut to its
+    speech span, joined with known pauses and a second of silence at the end: (path, truth).
+    Statement 2 starts with a voiced /d/ on which the detectors agree (tests/test_segments.py);
+    the /k/ burst of statement 1 opens Silero's segments up to 0.2 s late."""
+    clips = ravdess_files(ravdess_root, actors=[1, 2], statement="02")[: len(PAUSES)]
+    if len(clips) < len(PAUSES):
+        pytest.skip(f"RAVDESS under {ravdess_root} lacks the statement-2 clips of actors 1 and 2")
+    rng = np.random.default_rng(0)
+    parts, truth, pos = [], [], 0
+    for clip, pause in zip(clips, PAUSES):
+        y, sr = sf.read(clip, dtype="float32")
+        assert sr == SR
+        start, end = speech_span(energy_speech_mask(y, sr))
+        y = y[int(start * SR): int(end * SR)]
+        parts += [np.zeros(int(pause * SR), np.float32), y]
+        pos += int(pause * SR)
+        truth.append((pos / SR, (pos + len(y)) / SR))
+        pos += len(y)
+    audio = np.concatenate(parts + [np.zeros(SR, np.float32)])
+    audio += 1e-4 * rng.standard_normal(len(audio)).astype(np.float32)  # a faint room floor
+    path = tmp_path_factory.mktemp("long") / "joined.flac"
+    sf.write(path, audio, SR)
+    return path, truth
+
+
+@pytest.fixture(scope="module")
+def acoustic_dir(tmp_path_factory):
+    return registry_model_dir(tmp_path_factory.mktemp("aco") / "model", "B-ACO-1+attn", words=None)
+
+
+@pytest.fixture(scope="module")
+def hmm4_dir(tmp_path_factory):
+    return registry_model_dir(tmp_path_factory.mktemp("hmm4") / "model", "H-MM-4", word_layers=1)
+
+
+@pytest.fixture(scope="module")
+def acoustic(acoustic_dir):
+    return Predictor(acoustic_dir, warm=False)
+
+
+def test_each_joined_utterance_is_one_segment_with_its_boundaries(joined, acoustic):
+    path, truth = joined
+    result = predict_long(acoustic, path, SegmentSettings(pad=0.0), detector="silero")
+    assert result.detector == "silero" and result.fallbacks == []
+    assert len(result.segments) == len(truth)
+    for segment, (start, end) in zip(result.segments, truth):
+        assert abs(segment.start - start) <= 0.1 and abs(segment.end - end) <= 0.1, (segment.start, segment.end, start, end)
+        assert segment.label in CLASSES and sum(segment.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert segment.words == [] and segment.warnings == []
+
+
+def test_a_segment_is_predicted_from_its_own_stretch_of_audio_across_blocks(joined, acoustic):
+    path, _ = joined
+    whole, _ = sf.read(path, dtype="float32")
+    result = predict_long(acoustic, path, detector="energy", block_seconds=1.3, batch_size=2)
+    assert len(result.segments) == len(PAUSES)
+    for segment in result.segments:
+        alone = acoustic.predict_audio(whole[int(round(segment.start * SR)): int(round(segment.end * SR))])
+        assert alone.probabilities == pytest.approx(segment.probabilities, abs=1e-5)
+
+
+def test_the_summary_shares_speech_time_and_ranks_the_strongest_segments(joined, acoustic):
+    result = predict_long(acoustic, joined[0], detector="energy")
+    summary = result.summary(strongest=3)
+    assert sum(summary["share"].values()) == pytest.approx(1.0, abs=1e-3)
+    for label, share in summary["share"].items():
+        seconds = sum(s.duration for s in result.segments if s.label == label)
+        assert share == pytest.approx(seconds / summary["speech_seconds"], abs=1e-3)
+    ranked = [s["probability"] for s in summary["strongest"]]
+    assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
+    assert ranked[0] == pytest.approx(max(s.confidence for s in result.segments), abs=1e-6)
+    envelope = result.envelope
+    assert 0 < len(envelope) <= 4000 and np.all(envelope[:, 0] <= envelope[:, 1])
+
+
+def test_a_subtitle_file_drives_the_segments_and_words_align_within_each(joined, hmm4_dir, tmp_path):
+    path, truth = joined
+    stamp = lambda t: f"00:00:{int(t):02d},{int(round((t % 1) * 1000)):03d}"  # noqa: E731
+    cues = [(max(0.0, a - 0.05), b + 0.05) for a, b in truth[:3]]
+    srt = tmp_path / "cues.srt"
+    srt.write_text("".join(f"{i + 1}\n{stamp(a)} --> {stamp(b)}\n{STATEMENT_2}\n\n" for i, (a, b) in enumerate(cues)))
+    result = predict_long(Predictor(hmm4_dir, warm=False), path, cues=read_timed_transcript(srt))
+    assert result.detector == "transcript" and len(result.segments) == 3
+    for segment, (start, end) in zip(result.segments, cues):
+        assert (segment.start, segment.end) == pytest.approx((start, end), abs=1e-3)
+        assert segment.text == STATEMENT_2 and segment.label in CLASSES
+        assert [w.text for w in segment.words] == ["dogs", "are", "sitting", "by", "the", "door"]
+        assert all(start - 1e-6 <= w.start <= w.end <= end + 1e-6 for w in segment.words)
+        assert all({"gate", "attention"} <= set(w.values) for w in segment.words)
+
+
+def test_cues_past_the_end_of_the_audio_are_cut_or_reported(joined, acoustic, tmp_path):
+    path, truth = joined
+    duration = sf.info(str(path)).duration
+    table = tmp_path / "cues.csv"
+    table.write_text(f"start,end,text\n{truth[0][0]},{truth[0][1]},one\n{duration - 0.5},{duration + 2},two\n"
+                     f"{duration + 3},{duration + 4},three\n")
+    result = predict_long(acoustic, path, cues=read_timed_transcript(table))
+    assert [s.text for s in result.segments] == ["one", "two", "three"]
+    assert result.segments[1].end == pytest.approx(duration, abs=1e-3) and "cut there" in result.segments[1].warnings[0]
+    assert result.segments[2].label is None and "after the audio ends" in result.segments[2].warnings[0]
+    assert result.summary()["failed_segments"] == 1
+
+
+def test_predict_json_gives_one_object_per_file_with_its_segments(joined, acoustic_dir):
+    path, truth = joined
+    result = runner.invoke(app, ["predict", str(acoustic_dir), str(path), "--segments", "--json", "--vad", "silero"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(records) == 1
+    record = records[0]
+    assert record["file"] == str(path) and record["detector"] == "silero" and len(record["segments"]) == len(truth)
+    assert {"start", "end", "label", "probabilities", "words", "warnings"} <= set(record["segments"][0])
+    assert set(record["summary"]["share"]) == set(CLASSES)
+
+
+def test_predict_out_writes_one_row_per_segment_as_csv_or_jsonl(joined, acoustic_dir, tmp_path):
+    path, truth = joined
+    for name in ("rows.csv", "rows.jsonl"):
+        result = runner.invoke(app, ["predict", str(acoustic_dir), str(path), "--segments", "--vad", "energy",
+                                     "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "rows.csv").open()))
+    lines = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == len(lines) == len(truth)
+    for row, line in zip(rows, lines):
+        assert row["file"] == line["file"] == str(path) and row["label"] == line["label"] in CLASSES
+        assert float(row["start"]) == pytest.approx(line["start"], abs=1e-3)
+        assert float(row[f"p_{row['label']}"]) == pytest.approx(line["probabilities"][row["label"]], abs=1e-5)
+
+
+def test_only_files_longer_than_segment_over_are_segmented(joined, acoustic_dir, ravdess_root, tmp_path):
+    path, truth = joined
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "long.flac").symlink_to(path)
+    (folder / "short.flac").symlink_to(ravdess_files(ravdess_root)[0])  # ~3.5 s
+    result = runner.invoke(app, ["predict", str(acoustic_dir), str(folder), "--segment-over", "10", "--json",
+                                 "--out", str(tmp_path / "rows.jsonl")])
+    assert result.exit_code == 0, result.output
+    records = {json.loads(l)["file"]: json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")}
+    assert len(records["" + str(folder / "long.flac")]["segments"]) == len(truth)
+    assert "segments" not in records[str(folder / "short.flac")] and records[str(folder / "short.flac")]["label"] in CLASSES
+    rows = [json.loads(l) for l in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == len(truth) + 1  # the short file is one segment from 0 to its end
+    assert "2 of 2 file(s) predicted" in result.stderr
+
+
+def test_the_timeline_page_holds_every_segment_and_fetches_nothing(joined, hmm4_dir, acoustic_dir, tmp_path):
+    path, truth = joined
+    page = tmp_path / "timeline.html"
+    result = runner.invoke(app, ["predict", str(acoustic_dir), str(path), "--segments", "--vad", "energy",
+                                 "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert text.startswith("<!doctype html>") and "<svg" in text
+    panels = set(re.findall(r'<div class="ef-detail ef-panel" id="(t0-s\d+)"', text))
+    strips = set(re.findall(r'<rect class="ef-seg" data-panel="(t0-s\d+)"', text))
+    assert len(panels) == len(truth) and strips == panels
+    assert not re.search(r'(src|href)="(https?:)?//', text), "the page must not fetch anything"
+    # With words: each segment's panel holds its word chips, as today's explanation does.
+    table = tmp_path / "cues.csv"
+    table.write_text("start,end,text\n" + "".join(f"{a - 0.05},{b + 0.05},{STATEMENT_2}\n" for a, b in truth))
+    cues = read_timed_transcript(table)
+    with_words = render_timeline_html([predict_long(Predictor(hmm4_dir, warm=False), path, cues=cues)])
+    assert with_words.count('<div class="ef-w">door</div>') == len(truth)
+    assert with_words.count("<style>") == 1, "the CSS is written once, not once per segment"
+
+
+def test_segments_from_a_folder_or_a_bad_transcript_is_one_clear_line(joined, acoustic_dir, tmp_path):
+    path, _ = joined
+    result = runner.invoke(app, ["predict", str(acoustic_dir), str(path.parent), "--segments-from", str(path)])
+    assert result.exit_code != 0 and "--segments-from" in str(result.exception or result.output)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("start,end,text\n2.0,1.0,backwards\n")
+    result = runner.invoke(app, ["predict", str(acoustic_dir), str(path), "--segments-from", str(bad)])
+    assert result.exit_code != 0 and "bad.csv" in str(result.exception or result.output)
