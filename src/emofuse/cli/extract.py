@@ -1,4 +1,6 @@
-"""`emofuse extract MANIFEST --features ... --align ... --workers N --out DIR`: fill the feature store."""
+"""`emofuse extract MANIFEST --features ... --align ... --workers N --out DIR`: fill the feature store,
+on this machine's processes, on a Ray cluster (`--engine ray --address ADDR`) or one part of
+many (`--shard K/N`)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,20 @@ def extract(
         help="Word times: auto (corpus, else forced, else asr), corpus, forced, asr, proportional, "
              "text (words without times), none.",
     ),
-    workers: int = typer.Option(1, "--workers", "-j", min=0, help="Worker processes (0 or 1: in this process)."),
+    workers: int = typer.Option(
+        1, "--workers", "-j", min=0,
+        help="Worker processes (0 or 1: in this process); with --engine ray and no --address, the local CPUs.",
+    ),
+    engine: str = typer.Option(
+        "process", "--engine", help="process (this machine) or ray (a Ray cluster; pip install 'emofuse[cluster]')."
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster to run on (auto, HOST:6379, ray://HOST:10001); the store must be shared."
+    ),
+    shard: Optional[str] = typer.Option(
+        None, "--shard",
+        help="K/N: only part K of N of the utterances (a stable hash of each id), e.g. one SLURM array task each.",
+    ),
     out_dir: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Feature store folder (default: features/<corpus name>, where training looks)."
     ),
@@ -38,6 +53,7 @@ def extract(
     """Extract features for every utterance of a manifest; finished entries are kept and
     skipped on the next run. Exit code 1 only when every utterance to process failed."""
     from emofuse.features.store import FeatureStore, split_features
+    from emofuse.features.store.extract import parse_shard
 
     out, err = Console(highlight=False), Console(stderr=True, highlight=False, soft_wrap=True)
     if align not in MODES:
@@ -46,13 +62,16 @@ def extract(
     if not names:
         raise ConfigError("--features is empty")
     split_features(names)
+    part = parse_shard(shard) if shard is not None else None
     corpus = Corpus.read(manifest)
     out_dir = out_dir if out_dir is not None else Path("features") / corpus.name
     store = FeatureStore(out_dir)
-    report = store.extract(corpus, names, align=align, workers=workers, progress=progress and err.is_terminal)
+    report = store.extract(corpus, names, align=align, workers=workers, progress=progress and err.is_terminal,
+                           engine=engine, address=address, shard=part)
 
     out.print(
-        f"[bold green]store[/] {escape(str(out_dir))}: {report.utterances} utterances, "
+        f"[bold green]store[/] {escape(str(out_dir))}: {report.utterances} utterances"
+        + (f" (shard {part[0]}/{part[1]} of {len(corpus)})" if part else "") + ", "
         f"{report.cached} already complete, {report.computed} processed, {len(report.failed_ids)} with failures"
     )
     if report.audio_seconds > 0:

@@ -1,18 +1,24 @@
 """The extraction engine: plan the missing entries, run them on worker processes, report.
 
-`plan` lists a job per utterance with entries missing; `run_pool` is the one place jobs meet
-processes (in this process, or a spawned pool; a Ray or sharded engine replaces it); each
-worker runs `run_jobs` on a chunk and writes its entries atomically without a shared lock,
-so a new run only computes what is missing. A failure on one utterance is recorded (stage
-and reason) and the run goes on; `ExtractReport` adds up what was done, how fast, and what
-failed.
+`plan` lists a job per utterance with entries missing; an engine is where jobs meet
+processes: `run_pool` (in this process, or a spawned pool on this machine) or `run_ray` (Ray
+tasks on a cluster, the optional `emofuse[cluster]` extra). Each worker runs `run_jobs` on a
+chunk and writes its entries atomically without a shared lock, so a new run only computes
+what is missing, and several runs (`--shard K/N`, one per machine or SLURM array task) can
+fill one store side by side. A failure on one utterance is recorded (stage and reason) and
+the run goes on; `ExtractReport` adds up what was done, how fast, and what failed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import os
+import re
 import resource
+import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -26,7 +32,7 @@ import numpy as np
 from emofuse.align import UNTIMED, Alignment, align_utterance
 from emofuse.align.vad import VAD_SETTINGS, energy_speech_mask
 from emofuse.corpora.base import Corpus, Utterance
-from emofuse.errors import EmofuseError
+from emofuse.errors import ConfigError, EmofuseError
 from emofuse.features.frames import SAMPLE_RATE, get_frame_feature
 from emofuse.features.store.layout import (
     StoreLayout,
@@ -109,16 +115,47 @@ def _resource(kind: str, spec: str, cache_dir: str | None, stage_seconds: Counte
     return _RESOURCES[key]
 
 
-def _init_worker() -> None:
+def _one_thread() -> None:
     """One thread per worker: N workers use N cores (torch reads these at import)."""
-    import sys
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = "1"
     if "torch" in sys.modules:  # imported already by the main module the worker re-imports
         sys.modules["torch"].set_num_threads(1)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
+    """A worker must not outlive the run that started it: after `kill -9` of `emofuse extract`
+    its workers would go on writing into the store. On Linux the kernel kills the worker when
+    its parent dies (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread also watches the
+    parent's pid and ends the worker once it has been re-parented. Entries are written
+    atomically, so ending mid-write leaves only a temporary file that is never read."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl here: the watchdog below still ends the worker
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="emofuse-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(parent_pid: int) -> None:
+    _one_thread()
+    _exit_with_parent(parent_pid)
 
 
 @dataclass
@@ -343,7 +380,8 @@ def run_pool(chunks: list[list[Job]], workers: int, cache_dir: str) -> Iterator[
         for chunk in chunks:
             yield run_jobs(chunk, cache_dir)
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(os.getpid(),))
     try:
         futures = {pool.submit(run_jobs, chunk, cache_dir): chunk for chunk in chunks}
         remaining = set(futures)
@@ -361,6 +399,84 @@ def run_pool(chunks: list[list[Job]], workers: int, cache_dir: str) -> Iterator[
     pool.shutdown(wait=True)
 
 
+def _run_jobs_on_ray(jobs: list[Job], cache_dir: str) -> list[Result]:
+    """A Ray task: one chunk on one CPU of any node (Ray owns its worker processes)."""
+    _one_thread()
+    return run_jobs(jobs, cache_dir)
+
+
+def run_ray(chunks: list[list[Job]], workers: int, cache_dir: str, address: str | None = None) -> Iterator[list[Result]]:
+    """Run each chunk as a Ray task with one CPU and yield its results as tasks finish.
+
+    `address` is a running cluster ("auto", "HOST:6379", "ray://HOST:10001"); without one a
+    local Ray instance with `workers` CPUs is started and shut down afterwards. Every node
+    writes into the store itself, so the store must lie on a filesystem all nodes share, at
+    the same path. A task that fails as a whole fails its chunk's utterances (stage
+    "worker"), as a dead process worker does; closing the generator cancels the rest."""
+    if not chunks:
+        return  # nothing to compute: no cluster to reach
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray: pip install 'emofuse[cluster]'") from None
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                ray.init(num_cpus=max(1, workers), include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise ConfigError(f"cannot start or reach {where}: {_reason(exc)}") from None
+    task = ray.remote(num_cpus=1)(_run_jobs_on_ray)
+    chunk_of = {task.remote(chunk, cache_dir): chunk for chunk in chunks}
+    remaining = list(chunk_of)
+    try:
+        while remaining:
+            done, remaining = ray.wait(remaining, num_returns=1)
+            for ref in done:
+                try:
+                    results = ray.get(ref)
+                except Exception as exc:  # the task's worker or node died
+                    results = [Result(job.utt["id"], errors=[("worker", _reason(exc))]) for job in chunk_of[ref]]
+                yield results
+    except BaseException:
+        for ref in remaining:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+ENGINES = ("process", "ray")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` (1 <= K <= N): part K of N, e.g. `--shard $SLURM_ARRAY_TASK_ID/8` with `--array=1-8`."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ConfigError(f"--shard {text!r} must be K/N with 1 <= K <= N, e.g. 2/8")
+    return int(match[1]), int(match[2])
+
+
+def shard_of(utterance_id: str, shards: int) -> int:
+    """The 1-based shard of an utterance: a SHA-256 of its id, the same on every machine and
+    run (Python's hash() of a string changes from one process to the next)."""
+    digest = hashlib.sha256(utterance_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % shards + 1
+
+
+def in_shard(utterances: Sequence[Utterance], shard: tuple[int, int] | None) -> list[Utterance]:
+    """The utterances of shard K of N; N runs, one per shard, cover each utterance exactly once."""
+    if shard is None:
+        return list(utterances)
+    k, n = shard
+    return [utt for utt in utterances if shard_of(utt.id, n) == k]
+
+
 def extract(
     layout: StoreLayout,
     corpus: Corpus | Sequence[Utterance],
@@ -370,21 +486,35 @@ def extract(
     progress: bool = True,
     force: bool = False,
     chunk_size: int = 16,
+    engine: str = "process",
+    address: str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ExtractReport:
     """Compute every missing entry; returns what was done, how fast, and what failed.
 
-    `workers` > 1 runs that many processes (`run_pool`); 0 or 1 runs here. Ctrl-C stops at
-    once and keeps every finished entry; the same call again resumes.
+    `engine="process"`: `workers` > 1 runs that many processes (`run_pool`); 0 or 1 runs
+    here. `engine="ray"`: Ray tasks on the cluster at `address`, or on a local instance with
+    `workers` CPUs (`run_ray`). `shard=(K, N)` takes only part K of N of the utterances
+    (`in_shard`). Ctrl-C stops at once and keeps every finished entry; the same call again
+    resumes.
     """
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    if address and engine != "ray":
+        raise ConfigError("--address names a Ray cluster; it needs --engine ray")
     start = time.perf_counter()
-    utterances = list(corpus)
+    utterances = in_shard(list(corpus), shard)
     jobs, complete, failures = plan(layout, utterances, features, align, force)
     report = ExtractReport(utterances=len(utterances), cached=complete, failures=failures, workers=max(1, workers))
     cache_dir = str(layout.root / "cache")
     size = max(1, min(chunk_size, math.ceil(len(jobs) / max(1, workers * 4))))
     chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
     with _Progress(progress, len(utterances), complete) as bar:
-        for results in run_pool(chunks, workers, cache_dir):
+        if engine == "ray":
+            running = run_ray(chunks, workers, cache_dir, address)
+        else:
+            running = run_pool(chunks, workers, cache_dir)
+        for results in running:
             _collect(report, results, bar)
     report.wall_seconds = time.perf_counter() - start
     report.peak_rss_mb = max(report.peak_rss_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
