@@ -118,6 +118,7 @@ def test_the_resolved_config_is_saved_and_a_different_experiment_is_refused(tmp_
     assert saved["model"]["dropout"] == 0.3 and saved["optim"]["lr"] == pytest.approx(1e-4)
     assert load_config(None, raw=saved).to_dict() == cfg.to_dict()  # round trip
     save_config(load_config(path, ["model.dropout=0.3", "trainer.devices=2", "fold=1"]), run_dir)  # where/how: ok
+    (run_dir / "fold-0").mkdir()  # a run with results (a folder holding only config.yaml takes a new one)
     with pytest.raises(ConfigError, match=r"different config \(model.dropout\)"):
         save_config(load_config(path, ["model.dropout=0.5"]), run_dir)
 
