@@ -15,7 +15,8 @@ and inputs, not on the weights' values; the JSON says "weights": "random"):
     from pocketsphinx ASR.
 Each (model, length) runs in a fresh process, so its peak RSS (ru_maxrss, which includes the
 loaded model and tools) is its own. RTF = wall-clock seconds of `predict_long` (reading,
-segmenting, features, ASR, model) / seconds of audio, Predictor already loaded.
+segmenting, features, ASR, model) / seconds of audio, Predictor already loaded. The size and
+rendering time of the `--html` timeline page are recorded too (it must stay usable at an hour).
 
 Targets (2 cores): acoustic RTF <= 0.05, H-MM-4 with ASR <= 0.25, peak RSS <= 1.5 GB and flat
 across lengths. The machine's load average is recorded: other jobs on the cores slow every stage.
@@ -103,6 +104,7 @@ def measure(model_dir: str, path: str) -> dict:
 
     from emofuse.inference.long import predict_long
     from emofuse.inference.predictor import Predictor
+    from emofuse.inference.timeline import render_timeline_html
 
     predictor = Predictor(model_dir)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GB (ru_maxrss is KiB)
@@ -110,9 +112,13 @@ def measure(model_dir: str, path: str) -> dict:
     result = predict_long(predictor, path)
     wall = time.perf_counter() - start
     summary = result.summary()
+    start = time.perf_counter()
+    page = render_timeline_html([result])
+    html_seconds = time.perf_counter() - start
     return {"audio_seconds": round(result.duration, 1), "wall_s": round(wall, 1), "rtf": round(wall / result.duration, 4),
             "segments": len(result.segments), "failed_segments": summary["failed_segments"],
             "words": sum(len(s.words) for s in result.segments), "detector": result.detector,
+            "timeline_html_mb": round(len(page.encode()) / 2**20, 2), "timeline_html_s": round(html_seconds, 2),
             "peak_rss_gb_after_load": round(rss_loaded, 3),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 

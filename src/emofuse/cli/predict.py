@@ -94,6 +94,8 @@ def _predict_long_files(model_dir, jobs, settings, detector, cues, threads, as_j
                     raise
                 err.print(f"[red]failed[/] {escape(str(exc))}")
                 results.append(PredictionError(path, str(exc)))
+                if as_json:
+                    print(json.dumps(results[-1].to_json(), ensure_ascii=False), flush=True)
                 continue
         results.append(result)
         if as_json:

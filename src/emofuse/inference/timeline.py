@@ -54,7 +54,7 @@ function efShow(id){
   el.hidden=false;
 }
 document.addEventListener('click',function(e){
-  var t=e.target.closest('[data-panel]'); if(t) efShow(t.dataset.panel);
+  var t=e.target.closest('[data-panel]'); if(t){e.preventDefault(); efShow(t.dataset.panel);}
 });
 """
 
