@@ -274,6 +274,15 @@ def is_frame_feature(name: str) -> bool:
     return name in _BUILDERS
 
 
+def frame_layers(name: str | None) -> int:
+    """Encoder layers stacked in each frame of `name` (hf:PATH#layers=all), else 0."""
+    if name is None or not name.startswith("hf:"):
+        return 0
+    from emofuse.features.hf import stacked_layers
+
+    return stacked_layers(name)
+
+
 def get_frame_feature(name: str) -> FrameFeature:
     if name.startswith("hf:"):  # a local wav2vec2/HuBERT/WavLM/data2vec-audio/Whisper folder, 20 ms frames
         from emofuse.features.hf import speech_frame_feature

@@ -608,6 +608,23 @@ def text_settings(spec: str | HFSpec, folder: Path | None = None, config: dict |
     }
 
 
+def identity(spec: str) -> str | None:
+    """The weights hash behind an hf: spec (None for other names): a long-lived process keys
+    its opened encoders by it, so a folder changed in place is loaded again, not reused."""
+    if not is_hf(spec):
+        return None
+    return weights_hash(resolve_folder(parse_spec(spec).path))
+
+
+def stacked_layers(spec: str) -> int:
+    """Hidden states stacked per frame or word by an hf: spec (N + 1 with layers=all, else 0);
+    reads config.json only."""
+    parsed = parse_spec(spec)
+    if parsed.layers != "all":
+        return 0
+    return _layer_count(read_config(resolve_folder(parsed.path))) + 1
+
+
 def is_text_encoder(spec: str) -> bool:
     """True when an hf: spec's folder holds a text encoder (reads config.json only)."""
     config = read_config(resolve_folder(parse_spec(spec).path))
@@ -621,6 +638,7 @@ def is_speech_encoder(spec: str) -> bool:
 
 __all__ = [
     "FrameGeometry", "HFSpec", "HFSpeechEncoder", "HFWordEncoder", "is_hf", "is_speech_encoder", "is_text_encoder",
-    "parse_spec", "resolve_device", "resolve_folder", "speech_frame_feature", "speech_geometry", "text_settings",
+    "parse_spec", "resolve_device", "resolve_folder", "speech_frame_feature", "speech_geometry", "stacked_layers",
+    "text_settings",
     "weights_hash",
 ]

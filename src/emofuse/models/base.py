@@ -7,7 +7,7 @@ model class and a config dataclass with that row's settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 from torch import Tensor, nn
@@ -32,6 +32,9 @@ class InputSpec:
     acoustic_dim: int = 0
     word_dim: int = 0
     vocab_size: int = 0
+    # Hidden states stacked in each acoustic frame (an hf:PATH#layers=all encoder: acoustic_dim
+    # = acoustic_layers x D); 0 or 1: plain frames. See `LayerWeighted`.
+    acoustic_layers: int = 0
 
 
 @dataclass
@@ -52,12 +55,67 @@ def register(name: str, config_cls: type, needs: tuple[str, ...], summary: str, 
 
     def wrap(model_cls):
         def build(spec: InputSpec, **settings: Any) -> nn.Module:
-            return model_cls(spec, make_config(name, config_cls, {**defaults, **settings}))
+            config = make_config(name, config_cls, {**defaults, **settings})
+            if spec.acoustic_layers > 1:  # every model reads (B, T, D): the layer sum comes first
+                if spec.acoustic_dim % spec.acoustic_layers:
+                    raise ConfigError(f"model {name!r}: acoustic_dim {spec.acoustic_dim} is not "
+                                      f"{spec.acoustic_layers} layers of equal size")
+                inner = replace(spec, acoustic_dim=spec.acoustic_dim // spec.acoustic_layers, acoustic_layers=0)
+                return LayerWeighted(model_cls(inner, config), spec.acoustic_layers, inner.acoustic_dim)
+            return model_cls(spec, config)
 
         REGISTRY[name.lower()] = ModelEntry(name, build, config_cls, dict(defaults), needs, summary)
         return model_cls
 
     return wrap
+
+
+class LayerWeighted(nn.Module):
+    """Any model behind a learned softmax-weighted sum over its input's encoder layers.
+
+    An hf:PATH#layers=all feature stores frames of (L x D) hidden states; the sum (SUPERB, Yang
+    et al. 2021; `models.layer_weights`) turns `batch.acoustic` (B, T, L * D) into (B, T, D)
+    before the model sees it, so every paper's model takes such features unchanged. Its weights
+    train with the model; `layer_weights()` reads them (report.md prints them). Other
+    attributes (`on_epoch_start`, `cfg`, ...) are the wrapped model's.
+    """
+
+    def __init__(self, model: nn.Module, num_layers: int, layer_dim: int):
+        super().__init__()
+        from emofuse.models.layer_weights import LayerWeightedSum
+
+        self.layer_sum = LayerWeightedSum(num_layers, layer_dim)
+        self.model = model
+        if callable(getattr(model, "loss", None)):  # its objective reads the summed frames too
+            self.loss = self._loss
+
+    def summed(self, batch):
+        if batch.acoustic is None or batch.acoustic.shape[-1] == self.layer_sum.layer_dim:
+            return batch  # already summed (a batch handed on by the wrapper itself)
+        return replace(batch, acoustic=self.layer_sum(batch.acoustic))  # (B, T, L * D) -> (B, T, D)
+
+    def forward(self, batch) -> Output:
+        return self.model(self.summed(batch))
+
+    def _loss(self, output: Output, batch, class_weights: Tensor | None = None) -> Tensor:
+        return self.model.loss(output, self.summed(batch), class_weights=class_weights)
+
+    def layer_weights(self) -> list[float]:
+        return [float(w) for w in self.layer_sum.weights().detach().cpu()]
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("model"), name)
+
+
+def layer_weights_of(model: nn.Module) -> list[float] | None:
+    """The learned layer shares of a model built on hf:...#layers=all frames, else None."""
+    for module in model.modules():
+        if isinstance(module, LayerWeighted):
+            return module.layer_weights()
+    return None
 
 
 def make_config(name: str, config_cls: type, settings: dict[str, Any]):

@@ -9,7 +9,9 @@ the training package (as Hugging Face keeps `save_pretrained` with its modelling
 
 model.json keeps the registry name and settings that rebuild the network
 (`emofuse.models.base.get_model(name).build(InputSpec(**spec), **settings)`), the classes
-and label set, the frame feature and its settings, the word-vector kind, the alignment
+and label set, the frame feature and its settings, the word-vector kind, the folder and
+weights hash of each hf: encoder (checked on loading: a missing or changed folder is one
+clear line naming it), the alignment
 used at prediction time, the acoustic normaliser's statistics (fitted on the fold's
 training part), the vocabulary of token-id models, the metrics the fold earned (validation
 UA, test metrics) and the emofuse version that wrote it.
@@ -51,6 +53,9 @@ class ModelInfo:
     acoustic_settings: dict = field(default_factory=dict)
     hop: float = 0.01
     words: str | None = None  # word vectors (minilm, glove50, glove-file:PATH)
+    # hf: encoders the model reads through, by role ("acoustic", "words"): {"spec", "folder",
+    # "weights_sha256"}; filled in by write_model_dir, checked by load_model_dir
+    encoders: dict = field(default_factory=dict)
     align: str = "none"  # "none" (acoustic only), "auto" (forced with a transcript, ASR without) or
     # "written" (the transcript as written, no times; ASR words without one)
     max_frames: int | None = None
@@ -112,6 +117,7 @@ def write_model_dir(out_dir: str | Path, model: nn.Module, info: ModelInfo) -> P
     # safetensors refuses shared or strided storage: give it plain contiguous copies.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     info.emofuse_version = info.emofuse_version or _version()
+    info.encoders = info.encoders or encoder_records(info)
     info.created = info.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
     def fill(tmp: Path) -> None:
@@ -138,6 +144,39 @@ def weights_sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------
 # Loading
+
+
+def encoder_records(info: ModelInfo) -> dict:
+    """The folder and weights hash of each hf: encoder the model reads (`features.hf`)."""
+    from emofuse.features.hf import is_hf, parse_spec, resolve_folder, weights_hash
+
+    records = {}
+    for role, spec in (("acoustic", info.acoustic), ("words", info.words)):
+        if spec and is_hf(spec):
+            folder = resolve_folder(parse_spec(spec).path)
+            records[role] = {"spec": spec, "folder": str(folder), "weights_sha256": weights_hash(folder)}
+    return records
+
+
+def check_encoders(info: ModelInfo, manifest: Path) -> None:
+    """Each recorded encoder folder still exists and holds the weights the model was trained
+    on; otherwise one DataError naming the folder."""
+    if not info.encoders:
+        return
+    from emofuse.features.hf import resolve_folder, weights_hash
+
+    for role, record in info.encoders.items():
+        if not isinstance(record, dict) or not {"folder", "weights_sha256"} <= set(record):
+            raise DataError(manifest, f"encoders.{role} needs folder and weights_sha256")
+        folder = Path(record["folder"])
+        if not folder.is_dir():
+            raise DataError(folder, f"{role} encoder folder not found (the model at {manifest.parent} was "
+                                    "trained on it; restore the folder or retrain)")
+        found = weights_hash(resolve_folder(folder))
+        if found != record["weights_sha256"]:
+            raise DataError(folder, f"{role} encoder weights changed since the model was trained (sha256 "
+                                    f"{found[:12]}, model.json records {record['weights_sha256'][:12]}); "
+                                    "restore the folder or retrain")
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -175,6 +214,7 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
 
     path = Path(model_dir)
     info = read_info(path)
+    check_encoders(info, path / MANIFEST)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise DataError(weights, "weights file not found")

@@ -29,13 +29,14 @@ from emofuse.errors import ConfigError
 from emofuse.features.normalise import Normalisation
 from emofuse.models.backend import KINDS
 from emofuse.io import atomic_write_text
+from emofuse.corpora.labels import is_label_set_file
 
 OPTIMISERS = ("adam", "adamw", "sgd")
 ALIGN_SOURCES = ("auto", "corpus", "forced", "asr", "proportional", "text", "written", "none")
 # What `make_folds` understands (emofuse.training.splits); kept here so a typo fails before
 # any data is read even when the splits module is missing.
 MONITORS = ("val_ua", "val_wa", "val_macro_f1", "val_weighted_f1", "val_loss")
-PROTOCOLS = ("speaker-kfold", "loso-session", "loso-speaker", "aguilar", "official")
+PROTOCOLS = ("speaker-kfold", "loso-session", "loso-speaker", "aguilar", "official", "cross-corpus")
 
 
 @dataclass
@@ -43,7 +44,17 @@ class DataConfig:
     manifest: str | None = None  # JSONL manifest written by `emofuse prepare` (relative: to the cwd)
     corpus: str | None = None  # corpus kind for load_corpus (ravdess, meld, iemocap, ...) without a manifest
     path: str | None = None  # that corpus's folder
-    label_set: str = "ravdess4"  # classes and their order; original labels are mapped through it
+    # classes and their order; original labels are mapped through it: a built-in name, auto (the
+    # classes of the training data with >= min_class_count utterances, sorted), or a YAML file
+    # {name, classes, map}; with data.classes, this set's name (corpora/labels.py)
+    label_set: str | None = "ravdess4"
+    classes: list[str] | None = None  # inline label set: the classes, in order
+    label_map: dict | None = None  # with data.classes: {original label: class or null (left out)}
+    min_class_count: int = 10  # label_set auto: rarer classes are dropped (and reported)
+    # protocol cross-corpus: the test corpus (a manifest), mapped through the same label set, and
+    # its feature store (default features/<its corpus name>)
+    test_manifest: str | None = None
+    test_store: str | None = None
     store: str | None = None  # feature store root; default features/<corpus name>
     acoustic: str | None = "compare_lld"  # frame feature, or null for text-only models
     words: str | None = None  # word vectors (minilm, glove50, ...), or null for acoustic-only models
@@ -163,7 +174,7 @@ SECTIONS = {"data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig, 
             "augment": AugmentConfig}
 TOP_LEVEL = {"name", "corpus", "seed", "fold", "run_dir", "model", *SECTIONS}
 # Path values may name environment variables: ${EMOFUSE_DATA:-../shared/data}/ravdess.
-PATH_KEYS = ("manifest", "path", "store")
+PATH_KEYS = ("manifest", "path", "store", "test_manifest", "test_store")
 # Keys a resumed run may change: they decide where and how fast it runs, not what it computes.
 RESUMABLE_KEYS = {
     "fold", "run_dir", "data.manifest", "data.path", "data.store", "data.workers", "data.loader_workers",
@@ -249,6 +260,10 @@ def build_config(raw: dict, source: str = "<config>") -> ExperimentConfig:
         value = getattr(kwargs["data"], key)
         if value is not None:
             setattr(kwargs["data"], key, expand_path(value))
+    if is_label_set_file(kwargs["data"].label_set):
+        kwargs["data"].label_set = expand_path(kwargs["data"].label_set)
+    if kwargs["data"].classes is not None and "label_set" not in (raw.get("data") or {}):
+        kwargs["data"].label_set = None  # the inline classes are the set; the default name would mislead
     kwargs["model"] = validate_model(raw["model"])
     cfg = ExperimentConfig(**kwargs)
     validate(cfg)
@@ -319,22 +334,17 @@ def _check_model_ranges(entry, settings: dict) -> None:
 
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks that need no data: choices, ranges, and what the model needs."""
-    from emofuse.corpora.labels import get_label_set
-    from emofuse.errors import LabelError
     from emofuse.models.base import get_model
 
     d, o, t, p = cfg.data, cfg.optim, cfg.trainer, cfg.protocol
-    try:
-        get_label_set(d.label_set)
-    except LabelError as exc:
-        raise ConfigError(f"data.label_set: {exc}") from None
+    validate_labels(d)
     if d.manifest is None and (d.corpus is None or d.path is None):
         raise ConfigError("data: give data.manifest, or data.corpus and data.path")
     aligns = _known("emofuse.align", "MODES", ALIGN_SOURCES)
     if d.align not in aligns:
         raise ConfigError(f"data.align={d.align!r}; valid: {', '.join(aligns)}")
     frames = _known("emofuse.features.frames", "frame_feature_names", None)
-    if d.acoustic is not None and frames is not None and d.acoustic not in frames:
+    if d.acoustic is not None and frames is not None and not _is_frame_feature(d.acoustic):
         raise ConfigError(f"data.acoustic={d.acoustic!r}; valid: {', '.join(frames)}, or null")
     words = _known("emofuse.features.words", "WORD_FEATURES", None)
     if d.words is not None and words is not None:
@@ -364,6 +374,11 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"trainer.ema={t.ema} must be a decay in (0, 1) (e.g. 0.99) or null")
     if d.trim is not None and not (isinstance(d.trim, (int, float)) and d.trim >= 0):
         raise ConfigError(f"data.trim={d.trim!r} must be seconds >= 0 or null")
+    if p.name == "cross-corpus" and not d.test_manifest:
+        raise ConfigError("protocol.name=cross-corpus tests on another corpus: set data.test_manifest "
+                          "(a manifest written by `emofuse prepare`)")
+    if d.test_manifest and p.name != "cross-corpus":
+        raise ConfigError(f"data.test_manifest is read by protocol.name=cross-corpus only (protocol.name={p.name!r})")
     if p.backend is not None and p.backend not in BACKENDS:
         raise ConfigError(f"protocol.backend={p.backend!r}; valid: {', '.join(BACKENDS)}, or null")
     if p.backend and p.refit:
@@ -392,6 +407,38 @@ def validate(cfg: ExperimentConfig) -> None:
                           "set data.acoustic and a data.align other than none, text or written")
 
 
+def validate_labels(d: DataConfig) -> None:
+    """data.label_set / data.classes / data.label_map: one definition of the classes, checked.
+
+    A label-set file is read here, so a missing file or a bad class fails before any work."""
+    from emofuse.corpora.labels import LABEL_SETS, custom_label_set, get_label_set, is_label_set_file
+    from emofuse.errors import LabelError
+
+    if d.min_class_count < 1:
+        raise ConfigError(f"data.min_class_count={d.min_class_count} must be >= 1")
+    if d.classes is not None:
+        if d.label_set == "auto" or d.label_set in LABEL_SETS or is_label_set_file(d.label_set):
+            raise ConfigError(f"data.classes and data.label_set={d.label_set!r} both define the classes; give one "
+                              "(with data.classes, data.label_set may only name the set)")
+        try:
+            custom_label_set(d.label_set or "custom", d.classes, d.label_map, source="data.classes/data.label_map")
+        except LabelError as exc:
+            raise ConfigError(f"{exc}") from None
+        return
+    if d.label_map is not None:
+        raise ConfigError("data.label_map needs data.classes (the classes it maps to); a label-set file holds "
+                          "its own map")
+    if d.label_set is None:
+        raise ConfigError(f"data.label_set is null: give a built-in name ({', '.join(LABEL_SETS)}), auto, "
+                          "a YAML file {name, classes, map}, or data.classes")
+    if d.label_set == "auto":
+        return
+    try:
+        get_label_set(d.label_set)
+    except LabelError as exc:
+        raise ConfigError(f"data.label_set: {exc}") from None
+
+
 def expand_path(value: str) -> str:
     """Expand ${VAR}, ${VAR:-default} and ~ in a path value; an unset ${VAR} without default is an error."""
 
@@ -404,6 +451,13 @@ def expand_path(value: str) -> str:
         raise ConfigError(f"{value!r}: environment variable {name} is not set (write ${{{name}:-default}})")
 
     return os.path.expanduser(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}", substitute, value))
+
+
+def _is_frame_feature(name: str) -> bool:
+    """A built-in frame feature or an hf: speech encoder folder (features.frames)."""
+    from emofuse.features.frames import is_frame_feature
+
+    return is_frame_feature(name)
 
 
 def _known(module: str, name: str, fallback):

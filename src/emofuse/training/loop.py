@@ -155,6 +155,12 @@ def fold_inputs(cfg: ExperimentConfig, data: LabelledData, train_idx) -> tuple[d
         "word_dim": int(first.word_vectors.shape[1]) if first.word_vectors is not None else 0,
         "vocab_size": len(vocab) if vocab is not None else 0,
     }
+    if first.acoustic is not None:
+        from emofuse.features.frames import frame_layers
+
+        layers = frame_layers(cfg.data.acoustic)  # hf:...#layers=all: summed by models.base.LayerWeighted
+        if layers > 1:
+            spec["acoustic_layers"] = layers
     return spec, normaliser, vocab
 
 
@@ -228,6 +234,11 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     }
     if refit:
         result["refit"] = refit
+    from emofuse.models.base import layer_weights_of
+
+    shares = layer_weights_of(module.model)  # hf:...#layers=all: each layer's learned share
+    if shares is not None:
+        result["layer_weights"] = [round(w, 4) for w in shares]
     if backend is not None:
         result["backend"] = {"kind": backend.kind, "C": backend.C, "val_ua": round(backend.val_ua, 4)}
         result["network_test"] = network_metrics
@@ -437,6 +448,10 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
     run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
     if rank_zero_only.rank == 0:
         save_config(cfg, run_dir)
+        # the resolved label set, train -> test corpora and warnings (single-class speakers): data.json
+        from emofuse.training.checks import write_data_checks
+
+        write_data_checks(cfg.to_dict(), data, folds, run_dir, log)
     if cfg.fold is not None and not 0 <= cfg.fold < len(folds):
         raise ConfigError(f"fold={cfg.fold}: the protocol gives folds 0..{len(folds) - 1}")
     chosen = folds if cfg.fold is None else [folds[cfg.fold]]

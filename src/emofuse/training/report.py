@@ -80,7 +80,16 @@ def _is_number(text: str) -> bool:
 def report_markdown(run: dict, config: dict | None = None) -> str:
     """report.md of one run: the headline table, per-fold rows, per-class scores, confusion."""
     classes = run["classes"]
-    out = [f"# {run.get('name')} — {run.get('model')} on {run.get('corpus')}", ""]
+    out = [f"# {run.get('name')} — {run.get('model')} on {corpus_label(run)}", ""]
+    checks = run.get("data") or {}
+    if checks.get("label_set"):
+        ls = checks["label_set"]
+        out += [f"Label set `{ls.get('name')}`: {', '.join(ls.get('classes', []))}"
+                + (f" (mapped: {', '.join(f'{k} → {v}' for k, v in ls['map'].items())})" if ls.get("map") else "")
+                + (f"; tested on corpus `{checks['corpora']['test']}`, trained and validated on "
+                   f"`{checks['corpora'].get('train')}`" if checks.get("corpora", {}).get("test") else "") + ".", ""]
+    for warning in checks.get("warnings", []):
+        out += [f"> **Warning:** {warning}", ""]
     if config:
         d, o, t, p = (config.get(k, {}) for k in ("data", "optim", "trainer", "protocol"))
         out += [
@@ -125,6 +134,11 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
         row["n test"] = str(f["test"]["n"])
         fold_rows.append(row)
     out += ["## Folds", "", markdown_table(fold_rows), ""]
+    layered = [f for f in run["folds"] if f.get("layer_weights")]
+    if layered:  # hf:...#layers=all: the learned softmax share of each hidden state (0 = embeddings)
+        rows = [{"Fold": str(f["fold"]), **{f"layer {i}": f"{w:.3f}" for i, w in enumerate(f["layer_weights"])}}
+                for f in layered]
+        out += ["## Encoder layer weights (softmax shares, learned with the model)", "", markdown_table(rows), ""]
     per_class = run.get("summary", {}).get("per_class")
     if per_class:
         rows = [{"Class": c, "Precision": f"{100 * v['precision']:.1f}", "Recall": f"{100 * v['recall']:.1f}",
@@ -178,7 +192,17 @@ def _augment_note(a: dict) -> str:
     return f" Training frames masked per utterance: {' and '.join(parts)}." if parts else ""
 
 
+def corpus_label(run: dict) -> str:
+    """The corpus a run used, or `train → test` for the cross-corpus protocol."""
+    corpora = (run.get("data") or {}).get("corpora") or {}
+    if corpora.get("test"):
+        return f"{corpora.get('train')} → {corpora['test']}"
+    return str(run.get("corpus"))
+
+
 def write_run_report(run_dir: Path, run: dict, config: dict | None = None) -> None:
+    if (Path(run_dir) / "data.json").is_file():  # training/checks.py: label set, corpora, warnings
+        run["data"] = read_json(Path(run_dir) / "data.json")
     write_json(run_dir / "metrics.json", run)
     atomic_write_text(run_dir / "report.md", report_markdown(run, config))
     confusion = run.get("summary", {}).get("confusion")
@@ -207,7 +231,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> tuple[list[dict[str, str]], 
     for d in run_dirs:
         run = load_run(d)
         row = summary_row(run)
-        row = {"Run": Path(d).name, **row, "Corpus": str(run.get("corpus")), "Protocol": str(run.get("protocol"))}
+        row = {"Run": Path(d).name, **row, "Corpus": corpus_label(run), "Protocol": str(run.get("protocol"))}
         rows.append(row)
     note = f"\n\nTest results, {STD_NOTE}."
     return rows, markdown_table(rows) + note

@@ -99,7 +99,9 @@ _RESOURCES: dict = {}
 
 def _resource(kind: str, spec: str, cache_dir: str | None, stage_seconds: Counter):
     """One opened extractor / decoder / encoder per process, built on first use."""
-    key = (kind, spec)
+    from emofuse.features.hf import identity
+
+    key = (kind, spec, identity(spec))  # hf: the weights hash, so a changed folder is reloaded
     if key not in _RESOURCES:
         start = time.perf_counter()
         if kind == "frames":

@@ -33,7 +33,7 @@ from emofuse.align import Alignment, resolve_mode
 from emofuse.align.vad import VAD_SETTINGS
 from emofuse.corpora.base import Utterance
 from emofuse.errors import ConfigError, DataError
-from emofuse.features.frames import frame_feature_names, get_frame_feature
+from emofuse.features.frames import frame_feature_names, get_frame_feature, is_frame_feature
 from emofuse.features.words import is_word_feature, word_encoder_settings
 from emofuse.io import atomic_open, atomic_path
 
@@ -67,14 +67,14 @@ def split_features(features: Iterable[str]) -> tuple[list[str], list[str]]:
         name = name.strip()
         if not name:
             continue
-        if name in frame_feature_names():
+        if is_frame_feature(name):  # a built-in name or an hf: speech encoder folder
             frames.append(name)
         elif is_word_feature(name):
             words.append(name)
         else:
             raise ConfigError(
                 f"unknown feature {name!r}; frame features: {', '.join(frame_feature_names())}; "
-                "word features: minilm, glove50, glove-file:PATH"
+                "hf:PATH (a local speech encoder); word features: minilm, glove50, glove-file:PATH, hf:PATH"
             )
     return list(dict.fromkeys(frames)), list(dict.fromkeys(words))
 

@@ -10,7 +10,7 @@ import numpy as np
 from emofuse.align import UNTIMED
 from emofuse.corpora.base import Corpus, Utterance
 from emofuse.errors import ConfigError, DataError
-from emofuse.features.frames import frame_feature_names, get_frame_feature, speech_mask
+from emofuse.features.frames import HOP, frame_feature_names, get_frame_feature, is_frame_feature, speech_mask
 from emofuse.features.store.layout import (
     StoreLayout,
     align_mode_for,
@@ -44,8 +44,8 @@ def load_features(
 
     if missing not in ("error", "skip"):
         raise ConfigError(f"missing must be 'error' or 'skip', not {missing!r}")
-    if acoustic is not None and acoustic not in frame_feature_names():
-        raise ConfigError(f"unknown frame feature {acoustic!r}; known: {', '.join(frame_feature_names())}")
+    if acoustic is not None and not is_frame_feature(acoustic):
+        raise ConfigError(f"unknown frame feature {acoustic!r}; known: {', '.join(frame_feature_names())}, hf:PATH")
     if words is not None:
         split_features([words])
     frames_dir = layout.frames_dir(acoustic) if acoustic else None
@@ -69,7 +69,7 @@ def load_features(
                 lacking = "speech mask (vad)"
             else:
                 item.acoustic = read_tensors(path)["features"]  # (T, D)
-                energy = _fit(read_tensors(vad_path)["speech"].astype(bool), len(item.acoustic))  # (T,)
+                energy = regrid_mask(read_tensors(vad_path)["speech"].astype(bool), hop, len(item.acoustic))  # (T,)
         alignment = None
         if mode is not None and lacking is None:
             if mode not in dirs:
@@ -141,8 +141,17 @@ def batches(
         yield collate(chunk, labels, token_ids=tokens)
 
 
-def _fit(mask: np.ndarray, length: int) -> np.ndarray:
-    """A 10 ms mask cut or padded (with False) to a feature's frame count."""
-    if len(mask) >= length:
-        return mask[:length]
-    return np.concatenate([mask, np.zeros(length - len(mask), dtype=bool)])
+def regrid_mask(mask: np.ndarray, hop: float, length: int) -> np.ndarray:
+    """The stored 10 ms energy mask on a feature's grid of `length` frames of `hop` seconds:
+    frame t is speech when any 10 ms frame in [t * hop, (t + 1) * hop) is (the hop-grid rule
+    of `align.word_frame_matrix`); frames past the stored mask are not speech."""
+    ratio = hop / HOP
+    if abs(ratio - 1.0) < 1e-6:  # the 10 ms grid itself: cut or pad
+        out = np.zeros(length, dtype=bool)
+        out[: min(length, len(mask))] = mask[:length]
+        return out
+    t = np.arange(length, dtype=np.float64)
+    start = np.floor(t * ratio + 1e-4).astype(np.int64)
+    end = np.maximum(np.ceil((t + 1) * ratio - 1e-4).astype(np.int64), start + 1)
+    counts = np.concatenate([[0], np.cumsum(mask.astype(np.int64))])  # speech frames before each index
+    return counts[end.clip(0, len(mask))] > counts[start.clip(0, len(mask))]

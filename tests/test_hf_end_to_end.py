@@ -1,0 +1,216 @@
+"""hf: encoders downstream (issue 21, items 3 and 5): `emofuse train` on hf frames and words from
+tiny random models saved in tmp_path, extracted, stored under the weights hash, loaded on their
+own 20 ms grid, trained (H-MM-4 with a learned layer sum, FG_CME), exported and predicted; a
+missing or changed encoder folder is one clear line naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from emofuse.errors import DataError
+
+transformers = pytest.importorskip("transformers")
+
+from hf_tiny import save_bert, save_wav2vec2  # noqa: E402 - after the importorskip
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SR = 16000
+STATEMENT_1 = "Kids are talking by the door"
+CLASSES = ["angry", "happy", "neutral", "sad"]
+
+
+# ------------------------------------------------------------------- frames on a 20 ms grid
+
+
+def test_words_map_to_the_right_20_ms_frames_in_a_batch():
+    from emofuse.features.batch import UtteranceFeatures, collate
+
+    item = UtteranceFeatures(id="u", acoustic=np.zeros((49, 4), np.float32), acoustic_hop=0.02,
+                             word_times=np.array([[0.10, 0.20], [0.50, 0.53], [0.95, 1.2]], np.float32))
+    batch = collate([item], [0])
+    # 0.10-0.20 s: frames 5..9 of 20 ms (not 10..19 of the 10 ms grid); the last word is clamped.
+    assert batch.word_frames[0].tolist() == [[5, 10], [25, 27], [47, 49]]
+
+
+def test_the_stored_10_ms_speech_mask_moves_onto_the_20_ms_grid():
+    from emofuse.features.store.load import regrid_mask
+
+    mask = np.zeros(100, dtype=bool)  # 1 s on the 10 ms grid
+    mask[21:40] = True  # speech from 0.21 s to 0.40 s
+    on_20 = regrid_mask(mask, 0.02, 49)
+    assert np.flatnonzero(on_20).tolist() == list(range(10, 20))  # frames covering 0.20..0.40 s
+    assert regrid_mask(mask, 0.01, 120)[:100].tolist() == mask.tolist()
+    assert not regrid_mask(mask, 0.01, 120)[100:].any()
+
+
+# -------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("encoders")
+    extra = tuple(STATEMENT_1.lower().split()) + ("dogs", "sitting")
+    return {"speech": save_wav2vec2(root / "wav2vec2"), "text": save_bert(root / "bert", extra_words=extra)}
+
+
+@pytest.fixture(scope="module")
+def manifest(ravdess_root, tmp_path_factory):
+    """16 RAVDESS files: 4 actors x 4 classes, statement 1, normal intensity, first repetition."""
+    from emofuse.corpora import load_corpus
+
+    corpus = load_corpus("ravdess", ravdess_root, "ravdess4")
+    keep = [i for i, u in enumerate(corpus)
+            if u.speaker in {"Actor_01", "Actor_02", "Actor_03", "Actor_04"} and Path(u.audio).stem.split("-")[3:6] == ["01", "01", "01"]]
+    path = tmp_path_factory.mktemp("corpus") / "slice.jsonl"
+    corpus.subset(keep).write(path)
+    return path
+
+
+def _train(tmp: Path, manifest: Path, acoustic: str, words: str, model: dict, store: Path) -> Path:
+    from emofuse.cli import app
+
+    config = tmp / "ravdess4" / f"{model['name']}.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump({
+        "data": {"manifest": str(manifest), "label_set": "ravdess4", "store": str(store),
+                 "acoustic": acoustic, "words": words, "align": "forced"},
+        "model": model,
+        "optim": {"lr": 1e-3},
+        "trainer": {"max_epochs": 1, "batch_size": 8, "accelerator": "cpu", "progress": False, "threads": 1},
+        "protocol": {"name": "speaker-kfold", "k": 2, "val_speakers": 1},
+        "run_dir": str(tmp / "run"),
+    }))
+    result = CliRunner().invoke(app, ["train", str(config), "fold=0"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return tmp / "run"
+
+
+def _export_and_predict(run: Path, out: Path, audio: str) -> Path:
+    from emofuse.cli import app
+    from emofuse.inference.predictor import Predictor
+
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    prediction = Predictor(out, warm=False).predict_file(audio, STATEMENT_1)
+    assert prediction.label in CLASSES
+    assert len(prediction.words) == len(STATEMENT_1.split())
+    return out
+
+
+@pytest.mark.data
+def test_h_mm_4_trains_on_all_layers_of_hf_frames_and_hf_words_then_predicts(encoders, manifest, tmp_path):
+    speech, text = encoders["speech"], encoders["text"]
+    store = tmp_path / "store"
+    run = _train(tmp_path, manifest, f"hf:{speech}#layers=all", f"hf:{text}",
+                 {"name": "H-MM-4", "hidden": 8, "layers": 1, "word_layers": 1, "dropout": 0.0}, store)
+    fold = json.loads((run / "fold-0" / "metrics.json").read_text())
+    shares = fold["layer_weights"]  # the 3 hidden states of the 2-layer encoder, learned
+    assert len(shares) == 3 and sum(shares) == pytest.approx(1.0, abs=1e-3) and shares != [pytest.approx(1 / 3)] * 3
+    assert "Encoder layer weights" in (run / "report.md").read_text()
+    # The store keys the frames by the weights hash and keeps them on the 20 ms grid.
+    (frames_dir,) = (store / "frames").iterdir()
+    settings = json.loads((frames_dir / "settings.json").read_text())
+    assert settings["hop"] == 0.02 and len(settings["weights_sha256"]) == 64
+
+    audio = json.loads(manifest.read_text().splitlines()[0])["audio"]
+    model_dir = _export_and_predict(run, tmp_path / "model", audio)
+    info = json.loads((model_dir / "model.json").read_text())
+    assert info["spec"]["acoustic_layers"] == 3 and info["hop"] == 0.02
+    assert info["encoders"]["acoustic"]["folder"] == str(speech.resolve())
+    assert info["encoders"]["words"]["weights_sha256"] == settings_hash_of(text)
+
+
+def settings_hash_of(folder: Path) -> str:
+    from emofuse.features.hf import weights_hash
+
+    return weights_hash(folder.resolve())
+
+
+@pytest.mark.data
+def test_fgcme_trains_on_hf_frames_and_words_then_predicts(encoders, manifest, tmp_path):
+    run = _train(tmp_path, manifest, f"hf:{encoders['speech']}#layer=1", f"hf:{encoders['text']}",
+                 {"name": "fgcme", "conv_filters": [8, 8, 8], "semantic_size": 8, "lstm_hidden": 8,
+                  "fcn_hidden": 8}, tmp_path / "store")
+    audio = json.loads(manifest.read_text().splitlines()[0])["audio"]
+    _export_and_predict(run, tmp_path / "model", audio)
+
+
+# ----------------------------------------------------------------- missing or changed folders
+
+
+@pytest.fixture
+def exported(encoders, tmp_path):
+    """A model directory over a copy of the tiny encoder (so the test may move or change it)."""
+    from emofuse.models.base import InputSpec, get_model
+    from emofuse.models.modeldir import ModelInfo, write_model_dir
+
+    speech = shutil.copytree(encoders["speech"], tmp_path / "encoder")
+    spec = {"num_classes": 4, "acoustic_dim": 32}
+    model = get_model("B-ACO-1").build(InputSpec(**spec), hidden=4, layers=1)
+    info = ModelInfo(name="B-ACO-1", settings={"hidden": 4, "layers": 1}, spec=spec, needs=["acoustic"],
+                     classes=CLASSES, acoustic=f"hf:{speech}", hop=0.02)
+    return write_model_dir(tmp_path / "model", model, info), speech
+
+
+def test_a_missing_encoder_folder_is_one_line_naming_it(exported, monkeypatch, capsys, tmp_path):
+    from emofuse.cli import main
+    from emofuse.models.modeldir import load_model_dir
+
+    model_dir, speech = exported
+    load_model_dir(model_dir)  # fine while the folder is there
+    shutil.rmtree(speech)
+    with pytest.raises(DataError, match="acoustic encoder folder not found") as caught:
+        load_model_dir(model_dir)
+    assert str(speech) in str(caught.value)
+    clip = tmp_path / "clip.wav"
+    import soundfile
+
+    soundfile.write(clip, np.zeros(SR, np.float32), SR)
+    monkeypatch.setattr(sys, "argv", ["emofuse", "predict", str(model_dir), str(clip)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stop.value.code != 0 and len(err) == 1 and str(speech) in err[0]
+
+
+def test_a_changed_encoder_folder_is_refused_by_the_model(exported):
+    from emofuse.models.modeldir import load_model_dir
+
+    model_dir, speech = exported
+    save_wav2vec2(speech, seed=1)  # other weights in the same folder
+    with pytest.raises(DataError, match="weights changed since the model was trained"):
+        load_model_dir(model_dir)
+
+
+def test_a_changed_encoder_folder_is_recomputed_by_the_store(encoders, tmp_path):
+    from emofuse.corpora.base import Corpus, Utterance
+    from emofuse.features.store import FeatureStore
+    import soundfile
+
+    speech = shutil.copytree(encoders["speech"], tmp_path / "encoder")
+    clip = tmp_path / "clip.wav"
+    t = np.arange(SR // 2) / SR
+    soundfile.write(clip, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), SR)
+    corpus = Corpus([Utterance(id="u1", audio=str(clip), speaker="s", label="neutral", original_label="neutral")], name="one")
+    store = FeatureStore(tmp_path / "store")
+    name = f"hf:{speech}"
+    store.extract(corpus, [name], align=None, workers=1, progress=False)
+    before = store.load(corpus, acoustic=name, align=None)[0].acoustic  # (24, 32)
+    save_wav2vec2(speech, seed=1)
+    with pytest.raises(DataError, match="no stored"):  # a new key: the old entry is not read
+        store.load(corpus, acoustic=name, align=None)
+    store.extract(corpus, [name], align=None, workers=1, progress=False)
+    after = store.load(corpus, acoustic=name, align=None)[0].acoustic
+    assert before.shape == after.shape == (24, 32) and not np.allclose(before, after)
+    assert len(list((tmp_path / "store" / "frames").iterdir())) == 2
