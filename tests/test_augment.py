@@ -105,7 +105,7 @@ def test_a_run_saved_before_the_augment_section_existed_still_resumes(tmp_path):
     cfg = tiny_config(tmp_path)
     old = cfg.to_dict()
     del old["augment"]
-    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "fold-0").mkdir(parents=True)  # a run that has started, so its config binds
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(old))
     save_config(cfg, tmp_path / "run")  # no "different config" error
     with pytest.raises(ConfigError, match=r"different config \(augment.time_masks\)"):
