@@ -31,8 +31,12 @@ def prepare(
     path: Path = typer.Argument(..., help="The corpus folder as released (or, for 'manifest', the CSV/JSONL file; for 'meld' also one CSV)."),
     out_file: Path = typer.Option(..., "--out", "-o", help="Manifest to write (JSONL, written atomically)."),
     label_set: Optional[str] = typer.Option(
-        None, "--label-set", "-l", help=f"Map labels through a named set: {', '.join(LABEL_SETS)}. Default: the corpus's own."
+        None, "--label-set", "-l",
+        help=f"Map labels through a set: a built-in name ({', '.join(LABEL_SETS)}), a YAML file {{name, classes, map}}, "
+             "or auto (the classes found, sorted; those with fewer than --min-class-count utterances dropped). "
+             "Default: the corpus's own.",
     ),
+    min_class_count: int = typer.Option(10, "--min-class-count", help="With --label-set auto: drop rarer classes."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable file instead of skipping it."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="mosei only: the label CSV or .csd file, if not in the corpus folder."),
     ties: Optional[str] = typer.Option(None, "--ties", help="mosei only: 'drop' (default) or 'priority' for segments whose strongest emotions tie."),
@@ -58,9 +62,11 @@ def prepare(
     ) as bar:
         task = bar.add_task("scan", total=None)
         result = load_corpus(
-            corpus, path, label_set, strict=strict,
+            corpus, path, None if label_set == "auto" else label_set, strict=strict,
             progress=lambda done, total: bar.update(task, completed=done, total=total), **options,
         )
+    if label_set == "auto":
+        result = _auto_labels(result, min_class_count, err)
     written = result.write(out_file)
 
     n_speakers, n_labels = len(set(result.speakers)), len(set(result.labels))
@@ -85,6 +91,25 @@ def prepare(
         out.print(table)
     else:
         out.print("  skipped: none")
+
+
+def _auto_labels(result, min_count: int, err: Console):
+    """The corpus with the auto label set applied: rare classes dropped, and said so."""
+    from emofuse.corpora.common import PreparedCorpus
+    from emofuse.corpora.labels import auto_label_set
+
+    auto = auto_label_set([u.label for u in result], min_count, source=result.name)
+    if auto.dropped:
+        err.print(f"label set auto: dropped {len(auto.dropped)} class(es) with fewer than {min_count} utterances: "
+                  + escape(", ".join(f"{c} ({n})" for c, n in auto.dropped.items())))
+    kept = []
+    for u in result:
+        label = auto.label_set.mapping[str(u.label).strip().lower()]
+        if label is not None:
+            u.label = label
+            kept.append(u)
+    excluded = Counter(result.excluded) + Counter(auto.dropped)
+    return PreparedCorpus(kept, name=result.name, skipped=result.skipped, excluded=excluded, label_set="auto")
 
 
 def _count_table(title: str, counts: Counter, total: int, rows: int, by_label: dict | None = None) -> Table:

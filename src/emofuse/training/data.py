@@ -17,7 +17,7 @@ is truncated unless `data.max_frames` / `data.max_words` say so (the papers: 700
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -38,6 +38,10 @@ class LabelledData:
     items: list[UtteranceFeatures]
     labels: np.ndarray  # (N,) int64 indices into `classes`
     classes: tuple[str, ...]
+    # what the run directory keeps about the labels (training/checks.py): the resolved set
+    # {name, classes, map}, the corpora read ({"train": name, "test": name}) and notes such as
+    # the classes `auto` dropped
+    label_info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (len(self.corpus) == len(self.items) == len(self.labels)):
@@ -54,11 +58,13 @@ class LabelledData:
         return np.bincount(self.labels[np.asarray(indices, dtype=np.int64)], minlength=len(self.classes))
 
 
-def map_labels(corpus: Corpus, label_set) -> tuple[Corpus, np.ndarray]:
+def map_labels(corpus: Corpus, label_set, source=None) -> tuple[Corpus, np.ndarray]:
     """Keep the utterances whose label the set uses; return them and their class indices.
 
     A label that is already one of the set's classes is kept; otherwise the original corpus
     label is mapped through the set (so a ravdess8 manifest serves a ravdess4 experiment).
+    An unknown label is a DataError naming `source` (the manifest or folder), the utterance,
+    the label and the labels the set knows.
     """
     kept: list[Utterance] = []
     labels: list[int] = []
@@ -69,13 +75,13 @@ def map_labels(corpus: Corpus, label_set) -> tuple[Corpus, np.ndarray]:
             try:
                 label = label_set.map(u.original_label)
             except LabelError as exc:
-                raise DataError(None, f"corpus {corpus.name!r}, utterance {u.id!r}: {exc}") from None
+                raise DataError(source, f"corpus {corpus.name!r}, utterance {u.id!r}: {exc}") from None
         if label is None:
             continue
         kept.append(u)
         labels.append(label_set.index(label))
     if not kept:
-        raise DataError(None, f"corpus {corpus.name!r}: no utterance has a label of set {label_set.name!r} "
+        raise DataError(source, f"corpus {corpus.name!r}: no utterance has a label of set {label_set.name!r} "
                               f"({', '.join(label_set.classes)})")
     return Corpus(kept, name=corpus.name), np.asarray(labels, dtype=np.int64)
 

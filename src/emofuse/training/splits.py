@@ -9,6 +9,9 @@ Protocols (`make_folds(corpus, protocol)`):
     is the other sessions. 10 folds on IEMOCAP (5 sessions x 2 speakers).
   - "official": the corpus's own split in `meta["split"]` (train / dev / test), e.g. MELD.
     MELD's characters recur across its splits, so this one protocol is not speaker-exclusive.
+  - "cross-corpus": one fold: train and validate on the training corpus, test on another
+    corpus (the utterances `training.features` marked `meta["cross_corpus"] = "test"`);
+    validation speakers come from the training corpus only.
 
 Model selection never sees test speakers: where a protocol has no validation part of its
 own, `carve_validation` draws whole speakers from the training part (gender-balanced when
@@ -28,7 +31,7 @@ import numpy as np
 from emofuse.corpora.base import Utterance
 from emofuse.errors import ConfigError
 
-PROTOCOLS = ("speaker-kfold", "loso-session", "loso-speaker", "aguilar", "official")
+PROTOCOLS = ("speaker-kfold", "loso-session", "loso-speaker", "aguilar", "official", "cross-corpus")
 _SPLIT_NAMES = {"train": "train", "dev": "dev", "valid": "dev", "validation": "dev", "val": "dev", "test": "test"}
 
 
@@ -170,6 +173,27 @@ def official_split(corpus) -> list[Fold]:
     return [Fold(0, _idx(parts["train"]), _idx(parts["dev"]), _idx(parts["test"]), "official train/dev/test")]
 
 
+def is_test_corpus(u: Utterance) -> bool:
+    """An utterance of the cross-corpus protocol's test corpus (training.features marks them)."""
+    return u.meta.get("cross_corpus") == "test"
+
+
+def cross_corpus_split(corpus) -> list[Fold]:
+    """One fold: the training corpus is the training part, the test corpus the test part."""
+    utterances = _utterances(corpus)
+    test = [i for i, u in enumerate(utterances) if is_test_corpus(u)]
+    train = [i for i, u in enumerate(utterances) if not is_test_corpus(u)]
+    if not test:
+        raise ConfigError("protocol cross-corpus: no test-corpus utterance (set data.test_manifest)")
+    if not train:
+        raise ConfigError("protocol cross-corpus: no training-corpus utterance")
+    shared = {utterances[i].speaker for i in train} & {utterances[i].speaker for i in test}
+    if shared:
+        raise ConfigError(f"protocol cross-corpus: speakers {sorted(shared)[:3]} are in both corpora")
+    test_name = utterances[test[0]].id.split("/", 1)[0]
+    return [Fold(0, _idx(train), _idx([]), _idx(test), f"cross-corpus: {corpus.name} -> {test_name}")]
+
+
 def carve_validation(
     corpus,
     train_idx,
@@ -241,6 +265,8 @@ def make_folds(
         return aguilar_protocol(corpus)
     elif protocol == "official":
         return official_split(corpus)
+    elif protocol == "cross-corpus":
+        folds = cross_corpus_split(corpus)  # validation is carved below from the training corpus
     else:
         raise ConfigError(f"unknown split protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if not val_speakers and not val_fraction:
