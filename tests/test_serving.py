@@ -134,9 +134,9 @@ def test_the_model_is_loaded_once_not_per_request(model_dir, files, monkeypatch)
     calls = []
     original = predictor_module.load_model_dir
 
-    def counting(path):
+    def counting(path, *args, **kwargs):
         calls.append(threading.get_ident())
-        return original(path)
+        return original(path, *args, **kwargs)
 
     monkeypatch.setattr(predictor_module, "load_model_dir", counting)
     app = create_app(model_dir)

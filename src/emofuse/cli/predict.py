@@ -50,6 +50,8 @@ def _print_prediction(out: Console, prediction) -> None:
     if prediction.truncated:
         detail += ", truncated to the model's max_frames/max_words"
     out.print(detail)
+    for warning in prediction.warnings:
+        out.print(f"  [yellow]warning[/]: {escape(warning)}")
     table = _word_table(prediction)
     if table is not None:
         out.print(table)
@@ -70,13 +72,14 @@ def _print_long(out: Console, result) -> None:
     out.print(table)
 
 
-def _predict_long_files(model_dir, jobs, settings, detector, cues, threads, as_json, out, err, single):
+def _predict_long_files(model_dir, jobs, settings, detector, cues, threads, as_json, out, err, single,
+                        **predictor_options):
     """Files predicted per segment (`inference.long`), one Predictor, a progress bar per file."""
     from emofuse.errors import DataError
     from emofuse.inference.long import predict_long
     from emofuse.inference.predictor import PredictionError, Predictor
 
-    predictor = Predictor(model_dir, threads=threads)
+    predictor = Predictor(model_dir, threads=threads, **predictor_options)
     results = []
     for path, text in jobs:
         if text and cues is None:
@@ -126,6 +129,8 @@ def predict(
     min_segment: float = typer.Option(0.25, "--min-segment", help="Segments: speech shorter than this (s) is dropped."),
     max_segment: float = typer.Option(10.0, "--max-segment", help="Segments: longer ones (s) are cut at their deepest pause."),
     pad: float = typer.Option(0.1, "--pad", help="Segments: seconds added before and after each (at most --min-pause / 2)."),
+    force_transcript: bool = typer.Option(False, "--force-transcript", help="Use a transcript even when it cannot be aligned to the audio (by default that is refused: it is likely not what was said), with the recogniser's word times and a warning."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose)."),
 ) -> None:
     """Predict the emotion of recordings and show, per word, its time span, acoustic share and attention.
     Long files (over --segment-over, or all with --segments) are predicted per speech segment."""
@@ -136,6 +141,8 @@ def predict(
 
     out, err = _consoles()
     info = read_info(model_dir)  # a wrong folder fails before any file is read
+    predictor_options = {**({"verify": False} if no_verify else {}),  # only what differs from the defaults
+                         **({"force_transcript": True} if force_transcript else {})}
     files = find_audio(source)
     single = source.is_file()
     if transcript is not None and not single:
@@ -193,7 +200,15 @@ def predict(
                 err.print(f"[yellow]note[/]: {len(jobs)} recording(s): the back-end takes a speaker's statistics "
                           f"from {MIN_UTTERANCES} or more; the training speakers' mean statistics stand in")
 
-            outcome = enumerate(Predictor(model_dir, threads=threads).predict_speaker(jobs, batch_size=batch_size))
+            outcome = enumerate(Predictor(model_dir, threads=threads, **predictor_options)
+                                .predict_speaker(jobs, batch_size=batch_size))
+        elif predictor_options and jobs:  # worker processes load with the defaults: one process here
+            from emofuse.inference.predictor import Predictor
+
+            if workers > 1:
+                err.print("[yellow]note[/]: --force-transcript / --no-verify run in one process; --workers ignored")
+            outcome = predict_jobs(model_dir, jobs, workers=1, batch_size=batch_size,
+                                   predictor=Predictor(model_dir, threads=threads, **predictor_options))
         else:
             outcome = predict_jobs(model_dir, jobs, workers=min(workers, len(jobs)), batch_size=batch_size,
                                    threads=threads) if jobs else iter(())
@@ -215,7 +230,7 @@ def predict(
             else:
                 _print_prediction(out, result)
     long_results = _predict_long_files(model_dir, long_jobs, segment_settings, vad, cues, threads, as_json,
-                                       out, err, single) if long_jobs else []
+                                       out, err, single, **predictor_options) if long_jobs else []
     failed += sum(isinstance(r, PredictionError) for r in long_results)
     segmented = [r for r in long_results if not isinstance(r, PredictionError)]
     done = [r for r in results if r is not None and not isinstance(r, PredictionError)]
@@ -250,8 +265,11 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload (413 above)."),
-    max_seconds: float = typer.Option(120.0, "--max-seconds", help="Longest accepted recording (413 above)."),
+    max_seconds: float = typer.Option(3600.0, "--max-seconds", min=0.0, help="Longest accepted recording (413 above); recordings over --segment-over are predicted per speech segment."),
+    segment_over: float = typer.Option(30.0, "--segment-over", min=0.0, help="Recordings (WAV/FLAC/OGG) longer than this many seconds answer per speech segment; other containers are limited to this length."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine)."),
+    workers: int = typer.Option(1, "--workers", min=0, help="Worker processes, each with the model loaded once (0: run the model in the server process)."),
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", min=0, help="Requests that may wait beyond those running (default 4 per worker); more are answered 503 with Retry-After."),
 ) -> None:
     """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,
     and a web page at / to upload or record audio and see the explanation."""
@@ -260,10 +278,15 @@ def serve(
     from emofuse.serving.app import create_app
 
     _, err = _consoles()
-    app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds, threads=threads)
-    state = app.state.predictor
-    err.print(f"model {escape(state.name)} loaded in {state.load_seconds:.1f} s; serving on http://{host}:{port}/")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds, threads=threads,
+                     workers=workers, max_queue=max_queue, segment_over=segment_over)
+    engine, admission = app.state.engine, app.state.admission
+    err.print(f"model {escape(engine.description['model'])} loaded in {app.state.load_seconds:.1f} s "
+              f"{f'by {workers} worker process(es)' if workers else 'in the server process'}, "
+              f"{admission.max_queue} may wait; "
+              f"serving on http://{host}:{port}/")
+    # Graceful shutdown waits at most a few seconds for requests in flight; the lifespan then ends the workers.
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
 def export(

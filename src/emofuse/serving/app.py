@@ -3,38 +3,52 @@
     POST /predict   multipart: `file` (audio in any format soundfile or FFmpeg reads) and an
                     optional `transcript`; `?html=true` adds the explanation as an HTML block.
                     JSON out, the keys of `emofuse predict --json` (label, probabilities, words, ...).
-    GET  /health    the model, its classes, what it needs, the limits.
+    GET  /health    the model, its classes, what it needs, the limits, the workers and the queue;
+                    answered on the event loop, so a busy server still answers at once.
     GET  /          a web page to upload or record audio and see the explanation.
     GET  /docs      OpenAPI documentation (FastAPI).
 
 Limits: a request body over `max_upload_mb` is refused with 413 before it is parsed (the
-body is counted as it arrives, so a missing or false Content-Length does not get past);
-a recording longer than `max_seconds` is 413 too. A file that neither soundfile nor PyAV
-can decode as audio is 415; audio that decodes but cannot be used (empty, NaN, no words
-for a model that needs them) is 422. Every error body is {"detail": "<one clear line>"}.
+body is counted as it arrives, so a missing or false Content-Length does not get past).
+An upload is never decoded blind (issue 18, item 1): its header is read first, and a
+declared duration over `max_seconds` is 413, a sample rate outside 4-192 kHz, more than 8
+channels or a file that neither soundfile nor PyAV can read is 415; decoding then goes block
+by block and stops (413) as soon as it passes the limit, whatever the header said. Audio that
+decodes but cannot be used (empty, NaN, no words for a model that needs them) is 422, a
+missing field too. Every error body is {"detail": "<one clear line>"}.
 
-Concurrency: the endpoint runs in FastAPI's thread pool; each request decodes its own
-temporary file, and the shared `Predictor` runs one request at a time under its lock, so
-concurrent requests never mix results.
+Recordings longer than `segment_over` seconds (WAV/FLAC/OGG, read in blocks) are predicted
+per speech segment (`inference.long`) and answer with `segments` and a `summary`.
+
+Concurrency (`serving.workers`): predictions run in `workers` processes, each with the model
+loaded once (0: in this process, one at a time); decoding runs there too, so at most that many
+decodes run at once. At most `max_queue` more requests wait; beyond that the answer is 503
+with Retry-After. Each request has its own temporary file and job, so answers never mix.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import tempfile
 import time
+from concurrent.futures import BrokenExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
-from emofuse.errors import DataError
-from emofuse.inference.predictor import SAMPLE_RATE, Predictor
+from emofuse.errors import ConfigError, DataError
+from emofuse.serving.workers import NOT_AUDIO, Admission, InProcessEngine, Job, ProcessEngine
 
 STATIC = Path(__file__).parent / "static"
 # Room for the multipart framing and the transcript field next to the file itself.
 FORM_OVERHEAD = 64 * 1024
-UNDECODABLE = ("cannot decode audio", "holds no audio stream")
+DEFAULT_QUEUE_PER_WORKER = 4  # --max-queue default: requests waiting per worker before 503
 
 
 class UploadLimit:
@@ -83,84 +97,140 @@ class UploadLimit:
         await response(scope={"type": "http"}, receive=None, send=send)
 
 
-def decode_upload(data: bytes, filename: str):
-    """float32 mono 16 kHz samples of an uploaded file; HTTPException 415/422 when unusable."""
-    from emofuse.features.audio import load_audio
+def probe_upload(path: str, name: str, max_seconds: float, whole_seconds: float | None):
+    """The header of an uploaded file, checked before anything is decoded (issue 18, item 1):
+    HTTPException 415 for a rate, channel count or container that is not decoded, 413 for a
+    declared duration over the limit. `whole_seconds`: the limit for files that cannot be read
+    in blocks (only soundfile's containers are predicted per segment)."""
+    from emofuse.features.audio import AudioRefused, check_audio_header, probe_audio
 
-    suffix = Path(filename).suffix.lower()
-    if not suffix or len(suffix) > 8 or not suffix[1:].isalnum():
-        suffix = ".bin"
-    fd, tmp = tempfile.mkstemp(prefix="emofuse-upload-", suffix=suffix)
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        try:
-            return load_audio(tmp, SAMPLE_RATE)
-        except DataError as exc:
-            problem = exc.problem
-            status = 415 if any(problem.startswith(p) or p in problem for p in UNDECODABLE) else 422
-            if status == 415:
-                problem = "not an audio file that soundfile or FFmpeg can decode (send WAV, FLAC, OGG, MP3, WebM, MP4 ...)"
-            raise HTTPException(status_code=status, detail=f"{filename}: {problem}") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        header = probe_audio(path)
+        limit = max_seconds if header.reader == "soundfile" or whole_seconds is None else min(max_seconds, whole_seconds)
+        check_audio_header(path, header, limit)
+    except AudioRefused as exc:
+        problem = NOT_AUDIO if "no audio stream" in exc.problem else exc.problem
+        suffix = " (server option --max-seconds)" if exc.status == 413 else ""
+        raise HTTPException(status_code=exc.status, detail=f"{name}: {problem}{suffix}") from None
+    except DataError:
+        raise HTTPException(status_code=415, detail=f"{name}: {NOT_AUDIO}") from None
+    return header, limit
+
+
+def _one_line(errors) -> str:
+    """FastAPI's validation errors as one line: `file: field required; ...`."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "form"))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", "invalid"))
+    return "; ".join(parts) or "invalid request"
 
 
 def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: float = 120.0,
-               predictor: Predictor | None = None, threads: int | None = None) -> FastAPI:
-    """The service for one model directory; the model is loaded here, once (module docstring)."""
+               predictor=None, threads: int | None = None, workers: int = 0, max_queue: int | None = None,
+               segment_over: float | None = 30.0) -> FastAPI:
+    """The service for one model directory; the model is loaded here, once per worker (module docstring).
+
+    workers: 0 runs the model in this process (one prediction at a time); N >= 1 starts N
+    worker processes. max_queue: requests waiting beyond those running (default 4 per worker).
+    segment_over: recordings longer than this are predicted per speech segment (None: never)."""
     from emofuse import __version__
-    from emofuse.inference.explain import render_fragment
 
     started = time.perf_counter()
-    predictor = predictor or Predictor(model_dir, warm=True, threads=threads)
+    if workers < 0:
+        raise ConfigError(f"workers must be 0 (in this process) or more, not {workers}")
+    engine = ProcessEngine(model_dir, workers, threads) if workers else InProcessEngine(model_dir, threads, predictor)
     load_seconds = time.perf_counter() - started
+    max_queue = DEFAULT_QUEUE_PER_WORKER * engine.workers if max_queue is None else max_queue
+    admission = Admission(engine.workers, max_queue)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        try:
+            yield
+        finally:
+            engine.close()
+
     app = FastAPI(
         title="emofuse",
         version=__version__,
         description="Speech emotion recognition from how words are said and what is said, "
                     "with per-word explanations (acoustic share, attention).",
+        lifespan=lifespan,
     )
-    app.state.predictor = predictor
+    app.state.engine = engine
+    app.state.admission = admission
+    app.state.predictor = getattr(engine, "predictor", None)
     app.state.load_seconds = load_seconds
     app.state.limits = {"max_upload_mb": max_upload_mb, "max_seconds": max_seconds}
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6) + FORM_OVERHEAD, limit_mb=max_upload_mb)
 
+    @app.exception_handler(RequestValidationError)
+    async def one_line_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _one_line(exc.errors())})
+
     @app.get("/health")
-    def health() -> dict:
-        """Liveness and what the loaded model is."""
-        return {"status": "ok", **predictor.describe(), "load_seconds": round(load_seconds, 3),
-                "limits": app.state.limits}
+    async def health() -> dict:
+        """Liveness and what the loaded model is; answered on the event loop, never behind a prediction."""
+        return {"status": "ok", **engine.description, "load_seconds": round(load_seconds, 3),
+                "limits": app.state.limits,
+                "workers": {"count": engine.workers, "mode": "processes" if workers else "in-process",
+                            "pids": engine.pids, "busy": admission.running},
+                "queue": {"length": admission.waiting, "max": admission.max_queue, "refused": admission.refused}}
 
     @app.post("/predict")
-    def predict(
+    async def predict(
         file: UploadFile = File(..., description="Audio: WAV, FLAC, OGG, MP3, WebM, MP4, ..."),
         transcript: str | None = Form(None, description="What is said (forced alignment instead of ASR)."),
         html: bool = Query(False, description="Also return the explanation as an HTML block (key `html`)."),
     ) -> dict:
-        """The emotion of one recording: label, class probabilities and per-word explanations."""
+        """The emotion of one recording: label, class probabilities and per-word explanations;
+        a recording longer than the server's segment length: one result per speech segment."""
         name = Path(file.filename or "upload").name or "upload"
-        data = file.file.read()
-        if not data:
-            raise HTTPException(status_code=422, detail=f"{name}: the uploaded file is empty")
-        audio = decode_upload(data, name)
-        seconds = len(audio) / SAMPLE_RATE
-        if seconds > max_seconds:
-            raise HTTPException(status_code=413, detail=f"{name}: recording is {seconds:.1f} s long; the limit is "
-                                                        f"{max_seconds:g} s (server option --max-seconds)")
-        transcript = (transcript or "").strip() or None
+        if not admission.admit():
+            retry = max(1, round(admission.waiting / max(1, engine.workers)))
+            raise HTTPException(status_code=503, headers={"Retry-After": str(retry)},
+                                detail=f"{name}: the server is busy ({admission.workers} running, "
+                                       f"{admission.max_queue} waiting; server options --workers, --max-queue); "
+                                       f"retry in {retry} s")
+        tmp = None
         try:
-            prediction = predictor.predict_audio(audio, transcript, label=name)
-        except DataError as exc:
-            raise HTTPException(status_code=422, detail=f"{name}: {exc.problem}") from None
-        record = prediction.to_json()
-        record["timings"] = {k: round(v, 4) for k, v in prediction.timings.items()}
-        if html:
-            record["html"] = render_fragment(prediction)
-        return record
+            tmp = await run_in_threadpool(_save_upload, file.file, name)
+            header, limit = await run_in_threadpool(probe_upload, tmp, name, max_seconds, segment_over)
+            job = Job(path=tmp, name=name, transcript=(transcript or "").strip() or None, html=html,
+                      reader=header.reader, sample_rate=header.sample_rate, channels=header.channels,
+                      duration=header.duration, max_seconds=limit, segment_over=segment_over)
+            try:
+                answer = await asyncio.wrap_future(engine.submit(job))
+            except (BrokenExecutor, RuntimeError) as exc:
+                raise HTTPException(status_code=503, headers={"Retry-After": "30"},
+                                    detail=f"{name}: the prediction worker stopped ({type(exc).__name__}); "
+                                           f"the server needs a restart") from None
+        finally:
+            admission.release()
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+        if answer["status"] != 200:
+            raise HTTPException(status_code=answer["status"], detail=answer["detail"])
+        return answer["body"]
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     return app
+
+
+def _save_upload(source, name: str) -> str:
+    """The upload in a temporary file (the decoders read files); HTTPException 422 when empty."""
+    suffix = Path(name).suffix.lower()
+    if not suffix or len(suffix) > 8 or not suffix[1:].isalnum():
+        suffix = ".bin"
+    fd, tmp = tempfile.mkstemp(prefix="emofuse-upload-", suffix=suffix)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(source, out)
+        size = out.tell()
+    if not size:
+        Path(tmp).unlink(missing_ok=True)
+        raise HTTPException(status_code=422, detail=f"{name}: the uploaded file is empty")
+    return tmp
