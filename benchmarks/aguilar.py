@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default="benchmarks/results/aguilar",
                         help="also write the tables here as .md and a summary as .json ('' = no)")
     args = parser.parse_args(argv)
-    rows = [stem(r) for r in args.rows.split(",") if r.strip()]
+    rows = [stem(r.strip()) for r in args.rows.split(",") if r.strip()]
     if any(r in TEACHER_ROWS for r in rows) and "h-mm-4" in rows:
         if rows.index("h-mm-4") > min(i for i, r in enumerate(rows) if r in TEACHER_ROWS):
             parser.error("H-MM-4 (the teacher) must come before MV-frozen / teacher-student rows")

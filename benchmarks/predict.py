@@ -82,25 +82,29 @@ def recordings(work: Path) -> dict[str, tuple[Path, str]]:
     return {"3s": (short, transcript_of(short)), "30s": (long_path, " ".join(texts))}
 
 
-def paper_size_model_dirs(work: Path) -> list[Path]:
+def random_model_dir(work: Path, name: str, acoustic: str, words: str | None, word_dim: int) -> Path:
+    """A model directory of `name` at paper size with random weights (seed 0): the cost of
+    prediction does not depend on what the weights learnt."""
     from emofuse.features.frames import get_frame_feature
-    from emofuse.models.modeldir import ModelInfo, write_model_dir
     from emofuse.models.base import InputSpec, get_model
+    from emofuse.models.modeldir import ModelInfo, write_model_dir
 
-    out = []
-    for name, acoustic, words, word_dim in (("H-MM-4", "compare_lld", "minilm", 384), ("fgcme", "fbank40", "glove50", 50)):
-        entry = get_model(name)
-        frame = get_frame_feature(acoustic)
-        spec = {"num_classes": 4, "acoustic_dim": frame.dim, "word_dim": word_dim, "vocab_size": 0}
-        torch.manual_seed(0)
-        model = entry.build(InputSpec(**spec))
-        info = ModelInfo(name=entry.name, settings={}, spec=spec, needs=list(entry.needs),
-                         classes=["angry", "happy", "neutral", "sad"], label_set="ravdess4", acoustic=acoustic,
-                         acoustic_settings=dict(frame.settings), words=words, align="auto",
-                         normaliser={"mean": [0.0] * frame.dim, "std": [1.0] * frame.dim},
-                         source={"weights": "random (benchmark)"})
-        out.append(write_model_dir(work / f"model-{name}", model, info))
-    return out
+    entry = get_model(name)
+    frame = get_frame_feature(acoustic)
+    spec = {"num_classes": 4, "acoustic_dim": frame.dim, "word_dim": word_dim, "vocab_size": 0}
+    torch.manual_seed(0)
+    model = entry.build(InputSpec(**spec))
+    info = ModelInfo(name=entry.name, settings={}, spec=spec, needs=list(entry.needs),
+                     classes=["angry", "happy", "neutral", "sad"], label_set="ravdess4", acoustic=acoustic,
+                     acoustic_settings=dict(frame.settings), words=words, align="auto" if words else "none",
+                     normaliser={"mean": [0.0] * frame.dim, "std": [1.0] * frame.dim},
+                     source={"weights": "random (benchmark)"})
+    return write_model_dir(work / f"model-{name}", model, info)
+
+
+def paper_size_model_dirs(work: Path) -> list[Path]:
+    return [random_model_dir(work, *model) for model in (("H-MM-4", "compare_lld", "minilm", 384),
+                                                          ("fgcme", "fbank40", "glove50", 50))]
 
 
 def time_prediction(predictor, path: Path, transcript: str | None, repeats: int) -> dict:

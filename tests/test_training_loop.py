@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,11 +14,11 @@ import torch
 import yaml
 
 from emofuse.corpora.base import Corpus, Utterance
-from emofuse.errors import EmofuseError
+from emofuse.errors import ConfigError, EmofuseError
 from emofuse.features.batch import UtteranceFeatures
 from emofuse.training.config import load_config
 from emofuse.training.data import LabelledData
-from emofuse.training.loop import AtomicCheckpointIO, run_folds
+from emofuse.training.loop import AtomicCheckpointIO, fold_config, run_folds
 from emofuse.training.splits import make_folds
 
 CLASSES = ("angry", "happy", "neutral", "sad")
@@ -469,3 +470,77 @@ def test_weight_averaging_decay_must_be_between_zero_and_one(tmp_path):
     for bad in ("0", "1", "1.5", "-0.1"):
         with pytest.raises(ConfigError, match="trainer.ema"):
             tiny_config(tmp_path, f"trainer.ema={bad}")
+
+
+def test_after_fold_runs_once_per_fold_and_is_cached_and_merged(tmp_path):
+    data = synthetic_data(speakers=4, per_class=2)
+    cfg = tiny_config(tmp_path, "trainer.max_epochs=1")
+    folds = folds_for(data, cfg)
+    calls = []
+
+    def measure(fold_cfg, fold_data, fold, fold_dir, result):
+        calls.append(fold.index)
+        assert fold_data is data and result["fold"] == fold.index and fold_dir.name == f"fold-{fold.index}"
+        return {"test_ua_seen": result["test"]["ua"], "fold": fold.index}
+
+    run = run_folds(cfg, data, folds, log=lambda s: None, only={1, 2}, after_fold=measure)
+    assert calls == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "run").glob("fold-*")) == ["fold-1", "fold-2"]
+    for result in run["selected"]:
+        cached = json.loads((tmp_path / "run" / f"fold-{result['fold']}" / "explain.json").read_text())
+        assert result["explain"] == cached == {"test_ua_seen": result["test"]["ua"], "fold": result["fold"]}
+    assert [f["explain"]["fold"] for f in json.loads((tmp_path / "run" / "metrics.json").read_text())["folds"]] == [1, 2]
+
+    def must_not_run(*args):
+        raise AssertionError("a cached fold was measured again")
+
+    trained = (tmp_path / "run" / "fold-1" / "metrics.json").stat().st_mtime_ns
+    lines = []
+    again = run_folds(cfg, data, folds, log=lines.append, only={1, 2}, after_fold=must_not_run, quiet=True)
+    assert lines == []  # quiet, and nothing trained: both folds are read back
+    assert (tmp_path / "run" / "fold-1" / "metrics.json").stat().st_mtime_ns == trained
+    assert [f["explain"] for f in again["selected"]] == [f["explain"] for f in run["selected"]]
+    with pytest.raises(ConfigError, match="folds \\[7\\]"):
+        run_folds(cfg, data, folds, log=lambda s: None, only={7})
+
+
+def test_fold_config_fills_in_the_fold_index_in_model_paths(tmp_path):
+    cfg = tiny_config(tmp_path, "data.words=minilm", "data.align=auto",
+                      "model.teacher_checkpoint=runs/h-mm-4/fold-{fold}", model="teacher-student")
+    filled = fold_config(cfg, 3)
+    assert filled.model["teacher_checkpoint"] == "runs/h-mm-4/fold-3"
+    assert cfg.model["teacher_checkpoint"] == "runs/h-mm-4/fold-{fold}"  # the run's config keeps the pattern
+
+
+def with_words(data: LabelledData) -> LabelledData:
+    """The same utterances with three words each whose vectors also carry the class."""
+    rng = np.random.default_rng(1)
+    items = []
+    for item, label in zip(data.items, data.labels):
+        vectors = rng.normal(0.0, 1.0, (3, 5)).astype(np.float32)
+        vectors[:, int(label)] += 2.0
+        items.append(dataclasses.replace(item, words=["a", "b", "c"], word_vectors=vectors,
+                                         word_times=np.array([[0.0, 0.04], [0.04, 0.08], [0.08, 0.11]])))
+    return LabelledData(data.corpus, items, data.labels, data.classes)
+
+
+def test_teacher_checkpoint_of_fold_k_is_fold_k_of_the_teacher_run(tmp_path):
+    data = with_words(synthetic_data(speakers=6, per_class=2))
+    words = ["data.words=minilm", "data.align=auto", "trainer.max_epochs=1", "protocol.k=3"]
+    teacher = tiny_config(tmp_path, *words, f"run_dir={tmp_path / 'h-mm-4'}", "model.word_layers=1", model="H-MM-4")
+    folds = folds_for(data, teacher)
+    run_folds(teacher, data, folds, log=lambda s: None, only={0, 1})
+    student = tiny_config(tmp_path, *words, f"run_dir={tmp_path / 'ts'}", "model.view_m_settings={word_layers: 1}",
+                          f"model.teacher_checkpoint={tmp_path / 'h-mm-4'}/fold-{{fold}}", model="teacher-student")
+    run_folds(student, data, folds, log=lambda s: None, only={0, 1})
+
+    def best(fold_dir: Path) -> dict:
+        name = json.loads((fold_dir / "trained.json").read_text())["best_checkpoint"]
+        return torch.load(fold_dir / name, map_location="cpu", weights_only=True)["state_dict"]
+
+    for k in (0, 1):
+        teacher_state, other = best(tmp_path / "h-mm-4" / f"fold-{k}"), best(tmp_path / "h-mm-4" / f"fold-{1 - k}")
+        frozen = {n[len("model.view_m."):]: v for n, v in best(tmp_path / "ts" / f"fold-{k}").items()
+                  if n.startswith("model.view_m.")}
+        assert frozen and all(torch.equal(v, teacher_state["model." + n]) for n, v in frozen.items())
+        assert not all(torch.equal(v, other["model." + n]) for n, v in frozen.items())
