@@ -217,10 +217,9 @@ def predict(
             bar.advance(task)
             if isinstance(result, PredictionError):
                 failed += 1
-                if single:
-                    from emofuse.errors import DataError
-
-                    raise DataError(None, result.error)
+                if single:  # the input, not the command, is at fault: exit 1, one line
+                    err.print(f"[bold red]error:[/] {escape(result.error)}", soft_wrap=True)
+                    sys.exit(1)
                 err.print(f"[red]failed[/] {escape(result.error)}")
                 if as_json:
                     print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)

@@ -136,8 +136,14 @@ class Corpus:
     def read(cls, path: str | Path) -> "Corpus":
         """Read a manifest written by `write`; relative audio paths resolve against its folder."""
         path = Path(path)
+        if path.is_dir():
+            raise DataError(path, "is a folder, not a manifest: run `emofuse prepare <corpus> FOLDER --out "
+                                  "manifest.jsonl` first and give the .jsonl")
         if not path.is_file():
             raise DataError(path, "manifest not found")
+        if path.suffix.lower() in (".csv", ".tsv"):
+            raise DataError(path, f"is a {path.suffix[1:].upper()} table, not a manifest: run `emofuse prepare "
+                                  f"manifest {path.name} --out manifest.jsonl` first and give the .jsonl")
         name = path.stem
         utterances = []
         with path.open(encoding="utf-8") as lines:
@@ -148,7 +154,13 @@ class Corpus:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
+                    if number == 1 and "," in line and not line.startswith(("{", "[")):  # a CSV under another name
+                        raise DataError(path, "looks like a CSV table, not a JSONL manifest: run `emofuse prepare "
+                                              f"manifest {path.name} --out manifest.jsonl` first") from None
                     raise DataError(f"{path}:{number}", f"not valid JSON ({exc.msg})") from exc
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{number}", f"a manifest line must be a JSON object, "
+                                                        f"not {type(record).__name__}")
                 if "__emofuse_manifest__" in record:
                     name = record.get("name", name)
                     continue

@@ -41,8 +41,11 @@ class Normaliser:
             raise ConfigError(f"normaliser mean {self.mean.shape} and std {self.std.shape} must be equal 1-D shapes")
 
     @classmethod
-    def fit(cls, arrays: Iterable[np.ndarray], min_std: float = 1e-6) -> "Normaliser":
-        """Statistics over every row of every (T, D) array (float64 running sums)."""
+    def fit(cls, arrays: Iterable[np.ndarray], min_std: float = 1e-6, rel_std: float = 1e-5) -> "Normaliser":
+        """Statistics over every row of every (T, D) array (float64 running sums). A dimension
+        whose std is below `min_std`, or below `rel_std` x |mean| (a constant the running sums
+        leave a rounding residue on), is constant: its std is floored to 1, so it maps to 0
+        instead of to huge or NaN values."""
         total = total_sq = None
         count = 0
         for a in arrays:
@@ -57,7 +60,7 @@ class Normaliser:
         mean = total / count
         var = np.maximum(total_sq / count - mean * mean, 0.0)
         std = np.sqrt(var)
-        std[std < min_std] = 1.0
+        std[(std < min_std) | (std < rel_std * np.abs(mean)) | ~np.isfinite(std)] = 1.0
         return cls(mean, std, count)
 
     @classmethod
@@ -84,10 +87,22 @@ class Normaliser:
 
     @classmethod
     def from_dict(cls, record: dict) -> "Normaliser":
+        """Read back `to_dict()`; a std of 0, a negative one or a non-finite value is refused
+        (it would turn every frame into NaN or infinity: `fit` never writes one)."""
         try:
-            return cls(np.array(record["mean"]), np.array(record["std"]), record.get("count", 0))
+            mean = np.array(record["mean"], dtype=np.float64)
+            std = np.array(record["std"], dtype=np.float64)
         except KeyError as exc:
             raise ConfigError(f"normaliser record lacks {exc}") from None
+        except (TypeError, ValueError):
+            raise ConfigError("normaliser mean and std must be lists of numbers") from None
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+            raise ConfigError("normaliser mean or std holds NaN or infinite values")
+        if np.any(std <= 0):
+            where = np.flatnonzero(std <= 0)
+            raise ConfigError(f"normaliser std is zero or negative in {len(where)} dimension(s) "
+                              f"(first: {int(where[0])}); a constant dimension's std is 1")
+        return cls(mean, std, record.get("count", 0))
 
 
 MODES = ("fold", "speaker", "utterance", "none")  # data.normalise (true = fold, false = none)
@@ -159,6 +174,14 @@ class Normalisation:
         if self.mode == "fold":
             raise ConfigError("a fold normalisation without statistics cannot normalise")
         return Normaliser.fit([x])(x)
+
+    def check_dimensions(self, dim: int, source=None) -> None:
+        """Stored statistics have the model's `dim` frame dimensions; otherwise a DataError
+        naming `source` (a normaliser of another feature would shift every frame wrongly)."""
+        for name, stats in [("", self.statistics), *((f" of speaker {s}", n) for s, n in self.by_speaker.items())]:
+            if stats is not None and dim and len(stats.mean) != dim:
+                raise DataError(source, f"normaliser{name} has {len(stats.mean)} dimensions; the model reads "
+                                        f"frames of {dim}")
 
     @property
     def fixed(self) -> bool:

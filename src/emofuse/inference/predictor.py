@@ -19,6 +19,20 @@ NMT-style model the expected time of each word's audio attention ("attention_cen
 
 The pipeline is guarded by a lock, so one Predictor may serve several threads (the HTTP
 service): requests run one at a time and never see each other's state.
+
+Broken inputs get an error or a plain warning, never a silent confident answer:
+- loading refuses weights whose sha256 differs from model.json (`verify=False` skips it),
+  a class list that does not fit the output layer, and a normaliser of the wrong length or
+  with a zero std (`models.modeldir`, `features.normalise`);
+- a recording without speech is `NoSpeech`, whatever the transcript says;
+- a transcript that forced alignment cannot fit to the audio is `TranscriptMismatch`: the
+  words would drive the lexical side although nobody said them. Leave the transcript out to
+  use the recogniser's words, or pass `force_transcript=True` (`--force-transcript`) to use
+  it anyway, with the recogniser's times and a warning;
+- clipped audio (over `CLIPPED_SHARE` of its samples at full scale) is predicted with a
+  warning in `Prediction.warnings`;
+- probabilities that are not finite are an error, never NaN or null in the output.
+Both errors carry `status` 422 for the service.
 """
 
 from __future__ import annotations
@@ -45,6 +59,8 @@ from emofuse.models.backend import Backend
 from emofuse.models.modeldir import ModelInfo, load_model_dir
 
 SAMPLE_RATE = 16000
+CLIPPED_SHARE = 0.01  # more than this share of samples at full scale: a clipping warning
+FULL_SCALE = 0.99  # |sample| at or above this counts as full scale (resampling rings around 1.0)
 DEFAULT_THREADS = 1  # torch threads of a Predictor (see its docstring)
 # Per-word maps a model may put in Output.explain, with what they mean.
 WORD_MAPS = {
@@ -82,6 +98,31 @@ FRAME_MAPS = {"frame_attention": "attention over frames (B-ACO-1 + attention, Ag
 # worker process computes the frames while this process aligns and encodes the words.
 _WORKER_FRAME = None
 FRAMES_TIMEOUT = 120.0  # seconds before a silent worker is given up (its frames are computed here)
+
+
+class UnusableInput(DataError):
+    """A recording (and transcript) that decodes but cannot give an answer worth trusting."""
+
+    status = 422  # the service's answer (Unprocessable Content)
+
+
+class NoSpeech(UnusableInput):
+    """The recording holds no speech: any emotion would be a guess on silence."""
+
+
+class TranscriptMismatch(UnusableInput):
+    """The transcript cannot be aligned to the recording: it is likely not what was said."""
+
+
+def clipping_warning(audio: np.ndarray) -> str | None:
+    """A warning when more than CLIPPED_SHARE of the samples sit at full scale."""
+    if audio.size == 0:
+        return None
+    share = float(np.mean(np.abs(audio) >= FULL_SCALE))
+    if share <= CLIPPED_SHARE:
+        return None
+    return (f"clipped audio: {100 * share:.1f}% of samples at full scale; the acoustic features are "
+            "distorted (record at a lower gain)")
 
 
 def _frames_worker_init(name: str) -> None:
@@ -141,6 +182,7 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     envelope: np.ndarray | None = None  # (N, 2) min/max of the waveform per 10 ms, for the pictures
     model: str = ""
+    warnings: list[str] = field(default_factory=list)  # what makes this answer less trustworthy
 
     def to_json(self) -> dict:
         """What `emofuse predict --json` prints and `POST /predict` returns."""
@@ -152,6 +194,7 @@ class Prediction:
             "duration": round(self.duration, 3),
             "align_source": self.align_source,
             "model": self.model,
+            "warnings": list(self.warnings),  # always present: an empty list when all is well
         }
         if self.fallbacks:
             record["fallbacks"] = self.fallbacks
@@ -206,10 +249,11 @@ class Predictor:
     """
 
     def __init__(self, model_dir: str | Path, warm: bool = True, threads: int | None = None,
-                 frames_process: bool | None = None):
+                 frames_process: bool | None = None, verify: bool = True, force_transcript: bool = False):
         started = time.perf_counter()
         torch.set_num_threads(DEFAULT_THREADS if threads is None else threads)
-        loaded = load_model_dir(model_dir)
+        loaded = load_model_dir(model_dir, verify=verify)
+        self.force_transcript = force_transcript  # default of the predict_* calls (module docstring)
         self.load_timings: dict[str, float] = {"model": time.perf_counter() - started}
         self.info: ModelInfo = loaded.info
         self.model = loaded.model
@@ -223,6 +267,8 @@ class Predictor:
 
             self.frame = get_frame_feature(info.acoustic)
         self.normalisation = Normalisation.from_dict(info.normaliser, self.model_dir / "model.json")
+        if "acoustic" in info.needs:
+            self.normalisation.check_dimensions(int(info.spec.get("acoustic_dim") or 0), self.model_dir / "model.json")
         self.backend = None
         if info.backend is not None:  # protocol.backend: a logistic regression on the utterance vector
             self.backend = Backend.from_dict(info.backend, source=self.model_dir / "model.json")
@@ -319,7 +365,7 @@ class Predictor:
         }
 
     # ------------------------------------------------------------------------------ stages
-    def _align(self, audio: np.ndarray, transcript: str | None, label: str):
+    def _align(self, audio: np.ndarray, transcript: str | None, label: str, force_transcript: bool = False):
         from emofuse.align import Alignment, align_utterance, transcript_words
         from emofuse.corpora.base import Utterance
 
@@ -330,6 +376,10 @@ class Predictor:
         # A text-only model trained on written transcripts (punctuation kept) reads them so.
         mode = ("written" if self.info.align == "written" else "forced") if transcript_words(utt) else "asr"
         alignment = align_utterance(utt, audio, mode, sphinx=self.sphinx)
+        if mode == "forced" and alignment.source != "forced" and not force_transcript:
+            raise TranscriptMismatch(label, "the transcript could not be aligned to the audio: it is likely not "
+                                            "what was said. Check it, leave it out to use speech recognition, or "
+                                            "force it (--force-transcript)")
         if not alignment.words:
             why = "the recogniser found no words in it" if mode == "asr" else "no words could be aligned"
             raise DataError(label, f"{why}; model {self.info.name} reads words: give a transcript "
@@ -337,12 +387,19 @@ class Predictor:
         return alignment
 
     def features(self, audio: np.ndarray, transcript: str | None = None, label: str = "<audio>",
-                 timings: dict | None = None, normalise: bool = True) -> tuple[UtteranceFeatures, object, bool]:
+                 timings: dict | None = None, normalise: bool = True,
+                 force_transcript: bool | None = None) -> tuple[UtteranceFeatures, object, bool]:
         """The model's input for one recording: (item, alignment, truncated); `normalise=False`
-        leaves the frames as extracted (`predict_speaker` normalises a speaker's recordings together)."""
+        leaves the frames as extracted (`predict_speaker` normalises a speaker's recordings together).
+        No speech is `NoSpeech`; a transcript that does not fit is `TranscriptMismatch` unless
+        `force_transcript` (default: the Predictor's)."""
         from emofuse.features.frames import speech_mask
-        from emofuse.align.vad import energy_speech_mask
+        from emofuse.align.vad import energy_speech_mask, speech_span
 
+        if speech_span(energy_speech_mask(audio, SAMPLE_RATE)) is None:
+            raise NoSpeech(label, f"no speech in the audio ({len(audio) / SAMPLE_RATE:.1f} s of silence or "
+                                  "near-silence): there is nothing to recognise an emotion in")
+        force_transcript = self.force_transcript if force_transcript is None else force_transcript
         timings = {} if timings is None else timings
         clock = time.perf_counter
         frames = None
@@ -353,7 +410,7 @@ class Predictor:
                 self._frames_proc = None
         t = clock()
         try:
-            alignment = self._align(audio, transcript, label)
+            alignment = self._align(audio, transcript, label, force_transcript)
         except BaseException:
             if frames is not None:
                 frames.cancel()
@@ -429,17 +486,19 @@ class Predictor:
 
     # ------------------------------------------------------------------------------ public
     def predict_audio(self, audio: np.ndarray, transcript: str | None = None, label: str = "<audio>",
-                      sr: int = SAMPLE_RATE) -> Prediction:
+                      sr: int = SAMPLE_RATE, force_transcript: bool | None = None) -> Prediction:
         """One recording given as samples (any rate; resampled to 16 kHz mono float32)."""
-        return self.predict_batch([(audio, transcript, label)], sr=sr, strict=True)[0]
+        return self.predict_batch([(audio, transcript, label)], sr=sr, strict=True,
+                                  force_transcript=force_transcript)[0]
 
-    def predict_file(self, path: str | Path, transcript: str | None = None) -> Prediction:
+    def predict_file(self, path: str | Path, transcript: str | None = None,
+                     force_transcript: bool | None = None) -> Prediction:
         from emofuse.features.audio import load_audio
 
         t = time.perf_counter()
         audio = load_audio(path, SAMPLE_RATE)
         seconds = time.perf_counter() - t
-        result = self.predict_batch([(audio, transcript, str(path))], strict=True)[0]
+        result = self.predict_batch([(audio, transcript, str(path))], strict=True, force_transcript=force_transcript)[0]
         result.timings = {"audio": seconds, **result.timings}
         return result
 
@@ -459,10 +518,11 @@ class Predictor:
         return [errors[i] if x is None else next(done) for i, x in enumerate(inputs)]
 
     def predict_batch(self, inputs: Sequence[tuple[np.ndarray, str | None, str]], sr: int = SAMPLE_RATE,
-                      strict: bool = True) -> list[Prediction | PredictionError]:
+                      strict: bool = True, force_transcript: bool | None = None) -> list[Prediction | PredictionError]:
         """(audio, transcript, label) triples -> predictions, run through the model as one batch.
 
         strict: raise the first DataError (one file); else return PredictionError in its place.
+        force_transcript: use transcripts that cannot be aligned (default: the Predictor's).
         """
         with self._lock:
             prepared: list = []
@@ -470,7 +530,8 @@ class Predictor:
                 timings: dict[str, float] = {}
                 try:
                     audio = _checked_audio(audio, sr, label)
-                    item, alignment, truncated = self.features(audio, transcript, label, timings)
+                    item, alignment, truncated = self.features(audio, transcript, label, timings,
+                                                               force_transcript=force_transcript)
                     prepared.append((audio, transcript, label, item, alignment, truncated, timings))
                 except DataError as exc:
                     if strict:
@@ -489,8 +550,13 @@ class Predictor:
                     continue
                 audio, transcript, label, item, alignment, truncated, timings = p
                 timings["model"] = model_seconds
-                results.append(self._prediction(row, probs, explain, audio, transcript, label, item,
-                                                alignment, truncated, timings))
+                try:
+                    results.append(self._prediction(row, probs, explain, audio, transcript, label, item,
+                                                    alignment, truncated, timings))
+                except DataError as exc:
+                    if strict:
+                        raise
+                    results.append(PredictionError(label, str(exc)))
                 row += 1
             return results
 
@@ -544,12 +610,25 @@ class Predictor:
                 audio, transcript, label, _, alignment, truncated, timings = p
                 timings["model"] = seconds[chunk]
                 rows = probs[chunk * batch_size:(chunk + 1) * batch_size]
-                results.append(self._prediction(within, rows, outputs[chunk].explain, audio, transcript, label,
-                                                items[row], alignment, truncated, timings))
+                try:
+                    results.append(self._prediction(within, rows, outputs[chunk].explain, audio, transcript,
+                                                    label, items[row], alignment, truncated, timings))
+                except DataError as exc:
+                    results.append(PredictionError(label, str(exc)))
             return results
 
     def _prediction(self, row, probs, explain, audio, transcript, label, item, alignment, truncated, timings):
         p = probs[row].tolist()
+        if not all(math.isfinite(x) for x in p):  # never NaN in JSON, nor null next to a label
+            raise UnusableInput(label, "the model gave non-finite probabilities (NaN or infinity) for this "
+                                       "recording; its frames or the model directory's normaliser are broken")
+        warnings = []
+        if any(f.startswith("forced->") for f in alignment.fallbacks):  # only with force_transcript
+            warnings.append("the transcript could not be aligned to the audio; used anyway (--force-transcript) "
+                            f"with {alignment.source} word times")
+        clipped = clipping_warning(audio)
+        if clipped:
+            warnings.append(clipped)
         n_used = len(item.words or [])
         n_frames = len(item.acoustic) if item.acoustic is not None else 0
         words = []
@@ -583,4 +662,5 @@ class Predictor:
             timings=timings,
             envelope=envelope(audio),
             model=self.info.name,
+            warnings=warnings,
         )

@@ -71,6 +71,7 @@ class ModelInfo:
     config: dict = field(default_factory=dict)  # the run's resolved config
     emofuse_version: str = ""
     created: str = ""
+    weights: dict = field(default_factory=dict)  # {"file", "sha256", "parameters"}: set by write_model_dir
 
     @property
     def acoustic_only(self) -> bool:
@@ -90,7 +91,32 @@ class ModelInfo:
         missing = {"name", "settings", "spec", "needs", "classes"} - set(body)
         if missing:
             raise DataError(source, f"missing keys {sorted(missing)}")
+        for key, value in body.items():
+            kinds = FIELD_TYPES[key]
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+                raise DataError(source, f"{key} must be {wanted}, not {type(value).__name__} ({value!r:.60})")
+        if not all(isinstance(n, str) for n in body["needs"]) or not set(body["needs"]) <= NEEDS:
+            raise DataError(source, f"needs {body['needs']!r}: each must be one of {', '.join(sorted(NEEDS))}")
+        classes = body["classes"]
+        if not classes or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+            raise DataError(source, f"classes {classes!r} must be distinct, non-empty names")
         return cls(**body)
+
+
+NEEDS = {"acoustic", "words", "word_frames", "token_ids"}
+_NUMBER = (int, float)
+# What each model.json key may hold (None: JSON null); checked on reading, so a hand-edited
+# file is one line naming the key instead of a traceback from deep inside prediction.
+FIELD_TYPES: dict[str, tuple] = {
+    "name": (str,), "settings": (dict,), "spec": (dict,), "needs": (list,), "classes": (list,),
+    "label_set": (str, type(None)), "acoustic": (str, type(None)), "acoustic_settings": (dict,),
+    "hop": _NUMBER, "words": (str, type(None)), "encoders": (dict,), "align": (str,),
+    "max_frames": (int, type(None)), "max_words": (int, type(None)), "trim": (*_NUMBER, type(None)),
+    "normaliser": (dict, type(None)), "vocabulary": (dict, type(None)), "backend": (dict, type(None)),
+    "metrics": (dict,), "source": (dict,), "config": (dict,), "emofuse_version": (str,), "created": (str,),
+    "weights": (dict,),
+}
 
 
 @dataclass
@@ -207,17 +233,55 @@ def build_model(info: ModelInfo) -> nn.Module:
     return get_model(info.name).build(InputSpec(**info.spec), **info.settings)
 
 
-def load_model_dir(model_dir: str | Path) -> LoadedModel:
-    """Rebuild the network from the registry and load its safetensors weights (no pickle)."""
+def check_fits_registry(info: ModelInfo, manifest: Path) -> None:
+    """model.json's needs and classes agree with the network its name and spec rebuild:
+    a wrong needs list would feed the model the wrong inputs, and a class list shorter or
+    longer than the output layer would drop or invent a class (probabilities not summing to 1)."""
+    from emofuse.models.base import InputSpec, get_model
+
+    try:
+        entry = get_model(info.name)
+        spec = InputSpec(**info.spec)
+    except EmofuseError as exc:
+        raise DataError(manifest, f"cannot rebuild model {info.name!r}: {exc}") from None
+    except TypeError as exc:
+        raise DataError(manifest, f"spec {info.spec!r} is not a valid input spec ({exc})") from None
+    if set(info.needs) != set(entry.needs):
+        raise DataError(manifest, f"needs {info.needs} but model {entry.name} reads {list(entry.needs)}")
+    if spec.num_classes != len(info.classes):
+        raise DataError(manifest, f"{len(info.classes)} class names {info.classes} for an output layer of "
+                                  f"{spec.num_classes} classes (spec.num_classes)")
+
+
+def verify_weights(info: ModelInfo, weights: Path) -> None:
+    """The weights file is the one model.json records (sha256); `--no-verify` skips this for
+    weights edited on purpose."""
+    recorded = info.weights.get("sha256")
+    if not isinstance(recorded, str) or not recorded:
+        raise DataError(weights.parent / MANIFEST, "records no weights sha256 to verify the weights against "
+                                                   "(export again, or pass --no-verify)")
+    found = weights_sha256(weights)
+    if found != recorded:
+        raise DataError(weights, f"weights do not match model.json (sha256 {found[:12]}, recorded "
+                                 f"{recorded[:12]}): changed or corrupted since export; export again, or "
+                                 "pass --no-verify if you edited them on purpose")
+
+
+def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:
+    """Rebuild the network from the registry and load its safetensors weights (no pickle);
+    `verify`: check the weights' sha256 against model.json first."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(model_dir)
     info = read_info(path)
     check_encoders(info, path / MANIFEST)
+    check_fits_registry(info, path / MANIFEST)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise DataError(weights, "weights file not found")
+    if verify:
+        verify_weights(info, weights)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -226,6 +290,8 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
         model = build_model(info)
     except EmofuseError as exc:
         raise DataError(path / MANIFEST, f"cannot rebuild model {info.name!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a hand-edited setting of the wrong type
+        raise DataError(path / MANIFEST, f"cannot rebuild model {info.name!r} from its settings ({exc})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -50,7 +50,9 @@ def load_features(
         split_features([words])
     frames_dir = layout.frames_dir(acoustic) if acoustic else None
     vad_dir = layout.vad_dir() if acoustic else None
-    hop = get_frame_feature(acoustic).hop if acoustic else 0.01
+    frame = get_frame_feature(acoustic) if acoustic else None
+    hop = frame.hop if frame else 0.01
+    dims = {"frames": getattr(frame, "dim", None), "vectors": None}  # the first entry fixes what is unknown
     dirs: dict[str, tuple[Path, Path | None]] = {}
     out: list[UtteranceFeatures] = []
     absent: list[tuple[str, str]] = []
@@ -68,7 +70,7 @@ def load_features(
             elif not vad_path.is_file():
                 lacking = "speech mask (vad)"
             else:
-                item.acoustic = read_tensors(path)["features"]  # (T, D)
+                item.acoustic = _checked_entry(read_tensors(path)["features"], path, "frames", dims)  # (T, D)
                 energy = regrid_mask(read_tensors(vad_path)["speech"].astype(bool), hop, len(item.acoustic))  # (T,)
         alignment = None
         if mode is not None and lacking is None:
@@ -85,7 +87,7 @@ def load_features(
                 if words:
                     vpath = dirs[mode][1] / f"{text_key}.safetensors"
                     if vpath.is_file():
-                        item.word_vectors = read_tensors(vpath)["vectors"]  # (W, D_w)
+                        item.word_vectors = _checked_entry(read_tensors(vpath)["vectors"], vpath, "vectors", dims)  # (W, D_w)
                         if len(item.word_vectors) != len(item.words):
                             raise DataError(vpath, f"{len(item.word_vectors)} vectors for {len(item.words)} "
                                                    "aligned words; delete it and run extract again")
@@ -155,3 +157,19 @@ def regrid_mask(mask: np.ndarray, hop: float, length: int) -> np.ndarray:
     end = np.maximum(np.ceil((t + 1) * ratio - 1e-4).astype(np.int64), start + 1)
     counts = np.concatenate([[0], np.cumsum(mask.astype(np.int64))])  # speech frames before each index
     return counts[end.clip(0, len(mask))] > counts[start.clip(0, len(mask))]
+
+
+def _checked_entry(array: np.ndarray, path: Path, kind: str, dims: dict) -> np.ndarray:
+    """A stored (rows, D) entry as training reads it; a wrong shape or a NaN is a DataError
+    naming the file (left alone, it surfaces much later as a NaN loss)."""
+    if array.ndim != 2:
+        raise DataError(path, f"stored {kind} have shape {tuple(array.shape)}, expected (rows, D); "
+                              "delete it and run extract again")
+    if dims[kind] is None:
+        dims[kind] = int(array.shape[1])
+    if array.shape[1] != dims[kind]:
+        raise DataError(path, f"stored {kind} have {array.shape[1]} dimensions where the feature has "
+                              f"{dims[kind]}; delete it and run extract again")
+    if not np.all(np.isfinite(array)):
+        raise DataError(path, f"stored {kind} hold NaN or infinite values; delete it and run extract again")
+    return array
