@@ -54,6 +54,61 @@ def test_the_stored_10_ms_speech_mask_moves_onto_the_20_ms_grid():
     assert not regrid_mask(mask, 0.01, 120)[100:].any()
 
 
+# ------------------------------------------------------------- every model, the new sizes
+
+
+def _encoder_batch():
+    """Two utterances of 3 x 32-d stacked hidden states on 20 ms frames, 32-d word vectors."""
+    from emofuse.features.batch import UtteranceFeatures, collate
+
+    rng = np.random.default_rng(0)
+    items = [UtteranceFeatures(id=str(i), acoustic=rng.standard_normal((n, 96)).astype(np.float32), acoustic_hop=0.02,
+                               word_times=np.array([[0.1, 0.3], [0.3, 0.6], [0.6, n * 0.02]], np.float32),
+                               word_vectors=rng.standard_normal((3, 32)).astype(np.float32), words=["a", "b", "c"],
+                               speech_mask=np.ones(n, bool)) for i, n in enumerate((60, 45))]
+    return collate(items, [0, 1], token_ids=[[1, 2, 3], [1, 2, 3]])
+
+
+def _models():
+    from emofuse.models.base import get_model, model_names
+
+    return [n for n in model_names() if "acoustic" in get_model(n).needs
+            and n not in ("MV-frozen", "teacher-student", "teacher-student+attn")]  # these three need a teacher
+
+
+@pytest.mark.parametrize("name", _models())
+def test_every_model_reads_all_layers_of_encoder_frames_through_one_learned_sum(name):
+    from emofuse.models.base import InputSpec, get_model, layer_weights_of
+
+    settings = {"freq_bins": 32} if name.lower().startswith("can") else {}  # CAN: the encoder's dims as its "bins"
+    if name.lower().startswith("nmt"):
+        settings = {"frontend": "frames"}  # frames in place of the waveform CNN
+    torch.manual_seed(0)
+    model = get_model(name).build(InputSpec(num_classes=4, acoustic_dim=96, word_dim=32, vocab_size=10,
+                                            acoustic_layers=3), **settings)
+    out = model(_encoder_batch())
+    assert out.logits.shape == (2, 4) and torch.isfinite(out.logits).all()
+    assert layer_weights_of(model) == pytest.approx([1 / 3] * 3)
+    out.logits.sum().backward()
+    assert model.layer_sum.logits.grad is not None  # the layer weights train with the model
+
+
+def test_nmt_forced_attention_on_frames_stays_inside_each_words_20_ms_frames():
+    from emofuse.models.base import InputSpec, get_model
+
+    batch = _encoder_batch()
+    model = get_model("nmt-forced").build(InputSpec(num_classes=4, acoustic_dim=96, word_dim=32), frontend="frames")
+    with torch.no_grad():
+        alignment = model(batch).explain["alignment"]  # (B, W, T)
+    spans = batch.word_frames
+    for b in range(2):
+        for w in range(3):
+            inside = torch.zeros(alignment.shape[-1], dtype=torch.bool)
+            inside[spans[b, w, 0]:spans[b, w, 1]] = True
+            assert alignment[b, w, ~inside].sum() == 0 and alignment[b, w, inside].sum() == pytest.approx(1.0)
+    assert model(batch).explain["alignment_hop"].tolist() == pytest.approx([0.02, 0.02])
+
+
 # -------------------------------------------------------------------------- end to end
 
 
@@ -74,16 +129,16 @@ def manifest(ravdess_root, tmp_path_factory):
             if u.speaker in {"Actor_01", "Actor_02", "Actor_03", "Actor_04"} and Path(u.audio).stem.split("-")[3:6] == ["01", "01", "01"]]
     path = tmp_path_factory.mktemp("corpus") / "slice.jsonl"
     corpus.subset(keep).write(path)
-    return path
+    return path, corpus[keep[0]].audio
 
 
-def _train(tmp: Path, manifest: Path, acoustic: str, words: str, model: dict, store: Path) -> Path:
+def _train(tmp: Path, manifest: tuple, acoustic: str, words: str, model: dict, store: Path) -> Path:
     from emofuse.cli import app
 
     config = tmp / "ravdess4" / f"{model['name']}.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump({
-        "data": {"manifest": str(manifest), "label_set": "ravdess4", "store": str(store),
+        "data": {"manifest": str(manifest[0]), "label_set": "ravdess4", "store": str(store),
                  "acoustic": acoustic, "words": words, "align": "forced"},
         "model": model,
         "optim": {"lr": 1e-3},
@@ -123,7 +178,7 @@ def test_h_mm_4_trains_on_all_layers_of_hf_frames_and_hf_words_then_predicts(enc
     settings = json.loads((frames_dir / "settings.json").read_text())
     assert settings["hop"] == 0.02 and len(settings["weights_sha256"]) == 64
 
-    audio = json.loads(manifest.read_text().splitlines()[0])["audio"]
+    audio = manifest[1]
     model_dir = _export_and_predict(run, tmp_path / "model", audio)
     info = json.loads((model_dir / "model.json").read_text())
     assert info["spec"]["acoustic_layers"] == 3 and info["hop"] == 0.02
@@ -142,7 +197,7 @@ def test_fgcme_trains_on_hf_frames_and_words_then_predicts(encoders, manifest, t
     run = _train(tmp_path, manifest, f"hf:{encoders['speech']}#layer=1", f"hf:{encoders['text']}",
                  {"name": "fgcme", "conv_filters": [8, 8, 8], "semantic_size": 8, "lstm_hidden": 8,
                   "fcn_hidden": 8}, tmp_path / "store")
-    audio = json.loads(manifest.read_text().splitlines()[0])["audio"]
+    audio = manifest[1]
     _export_and_predict(run, tmp_path / "model", audio)
 
 

@@ -39,6 +39,11 @@ real states only: by default with batch statistics (masked batch normalisation),
 the loudness differences between utterances that per-utterance standardisation
 (`filterbank_norm: utterance`, CMVN-like) would remove; the waveform itself is expected
 z-normalised with training-fold statistics (`data.normalise: true`).
+
+Frames in place of the waveform (`frontend: frames`): any frame feature (a pretrained speech
+encoder's 20 ms states, `hf:PATH`, or fbank40) is projected by one linear layer + ReLU to
+`conv_channels[-1]` channels and read by the audio GRU as its states, one per frame; forced
+spans are the batch's own frame spans on the feature's grid (`acoustic_hop`).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from emofuse.models.layers import Classifier, MaskedBatchNorm1d, masked_mean, ma
 MODES = ("global", "local", "forced")
 SCORES = ("dot", "general", "concat")
 FILTERBANK_NORMS = ("batch", "utterance", "none")
+FRONTENDS = ("waveform", "frames")
 
 
 @dataclass
@@ -80,6 +86,7 @@ class NMTConfig:
     # standardisation (CMVN-like; removes them), "none".
     filterbank_norm: str = "batch"
     dropout: float = 0.3
+    frontend: str = "waveform"  # "waveform" (the CNN above) or "frames" (a projection of frame features)
 
 
 # --- blocks -----------------------------------------------------------------------------------
@@ -190,6 +197,21 @@ class WaveformFrontEnd(nn.Module):
         return (h - mean) / (std + 1e-5) * keep
 
 
+class FrameFrontEnd(nn.Module):
+    """Frame features as audio states: (B, T, D), (B, T) -> (B, T, C), (B, T) (module docstring)."""
+
+    stride = 1  # one state per frame
+    field = 1
+
+    def __init__(self, input_size: int, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(input_size, channels)
+        self.output_size = channels
+
+    def forward(self, frames: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        return F.relu(self.proj(frames)) * mask.unsqueeze(-1).to(frames.dtype), mask  # (B, T, C)
+
+
 class LuongScore(nn.Module):
     """score(h_i, h_s): dot, general or concat (Luong et al. 2015, Eq. 8). (B, W, Hq), (B, T, Hk) -> (B, W, T)."""
 
@@ -248,9 +270,12 @@ class NMTAttentionModel(nn.Module):
             raise ConfigError(f"nmt: mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
         if cfg.mode == "local" and cfg.window < 1:
             raise ConfigError(f"nmt: local attention needs window >= 1 audio state, not {cfg.window}")
+        if cfg.frontend not in FRONTENDS:
+            raise ConfigError(f"nmt: frontend must be one of {', '.join(FRONTENDS)}, not {cfg.frontend!r}")
         self.cfg = cfg
         self.text_gru = GRU(spec.word_dim, cfg.text_hidden, cfg.bidirectional)
-        self.frontend = WaveformFrontEnd(cfg)
+        self.frontend = (FrameFrontEnd(spec.acoustic_dim, cfg.conv_channels[-1]) if cfg.frontend == "frames"
+                         else WaveformFrontEnd(cfg))
         self.audio_gru = GRU(self.frontend.output_size, cfg.audio_hidden, cfg.bidirectional)
         q, k = self.text_gru.output_size, self.audio_gru.output_size
         self.score = LuongScore(cfg.score, q, k, cfg.attention_size)
@@ -271,8 +296,11 @@ class NMTAttentionModel(nn.Module):
             return allowed, -(distance ** 2) / (2 * sigma ** 2)
         if batch.word_frames is None:
             raise ValueError("nmt-forced needs word times (batch.word_frames) on the waveform's frame grid")
-        samples = batch.word_frames * batch.acoustic.shape[-1]  # frames of P samples -> samples
-        spans = self.frontend.states_of_samples(samples, state_mask.sum(1))  # (B, W, 2)
+        if self.cfg.frontend == "frames":  # one state per frame: the batch's spans already are state spans
+            spans = batch.word_frames  # (B, W, 2)
+        else:
+            samples = batch.word_frames * batch.acoustic.shape[-1]  # frames of P samples -> samples
+            spans = self.frontend.states_of_samples(samples, state_mask.sum(1))  # (B, W, 2)
         s = torch.arange(state_mask.shape[1], device=spans.device)
         inside = (s >= spans[..., 0:1]) & (s < spans[..., 1:2])  # (B, W, T')
         return inside & both, None
@@ -294,10 +322,14 @@ class NMTAttentionModel(nn.Module):
         attentional = torch.tanh(self.w_c(torch.cat([context, h_text], dim=-1)))  # (B, W, Hq)
         u = masked_mean(attentional, word_mask)  # (B, Hq)
 
-        sample_hop = batch.acoustic_hop / batch.acoustic.shape[-1]  # seconds per sample
-        hop = self.frontend.stride * sample_hop  # seconds per audio state
-        centre = (torch.arange(alignment.shape[-1], device=u.device) * self.frontend.stride
-                  + (self.frontend.field - 1) / 2.0) * sample_hop  # (T',) seconds
+        if self.cfg.frontend == "frames":
+            hop = batch.acoustic_hop  # seconds per frame = per audio state
+            centre = (torch.arange(alignment.shape[-1], device=u.device) + 0.5) * hop  # (T',) seconds
+        else:
+            sample_hop = batch.acoustic_hop / batch.acoustic.shape[-1]  # seconds per sample
+            hop = self.frontend.stride * sample_hop  # seconds per audio state
+            centre = (torch.arange(alignment.shape[-1], device=u.device) * self.frontend.stride
+                      + (self.frontend.field - 1) / 2.0) * sample_hop  # (T',) seconds
         return Output(self.classifier(u), u, {
             "alignment": alignment,  # (B, W, T') words x audio states
             "alignment_hop": torch.full((u.shape[0],), hop, device=u.device),
