@@ -6,7 +6,12 @@ A CSV (`.csv`, `.tsv`) or JSON Lines (`.jsonl`, `.json`) file, one utterance per
 
 `path` is the audio file, relative to the manifest's folder or absolute; `start`/`end`
 (seconds) cut a segment out of a longer file; `id` defaults to the path relative to the
-manifest's folder without its suffix (plus `@start` for segments). Other columns go to
+manifest's folder without its suffix (plus `@start` for segments).
+
+A row with an empty `path` (or a table without a `path` column) but with a `transcript` is a
+text-only utterance (`audio` None): lexical models train on it, models that read audio refuse
+it before any work (`training.features.check_audio`). Its `id` defaults to
+`{manifest file stem}-{line}`. Other columns go to
 `meta`. JSON Lines rows may also carry `words` as [{"text", "start", "end"}, ...] with
 times relative to the utterance. Labels are kept as given unless a label set is chosen.
 A manifest written by `emofuse prepare` (it starts with an `__emofuse_manifest__` line)
@@ -25,6 +30,7 @@ from emofuse.errors import DataError
 
 REQUIRED = ("path", "label", "speaker")
 OPTIONAL = ("transcript", "start", "end", "session", "id", "words")
+NEEDED = ("label", "speaker")  # `path` may be empty where a transcript stands in (text only)
 _SLACK = 0.05  # seconds a segment's end may pass the file's end (rounding in hand-made tables)
 
 
@@ -39,9 +45,7 @@ def _rows_csv(path: Path) -> list[dict]:
     except Exception as exc:
         raise DataError(path, f"unparsable CSV ({one_line(exc)})") from exc
     table.columns = [str(c).strip().lower() for c in table.columns]
-    missing = [c for c in REQUIRED if c not in table.columns]
-    if missing:
-        raise DataError(path, f"missing required column(s) {', '.join(missing)} (has: {', '.join(table.columns)})")
+    _check_columns(path, set(table.columns), ", ".join(table.columns))
     return [{k: (v.strip() if isinstance(v, str) else v) for k, v in r.items()} for r in table.to_dict("records")]
 
 
@@ -69,10 +73,18 @@ def _rows_jsonl(path: Path, problems: Problems) -> list[dict | None]:
                 rows.append(record)
         except UnicodeDecodeError as exc:
             raise DataError(path, f"not UTF-8 text ({exc.reason})") from exc
-    missing = [c for c in REQUIRED if c not in seen_keys]
-    if missing and seen_keys:
-        raise DataError(path, f"missing required column(s) {', '.join(missing)} (has: {', '.join(sorted(seen_keys))})")
+    if seen_keys:
+        _check_columns(path, seen_keys, ", ".join(sorted(seen_keys)))
     return rows
+
+
+def _check_columns(path: Path, columns: set[str], has: str) -> None:
+    """label and speaker always; path unless a transcript column makes the rows text-only."""
+    missing = [c for c in NEEDED if c not in columns]
+    if "path" not in columns and "transcript" not in columns:
+        missing.insert(0, "path (or transcript, for text-only rows)")
+    if missing:
+        raise DataError(path, f"missing required column(s) {', '.join(missing)} (has: {has})")
 
 
 def _is_emofuse_manifest(path: Path) -> bool:
@@ -122,7 +134,14 @@ def load_manifest(path: str | Path, scan: Scan) -> PreparedCorpus:
         if row is None:
             continue
         source = f"{path}:{line_of(index)}"
-        missing = [c for c in REQUIRED if not str(row.get(c) or "").strip()]
+        missing = [c for c in NEEDED if not str(row.get(c) or "").strip()]
+        transcript = str(row.get("transcript") or "").strip() or None
+        if not str(row.get("path") or "").strip():
+            if transcript is not None and not missing:
+                _add_text_only(scan, source, row, transcript, f"{path.stem}-{line_of(index)}")
+                continue
+            if transcript is None:
+                missing.insert(0, "path (and no transcript)")
         if missing:
             scan.skip(source, f"empty {', '.join(missing)}")
             continue
@@ -162,7 +181,6 @@ def load_manifest(path: str | Path, scan: Scan) -> PreparedCorpus:
             if start is not None:
                 uid = f"{uid}@{start:.3f}"
         session = str(row.get("session") or "").strip() or None
-        transcript = str(row.get("transcript") or "").strip() or None
         meta = {k: v for k, v in row.items() if k not in REQUIRED + OPTIONAL and v not in (None, "")}
         meta["duration"] = round((end if end is not None else duration) - (start or 0.0), 4)
         scan.add(
@@ -171,3 +189,20 @@ def load_manifest(path: str | Path, scan: Scan) -> PreparedCorpus:
             transcript=transcript, words=words, meta=meta,
         )
     return scan.finish(path.stem, path)
+
+
+def _add_text_only(scan: Scan, source: str, row: dict, transcript: str, default_id: str) -> None:
+    """A row without audio: its transcript is the utterance (no times, no duration)."""
+    if any(str(row.get(c) or "").strip() for c in ("start", "end", "words")):
+        scan.skip(source, "start, end and words need audio: a text-only row (empty path) cannot have them")
+        return
+    original = str(row["label"]).strip()
+    label = scan.label(original, source)
+    if label is None:
+        return
+    meta = {k: v for k, v in row.items() if k not in REQUIRED + OPTIONAL and v not in (None, "")}
+    scan.add(
+        source, id=str(row.get("id") or "").strip() or default_id, audio=None, speaker=str(row["speaker"]).strip(),
+        label=label, original_label=original, session=str(row.get("session") or "").strip() or None,
+        transcript=transcript, meta=meta,
+    )

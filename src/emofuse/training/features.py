@@ -75,18 +75,33 @@ def load_labelled(cfg: ExperimentConfig, log: Callable[[str], None] = print, pro
     d = cfg.data
     source = d.manifest or d.path
     corpus = read_corpus(cfg, log)
+    check_audio(cfg, corpus, source)
     label_set, notes = resolve_label_set(cfg, corpus, log, source)
     corpus, labels = map_labels(corpus, label_set, source)
     corpus, items, labels = load_features(cfg, corpus, labels, store_root(cfg, corpus), log, progress)
     info = {"label_set": describe(label_set), "corpora": {"train": corpus.name}, "notes": notes}
     if d.test_manifest:
         test = Corpus.read(d.test_manifest)
+        check_audio(cfg, test, d.test_manifest)
         test, test_labels = map_labels(test, label_set, d.test_manifest)
         root = Path(d.test_store) if d.test_store else Path("features") / test.name
         test, test_items, test_labels = load_features(cfg, test, test_labels, root, log, progress)
         corpus, items, labels = append_test_corpus(corpus, items, labels, test, test_items, test_labels)
         info["corpora"]["test"] = test.name
     return LabelledData(corpus, items, labels, label_set.classes, info)
+
+
+def check_audio(cfg: ExperimentConfig, corpus: Corpus, source=None) -> None:
+    """A config that reads audio (data.acoustic) refuses text-only utterances before any work:
+    how many lack audio, and the first of them."""
+    if cfg.data.acoustic is None:
+        return
+    silent = [u.id for u in corpus if not u.audio]
+    if silent:
+        raise DataError(source, f"{len(silent)} of {len(corpus)} utterance(s) have no audio (text-only rows; "
+                                f"first: {silent[0]}), but model {cfg.model_name!r} reads audio "
+                                f"(data.acoustic={cfg.data.acoustic}): give them a path, or train a lexical model "
+                                "(B-LEX, lstm-attn-semantic) with data.acoustic=null")
 
 
 def append_test_corpus(corpus: Corpus, items: list, labels: np.ndarray, test: Corpus, test_items: list,
