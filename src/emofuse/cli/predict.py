@@ -108,11 +108,53 @@ def _predict_long_files(model_dir, jobs, settings, detector, cues, threads, as_j
     return results
 
 
+def _predict_texts(model_dir, info, source, text, texts_file, as_json, results_out, html_out, png_out,
+                   predictor_options, out, err) -> None:
+    """--text / --texts: sentences through a text-only model (`inference.text`), no audio."""
+    from emofuse.inference.explain import render_html, write_text_atomic
+    from emofuse.inference.folder import write_results
+    from emofuse.inference.predictor import PredictionError, Predictor
+    from emofuse.inference.text import predict_texts, read_texts, require_text_only
+
+    if source is not None:
+        raise ConfigError(f"--text/--texts predict text without audio; leave out {source}")
+    if text is not None and texts_file is not None:
+        raise ConfigError("give --text or --texts, not both")
+    if png_out is not None:
+        raise ConfigError("--png draws a recording's waveform; for text use --html")
+    if results_out is not None and results_out.suffix.lower() not in (".csv", ".jsonl"):
+        raise ConfigError(f"--out {results_out}: the results file must end in .csv or .jsonl")
+    require_text_only(info)  # an acoustic model says it needs audio before anything loads
+    jobs = [("<text>", text)] if text is not None else read_texts(texts_file)
+    results = predict_texts(Predictor(model_dir, **predictor_options), jobs, strict=text is not None)
+    for result in results:
+        if as_json:
+            print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+        elif isinstance(result, PredictionError):
+            err.print(f"[red]failed[/] {escape(result.error)}")
+        else:
+            _print_prediction(out, result)
+    done = [r for r in results if not isinstance(r, PredictionError)]
+    if results_out is not None:
+        write_results(results_out, results, info.classes)
+        err.print(f"[bold green]wrote[/] {escape(str(results_out))}")
+    if html_out is not None and done:
+        write_text_atomic(html_out, render_html(done, title=f"emofuse: {texts_file.name if texts_file else 'text'}"))
+        err.print(f"[bold green]wrote[/] {escape(str(html_out))}")
+    if texts_file is not None:
+        err.print(f"{len(done)} of {len(results)} text(s) predicted"
+                  + (f", {len(results) - len(done)} failed" if len(done) < len(results) else ""))
+    if not done:
+        sys.exit(1)
+
+
 def predict(
     model_dir: Path = typer.Argument(..., help="Model directory (from `emofuse export` or `emofuse train`)."),
-    source: Path = typer.Argument(..., help="An audio file, or a folder searched recursively for audio files."),
+    source: Optional[Path] = typer.Argument(None, help="An audio file, or a folder searched recursively for audio files (none with --text/--texts)."),
     transcript: Optional[str] = typer.Option(None, "--transcript", "-t", help="What is said in the file (one file only): forced alignment instead of ASR."),
     transcripts: Optional[Path] = typer.Option(None, "--transcripts", help="CSV with columns file,transcript for a folder."),
+    text: Optional[str] = typer.Option(None, "--text", help="Predict this text, without audio (text-only models such as B-LEX)."),
+    texts_file: Optional[Path] = typer.Option(None, "--texts", help="Predict each text of this file, without audio: one utterance per line, or a CSV with a transcript column (text-only models)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file (keys label, probabilities, words, ...)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write the explanation page (self-contained HTML) here."),
     png_out: Optional[Path] = typer.Option(None, "--png", help="Write the explanation as a PNG here (one file only)."),
@@ -143,6 +185,12 @@ def predict(
     info = read_info(model_dir)  # a wrong folder fails before any file is read
     predictor_options = {**({"verify": False} if no_verify else {}),  # only what differs from the defaults
                          **({"force_transcript": True} if force_transcript else {})}
+    if text is not None or texts_file is not None:
+        _predict_texts(model_dir, info, source, text, texts_file, as_json, results_out, html_out, png_out,
+                       {**predictor_options, "threads": threads}, out, err)
+        return
+    if source is None:
+        raise ConfigError("give an audio file or folder to predict, or --text / --texts for a text-only model")
     files = find_audio(source)
     single = source.is_file()
     if transcript is not None and not single:
@@ -269,6 +317,7 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine)."),
     workers: int = typer.Option(1, "--workers", min=0, help="Worker processes, each with the model loaded once (0: run the model in the server process)."),
     max_queue: Optional[int] = typer.Option(None, "--max-queue", min=0, help="Requests that may wait beyond those running (default 4 per worker); more are answered 503 with Retry-After."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose); the model then runs in the server process."),
 ) -> None:
     """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,
     and a web page at / to upload or record audio and see the explanation."""
@@ -277,8 +326,15 @@ def serve(
     from emofuse.serving.app import create_app
 
     _, err = _consoles()
+    predictor = None
+    if no_verify:  # worker processes load with the defaults: the unverified model runs here
+        from emofuse.inference.predictor import Predictor
+
+        if workers:
+            err.print("[yellow]note[/]: --no-verify runs the model in the server process; --workers ignored")
+        predictor, workers = Predictor(model_dir, warm=True, threads=threads, verify=False), 0
     app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds, threads=threads,
-                     workers=workers, max_queue=max_queue, segment_over=segment_over)
+                     workers=workers, max_queue=max_queue, segment_over=segment_over, predictor=predictor)
     engine, admission = app.state.engine, app.state.admission
     err.print(f"model {escape(engine.description['model'])} loaded in {app.state.load_seconds:.1f} s "
               f"{f'by {workers} worker process(es)' if workers else 'in the server process'}, "

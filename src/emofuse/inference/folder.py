@@ -149,7 +149,7 @@ def result_rows(results: Sequence[Result], classes: Sequence[str]) -> list[dict]
             rows.append({"file": r.file, "label": "", **{f"p_{c}": "" for c in classes}, "align_source": "",
                          "duration": "", "words": "", "error": r.error})
             continue
-        words = " ".join(f"{w.text}@{w.start:.2f}-{w.end:.2f}" for w in r.words)
+        words = " ".join(f"{w.text}@{w.start:.2f}-{w.end:.2f}" if w.timed else w.text for w in r.words)
         rows.append({"file": r.file, "label": r.label, **{f"p_{c}": f"{r.probabilities[c]:.6f}" for c in classes},
                      "align_source": r.align_source, "duration": f"{r.duration:.3f}", "words": words, "error": ""})
     return rows

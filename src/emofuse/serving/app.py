@@ -2,6 +2,7 @@
 
     POST /predict   multipart: `file` (audio in any format soundfile or FFmpeg reads) and an
                     optional `transcript`; `?html=true` adds the explanation as an HTML block.
+                    A text-only model (B-LEX) also answers a `transcript` without a `file`.
                     JSON out, the keys of `emofuse predict --json` (label, probabilities, words, ...).
     GET  /health    the model, its classes, what it needs, the limits, the workers and the queue;
                     answered on the event loop, so a busy server still answers at once.
@@ -143,6 +144,10 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
     load_seconds = time.perf_counter() - started
     max_queue = DEFAULT_QUEUE_PER_WORKER * engine.workers if max_queue is None else max_queue
     admission = Admission(engine.workers, max_queue)
+    from emofuse.inference.text import is_text_only
+    from emofuse.models.modeldir import read_info
+
+    text_only = is_text_only(read_info(model_dir))  # it may answer a transcript without a file
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -180,13 +185,17 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
 
     @app.post("/predict")
     async def predict(
-        file: UploadFile = File(..., description="Audio: WAV, FLAC, OGG, MP3, WebM, MP4, ..."),
+        file: UploadFile | None = File(None, description="Audio: WAV, FLAC, OGG, MP3, WebM, MP4, ... (a text-only "
+                                                          "model takes a transcript alone)"),
         transcript: str | None = Form(None, description="What is said (forced alignment instead of ASR)."),
         html: bool = Query(False, description="Also return the explanation as an HTML block (key `html`)."),
     ) -> dict:
         """The emotion of one recording: label, class probabilities and per-word explanations;
         a recording longer than the server's segment length: one result per speech segment."""
-        name = Path(file.filename or "upload").name or "upload"
+        if file is None and not (text_only and (transcript or "").strip()):  # text alone: issue 19, item 2
+            raise HTTPException(status_code=422, detail="file: field required" + (
+                " (or a transcript alone: the model reads only words)" if text_only else ""))
+        name = "<text>" if file is None else Path(file.filename or "upload").name or "upload"
         if not admission.admit():
             retry = max(1, round(admission.waiting / max(1, engine.workers)))
             raise HTTPException(status_code=503, headers={"Retry-After": str(retry)},
@@ -195,11 +204,15 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
                                        f"retry in {retry} s")
         tmp = None
         try:
-            tmp = await run_in_threadpool(_save_upload, file.file, name)
-            header, limit = await run_in_threadpool(probe_upload, tmp, name, max_seconds, segment_over)
-            job = Job(path=tmp, name=name, transcript=(transcript or "").strip() or None, html=html,
-                      reader=header.reader, sample_rate=header.sample_rate, channels=header.channels,
-                      duration=header.duration, max_seconds=limit, segment_over=segment_over)
+            if file is None:
+                job = Job(path="", name=name, transcript=transcript.strip(), html=html, reader="text",
+                          sample_rate=0, channels=0, duration=None, max_seconds=max_seconds, segment_over=None)
+            else:
+                tmp = await run_in_threadpool(_save_upload, file.file, name)
+                header, limit = await run_in_threadpool(probe_upload, tmp, name, max_seconds, segment_over)
+                job = Job(path=tmp, name=name, transcript=(transcript or "").strip() or None, html=html,
+                          reader=header.reader, sample_rate=header.sample_rate, channels=header.channels,
+                          duration=header.duration, max_seconds=limit, segment_over=segment_over)
             try:
                 answer = await asyncio.wrap_future(engine.submit(job))
             except (BrokenExecutor, RuntimeError) as exc:

@@ -43,7 +43,7 @@ class Job:
     name: str  # the client's file name, used in answers and error lines
     transcript: str | None
     html: bool
-    reader: str  # "soundfile" or "pyav", from the header probe
+    reader: str  # "soundfile" or "pyav", from the header probe; "text": a transcript alone, no file
     sample_rate: int
     channels: int
     duration: float | None
@@ -71,8 +71,13 @@ def run_job(predictor, job: Job) -> dict:
             record = result.to_json()
             record["file"] = job.name
             return {"status": 200, "body": record}
-        audio = resample(decode_bounded(job.path, header, job.max_seconds), job.sample_rate, SAMPLE_RATE)
-        prediction = predictor.predict_audio(audio, job.transcript, label=job.name)
+        if job.reader == "text":  # a transcript without audio, for a text-only model
+            from emofuse.inference.text import predict_texts
+
+            prediction = predict_texts(predictor, [(job.name, job.transcript)], strict=True)[0]
+        else:
+            audio = resample(decode_bounded(job.path, header, job.max_seconds), job.sample_rate, SAMPLE_RATE)
+            prediction = predictor.predict_audio(audio, job.transcript, label=job.name)
     except AudioRefused as exc:
         suffix = " (server option --max-seconds)" if exc.status == 413 else ""
         return _error(exc.status, job.name, exc.problem + suffix)
