@@ -160,3 +160,16 @@ def test_ray_engine_writes_the_store_a_local_run_writes_resumes_and_collects_fai
     assert report.cached == done_before and report.computed == 5 - done_before
     assert report.failed_ids == ["junk"] and {f.stage for f in report.failures} >= {"audio"}
     assert store_files(on_ray.root) == store_files(local.root)
+
+
+def test_an_unreachable_ray_cluster_is_one_clear_line(tmp_path, ravdess_root):
+    pytest.importorskip("ray", reason="the Ray engine is the optional extra: pip install 'emofuse[cluster]'")
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    corpus = ravdess_corpus(ravdess_root, 1)
+    with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        FeatureStore(tmp_path / "s").extract(corpus, ["fbank40"], align="none", progress=False, engine="ray",
+                                             address=f"127.0.0.1:{port}")

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import resource
+import socket
 import sys
 import threading
 import time
@@ -423,6 +424,7 @@ def run_ray(chunks: list[list[Job]], workers: int, cache_dir: str, address: str 
         raise ConfigError("--engine ray needs Ray: pip install 'emofuse[cluster]'") from None
     started = not ray.is_initialized()
     if started:
+        _check_reachable(address)
         try:
             if address:
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
@@ -451,6 +453,17 @@ def run_ray(chunks: list[list[Job]], workers: int, cache_dir: str, address: str 
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """One clear line for a cluster address nobody answers at (Ray itself retries for minutes)."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address or "")
+    if match is None:  # "auto" or no address: Ray finds or starts the cluster itself
+        return
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 ENGINES = ("process", "ray")
