@@ -9,7 +9,9 @@ force-aligned within its own stretch of audio), and each segment is predicted by
 `Predictor` as a recording of its own:
 
     blocks ──► Segmenter ──► closed segments ──► audio cut from a short ring of blocks ──► Predictor
-                                                     (memory stays flat whatever the length)
+    └───────────── one thread, a few segments ahead ─────────────────┘        (this thread)
+
+Memory stays flat whatever the length: only the audio an open segment may still need is kept.
 
 Each `SegmentPrediction` carries start and end, label, probabilities, the words with their
 gates and attention (times on the recording's clock) and the warnings of that segment; a
@@ -189,6 +191,93 @@ def _segment_result(segment: Segment, outcome: Prediction | PredictionError) -> 
                              shifted.words, warnings, segment.text, shifted)
 
 
+@dataclass
+class _Stream:
+    """What reading a recording found besides its segments: filled in by `_cut_segments`."""
+
+    detector: str = "transcript"
+    fallbacks: list[str] = field(default_factory=list)
+    duration: float = 0.0
+    envelope: _Envelope | None = None
+
+
+def _cut_segments(path: Path, total: int, settings: SegmentSettings, detector: str, cues: Sequence[Segment] | None,
+                  block_seconds: float, stream: _Stream):
+    """Yield (segment, its audio or None, warnings) as segments close, reading `path` in blocks
+    and keeping only the audio a segment still open (or a cue still to come) may need."""
+    segmenter = None if cues is not None else Segmenter(settings, detector)
+    if segmenter is not None:
+        stream.detector, stream.fallbacks = segmenter.detector_name, list(segmenter.fallbacks)
+    pending = sorted(cues or [], key=lambda c: c.start)
+    # An open segment starts at most max_segment + min_pause (+ pad, + a block) before the newest sample.
+    keep = int((settings.max_segment + settings.min_pause + settings.pad + block_seconds + 1.0) * SAMPLE_RATE)
+    ring = _Ring()
+    stream.envelope = _Envelope(total)
+    for block in read_blocks(path, block_seconds):
+        ring.push(block)
+        stream.envelope.push(block)
+        stream.duration = ring.end / SAMPLE_RATE
+        if segmenter is not None:
+            closed = segmenter.push(block)
+        else:
+            closed = []
+            while pending and pending[0].end <= stream.duration:
+                closed.append(pending.pop(0))
+        for segment in closed:
+            yield segment, ring.cut(segment.start, segment.end), []
+        ring.forget_before(min(ring.end - keep, int(pending[0].start * SAMPLE_RATE) if pending else ring.end))
+    end = stream.duration
+    for segment in segmenter.flush() if segmenter is not None else []:
+        yield segment, ring.cut(segment.start, segment.end), []
+    for cue in pending:  # cues running past the end are cut there; cues after it are reported
+        if cue.start < end:
+            yield (Segment(cue.start, end, cue.text), ring.cut(cue.start, end),
+                   [f"the cue ends at {cue.end:g} s, after the audio ({end:.2f} s): cut there"])
+        else:
+            yield cue, None, [f"the cue starts after the audio ends ({end:.2f} s)"]
+
+
+def _ahead(items, size: int):
+    """Iterate `items` in a thread, at most `size` ahead of the consumer (memory stays bounded).
+    Reading and the speech detector (onnxruntime) then overlap the model (torch), which both
+    release the GIL for; an exception in the thread is raised here."""
+    import queue
+    import threading
+
+    box: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def fill():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put((done, None))
+        except BaseException as err:  # handed to the consumer, raised there
+            box.put((done, err))
+
+    thread = threading.Thread(target=fill, name="emofuse-segments", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = box.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def predict_long(predictor: Predictor, path: str | Path, settings: SegmentSettings | None = None,
                  detector: str = "auto", cues: Sequence[Segment] | None = None, batch_size: int = 4,
                  progress: Callable[[float, float], None] | None = None,
@@ -197,67 +286,42 @@ def predict_long(predictor: Predictor, path: str | Path, settings: SegmentSettin
 
     cues: segments with texts from a timed transcript (`align.subtitles.read_timed_transcript`);
     without them the segmenter finds the segments. batch_size: segments per model batch.
-    progress(seconds_read, seconds_total) is called after every block.
+    progress(seconds_done, seconds_total) is called after every batch of segments.
     """
     path = Path(path)
     started = time.perf_counter()
     total = _audio_samples(path)
-    settings = settings or SegmentSettings()
-    segmenter = None if cues is not None else Segmenter(settings, detector)
-    pending_cues = sorted(cues or [], key=lambda c: c.start)
-    # A segment can open up to max_segment + min_pause before the newest sample: keep that much.
-    keep = int((settings.max_segment + settings.min_pause + settings.pad + block_seconds + 1.0) * SAMPLE_RATE)
-    ring, env = _Ring(), _Envelope(total)
-    queue: list[Segment] = []
+    stream = _Stream()
+    found = _cut_segments(path, total, settings or SegmentSettings(), detector, cues, block_seconds, stream)
     results: list[SegmentPrediction] = []
+    batch: list = []
 
-    def run(segments: list[Segment]) -> None:
-        inputs = [(ring.cut(s.start, s.end), s.text, f"{path}@{s.start:.2f}-{s.end:.2f}s") for s in segments]
-        outcomes = predictor.predict_batch(inputs, strict=False)
-        results.extend(_segment_result(s, o) for s, o in zip(segments, outcomes))
+    def run() -> None:
+        ready = [(s, a, w) for s, a, w in batch if a is not None]
+        inputs = [(a, s.text, f"{path}@{s.start:.2f}-{s.end:.2f}s") for s, a, _ in ready]
+        outcomes = iter(predictor.predict_batch(inputs, strict=False) if inputs else [])
+        for segment, audio, warnings in batch:
+            if audio is None:
+                results.append(SegmentPrediction(segment.start, segment.end, None, {}, [], warnings, segment.text))
+            else:
+                results.append(_segment_result(segment, next(outcomes)))
+                results[-1].warnings += warnings
+        if progress is not None and batch:
+            progress(min(batch[-1][0].end, total / SAMPLE_RATE), total / SAMPLE_RATE)
+        batch.clear()
 
-    def ready(now: float) -> list[Segment]:
-        closed = []
-        while pending_cues and pending_cues[0].end <= now:
-            closed.append(pending_cues.pop(0))
-        return closed
-
-    for block in read_blocks(path, block_seconds):
-        ring.push(block)
-        env.push(block)
-        queue += segmenter.push(block) if segmenter is not None else ready(ring.end / SAMPLE_RATE)
-        if len(queue) >= batch_size:
-            run(queue)
-            queue = []
-        oldest = min([int(s.start * SAMPLE_RATE) for s in queue] + [ring.end - keep])
-        if pending_cues:
-            oldest = min(oldest, int(pending_cues[0].start * SAMPLE_RATE))
-        ring.forget_before(oldest)
-        if progress is not None:
-            progress(ring.end / SAMPLE_RATE, total / SAMPLE_RATE)
-    duration = ring.end / SAMPLE_RATE
-    if segmenter is not None:
-        queue += segmenter.flush()
-    else:
-        for cue in pending_cues:  # cues running past the end are cut there; cues after it are said to be skipped
-            if cue.start < duration:
-                queue.append(Segment(cue.start, duration, cue.text))
-    if queue:
-        run(queue)
-    for cue in pending_cues:
-        if cue.start >= duration:
-            results.append(SegmentPrediction(cue.start, cue.end, None, {}, [],
-                                             [f"the cue starts after the audio ends ({duration:.2f} s)"], cue.text))
-        elif cue.end > duration:
-            for r in results:
-                if r.start == cue.start:
-                    r.warnings.append(f"the cue ends at {cue.end:g} s, after the audio ({duration:.2f} s): cut there")
+    for item in _ahead(found, 2 * batch_size):
+        batch.append(item)
+        if len(batch) >= batch_size:
+            run()
+    run()
+    if progress is not None:
+        progress(total / SAMPLE_RATE, total / SAMPLE_RATE)
     return LongPrediction(
-        file=str(path), duration=duration,
-        detector=segmenter.detector_name if segmenter is not None else "transcript",
-        segments=results, classes=list(predictor.classes), model=predictor.info.name,
-        fallbacks=list(segmenter.fallbacks) if segmenter is not None else [],
-        envelope=env.result(), envelope_hop=env.step / SAMPLE_RATE, seconds=time.perf_counter() - started)
+        file=str(path), duration=stream.duration, detector=stream.detector, segments=results,
+        classes=list(predictor.classes), model=predictor.info.name, fallbacks=stream.fallbacks,
+        envelope=stream.envelope.result(), envelope_hop=stream.envelope.step / SAMPLE_RATE,
+        seconds=time.perf_counter() - started)
 
 
 def segment_rows(results: Sequence[LongPrediction | Prediction | PredictionError]) -> list[dict]:
