@@ -19,7 +19,9 @@ segmenting, features, ASR, model) / seconds of audio, Predictor already loaded. 
 rendering time of the `--html` timeline page are recorded too (it must stay usable at an hour).
 
 Targets (2 cores): acoustic RTF <= 0.05, H-MM-4 with ASR <= 0.25, peak RSS <= 1.5 GB and flat
-across lengths. The machine's load average is recorded: other jobs on the cores slow every stage.
+across lengths. The machine's load average and the commit are recorded per run: other jobs on
+the cores slow every stage. A run of some models or lengths updates those rows of the results
+file and keeps the others.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ def measure(model_dir: str, path: str) -> dict:
     from emofuse.inference.timeline import render_timeline_html
 
     predictor = Predictor(model_dir)
+    load_before = os.getloadavg()[0]
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GB (ru_maxrss is KiB)
     start = time.perf_counter()
     result = predict_long(predictor, path)
@@ -120,7 +123,16 @@ def measure(model_dir: str, path: str) -> dict:
             "words": sum(len(s.words) for s in result.segments), "detector": result.detector,
             "timeline_html_mb": round(len(page.encode()) / 2**20, 2), "timeline_html_s": round(html_seconds, 2),
             "peak_rss_gb_after_load": round(rss_loaded, 3),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "commit": _commit()}
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src/emofuse/inference", "src/emofuse/align"],
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return done.stdout.strip() + ("+changes" if dirty else "")
 
 
 def main() -> None:
@@ -142,12 +154,17 @@ def main() -> None:
     report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                           "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
               "targets": TARGETS, "recording": "RAVDESS utterances joined with 0.6-2.0 s pauses", "runs": {}}
+    if args.out.is_file():  # a run of some models or lengths updates those, keeping the others
+        from emofuse.io import read_json
+
+        report["runs"] = read_json(args.out).get("runs", {})
     recordings = build_recordings(work, args.minutes)
     for key in args.models:
         model_dir = build_model(work, key)
         name, acoustic, words, _ = MODELS[key]
+        previous = report["runs"].get(key, {}).get("by_minutes", {})
         report["runs"][key] = {"model": name, "acoustic": acoustic, "words": words, "weights": "random",
-                               "transcript": None, "by_minutes": {}}
+                               "transcript": None, "by_minutes": previous}
         for m, path in recordings.items():
             done = subprocess.run([sys.executable, "-m", "benchmarks.long", "--measure", str(model_dir), str(path)],
                                   capture_output=True, text=True, cwd=ROOT)
