@@ -91,10 +91,13 @@ def test_non_audio_upload_is_415_with_a_clear_message(client, tmp_path):
         assert response.json()["detail"].startswith(f"{name}: not an audio file")
 
 
-def test_empty_upload_and_missing_file_are_422(client):
-    assert client.post("/predict", files={"file": ("empty.wav", b"")}).status_code == 422
+def test_empty_upload_and_missing_file_are_422_with_one_line(client):
+    empty = client.post("/predict", files={"file": ("empty.wav", b"")})
+    assert empty.status_code == 422 and empty.json() == {"detail": "empty.wav: the uploaded file is empty"}
     response = client.post("/predict", data={"transcript": "hello"})
     assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and detail.startswith("file: ")
 
 
 def test_upload_over_the_size_limit_is_413(client):
@@ -155,3 +158,52 @@ def test_openapi_documents_the_endpoints_and_the_page_is_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "MediaRecorder" in page.text and 'type="file"' in page.text
     assert form
+
+
+def test_health_reports_the_workers_and_the_queue(client):
+    body = client.get("/health").json()
+    assert body["workers"]["count"] == 1 and body["workers"]["mode"] == "in-process"
+    assert body["queue"] == {"length": 0, "max": 4, "refused": body["queue"]["refused"]}
+
+
+def test_a_full_queue_answers_503_while_health_stays_fast_and_answers_never_mix(model_dir, ravdess_root):
+    """Issue 18 item 4: 60 requests in flight against a queue of 10."""
+    import time
+
+    sixty = ravdess_files(ravdess_root, actors=range(1, 25))[:60]
+    assert len(sixty) == 60
+    app = create_app(model_dir, max_queue=10)
+    with TestClient(app) as c:
+        start = threading.Event()
+        health_seconds = []
+
+        def post(f):
+            start.wait()
+            return f.name, _post(c, f, STATEMENT_1)
+
+        def probe():
+            start.wait()
+            for _ in range(5):
+                t = time.perf_counter()
+                assert c.get("/health").status_code == 200
+                health_seconds.append(time.perf_counter() - t)
+                time.sleep(0.05)
+
+        with ThreadPoolExecutor(max_workers=61) as pool:
+            futures = [pool.submit(post, f) for f in sixty]
+            prober = pool.submit(probe)
+            start.set()
+            answers = [f.result() for f in futures]
+            prober.result()
+        ok = {name: r.json() for name, r in answers if r.status_code == 200}
+        busy = [r for _, r in answers if r.status_code == 503]
+        assert len(ok) + len(busy) == 60
+        assert 11 <= len(ok) < 60 and busy  # 1 running + 10 waiting at least, the surplus refused
+        assert all(r.headers["Retry-After"].isdigit() and "server is busy" in r.json()["detail"] for r in busy)
+        assert max(health_seconds) < 1.0, health_seconds
+        for f in sixty:
+            if f.name in ok:
+                expected = _post(c, f, STATEMENT_1).json()
+                assert ok[f.name]["file"] == f.name
+                assert ok[f.name]["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
+                assert ok[f.name]["words"] == expected["words"]

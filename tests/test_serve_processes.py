@@ -1,0 +1,192 @@
+"""`emofuse serve` as a real process: bombs refused without memory, `--workers 2` answering
+concurrent requests correctly, and no worker (nor openSMILE worker) outliving the server,
+checked by PID (issue 18 items 1 and 5, issue 20 item 3)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_audio_bombs import _set_flac_total_samples, _silent_flac
+from test_inference import STATEMENT_1, ravdess_files, registry_model_dir
+
+START_TIMEOUT = 240.0  # seconds: each spawned worker imports torch and loads the model on a shared 2-core box
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of pid, read from /proc (no psutil needed)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _rss_mb(pids) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`emofuse serve MODEL --port P ...` in its own process, ready once /health answers."""
+
+    def __init__(self, model_dir: Path, *options: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from emofuse.cli import main; main()", "serve", str(model_dir),
+             "--port", str(self.port), *options],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                self.health = httpx.get(self.url + "/health", timeout=5).json()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError("serve did not answer /health in time") from None
+                time.sleep(0.5)
+
+    def post(self, path: Path, transcript: str | None = STATEMENT_1) -> httpx.Response:
+        data = {"transcript": transcript} if transcript else None
+        return httpx.post(self.url + "/predict", files={"file": (path.name, path.read_bytes())}, data=data,
+                          timeout=120)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def _gone_within(pids, seconds: float) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return {p for p in pids if _alive(p)}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    # compare_lld with words: the Predictor starts its openSMILE worker process (issue 18 item 5)
+    return registry_model_dir(tmp_path_factory.mktemp("serve-proc") / "hmm4", "H-MM-4", acoustic="compare_lld",
+                              word_layers=1)
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> dict[str, Path]:
+    import numpy as np
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("serve-bombs")
+    ten = _silent_flac(root / "ten-hours.flac", 600)
+    _set_flac_total_samples(ten, 10 * 3600 * 48_000)
+    one_hz = root / "one-hz.wav"
+    sf.write(str(one_hz), np.zeros(20_000, np.int16), 1, subtype="PCM_16")
+    return {"hour": _silent_flac(root / "hour.flac", 3600), "ten": ten, "one_hz": one_hz}
+
+
+def test_bombs_are_refused_by_a_real_server_without_memory_and_sigterm_ends_every_worker(model_dir, bombs):
+    server = Server(model_dir, "--workers", "1", "--max-seconds", "120")
+    try:
+        children = _children(server.proc.pid)
+        assert len(server.health["workers"]["pids"]) == 1 and set(server.health["workers"]["pids"]) <= children
+        assert len(children) >= 2, children  # the worker and its openSMILE worker (and spawn's resource tracker)
+        notes = server.post(Path(__file__), transcript=None)  # the readers' own imports are not the bombs' cost
+        assert notes.status_code == 415
+        before = _rss_mb({server.proc.pid, *children})
+        for name, status, words in (("hour", 413, "3600.0 s long; the limit is 120 s"),
+                                    ("ten", 413, "36000.0 s long"), ("one_hz", 415, "sample rate 1 Hz")):
+            response = server.post(bombs[name], transcript=None)
+            assert response.status_code == status, (name, response.text)
+            assert words in response.json()["detail"]
+        grown = _rss_mb({server.proc.pid, *_children(server.proc.pid)}) - before
+        print(f"server RSS grew by {grown:.1f} MB over the three bombs")
+        assert grown < 200
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=30)
+        assert _gone_within(children, 10) == set()
+    finally:
+        server.stop()
+
+
+def test_sigterm_ends_the_openSMILE_worker_of_a_server_running_the_model_itself(model_dir):
+    server = Server(model_dir, "--workers", "0")
+    try:
+        children = _children(server.proc.pid)
+        assert server.health["workers"]["mode"] == "in-process" and len(children) == 1  # the openSMILE worker
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=30)
+        assert _gone_within(children, 10) == set()
+    finally:
+        server.stop()
+
+
+def test_two_workers_answer_concurrent_requests_each_with_its_own_file_and_die_with_a_killed_server(
+        model_dir, ravdess_root):
+    files = ravdess_files(ravdess_root, actors=range(1, 4))[:8]
+    server = Server(model_dir, "--workers", "2", "--max-queue", "20")
+    try:
+        pids = server.health["workers"]["pids"]
+        assert server.health["workers"]["count"] == 2 and len(set(pids)) == 2
+        expected = {f.name: server.post(f).json() for f in files}
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda f: (f.name, server.post(f)), files * 2))
+        for name, response in answers:
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["file"] == name
+            assert body["probabilities"] == pytest.approx(expected[name]["probabilities"], abs=1e-6)
+            assert [w["text"] for w in body["words"]] == [w["text"] for w in expected[name]["words"]]
+        children = _children(server.proc.pid)
+        assert set(pids) <= children and len(children) >= 4  # 2 workers, each with its openSMILE worker
+        server.proc.kill()  # kill -9: no shutdown code runs in the server
+        server.proc.wait(timeout=30)
+        assert _gone_within(children, 10) == set()
+    finally:
+        server.stop()
