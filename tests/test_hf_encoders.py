@@ -20,6 +20,8 @@ from emofuse.models.layer_weights import LayerWeightedSum
 
 transformers = pytest.importorskip("transformers")
 
+from hf_tiny import save_bert  # noqa: E402 - after the importorskip
+
 SR = 16000
 SPEECH = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
 WORDS = "the actor said kids are talking by the door unbelievable".split()
@@ -277,13 +279,7 @@ def test_missing_transformers_names_the_extra(monkeypatch, speech_folders):
 
 
 def _bert(folder):
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS) - {"unbelievable"}),
-              "un", "##believ", "##able", "##s", "kid"]
-    (folder / "vocab.txt").write_text("\n".join(pieces) + "\n")
-    transformers.BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)  # positional: v4 and v5 names differ
-    config = transformers.BertConfig(vocab_size=len(pieces), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(folder)
+    save_bert(folder)  # tests/hf_tiny.py, shared with the end-to-end tests
 
 
 def _roberta(folder):
