@@ -271,3 +271,25 @@ def test_extract_given_a_folder_says_so(tmp_path):
 
     result = CliRunner().invoke(app, ["extract", str(tmp_path), "--features", "fbank40"])
     assert result.exit_code != 0 and "is a folder, not a manifest" in str(result.exception)
+
+
+def test_the_service_answers_422_for_silence_and_an_unrelated_transcript(words_model, speech, tmp_path):
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from emofuse.serving.app import create_app
+
+    path, _ = speech
+    silent = io.BytesIO()
+    sf.write(silent, np.zeros(16000 * 5, np.float32), 16000, format="WAV")
+    with TestClient(create_app(words_model, workers=0)) as client:
+        quiet = client.post("/predict", files={"file": ("silence.wav", silent.getvalue(), "audio/wav")},
+                            data={"transcript": STATEMENT_1})
+        unrelated = client.post("/predict", files={"file": (path.name, path.read_bytes(), "audio/flac")},
+                                data={"transcript": UNRELATED})
+        right = client.post("/predict", files={"file": (path.name, path.read_bytes(), "audio/flac")},
+                            data={"transcript": STATEMENT_1})
+    assert quiet.status_code == 422 and "no speech in the audio" in quiet.json()["detail"]
+    assert unrelated.status_code == 422 and "could not be aligned" in unrelated.json()["detail"]
+    assert right.status_code == 200 and right.json()["warnings"] == []

@@ -280,12 +280,12 @@ def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:
     weights = path / WEIGHTS
     if not weights.is_file():
         raise DataError(weights, "weights file not found")
-    if verify:
-        verify_weights(info, weights)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise DataError(weights, f"unreadable weights ({exc})") from None
+    if verify:  # after reading, so a truncated file is called unreadable, not changed
+        verify_weights(info, weights)
     try:
         model = build_model(info)
     except EmofuseError as exc:
