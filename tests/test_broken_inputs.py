@@ -208,11 +208,16 @@ def test_a_normaliser_of_the_wrong_length_is_refused_at_load_time(acoustic_model
         Predictor(acoustic_model, warm=False)
 
 
-def test_fitting_floors_the_std_of_a_constant_dimension():
+def test_fitting_floors_the_std_of_a_dimension_constant_up_to_rounding():
     rng = np.random.default_rng(0)
-    frames = [np.column_stack([rng.normal(size=50), np.full(50, 1234.567)]).astype(np.float32) for _ in range(7)]
+    # 1234.567 and its float32 neighbour: constant but for the last bit, which z-scoring
+    # would blow up to +-1 (the old absolute floor of 1e-6 let it through)
+    level = np.float32(1234.567)
+    wobble = np.nextafter(level, np.float32(2000))
+    frames = [np.column_stack([rng.normal(size=50), rng.choice([level, wobble], 50)]).astype(np.float32)
+              for _ in range(7)]
     normaliser = Normaliser.fit(frames)
-    assert normaliser.std[1] == 1.0
+    assert normaliser.std[1] == 1.0 and normaliser.std[0] != 1.0
     out = normaliser(frames[0])
     assert np.all(np.isfinite(out)) and np.allclose(out[:, 1], 0.0, atol=1e-3)
     assert Normalisation.from_dict(normaliser.to_dict()).apply(frames[0]).shape == (50, 2)
