@@ -231,6 +231,7 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    from emofuse.serving.stream import router as live_audio; app.include_router(live_audio)  # WS /stream
     return app
 
 

@@ -1,0 +1,399 @@
+"""Live audio over a WebSocket: `WS /stream` segments audio as it arrives and answers one JSON
+message per closed speech segment (issue 20, item 3).
+
+    client ──bytes──► decode (PCM or WebM/Opus) ──► Segmenter ──► closed segment ──► engine ──► JSON
+                      └──────── one thread per connection ────────┘   (the service's workers, queue)
+
+Audio: 16 kHz mono PCM, little-endian `s16le` (int16) or `f32le` (float32 in [-1, 1]), each
+binary message holding whole samples; or `webm`, the WebM/Opus a browser's MediaRecorder
+sends, decoded incrementally with PyAV. The format (and, for PCM, `rate` if not 16000, then
+resampled with soxr's streaming resampler) is given as query parameters
+(`/stream?format=s16le`) or in a first text message `{"format": "f32le", "rate": 48000}`; a
+stream whose first bytes are WebM needs neither.
+
+Each closed segment (`align.segments.Segmenter`, Silero VAD or the energy fallback: the
+segment closes `min_pause` after speech stops) is predicted as a recording of its own through
+the same engine and bounded queue as `POST /predict` (`serving.workers`), and sent with the
+keys of a segment of long-recording prediction (`inference.long.SegmentPrediction`): start,
+end, label, probabilities, words with their gates and attention (on the stream's clock) and
+warnings. The client ends the stream with a text message `end` (or `{"end": true}`); the
+server then flushes the last segment, sends `{"done": true, "duration", "segments",
+"detector", "fallbacks"}` and closes with 1000.
+
+Limits, each closing the connection with a code and a one-line reason:
+
+    1001  no message for `idle_seconds`
+    1003  an unknown format or rate, or a text message that is neither a format nor `end`
+    1007  bytes that are not audio of the format said (odd PCM, non-finite floats, bad WebM)
+    1008  more than `max_seconds` of audio (the server's --max-seconds): the segments so far
+          are flushed and sent first
+    1009  a message over `max_chunk_bytes`
+    1011  the prediction worker stopped
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import queue
+import tempfile
+import threading
+from concurrent.futures import BrokenExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.concurrency import run_in_threadpool
+
+from emofuse.align.segments import SAMPLE_RATE, Segment, SegmentSettings, Segmenter
+from emofuse.errors import EmofuseError
+
+router = APIRouter()
+
+FORMATS = ("s16le", "f32le", "webm")
+WEBM_MAGIC = b"\x1a\x45\xdf\xa3"  # the EBML header every WebM/Matroska stream starts with
+MAX_FLOAT = 8.0  # float32 PCM beyond this is not audio in [-1, 1] (a little clipping overshoot is)
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """What one connection may send; `max_seconds` defaults to the server's --max-seconds."""
+
+    max_seconds: float = 3600.0  # audio per connection
+    max_chunk_bytes: int = 256 * 1024  # one message: 8 s of int16, 4 s of float32
+    idle_seconds: float = 10.0  # the longest wait for the next message
+
+
+class StreamClosed(Exception):
+    """Close the connection with this WebSocket code and reason."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _reason(text: str) -> str:
+    """A close reason fits in 123 bytes of UTF-8 (RFC 6455, 5.5)."""
+    data = text.encode("utf-8")
+    return text if len(data) <= 123 else data[:120].decode("utf-8", "ignore") + "..."
+
+
+class _ByteFeed(io.RawIOBase):
+    """A blocking, unseekable file over the bytes of a connection, for PyAV's demuxer."""
+
+    def __init__(self, chunks: queue.Queue):
+        self._chunks = chunks
+        self._buffer = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buffer and not self._eof:
+            chunk = self._chunks.get()
+            if chunk is None:
+                self._eof = True
+            else:
+                self._buffer = chunk
+        size = len(self._buffer) if size is None or size < 0 else size
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+
+class LiveSegments:
+    """One connection's audio path, run in its own thread: bytes in (`feed`, `end`), each
+    closed segment with its audio out through `emit(segment, audio)`; `emit(None, StreamClosed)`
+    for audio that cannot be read or is too long; `emit(None, None)` at the end."""
+
+    def __init__(self, fmt: str, rate: int, max_seconds: float, emit, settings: SegmentSettings | None = None,
+                 detector: str = "auto"):
+        from emofuse.inference.long import _Ring
+
+        self.format, self.rate, self.max_seconds, self.emit = fmt, rate, max_seconds, emit
+        self.segmenter = Segmenter(settings, detector)
+        self.ring = _Ring()
+        s = self.segmenter.settings
+        # An open segment starts at most max_segment + min_pause + pad (+ a second) before the newest sample.
+        self.keep = int((s.max_segment + s.min_pause + s.pad + 1.0) * SAMPLE_RATE)
+        self.resampler = None
+        if fmt != "webm" and rate != SAMPLE_RATE:
+            import soxr
+
+            self.resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+        self.chunks: queue.Queue = queue.Queue()
+        self.segments = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="emofuse-stream", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def feed(self, data: bytes) -> None:
+        self.chunks.put(data)
+
+    def end(self) -> None:
+        self.chunks.put(None)
+
+    def stop(self) -> None:
+        """The connection is gone: finish without flushing or emitting anything more."""
+        self._stop.set()
+        self.chunks.put(None)
+
+    def _pcm(self):
+        width = 2 if self.format == "s16le" else 4
+        while (data := self.chunks.get()) is not None:
+            if len(data) % width:
+                raise StreamClosed(1007, f"a {self.format} message of {len(data)} bytes is not whole "
+                                         f"{width}-byte samples")
+            if self.format == "s16le":
+                y = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+            else:
+                y = np.frombuffer(data, dtype="<f4").astype(np.float32)
+                if len(y) and not (np.all(np.isfinite(y)) and np.abs(y).max() <= MAX_FLOAT):
+                    raise StreamClosed(1007, "f32le samples are not audio: non-finite or far outside [-1, 1]")
+            if self.resampler is not None:
+                y = self.resampler.resample_chunk(y)
+            yield y
+        if self.resampler is not None:
+            yield self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+    def _webm(self):
+        import av
+
+        try:
+            container = av.open(_ByteFeed(self.chunks), mode="r", format="matroska",
+                                options={"probesize": "4096", "analyzeduration": "0"})
+        except Exception as err:  # PyAV's errors say what the demuxer found
+            raise StreamClosed(1007, f"not WebM/Opus audio: {err}") from None
+        with container:
+            if not container.streams.audio:
+                raise StreamClosed(1007, "the WebM stream holds no audio track")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            try:
+                for frame in container.decode(container.streams.audio[0]):
+                    for out in resampler.resample(frame):
+                        yield out.to_ndarray().reshape(-1)  # (n,) float32 at 16 kHz
+                for out in resampler.resample(None):
+                    yield out.to_ndarray().reshape(-1)
+            except av.error.FFmpegError as err:
+                raise StreamClosed(1007, f"cannot decode the WebM/Opus stream: {err}") from None
+
+    def _closed(self, segments: list[Segment]) -> None:
+        for segment in segments:
+            self.segments += 1
+            self.emit(segment, self.ring.cut(segment.start, segment.end))
+
+    def _run(self) -> None:
+        error = None
+        try:
+            for block in self._webm() if self.format == "webm" else self._pcm():
+                if self._stop.is_set():
+                    return
+                if self.ring.end + len(block) > self.max_seconds * SAMPLE_RATE:  # keep what fits, then stop
+                    block = block[: max(0, int(self.max_seconds * SAMPLE_RATE) - self.ring.end)]
+                    error = StreamClosed(1008, f"the stream passed {self.max_seconds:g} s of audio "
+                                               "(server option --max-seconds)")
+                self.ring.push(block)
+                self._closed(self.segmenter.push(block))
+                self.ring.forget_before(self.ring.end - self.keep)
+                if error is not None:
+                    break
+        except StreamClosed as exc:
+            self.emit(None, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure ends this connection, not the server
+            self.emit(None, StreamClosed(1011, f"live audio failed: {type(exc).__name__}: {exc}"))
+            return
+        if self._stop.is_set():
+            return
+        self._closed(self.segmenter.flush())
+        self.emit(None, error)
+
+
+def _word(record: dict, offset: float):
+    """A word of a prediction's JSON, moved onto the stream's clock."""
+    from emofuse.inference.predictor import WordExplanation
+
+    values = {k: v for k, v in record.items() if k not in ("text", "start", "end", "used")}
+    start = math.nan if record["start"] is None else record["start"] + offset
+    end = math.nan if record["end"] is None else record["end"] + offset
+    return WordExplanation(record["text"], start, end, values, record.get("used", True))
+
+
+def segment_message(segment: Segment, answer: dict) -> dict:
+    """An engine's answer for one segment as a segment of long-recording prediction (its keys)."""
+    from emofuse.inference.long import SegmentPrediction
+
+    if answer["status"] != 200:
+        return SegmentPrediction(segment.start, segment.end, None, {}, [], [answer["detail"]]).to_json()
+    body = answer["body"]
+    warnings = list(body.get("fallbacks", [])) + list(body.get("warnings", []))
+    if body.get("truncated"):
+        warnings.append("truncated to the model's max_frames/max_words")
+    words = [_word(w, segment.start) for w in body["words"]]
+    return SegmentPrediction(segment.start, segment.end, body["label"], dict(body["probabilities"]),
+                             words, warnings).to_json()
+
+
+def _write_segment(audio: np.ndarray) -> str:
+    import soundfile as sf
+
+    with tempfile.NamedTemporaryFile(prefix="emofuse-stream-", suffix=".wav", delete=False) as f:
+        sf.write(f, audio, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+        return f.name
+
+
+async def predict_segment(app, segment: Segment, audio: np.ndarray) -> dict:
+    """One segment through the service's engine and bounded queue, as `POST /predict` runs a file."""
+    from emofuse.inference.long import SegmentPrediction
+    from emofuse.serving.workers import Job
+
+    engine, admission = app.state.engine, app.state.admission
+    if not admission.admit():
+        return SegmentPrediction(segment.start, segment.end, None, {}, [], [
+            f"the server is busy ({admission.workers} running, {admission.max_queue} waiting): "
+            "this segment was not predicted"]).to_json()
+    tmp = None
+    try:
+        tmp = await run_in_threadpool(_write_segment, audio)
+        duration = len(audio) / SAMPLE_RATE
+        job = Job(path=tmp, name=f"stream@{segment.start:.2f}-{segment.end:.2f}s", transcript=None, html=False,
+                  reader="soundfile", sample_rate=SAMPLE_RATE, channels=1, duration=duration,
+                  max_seconds=duration + 1.0, segment_over=None)
+        try:
+            answer = await asyncio.wrap_future(engine.submit(job))
+        except (BrokenExecutor, RuntimeError) as exc:
+            raise StreamClosed(1011, f"the prediction worker stopped ({type(exc).__name__}); "
+                                     "the server needs a restart") from None
+    finally:
+        admission.release()
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    return segment_message(segment, answer)
+
+
+def _stream_format(fmt: str | None, rate: int | None) -> tuple[str, int]:
+    if fmt not in FORMATS:
+        raise StreamClosed(1003, f"unknown audio format {fmt!r}; send s16le, f32le or webm")
+    rate = SAMPLE_RATE if rate is None else rate
+    if not isinstance(rate, int) or not 8000 <= rate <= 192000:
+        raise StreamClosed(1003, f"PCM rate must be a whole number of Hz in 8000-192000, not {rate!r}")
+    return fmt, rate
+
+
+def _text_message(text: str) -> dict:
+    """A text message: `end`, or a JSON object with format/rate or end."""
+    if text.strip() == "end":
+        return {"end": True}
+    try:
+        message = json.loads(text)
+    except ValueError:
+        message = None
+    if not isinstance(message, dict) or not ({"format", "rate", "end"} & set(message)):
+        raise StreamClosed(1003, 'a text message must be "end" or {"format": "s16le|f32le|webm", "rate": HZ}')
+    return message
+
+
+@router.websocket("/stream")
+async def stream(websocket: WebSocket, format: str | None = None, rate: int | None = None,
+                 vad: str = "auto") -> None:
+    """Live audio in, one JSON message per closed speech segment out (module docstring)."""
+    app = websocket.app
+    limits = getattr(app.state, "stream_limits", None) or StreamLimits(
+        max_seconds=float(app.state.limits.get("max_seconds", StreamLimits.max_seconds)))
+    await websocket.accept()
+    loop = asyncio.get_running_loop()
+    out: asyncio.Queue = asyncio.Queue()
+    session: LiveSegments | None = None
+
+    def emit(segment, audio_or_error) -> None:  # from the session's thread
+        loop.call_soon_threadsafe(out.put_nowait, (segment, audio_or_error))
+
+    async def open_session(fmt, rate_hz) -> LiveSegments:
+        fmt, rate_hz = _stream_format(fmt, rate_hz)
+        try:
+            live = await run_in_threadpool(LiveSegments, fmt, rate_hz, limits.max_seconds, emit, None, vad)
+        except EmofuseError as exc:
+            raise StreamClosed(1003, str(exc)) from None
+        live.start()
+        return live
+
+    async def receive() -> None:
+        nonlocal session
+        if format is not None:
+            session = await open_session(format, rate)
+        while True:
+            try:
+                message = await asyncio.wait_for(websocket.receive(), limits.idle_seconds)
+            except asyncio.TimeoutError:
+                raise StreamClosed(1001, f"idle for {limits.idle_seconds:g} s: no audio") from None
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            data, text = message.get("bytes"), message.get("text")
+            if data is not None:
+                if len(data) > limits.max_chunk_bytes:
+                    raise StreamClosed(1009, f"a message of {len(data)} bytes; the limit is "
+                                             f"{limits.max_chunk_bytes} bytes per message")
+                if session is None:
+                    if not data.startswith(WEBM_MAGIC):
+                        raise StreamClosed(1003, "say the audio format first: ?format=s16le|f32le|webm "
+                                                 'or a text message {"format": ...}')
+                    session = await open_session("webm", None)
+                if data:
+                    while session.chunks.qsize() > 32 or out.qsize() > 8:  # faster than real time: wait
+                        await asyncio.sleep(0.01)
+                    session.feed(data)
+            elif text is not None:
+                request = _text_message(text)
+                if request.get("end"):
+                    if session is None:
+                        session = await open_session("s16le", None)
+                    session.end()
+                    return
+                if session is not None:
+                    raise StreamClosed(1003, "the format is given once, before any audio")
+                session = await open_session(request.get("format"), request.get("rate"))
+
+    async def send() -> None:
+        sent = 0
+        while True:
+            segment, item = await out.get()
+            if segment is None:
+                if item is not None:
+                    raise item
+                await websocket.send_json({"done": True, "duration": round(session.segmenter.duration, 3),
+                                           "segments": sent, "detector": session.segmenter.detector_name,
+                                           "fallbacks": list(session.segmenter.fallbacks)})
+                await websocket.close(1000)
+                return
+            await websocket.send_json(await predict_segment(app, segment, item))
+            sent += 1
+
+    receiver = asyncio.create_task(receive())
+    sender = asyncio.create_task(send())
+    try:
+        pending = {receiver, sender}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()
+            if sender in done:
+                break
+    except StreamClosed as exc:
+        try:
+            await websocket.close(exc.code, _reason(exc.reason))
+        except RuntimeError:  # already closed by the client
+            pass
+    except WebSocketDisconnect:
+        pass
+    finally:
+        for task in (receiver, sender):
+            task.cancel()
+        if session is not None:
+            session.stop()
