@@ -100,7 +100,7 @@ def test_a_joined_recording_in_100_ms_chunks_gives_one_message_per_utterance(cli
 def test_each_segment_matches_the_prediction_of_its_own_audio(client, acoustic_app, joined):
     """The message is the model's answer for exactly that stretch of audio, not a neighbour's."""
     audio, _ = joined
-    with client.websocket_connect("/stream", ) as ws:
+    with client.websocket_connect("/stream") as ws:
         ws.send_text(json.dumps({"format": "f32le"}))
         segments, _ = stream_chunks(ws, [audio[i:i + CHUNK].astype("<f4").tobytes()
                                          for i in range(0, len(audio), CHUNK)])
