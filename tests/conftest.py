@@ -1,11 +1,11 @@
-"""Shared fixtures: where the real data lives, and tiny audio written on the fly."""
+"""Shared fixtures: where the real data lives, torch on one thread. What a test imports by
+name (tiny audio, tiny corpora and runs, model directories) is in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,17 +40,6 @@ def meld_root(shared_data: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} missing")
     return path
-
-
-def tone(seconds: float = 0.5, sr: int = 16000, freq: float = 220.0, channels: int = 1) -> np.ndarray:
-    """A voiced-like signal: a harmonic tone with a little noise (real audio, not zeros)."""
-    t = np.arange(int(seconds * sr)) / sr
-    rng = np.random.default_rng(0)
-    y = 0.3 * np.sin(2 * np.pi * freq * t) + 0.1 * np.sin(2 * np.pi * 2 * freq * t)
-    y = (y + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
-    if channels > 1:
-        y = np.stack([y] * channels, axis=1)
-    return y
 
 
 @pytest.fixture

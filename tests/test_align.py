@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tone
 from emofuse.align import (
     Alignment,
     align_utterance,
@@ -22,6 +21,7 @@ from emofuse.align.vad import energy_speech_mask, speech_span
 from emofuse.corpora.base import Utterance, Word
 from emofuse.errors import ConfigError, DataError
 from emofuse.features.batch import UtteranceFeatures, alignment_matrix, collate
+from helpers import tone
 
 STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 ARPABET = set(

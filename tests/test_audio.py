@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import tone
 from emofuse.corpora.base import Utterance
 from emofuse.errors import DataError
 from emofuse.features.audio import load_audio
 from emofuse.features.frames import frame_feature_names, get_frame_feature
+from helpers import tone
 
 
 def utt(path, **kw) -> Utterance:

@@ -12,41 +12,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import tone
 from emofuse.features.audio import (
     AudioTooLong, AudioUnsupported, load_audio, load_audio_bounded, probe_audio,
 )
+from helpers import set_flac_total_samples, silent_flac, tone
 
 LIMIT = 120.0  # seconds: the service's default --max-seconds
-STREAMINFO_TOTAL = slice(18, 26)  # bytes of FLAC STREAMINFO holding rate | channels | bits | total samples
-
-
-def _silent_flac(path: Path, seconds: int, sr: int = 48_000, channels: int = 2) -> Path:
-    block = np.zeros((sr * 60, channels), np.int16)
-    with sf.SoundFile(str(path), "w", sr, channels, subtype="PCM_16", format="FLAC", compression_level=0) as out:
-        for start in range(0, seconds, 60):
-            out.write(block[: (min(seconds, start + 60) - start) * sr])
-    return path
-
-
-def _set_flac_total_samples(path: Path, total: int) -> None:
-    """Rewrite the total-samples field of STREAMINFO (0 means "unknown" in the FLAC format)."""
-    data = bytearray(path.read_bytes())
-    assert data[:4] == b"fLaC"
-    packed = int.from_bytes(data[STREAMINFO_TOTAL], "big")
-    packed = (packed & ~((1 << 36) - 1)) | total
-    data[STREAMINFO_TOTAL] = packed.to_bytes(8, "big")
-    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
 def bombs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bombs")
-    hour = _silent_flac(root / "hour.flac", 3600)  # 2.5 MB on disk, 1.4 GB as float32 samples
+    hour = silent_flac(root / "hour.flac", 3600)  # 2.5 MB on disk, 1.4 GB as float32 samples
     # Ten hours: a ten-minute stream whose header says ten hours (the check reads the header;
     # encoding ten real hours would cost the test minutes).
-    ten = _silent_flac(root / "ten-hours.flac", 600)
-    _set_flac_total_samples(ten, 10 * 3600 * 48_000)
+    ten = silent_flac(root / "ten-hours.flac", 600)
+    set_flac_total_samples(ten, 10 * 3600 * 48_000)
     one_hz = root / "one-hz.wav"
     sf.write(str(one_hz), np.zeros(20_000, np.int16), 1, subtype="PCM_16")  # 40 KB "lasting" 5.6 hours
     return {"hour": hour, "ten": ten, "one_hz": one_hz}
@@ -98,8 +79,8 @@ print(json.dumps({"statuses": statuses, "grew_mb": (after - before) / 1024}))
 
 def test_a_stream_whose_header_gives_no_length_is_stopped_while_decoding(tmp_path):
     # A FLAC written as a stream says "total samples unknown" (0): only decoding can tell its length.
-    stream = _silent_flac(tmp_path / "stream.flac", 180, sr=16_000, channels=1)
-    _set_flac_total_samples(stream, 0)
+    stream = silent_flac(tmp_path / "stream.flac", 180, sr=16_000, channels=1)
+    set_flac_total_samples(stream, 0)
     assert probe_audio(stream).duration is None
     with pytest.raises(AudioTooLong, match="more than 120 s decoded") as caught:
         load_audio_bounded(stream, 16_000, max_seconds=LIMIT)

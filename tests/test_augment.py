@@ -12,8 +12,8 @@ from emofuse.training.augment import FrameMasking
 from emofuse.training.config import AugmentConfig, save_config
 from emofuse.training.data import Collator
 from emofuse.training.loop import FoldDataModule, run_folds
+from helpers import folds_for, synthetic_data, tiny_config
 
-from test_training_loop import folds_for, synthetic_data, tiny_config
 
 
 def test_masks_are_zero_spans_and_bands_within_the_configured_widths():

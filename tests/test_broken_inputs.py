@@ -17,8 +17,7 @@ from emofuse.corpora.base import Corpus
 from emofuse.errors import DataError
 from emofuse.features.normalise import Normalisation, Normaliser
 from emofuse.models.modeldir import load_model_dir
-from test_inference import CLASSES, STATEMENT_1, ravdess_files, registry_model_dir
-from test_store import make_corpus
+from helpers import CLASSES, STATEMENT_1, make_corpus, ravdess_files, registry_model_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -15,9 +15,11 @@ import torch
 from emofuse.errors import DataError
 from emofuse.training.checkpoints import SAFE_TYPES, read_checkpoint
 from emofuse.training.loop import run_folds
-from test_training_loop import folds_for, synthetic_data, tiny_config
+from helpers import folds_for, synthetic_data, tiny_config
 
 SETTINGS = ("fold=0", "trainer.max_epochs=2", "trainer.patience=1")
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class Payload:
@@ -28,14 +30,6 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

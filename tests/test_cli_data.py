@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from conftest import tone
 from emofuse.cli import app
 from emofuse.corpora import Corpus
 from emofuse.errors import DataError
+from helpers import tone
 
 WIDE = {"COLUMNS": "400"}  # keep Rich from folding long paths inside table cells
 EMOFUSE = str(Path(sys.executable).with_name("emofuse"))

@@ -12,7 +12,7 @@ import yaml
 
 from emofuse.errors import ConfigError
 from emofuse.training.config import load_config, save_config
-from test_training_loop import tiny_config
+from helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

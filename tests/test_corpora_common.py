@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import soundfile as sf
 
-from conftest import tone
 from emofuse.corpora.common import Scan
 from emofuse.corpora.labels import get_label_set
 from emofuse.errors import DataError
+from helpers import tone
 
 
 def test_a_bad_file_is_reported_once_unless_each_line_is_named(tmp_path):

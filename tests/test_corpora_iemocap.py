@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from conftest import tone
 from emofuse.corpora import load_corpus
 from emofuse.corpora.iemocap import parse_wdseg
 from emofuse.errors import DataError
+from helpers import tone
 
 EVAL_HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
 

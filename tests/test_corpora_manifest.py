@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from conftest import tone
 from emofuse.corpora import Corpus, load_corpus
 from emofuse.errors import DataError
+from helpers import tone
 
 
 def audio_folder(root: Path) -> Path:

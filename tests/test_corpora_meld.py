@@ -9,10 +9,10 @@ import av
 import numpy as np
 import pytest
 
-from conftest import tone
 from emofuse.corpora import load_corpus
 from emofuse.corpora.meld import parse_time
 from emofuse.errors import DataError
+from helpers import tone
 
 HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
 ROWS = {

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import tone
 from emofuse.corpora import load_corpus
 from emofuse.corpora.mosei import NO_EMOTION, TIE, mosei_class
 from emofuse.errors import DataError
+from helpers import tone
 
 COLUMNS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
 

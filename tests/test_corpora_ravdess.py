@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from conftest import tone
 from emofuse.corpora import load_corpus
 from emofuse.corpora.ravdess import parse_name
 from emofuse.errors import DataError, LabelError
+from helpers import tone
 
 
 

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import lightning as L
     import torch
-    from test_training_loop import folds_for, synthetic_data, tiny_config
+    from helpers import folds_for, synthetic_data, tiny_config
     from emofuse.training.loop import run_folds
 
     out = Path({out!r})

@@ -9,7 +9,7 @@ from emofuse.errors import ConfigError
 from emofuse.training.export import export_run
 from emofuse.inference.onnx_export import TOLERANCE, export_onnx
 from emofuse.inference.predictor import Predictor
-from test_inference import CLASSES, ravdess_files, registry_model_dir, trained_runs
+from helpers import CLASSES, ravdess_files, registry_model_dir, trained_runs
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tone
 from emofuse.errors import ConfigError, DataError
 from emofuse.features.batch import UtteranceFeatures
 from emofuse.features.frames import frame_feature_names, get_frame_feature, speech_mask
 from emofuse.features.normalise import Normaliser
 from emofuse.features.vocab import Vocabulary
+from helpers import tone
 
 DIMS = {"compare_lld": 130, "fbank40": 40, "spectrogram8k": 200, "waveform": 160}
 

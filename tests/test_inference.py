@@ -1,15 +1,13 @@
 """Model directories and the Predictor: export from real trained runs, loading without the
 training data, prediction equal to the engine's, word-level explanations, clear errors.
 
-The helpers at the top (tiny RAVDESS runs trained through the real engine, registry-built
-model directories) are shared by the other inference, predict, serving and export tests.
+Tiny RAVDESS runs trained through the real engine and registry-built model directories come
+from tests/helpers.py, shared with the predict, serving and export tests.
 """
 
 from __future__ import annotations
 
-import atexit
 import csv
-import functools
 import json
 import shutil
 import tempfile
@@ -21,113 +19,9 @@ import torch
 
 from emofuse.errors import DataError
 from emofuse.inference.predictor import Prediction, PredictionError, Predictor
-from emofuse.models.modeldir import MANIFEST, WEIGHTS, ModelInfo, load_model_dir, read_info, write_model_dir
+from emofuse.models.modeldir import MANIFEST, WEIGHTS, load_model_dir, read_info
 from emofuse.training.export import best_fold, export_run
-
-CLASSES = ["angry", "happy", "neutral", "sad"]
-EMOTION_CODES = {"05": "angry", "03": "happy", "01": "neutral", "04": "sad"}
-STATEMENT_1 = "Kids are talking by the door"
-STATEMENT_2 = "Dogs are sitting by the door"
-
-
-def ravdess_files(root: Path, actors=range(1, 7), statement: str = "01") -> list[Path]:
-    """Normal-intensity, first-repetition files of the 4 ravdess4 classes for some actors."""
-    out = []
-    for actor in actors:
-        for code in EMOTION_CODES:
-            path = root / f"Actor_{actor:02d}" / f"03-01-{code}-01-{statement}-01-{actor:02d}.flac"
-            if path.is_file():
-                out.append(path)
-    return out
-
-
-def _tiny_corpus(root: Path):
-    from emofuse.corpora.base import Corpus, Utterance
-
-    utterances = []
-    for path in ravdess_files(root):
-        code = path.stem.split("-")
-        utterances.append(Utterance(id=path.stem, audio=str(path), speaker=f"Actor_{code[6]}",
-                                    label=EMOTION_CODES[code[2]], original_label=EMOTION_CODES[code[2]],
-                                    transcript=STATEMENT_1 if code[4] == "01" else STATEMENT_2))
-    return Corpus(utterances, name="ravdess-tiny")
-
-
-def _train(root: Path, work: Path, model: dict, name: str, folds: tuple[int, ...]) -> Path:
-    from emofuse.features.store import FeatureStore
-    from emofuse.training.config import load_config
-    from emofuse.training.data import LabelledData
-    from emofuse.training.loop import run_folds
-    from emofuse.training.splits import make_folds
-
-    corpus = _tiny_corpus(root)
-    store = FeatureStore(work / "features")
-    store.extract(corpus, ["fbank40", "glove50"], align="forced", workers=1, progress=False)
-    items = store.load(corpus, acoustic="fbank40", words="glove50", align="forced")
-    labels = np.asarray([CLASSES.index(u.label) for u in corpus])
-    data = LabelledData(corpus, items, labels, tuple(CLASSES))
-    run_dir = work / name
-    for fold in folds:
-        raw = {
-            "name": name, "corpus": "ravdess-tiny", "seed": 0, "fold": fold,
-            "data": {"manifest": "unused.jsonl", "label_set": "ravdess4", "acoustic": "fbank40",
-                     "words": "glove50", "align": "forced"},
-            "model": model,
-            "optim": {"name": "adam", "lr": 0.01, "weight_decay": 0.0},
-            "trainer": {"max_epochs": 2, "batch_size": 8, "patience": None, "progress": False,
-                        "accelerator": "cpu", "threads": 1},
-            "protocol": {"name": "speaker-kfold", "k": 3, "val_speakers": 1},
-            "run_dir": str(run_dir),
-        }
-        cfg = load_config(None, [], raw=raw)
-        run_folds(cfg, data, make_folds(corpus, "speaker-kfold", k=3, seed=0, val_speakers=1), run_dir,
-                  log=lambda line: None)
-    return run_dir
-
-
-@functools.lru_cache(maxsize=None)
-def trained_runs(ravdess: str) -> dict[str, Path]:
-    """Two tiny runs trained through the real engine on 24 RAVDESS files (6 actors x 4 classes),
-    fbank40 + GloVe-50 with forced alignment: H-MM-4 (folds 0 and 1) and the multi-view
-    B-ACO-1 + H-MM-4 (fold 0). Trained once per test process."""
-    from emofuse.training.loop import quiet_lightning
-
-    quiet_lightning()
-    work = Path(tempfile.mkdtemp(prefix="emofuse-inference-tests-"))
-    atexit.register(shutil.rmtree, work, True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tiny = {"hidden": 8, "layers": 1, "dropout": 0.0}
-        return {
-            "H-MM-4": _train(Path(ravdess), work, {"name": "H-MM-4", "word_layers": 1, **tiny}, "hmm4", (0, 1)),
-            "MV": _train(Path(ravdess), work, {"name": "MV-B-ACO-1+H-MM-4", **tiny}, "mv", (0,)),
-        }
-    finally:
-        torch.set_num_threads(threads)
-
-
-def registry_model_dir(out: Path, name: str = "H-MM-4", acoustic: str = "fbank40", words: str | None = "glove50",
-                       seed: int = 0, normaliser: dict | None = None, **settings) -> Path:
-    """A model directory of a registry model with random weights (a real network, untrained)."""
-    from emofuse.features.frames import get_frame_feature
-    from emofuse.models.base import InputSpec, get_model
-
-    torch.manual_seed(seed)
-    entry = get_model(name)
-    frame = get_frame_feature(acoustic)
-    word_dim = {"glove50": 50, "minilm": 384}.get(words, 0) if words else 0
-    spec = {"num_classes": 4, "acoustic_dim": frame.dim, "word_dim": word_dim, "vocab_size": 0}
-    settings = {"hidden": 8, "layers": 1, "dropout": 0.0, **settings}
-    model = entry.build(InputSpec(**spec), **settings)
-    rng = np.random.default_rng(seed)
-    reads_words = any(n in entry.needs for n in ("words", "word_frames", "token_ids"))
-    info = ModelInfo(name=entry.name, settings=settings, spec=spec, needs=list(entry.needs), classes=CLASSES,
-                     label_set="ravdess4", acoustic=acoustic, acoustic_settings=dict(frame.settings),
-                     words=words if reads_words else None, align="auto" if reads_words else "none",
-                     normaliser=normaliser or {"mean": rng.normal(0, 1, frame.dim).tolist(),
-                                               "std": (1 + rng.random(frame.dim)).tolist()})
-    return write_model_dir(out, model, info)
+from helpers import CLASSES, STATEMENT_1, STATEMENT_2, ravdess_files, registry_model_dir, trained_runs
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -316,7 +210,7 @@ def test_a_file_that_is_not_audio_is_a_clear_error(tmp_path):
 
 
 def test_acoustic_only_model_predicts_a_tone_and_shows_no_words(tmp_path):
-    from conftest import tone
+    from helpers import tone
 
     import soundfile as sf
 
@@ -332,7 +226,7 @@ def test_acoustic_only_model_predicts_a_tone_and_shows_no_words(tmp_path):
 def test_a_model_trained_on_trimmed_speech_trims_and_maps_frames_back(tmp_path):
     import json
 
-    from conftest import tone
+    from helpers import tone
 
     model_dir = registry_model_dir(tmp_path / "m", "B-ACO-1+attn", words=None)
     record = json.loads((model_dir / "model.json").read_text())

@@ -79,7 +79,7 @@ def test_emofuse_serve_imports_neither_lightning_nor_the_training_package():
 
 
 def test_serving_a_model_directory_imports_neither_lightning_nor_the_training_package(tmp_path):
-    from test_inference import registry_model_dir
+    from helpers import registry_model_dir
 
     model_dir = registry_model_dir(tmp_path / "m", "B-ACO-1", words=None)
     assert _serve_path_modules(str(model_dir)) == []

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from test_inference import CLASSES, ravdess_files, registry_model_dir
-from test_web_page import CHROMEDRIVER, CHROMIUM, _serve
+from helpers import CHROMEDRIVER, CHROMIUM, CLASSES, ravdess_files, registry_model_dir
+from helpers import serve_page as _serve
 
 SR = 16000
 PAUSES = [0.8, 1.2, 1.0]  # seconds of silence before each clip

@@ -18,7 +18,7 @@ from emofuse.cli import app
 from emofuse.inference.long import predict_long
 from emofuse.inference.predictor import Predictor
 from emofuse.inference.timeline import render_timeline_html
-from test_inference import CLASSES, STATEMENT_2, ravdess_files, registry_model_dir
+from helpers import CLASSES, STATEMENT_2, ravdess_files, registry_model_dir
 
 SR = 16000
 PAUSES = [1.0, 0.8, 1.5, 1.2, 0.9]  # seconds of silence before each clip

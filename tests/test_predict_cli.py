@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emofuse.cli import app, main
-from test_inference import CLASSES, STATEMENT_1, STATEMENT_2, ravdess_files, trained_runs
+from helpers import CLASSES, STATEMENT_1, STATEMENT_2, ravdess_files, trained_runs
 
 runner = CliRunner()
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_audio_bombs import _set_flac_total_samples, _silent_flac
-from test_inference import STATEMENT_1, ravdess_files, registry_model_dir
+from helpers import STATEMENT_1, ravdess_files, registry_model_dir, set_flac_total_samples, silent_flac
 
 START_TIMEOUT = 240.0  # seconds: each spawned worker imports torch and loads the model on a shared 2-core box
 
@@ -124,11 +123,11 @@ def bombs(tmp_path_factory) -> dict[str, Path]:
     import soundfile as sf
 
     root = tmp_path_factory.mktemp("serve-bombs")
-    ten = _silent_flac(root / "ten-hours.flac", 600)
-    _set_flac_total_samples(ten, 10 * 3600 * 48_000)
+    ten = silent_flac(root / "ten-hours.flac", 600)
+    set_flac_total_samples(ten, 10 * 3600 * 48_000)
     one_hz = root / "one-hz.wav"
     sf.write(str(one_hz), np.zeros(20_000, np.int16), 1, subtype="PCM_16")
-    return {"hour": _silent_flac(root / "hour.flac", 3600), "ten": ten, "one_hz": one_hz}
+    return {"hour": silent_flac(root / "hour.flac", 3600), "ten": ten, "one_hz": one_hz}
 
 
 def test_bombs_are_refused_by_a_real_server_without_memory_and_sigterm_ends_every_worker(model_dir, bombs):

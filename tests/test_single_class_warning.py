@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from emofuse.training.checks import SINGLE_CLASS_LIMIT, single_class_share, single_class_warning
-from tests.test_training_loop import folds_for, synthetic_data, tiny_config
+from helpers import folds_for, synthetic_data, tiny_config
 
 SPEAKER = {"data": {"acoustic": "compare_lld", "normalise": "speaker"}, "protocol": {"backend": None}}
 SPEAKER_LR = {"data": {"acoustic": "compare_lld", "normalise": True}, "protocol": {"backend": "speaker-lr"}}

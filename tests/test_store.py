@@ -10,27 +10,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import tone
-from emofuse.corpora.base import Corpus, Utterance, Word
+from emofuse.corpora.base import Utterance, Word
 from emofuse.errors import ConfigError, DataError
 from emofuse.features import frames as frames_module
 from emofuse.features import store as store_module
 from emofuse.features.store import extract as extract_module
 from emofuse.features.batch import collate
 from emofuse.features.store import FeatureStore, split_features, utterance_key
-
-
-def make_corpus(tmp_path: Path, n: int = 3) -> Corpus:
-    """n utterances: silence, a tone of growing length, silence; two words each."""
-    utterances = []
-    for i in range(n):
-        y = np.concatenate([np.zeros(3200, np.float32), tone(0.4 + 0.2 * i, freq=150.0 + 50 * i),
-                            np.zeros(3200, np.float32)])
-        path = tmp_path / f"u{i}.wav"
-        sf.write(path, y, 16000)
-        utterances.append(Utterance(id=f"u{i}", audio=str(path), speaker=f"s{i % 2}", label="x",
-                                    original_label="x", transcript=f"door number {i + 1}"))
-    return Corpus(utterances, name="tiny")
+from helpers import make_corpus, tone
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from starlette.websockets import WebSocketDisconnect
 from emofuse.align.vad import energy_speech_mask, speech_span
 from emofuse.serving.app import create_app
 from emofuse.serving.stream import StreamLimits
-from test_inference import CLASSES, ravdess_files, registry_model_dir
+from helpers import CLASSES, ravdess_files, registry_model_dir
 
 SR = 16000
 PAUSES = [1.0, 0.8, 1.5, 1.2, 0.9]  # seconds of silence before each clip

@@ -14,12 +14,12 @@ import soundfile as sf
 import yaml
 from typer.testing import CliRunner
 
-from conftest import tone
 from emofuse.cli import app
 from emofuse.corpora import load_corpus
 from emofuse.errors import ConfigError, DataError
 from emofuse.inference.text import read_texts, require_text_only
 from emofuse.models.modeldir import ModelInfo
+from helpers import tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

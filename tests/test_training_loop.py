@@ -13,53 +13,10 @@ import pytest
 import torch
 import yaml
 
-from emofuse.corpora.base import Corpus, Utterance
 from emofuse.errors import ConfigError, EmofuseError
-from emofuse.features.batch import UtteranceFeatures
-from emofuse.training.config import load_config
 from emofuse.training.data import LabelledData
 from emofuse.training.loop import AtomicCheckpointIO, fold_config, run_folds
-from emofuse.training.splits import make_folds
-
-CLASSES = ("angry", "happy", "neutral", "sad")
-
-
-def synthetic_data(speakers: int = 8, per_class: int = 3, dim: int = 6, seed: int = 0) -> LabelledData:
-    """Frames whose mean depends on the class (learnable), lengths 12..30, genders alternate."""
-    rng = np.random.default_rng(seed)
-    utterances, items, labels = [], [], []
-    for s in range(speakers):
-        for c, name in enumerate(CLASSES):
-            for r in range(per_class):
-                uid = f"s{s}_{name}_{r}"
-                t = int(rng.integers(12, 31))
-                frames = rng.normal(0.0, 1.0, (t, dim)).astype(np.float32)
-                frames[:, c % dim] += 2.5  # the class signal
-                frames += 10.0  # an offset only normalisation removes
-                utterances.append(Utterance(id=uid, audio=None, speaker=f"spk{s}", label=name, original_label=name,
-                                            meta={"gender": "male" if s % 2 else "female"}))
-                items.append(UtteranceFeatures(id=uid, acoustic=frames, acoustic_hop=0.01))
-                labels.append(c)
-    return LabelledData(Corpus(utterances, name="synthetic"), items, np.asarray(labels), CLASSES)
-
-
-def tiny_config(tmp_path: Path, *overrides: str, model: str = "B-ACO-1"):
-    raw = {
-        "name": "tiny", "corpus": "synthetic",
-        "data": {"manifest": "unused.jsonl", "label_set": "ravdess4", "acoustic": "compare_lld", "align": "none"},
-        "model": {"name": model, "hidden": 8, "layers": 1, "dropout": 0.0},
-        "optim": {"name": "adam", "lr": 0.02, "weight_decay": 0.0},
-        "trainer": {"max_epochs": 4, "batch_size": 8, "patience": 10, "progress": False, "accelerator": "cpu"},
-        "protocol": {"name": "speaker-kfold", "k": 4, "val_speakers": 1},
-        "run_dir": str(tmp_path / "run"),
-    }
-    return load_config(None, list(overrides), raw=raw)
-
-
-def folds_for(data: LabelledData, cfg):
-    p = cfg.protocol
-    return make_folds(data.corpus, p.name, k=p.k, seed=cfg.seed, val_speakers=p.val_speakers)
-
+from helpers import CLASSES, folds_for, synthetic_data, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

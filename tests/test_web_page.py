@@ -3,20 +3,11 @@ Selenium uploads a RAVDESS file and waits for the label and the word explanation
 
 from __future__ import annotations
 
-import shutil
-import socket
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from test_inference import CLASSES, STATEMENT_1, ravdess_files, registry_model_dir
-
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "")
-                 if p and Path(p).is_file()), None)
-CHROMEDRIVER = next((p for p in ("/usr/bin/chromedriver", shutil.which("chromedriver") or "")
-                     if p and Path(p).is_file()), None)
+from helpers import CHROMEDRIVER, CHROMIUM, CLASSES, STATEMENT_1, ravdess_files, registry_model_dir, serve_page
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
@@ -24,40 +15,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(model_dir):
-    """uvicorn in a thread on a free port; yields the page's URL."""
-    import uvicorn
-
-    from emofuse.serving.app import create_app
-
-    app = create_app(model_dir, max_upload_mb=5, max_seconds=30)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from _serve(registry_model_dir(tmp_path_factory.mktemp("web") / "hmm4", "H-MM-4", word_layers=1))
+    yield from serve_page(registry_model_dir(tmp_path_factory.mktemp("web") / "hmm4", "H-MM-4", word_layers=1))
 
 
 @pytest.fixture(scope="module")
 def acoustic_server(tmp_path_factory):
-    yield from _serve(registry_model_dir(tmp_path_factory.mktemp("web") / "baco", "B-ACO-1", words=None))
+    yield from serve_page(registry_model_dir(tmp_path_factory.mktemp("web") / "baco", "B-ACO-1", words=None))
 
 
 @pytest.fixture(scope="module")

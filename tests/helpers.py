@@ -1,0 +1,272 @@
+"""Builders shared by the test modules: tiny audio, tiny corpora, tiny trained runs, model
+directories, a page served in a thread. Fixtures live in tests/conftest.py; this module holds
+what a test imports by name (`from helpers import tone`), so no test module imports another.
+
+Only the standard library and numpy at the top: torch, lightning and the training package
+are imported inside the builders that need them, so collecting the corpus and feature tests
+never loads torch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+# ---------------------------------------------------------------- audio
+
+
+def tone(seconds: float = 0.5, sr: int = 16000, freq: float = 220.0, channels: int = 1) -> np.ndarray:
+    """A voiced-like signal: a harmonic tone with a little noise (real audio, not zeros)."""
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(0)
+    y = 0.3 * np.sin(2 * np.pi * freq * t) + 0.1 * np.sin(2 * np.pi * 2 * freq * t)
+    y = (y + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    if channels > 1:
+        y = np.stack([y] * channels, axis=1)
+    return y
+
+
+STREAMINFO_TOTAL = slice(18, 26)  # bytes of FLAC STREAMINFO holding rate | channels | bits | total samples
+
+
+def silent_flac(path: Path, seconds: int, sr: int = 48_000, channels: int = 2) -> Path:
+    """A long, silent, fast-to-write FLAC: written a minute at a time, at the fastest level."""
+    import soundfile as sf
+
+    block = np.zeros((sr * 60, channels), np.int16)
+    with sf.SoundFile(str(path), "w", sr, channels, subtype="PCM_16", format="FLAC", compression_level=0) as out:
+        for start in range(0, seconds, 60):
+            out.write(block[: (min(seconds, start + 60) - start) * sr])
+    return path
+
+
+def set_flac_total_samples(path: Path, total: int) -> None:
+    """Rewrite the total-samples field of STREAMINFO (0 means "unknown" in the FLAC format)."""
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC"
+    packed = int.from_bytes(data[STREAMINFO_TOTAL], "big")
+    packed = (packed & ~((1 << 36) - 1)) | total
+    data[STREAMINFO_TOTAL] = packed.to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+
+
+def make_corpus(tmp_path: Path, n: int = 3):
+    """n utterances: silence, a tone of growing length, silence; two words each."""
+    import soundfile as sf
+
+    from emofuse.corpora.base import Corpus, Utterance
+
+    utterances = []
+    for i in range(n):
+        y = np.concatenate([np.zeros(3200, np.float32), tone(0.4 + 0.2 * i, freq=150.0 + 50 * i),
+                            np.zeros(3200, np.float32)])
+        path = tmp_path / f"u{i}.wav"
+        sf.write(path, y, 16000)
+        utterances.append(Utterance(id=f"u{i}", audio=str(path), speaker=f"s{i % 2}", label="x",
+                                    original_label="x", transcript=f"door number {i + 1}"))
+    return Corpus(utterances, name="tiny")
+
+
+# ---------------------------------------------------------------- RAVDESS (real data)
+
+CLASSES = ["angry", "happy", "neutral", "sad"]  # ravdess4, in the order of its label set
+EMOTION_CODES = {"05": "angry", "03": "happy", "01": "neutral", "04": "sad"}
+STATEMENT_1 = "Kids are talking by the door"
+STATEMENT_2 = "Dogs are sitting by the door"
+
+
+def ravdess_files(root: Path, actors=range(1, 7), statement: str = "01") -> list[Path]:
+    """Normal-intensity, first-repetition files of the 4 ravdess4 classes for some actors."""
+    out = []
+    for actor in actors:
+        for code in EMOTION_CODES:
+            path = root / f"Actor_{actor:02d}" / f"03-01-{code}-01-{statement}-01-{actor:02d}.flac"
+            if path.is_file():
+                out.append(path)
+    return out
+
+
+def _tiny_corpus(root: Path):
+    from emofuse.corpora.base import Corpus, Utterance
+
+    utterances = []
+    for path in ravdess_files(root):
+        code = path.stem.split("-")
+        utterances.append(Utterance(id=path.stem, audio=str(path), speaker=f"Actor_{code[6]}",
+                                    label=EMOTION_CODES[code[2]], original_label=EMOTION_CODES[code[2]],
+                                    transcript=STATEMENT_1 if code[4] == "01" else STATEMENT_2))
+    return Corpus(utterances, name="ravdess-tiny")
+
+
+def _train(root: Path, work: Path, model: dict, name: str, folds: tuple[int, ...]) -> Path:
+    from emofuse.features.store import FeatureStore
+    from emofuse.training.config import load_config
+    from emofuse.training.data import LabelledData
+    from emofuse.training.loop import run_folds
+    from emofuse.training.splits import make_folds
+
+    corpus = _tiny_corpus(root)
+    store = FeatureStore(work / "features")
+    store.extract(corpus, ["fbank40", "glove50"], align="forced", workers=1, progress=False)
+    items = store.load(corpus, acoustic="fbank40", words="glove50", align="forced")
+    labels = np.asarray([CLASSES.index(u.label) for u in corpus])
+    data = LabelledData(corpus, items, labels, tuple(CLASSES))
+    run_dir = work / name
+    for fold in folds:
+        raw = {
+            "name": name, "corpus": "ravdess-tiny", "seed": 0, "fold": fold,
+            "data": {"manifest": "unused.jsonl", "label_set": "ravdess4", "acoustic": "fbank40",
+                     "words": "glove50", "align": "forced"},
+            "model": model,
+            "optim": {"name": "adam", "lr": 0.01, "weight_decay": 0.0},
+            "trainer": {"max_epochs": 2, "batch_size": 8, "patience": None, "progress": False,
+                        "accelerator": "cpu", "threads": 1},
+            "protocol": {"name": "speaker-kfold", "k": 3, "val_speakers": 1},
+            "run_dir": str(run_dir),
+        }
+        cfg = load_config(None, [], raw=raw)
+        run_folds(cfg, data, make_folds(corpus, "speaker-kfold", k=3, seed=0, val_speakers=1), run_dir,
+                  log=lambda line: None)
+    return run_dir
+
+
+@functools.lru_cache(maxsize=None)
+def trained_runs(ravdess: str) -> dict[str, Path]:
+    """Two tiny runs trained through the real engine on 24 RAVDESS files (6 actors x 4 classes),
+    fbank40 + GloVe-50 with forced alignment: H-MM-4 (folds 0 and 1) and the multi-view
+    B-ACO-1 + H-MM-4 (fold 0). Trained once per test process, whichever module asks first."""
+    import torch
+
+    from emofuse.training.loop import quiet_lightning
+
+    quiet_lightning()
+    work = Path(tempfile.mkdtemp(prefix="emofuse-inference-tests-"))
+    atexit.register(shutil.rmtree, work, True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tiny = {"hidden": 8, "layers": 1, "dropout": 0.0}
+        return {
+            "H-MM-4": _train(Path(ravdess), work, {"name": "H-MM-4", "word_layers": 1, **tiny}, "hmm4", (0, 1)),
+            "MV": _train(Path(ravdess), work, {"name": "MV-B-ACO-1+H-MM-4", **tiny}, "mv", (0,)),
+        }
+    finally:
+        torch.set_num_threads(threads)
+
+
+def registry_model_dir(out: Path, name: str = "H-MM-4", acoustic: str = "fbank40", words: str | None = "glove50",
+                       seed: int = 0, normaliser: dict | None = None, **settings) -> Path:
+    """A model directory of a registry model with random weights (a real network, untrained)."""
+    import torch
+
+    from emofuse.features.frames import get_frame_feature
+    from emofuse.models.base import InputSpec, get_model
+    from emofuse.models.modeldir import ModelInfo, write_model_dir
+
+    torch.manual_seed(seed)
+    entry = get_model(name)
+    frame = get_frame_feature(acoustic)
+    word_dim = {"glove50": 50, "minilm": 384}.get(words, 0) if words else 0
+    spec = {"num_classes": 4, "acoustic_dim": frame.dim, "word_dim": word_dim, "vocab_size": 0}
+    settings = {"hidden": 8, "layers": 1, "dropout": 0.0, **settings}
+    model = entry.build(InputSpec(**spec), **settings)
+    rng = np.random.default_rng(seed)
+    reads_words = any(n in entry.needs for n in ("words", "word_frames", "token_ids"))
+    info = ModelInfo(name=entry.name, settings=settings, spec=spec, needs=list(entry.needs), classes=CLASSES,
+                     label_set="ravdess4", acoustic=acoustic, acoustic_settings=dict(frame.settings),
+                     words=words if reads_words else None, align="auto" if reads_words else "none",
+                     normaliser=normaliser or {"mean": rng.normal(0, 1, frame.dim).tolist(),
+                                               "std": (1 + rng.random(frame.dim)).tolist()})
+    return write_model_dir(out, model, info)
+
+
+# ---------------------------------------------------------------- the training engine (synthetic)
+
+
+def synthetic_data(speakers: int = 8, per_class: int = 3, dim: int = 6, seed: int = 0):
+    """Frames whose mean depends on the class (learnable), lengths 12..30, genders alternate."""
+    from emofuse.corpora.base import Corpus, Utterance
+    from emofuse.features.batch import UtteranceFeatures
+    from emofuse.training.data import LabelledData
+
+    rng = np.random.default_rng(seed)
+    utterances, items, labels = [], [], []
+    for s in range(speakers):
+        for c, name in enumerate(CLASSES):
+            for r in range(per_class):
+                uid = f"s{s}_{name}_{r}"
+                t = int(rng.integers(12, 31))
+                frames = rng.normal(0.0, 1.0, (t, dim)).astype(np.float32)
+                frames[:, c % dim] += 2.5  # the class signal
+                frames += 10.0  # an offset only normalisation removes
+                utterances.append(Utterance(id=uid, audio=None, speaker=f"spk{s}", label=name, original_label=name,
+                                            meta={"gender": "male" if s % 2 else "female"}))
+                items.append(UtteranceFeatures(id=uid, acoustic=frames, acoustic_hop=0.01))
+                labels.append(c)
+    return LabelledData(Corpus(utterances, name="synthetic"), items, np.asarray(labels), tuple(CLASSES))
+
+
+def tiny_config(tmp_path: Path, *overrides: str, model: str = "B-ACO-1"):
+    """A resolved config for `synthetic_data`: a small model, 4 epochs, 4 speaker folds."""
+    from emofuse.training.config import load_config
+
+    raw = {
+        "name": "tiny", "corpus": "synthetic",
+        "data": {"manifest": "unused.jsonl", "label_set": "ravdess4", "acoustic": "compare_lld", "align": "none"},
+        "model": {"name": model, "hidden": 8, "layers": 1, "dropout": 0.0},
+        "optim": {"name": "adam", "lr": 0.02, "weight_decay": 0.0},
+        "trainer": {"max_epochs": 4, "batch_size": 8, "patience": 10, "progress": False, "accelerator": "cpu"},
+        "protocol": {"name": "speaker-kfold", "k": 4, "val_speakers": 1},
+        "run_dir": str(tmp_path / "run"),
+    }
+    return load_config(None, list(overrides), raw=raw)
+
+
+def folds_for(data, cfg):
+    """The folds `cfg.protocol` makes on `data`'s corpus."""
+    from emofuse.training.splits import make_folds
+
+    p = cfg.protocol
+    return make_folds(data.corpus, p.name, k=p.k, seed=cfg.seed, val_speakers=p.val_speakers)
+
+
+# ---------------------------------------------------------------- the web page in a browser
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "")
+                 if p and Path(p).is_file()), None)
+CHROMEDRIVER = next((p for p in ("/usr/bin/chromedriver", shutil.which("chromedriver") or "")
+                     if p and Path(p).is_file()), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_page(model_dir):
+    """uvicorn in a thread on a free port; yields the page's URL (use with `yield from` in a fixture)."""
+    import uvicorn
+
+    from emofuse.serving.app import create_app
+
+    app = create_app(model_dir, max_upload_mb=5, max_seconds=30)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
