@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 import emofuse.inference.predictor as predictor_module
 from emofuse.serving.app import create_app
-from test_inference import CLASSES, STATEMENT_1, ravdess_files, registry_model_dir
+from helpers import CLASSES, STATEMENT_1, ravdess_files, registry_model_dir
 
 
 @pytest.fixture(scope="module")
