@@ -171,7 +171,8 @@ def test_h_mm_4_trains_on_all_layers_of_hf_frames_and_hf_words_then_predicts(enc
                  {"name": "H-MM-4", "hidden": 8, "layers": 1, "word_layers": 1, "dropout": 0.0}, store)
     fold = json.loads((run / "fold-0" / "metrics.json").read_text())
     shares = fold["layer_weights"]  # the 3 hidden states of the 2-layer encoder, learned
-    assert len(shares) == 3 and sum(shares) == pytest.approx(1.0, abs=1e-3) and shares != [pytest.approx(1 / 3)] * 3
+    assert len(shares) == 3 and sum(shares) == pytest.approx(1.0, abs=1e-5)
+    assert max(shares) - min(shares) > 1e-5  # moved from the equal start (1/3 each) by training
     assert "Encoder layer weights" in (run / "report.md").read_text()
     # The store keys the frames by the weights hash and keeps them on the 20 ms grid.
     (frames_dir,) = (store / "frames").iterdir()
@@ -183,10 +184,10 @@ def test_h_mm_4_trains_on_all_layers_of_hf_frames_and_hf_words_then_predicts(enc
     info = json.loads((model_dir / "model.json").read_text())
     assert info["spec"]["acoustic_layers"] == 3 and info["hop"] == 0.02
     assert info["encoders"]["acoustic"]["folder"] == str(speech.resolve())
-    assert info["encoders"]["words"]["weights_sha256"] == settings_hash_of(text)
+    assert info["encoders"]["words"]["weights_sha256"] == _weights_hash(text)
 
 
-def settings_hash_of(folder: Path) -> str:
+def _weights_hash(folder: Path) -> str:
     from emofuse.features.hf import weights_hash
 
     return weights_hash(folder.resolve())

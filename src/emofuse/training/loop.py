@@ -238,7 +238,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
 
     shares = layer_weights_of(module.model)  # hf:...#layers=all: each layer's learned share
     if shares is not None:
-        result["layer_weights"] = [round(w, 4) for w in shares]
+        result["layer_weights"] = [round(w, 6) for w in shares]
     if backend is not None:
         result["backend"] = {"kind": backend.kind, "C": backend.C, "val_ua": round(backend.val_ua, 4)}
         result["network_test"] = network_metrics
