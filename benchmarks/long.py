@@ -79,24 +79,9 @@ def build_recordings(work: Path, minutes: list[int]) -> dict[int, Path]:
 
 
 def build_model(work: Path, key: str) -> Path:
-    import torch
+    from benchmarks.predict import random_model_dir
 
-    from emofuse.features.frames import get_frame_feature
-    from emofuse.models.base import InputSpec, get_model
-    from emofuse.models.modeldir import ModelInfo, write_model_dir
-
-    name, acoustic, words, word_dim = MODELS[key]
-    entry = get_model(name)
-    frame = get_frame_feature(acoustic)
-    spec = {"num_classes": 4, "acoustic_dim": frame.dim, "word_dim": word_dim, "vocab_size": 0}
-    torch.manual_seed(0)
-    model = entry.build(InputSpec(**spec))
-    info = ModelInfo(name=entry.name, settings={}, spec=spec, needs=list(entry.needs),
-                     classes=["angry", "happy", "neutral", "sad"], label_set="ravdess4", acoustic=acoustic,
-                     acoustic_settings=dict(frame.settings), words=words, align="auto" if words else "none",
-                     normaliser={"mean": [0.0] * frame.dim, "std": [1.0] * frame.dim},
-                     source={"weights": "random (benchmark)"})
-    return write_model_dir(work / f"model-{key}", model, info)
+    return random_model_dir(work, *MODELS[key], folder=f"model-{key}")
 
 
 def measure(model_dir: str, path: str) -> dict:

@@ -82,9 +82,11 @@ def recordings(work: Path) -> dict[str, tuple[Path, str]]:
     return {"3s": (short, transcript_of(short)), "30s": (long_path, " ".join(texts))}
 
 
-def random_model_dir(work: Path, name: str, acoustic: str, words: str | None, word_dim: int) -> Path:
-    """A model directory of `name` at paper size with random weights (seed 0): the cost of
-    prediction does not depend on what the weights learnt."""
+def random_model_dir(work: Path, name: str, acoustic: str, words: str | None, word_dim: int,
+                     folder: str | None = None) -> Path:
+    """A model directory of `name` at paper size with random weights (seed 0), in
+    WORK/<folder> (default model-<name>): the cost of prediction does not depend on what the
+    weights learnt."""
     from emofuse.features.frames import get_frame_feature
     from emofuse.models.base import InputSpec, get_model
     from emofuse.models.modeldir import ModelInfo, write_model_dir
@@ -99,7 +101,7 @@ def random_model_dir(work: Path, name: str, acoustic: str, words: str | None, wo
                      acoustic_settings=dict(frame.settings), words=words, align="auto" if words else "none",
                      normaliser={"mean": [0.0] * frame.dim, "std": [1.0] * frame.dim},
                      source={"weights": "random (benchmark)"})
-    return write_model_dir(work / f"model-{name}", model, info)
+    return write_model_dir(work / (folder or f"model-{name}"), model, info)
 
 
 def paper_size_model_dirs(work: Path) -> list[Path]:
