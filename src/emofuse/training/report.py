@@ -85,7 +85,8 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
     if checks.get("label_set"):
         ls = checks["label_set"]
         out += [f"Label set `{ls.get('name')}`: {', '.join(ls.get('classes', []))}"
-                + (f" (mapped: {', '.join(f'{k} → {v}' for k, v in ls['map'].items())})" if ls.get("map") else "")
+                + (f" (mapped: {', '.join(f'{k} → {v or chr(8212)}' for k, v in ls['map'].items())}; — = left out)"
+                   if ls.get("map") else "")
                 + (f"; tested on corpus `{checks['corpora']['test']}`, trained and validated on "
                    f"`{checks['corpora'].get('train')}`" if checks.get("corpora", {}).get("test") else "") + ".", ""]
     for warning in checks.get("warnings", []):
