@@ -164,6 +164,41 @@ def test_words_map_to_the_right_20_ms_frames(speech_folders):
     assert starts[5] == pytest.approx(0.10) and ends[9] <= 0.20 + encoder.geometry.centre_offset * 2 + 1e-9
 
 
+@pytest.mark.parametrize("kind", ["whisper", "wav2vec2"])
+def test_words_map_to_the_frames_whose_real_centres_they_cover(speech_folders, kind):
+    """Frame t stands for hop seconds around its real centre (Whisper: t * 20 ms, 10 ms before
+    the 20 ms grid's; wav2vec2: 2.5 ms after), in the matrix and in the batch's word spans."""
+    from emofuse.align import word_frame_matrix
+    from emofuse.features.batch import UtteranceFeatures, collate
+
+    encoder = hf.HFSpeechEncoder(f"hf:{speech_folders[kind]}")
+    offset, hop = encoder.geometry.centre_offset, encoder.hop
+    starts, ends = encoder.frame_times(50)
+    centres = (starts + ends) / 2
+    times = np.array([[0.035, 0.055], [0.10, 0.20], [0.301, 0.309]])
+    matrix = word_frame_matrix(times, 50, hop, offset)  # (3, 50)
+    for (start, end), row in zip(times, matrix):
+        overlapping = np.flatnonzero((centres - hop / 2 < end) & (centres + hop / 2 > start))
+        assert np.flatnonzero(row).tolist() == overlapping.tolist()
+    if kind == "whisper":
+        assert np.flatnonzero(matrix[0]).tolist() == [2, 3]  # centres 40 and 60 ms; the 20 ms grid said 1, 2
+        assert np.flatnonzero(word_frame_matrix(times, 50, hop)[0]).tolist() == [1, 2]
+    item = UtteranceFeatures(id="u", acoustic=np.zeros((50, 4), np.float32), acoustic_hop=hop,
+                             acoustic_centre_offset=offset, word_times=times.astype(np.float32))
+    spans = collate([item], [0]).word_frames[0].numpy()  # (3, 2)
+    for (first, last), row in zip(spans, matrix):
+        assert (first, last) == (np.flatnonzero(row)[0], np.flatnonzero(row)[-1] + 1)
+
+
+def test_the_energy_mask_is_regridded_on_real_frame_times():
+    from emofuse.features.store.load import regrid_mask
+
+    mask = np.zeros(100, dtype=bool)  # 10 ms frames: speech in [40, 60) ms
+    mask[4:6] = True
+    assert np.flatnonzero(regrid_mask(mask, 0.02, 10)).tolist() == [2]
+    assert np.flatnonzero(regrid_mask(mask, 0.02, 10, -0.01)).tolist() == [2, 3]  # Whisper: frames at 40, 60 ms
+
+
 def test_chunked_equals_unchunked_within_tolerance(speech_folders):
     """Stated tolerance: conv features (layer 0) 1e-4; transformer layers lose the context
     beyond their chunk, so the last layer is compared by relative RMS: 0.0017 measured on

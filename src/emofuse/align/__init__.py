@@ -227,13 +227,16 @@ def align_utterance(utt: Utterance, audio: np.ndarray | None, mode: str = "auto"
     return Alignment(proportional_words(words, audio), "proportional", resolved, fallbacks)
 
 
-def word_frame_matrix(times: np.ndarray, num_frames: int, hop: float = HOP) -> np.ndarray:
+def word_frame_matrix(times: np.ndarray, num_frames: int, hop: float = HOP, centre_offset: float = 0.0) -> np.ndarray:
     """Binary words x frames matrix A (W, T): A[w, t] = 1 when frame t lies in word w.
 
-    The same rounding as `features.batch.collate` (floor start, ceil end, at least one
-    frame per word), so A matches `features.batch.alignment_matrix` on the batch.
+    Frame t stands for [t * hop, (t + 1) * hop) shifted by `centre_offset` seconds: an
+    encoder's real frame centre minus the hop grid's (`features.hf.FrameGeometry`: +2.5 ms for
+    wav2vec2, -10 ms for Whisper, 0 for the 10 ms features). The same rounding as
+    `features.batch.collate` (floor start, ceil end, at least one frame per word), so A
+    matches `features.batch.alignment_matrix` on the batch.
     """
-    times = np.asarray(times, dtype=np.float64).reshape(-1, 2)
+    times = np.asarray(times, dtype=np.float64).reshape(-1, 2) - centre_offset
     start = np.floor(times[:, 0] / hop + 1e-4).astype(np.int64).clip(0, max(num_frames - 1, 0))
     end = np.ceil(times[:, 1] / hop - 1e-4).astype(np.int64).clip(0, num_frames)
     end = np.maximum(end, start + 1).clip(max=num_frames)

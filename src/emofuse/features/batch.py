@@ -24,6 +24,9 @@ class UtteranceFeatures:
     id: str
     acoustic: np.ndarray | None = None  # (T, D) float32
     acoustic_hop: float = 0.01  # seconds per frame of `acoustic`
+    # Seconds from the hop grid's frame centre ((t + 0.5) * hop) to the frame's real one: an hf
+    # encoder's conv stack (`FrameGeometry.centre_offset`, +2.5 ms wav2vec2, -10 ms Whisper).
+    acoustic_centre_offset: float = 0.0
     speech_mask: np.ndarray | None = None  # (T,) bool on the acoustic grid
     words: list[str] | None = None  # the aligned words
     word_times: np.ndarray | None = None  # (W, 2) float seconds [start, end)
@@ -39,6 +42,7 @@ class Batch:
     acoustic: Tensor | None = None  # (B, T, D) float
     acoustic_mask: Tensor | None = None  # (B, T) bool, True on real frames
     acoustic_hop: float = 0.01  # seconds per acoustic frame
+    acoustic_centre_offset: float = 0.0  # seconds from (t + 0.5) * hop to frame t's real centre
     speech_mask: Tensor | None = None  # (B, T) bool, True on frames inside words (or voiced)
     words: Tensor | None = None  # (B, W, D_w) float word vectors
     word_mask: Tensor | None = None  # (B, W) bool, True on real words
@@ -110,6 +114,7 @@ def collate(
     if items and items[0].acoustic is not None:
         batch.acoustic, batch.acoustic_mask = _pad([it.acoustic for it in items], torch.float32)
         batch.acoustic_hop = items[0].acoustic_hop
+        batch.acoustic_centre_offset = items[0].acoustic_centre_offset
         if all(it.speech_mask is not None for it in items):
             batch.speech_mask, _ = _pad([it.speech_mask for it in items], torch.bool)
             batch.speech_mask &= batch.acoustic_mask
@@ -117,9 +122,11 @@ def collate(
         times = [np.asarray(it.word_times, dtype=np.float32).reshape(-1, 2) for it in items]
         batch.word_times, batch.word_mask = _pad(times, torch.float32)
         hop = batch.acoustic_hop
+        # Frame t covers [t * hop, (t + 1) * hop) + the centre offset (`align.word_frame_matrix`).
         # The epsilon keeps 0.02 s / 0.01 s from becoming 2.0000001 frames.
+        on_grid = batch.word_times - batch.acoustic_centre_offset  # (B, W, 2)
         frames = torch.stack(
-            [torch.floor(batch.word_times[..., 0] / hop + 1e-4), torch.ceil(batch.word_times[..., 1] / hop - 1e-4)],
+            [torch.floor(on_grid[..., 0] / hop + 1e-4), torch.ceil(on_grid[..., 1] / hop - 1e-4)],
             dim=-1,
         ).long()
         if batch.acoustic is not None:

@@ -503,6 +503,11 @@ class HFFrameFeature(FrameFeature):
     def frame_times(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         return self.encoder.frame_times(n)
 
+    @property
+    def centre_offset(self) -> float:
+        """Seconds from the hop grid's frame centre to the real one, where frames meet word times."""
+        return self.encoder.geometry.centre_offset
+
 
 def speech_frame_feature(spec: str, device: str | None = "cpu", **options) -> HFFrameFeature:
     """The `features.frames.FrameFeature` of an hf: speech encoder (values flattened to 2-D)."""

@@ -417,6 +417,7 @@ class Predictor:
             raise
         timings["align"] = clock() - t
         item = UtteranceFeatures(id=label, acoustic_hop=self.frame.hop if self.frame else 0.01,
+                                 acoustic_centre_offset=getattr(self.frame, "centre_offset", 0.0),
                                  align_source=alignment.source)
         times = alignment.times().astype(np.float32) if alignment.words else None  # (W, 2)
         if frames is None and self.frame is not None:
@@ -445,7 +446,7 @@ class Predictor:
                 self._frames_proc = None
                 acoustic, timings["frames"] = self._timed(self.frame.extract, audio, SAMPLE_RATE)
             if times is not None and len(times):
-                item.speech_mask = speech_mask(len(acoustic), self.frame.hop, times)  # (T,)
+                item.speech_mask = speech_mask(len(acoustic), self.frame.hop, times - item.acoustic_centre_offset)  # (T,)
             else:
                 item.speech_mask = energy_speech_mask(audio, SAMPLE_RATE, self.frame.hop, len(acoustic))
             item.acoustic = acoustic

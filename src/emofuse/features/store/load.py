@@ -52,13 +52,14 @@ def load_features(
     vad_dir = layout.vad_dir() if acoustic else None
     frame = get_frame_feature(acoustic) if acoustic else None
     hop = frame.hop if frame else 0.01
+    centre = centre_offset(frame)
     dims = {"frames": getattr(frame, "dim", None), "vectors": None}  # the first entry fixes what is unknown
     dirs: dict[str, tuple[Path, Path | None]] = {}
     out: list[UtteranceFeatures] = []
     absent: list[tuple[str, str]] = []
     for utt in corpus:
         mode = align_mode_for(utt, align, words is not None)
-        item = UtteranceFeatures(id=utt.id, acoustic_hop=hop)
+        item = UtteranceFeatures(id=utt.id, acoustic_hop=hop, acoustic_centre_offset=centre)
         lacking = None
         energy = None
         if frames_dir is not None:
@@ -71,7 +72,8 @@ def load_features(
                 lacking = "speech mask (vad)"
             else:
                 item.acoustic = _checked_entry(read_tensors(path)["features"], path, "frames", dims)  # (T, D)
-                energy = regrid_mask(read_tensors(vad_path)["speech"].astype(bool), hop, len(item.acoustic))  # (T,)
+                energy = regrid_mask(read_tensors(vad_path)["speech"].astype(bool), hop, len(item.acoustic),
+                                     centre)  # (T,)
         alignment = None
         if mode is not None and lacking is None:
             if mode not in dirs:
@@ -100,7 +102,8 @@ def load_features(
             continue
         if item.acoustic is not None:
             times = item.word_times if item.word_times is not None and len(item.word_times) else None
-            item.speech_mask = speech_mask(len(item.acoustic), hop, times) if times is not None else energy
+            # Frames are placed on word times by their real centres (`align.word_frame_matrix`).
+            item.speech_mask = speech_mask(len(item.acoustic), hop, times - centre) if times is not None else energy
         out.append(item)
     if absent and missing == "error":
         kinds = ", ".join(sorted({k for _, k in absent}))
@@ -143,18 +146,24 @@ def batches(
         yield collate(chunk, labels, token_ids=tokens)
 
 
-def regrid_mask(mask: np.ndarray, hop: float, length: int) -> np.ndarray:
+def centre_offset(frame) -> float:
+    """Seconds from a frame feature's hop-grid centre to its frames' real one (hf encoders;
+    0 for the built-in 10 ms features)."""
+    return float(getattr(frame, "centre_offset", 0.0) or 0.0)
+
+
+def regrid_mask(mask: np.ndarray, hop: float, length: int, centre: float = 0.0) -> np.ndarray:
     """The stored 10 ms energy mask on a feature's grid of `length` frames of `hop` seconds:
-    frame t is speech when any 10 ms frame in [t * hop, (t + 1) * hop) is (the hop-grid rule
-    of `align.word_frame_matrix`); frames past the stored mask are not speech."""
-    ratio = hop / HOP
-    if abs(ratio - 1.0) < 1e-6:  # the 10 ms grid itself: cut or pad
+    frame t is speech when any 10 ms frame in [t * hop, (t + 1) * hop) + `centre` seconds is
+    (the rule of `align.word_frame_matrix`); frames past the stored mask are not speech."""
+    ratio, shift = hop / HOP, centre / HOP
+    if abs(ratio - 1.0) < 1e-6 and abs(shift) < 1e-6:  # the 10 ms grid itself: cut or pad
         out = np.zeros(length, dtype=bool)
         out[: min(length, len(mask))] = mask[:length]
         return out
     t = np.arange(length, dtype=np.float64)
-    start = np.floor(t * ratio + 1e-4).astype(np.int64)
-    end = np.maximum(np.ceil((t + 1) * ratio - 1e-4).astype(np.int64), start + 1)
+    start = np.floor(t * ratio + shift + 1e-4).astype(np.int64)
+    end = np.maximum(np.ceil((t + 1) * ratio + shift - 1e-4).astype(np.int64), start + 1)
     counts = np.concatenate([[0], np.cumsum(mask.astype(np.int64))])  # speech frames before each index
     return counts[end.clip(0, len(mask))] > counts[start.clip(0, len(mask))]
 
