@@ -202,6 +202,108 @@ def test_fgcme_trains_on_hf_frames_and_words_then_predicts(encoders, manifest, t
     _export_and_predict(run, tmp_path / "model", audio)
 
 
+# --------------------------------------------------------------- device and batched extraction
+
+
+def _clips(folder: Path, seconds=(0.4, 0.9, 0.4, 0.61)):
+    """A corpus of tiny tones of different lengths (one chunk of a worker)."""
+    import soundfile
+
+    from emofuse.corpora.base import Corpus, Utterance
+
+    utterances = []
+    for i, length in enumerate(seconds):
+        t = np.arange(int(length * SR)) / SR
+        clip = folder / f"clip{i}.wav"
+        soundfile.write(clip, (0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)).astype(np.float32), SR)
+        utterances.append(Utterance(id=f"u{i}", audio=str(clip), speaker="s", label="neutral",
+                                    original_label="neutral", transcript="kids are talking"))
+    return Corpus(utterances, name="clips")
+
+
+def test_a_workers_chunk_is_encoded_in_one_batch_equal_to_one_at_a_time(encoders, tmp_path, monkeypatch):
+    """Stated tolerance: batched by length (padded with an attention mask) against one
+    utterance alone, 1e-5."""
+    from emofuse.features import hf
+    from emofuse.features.audio import load_audio
+    from emofuse.features.store import FeatureStore
+
+    calls = []
+    encode_many = hf.HFSpeechEncoder.encode_many
+
+    def counted(self, signals):
+        calls.append(len(signals))
+        return encode_many(self, signals)
+
+    monkeypatch.setattr(hf.HFSpeechEncoder, "encode_many", counted)
+    corpus = _clips(tmp_path, seconds=(0.4, 0.9, 0.4, 0.61, 0.3, 0.5, 0.7, 0.45))
+    name = f"hf:{encoders['speech']}#layers=all"
+    store = FeatureStore(tmp_path / "store")
+    report = store.extract(corpus, [name], align=None, workers=1, progress=False, chunk_size=2, device="cpu")
+    assert report.computed == 8 and not report.failures
+    assert calls == [2, 2, 2, 2]  # each chunk of 2 at once, not one call per utterance
+    alone = hf.speech_frame_feature(name, device="cpu")
+    for utt, item in zip(corpus, store.load(corpus, acoustic=name, align=None)):
+        expected = alone.extract(load_audio(utt, SR))  # (T, 3 * 32)
+        assert item.acoustic.shape == expected.shape
+        np.testing.assert_allclose(item.acoustic, expected, atol=1e-5)
+        assert item.acoustic_centre_offset == pytest.approx(0.0025)  # wav2vec2: the 25 ms field starts on the grid
+
+
+def test_the_device_reaches_the_speech_and_text_encoders(encoders, tmp_path, monkeypatch):
+    """No GPU here: the plumbing is tested by recording the device each hf encoder is asked for."""
+    from emofuse.features import hf
+    from emofuse.features.store import FeatureStore
+
+    asked = []
+
+    def resolve(device):
+        asked.append(device)
+        return "cpu"
+
+    monkeypatch.setattr(hf, "resolve_device", resolve)
+    corpus = _clips(tmp_path, seconds=(0.5,))
+    store = FeatureStore(tmp_path / "store")
+    report = store.extract(corpus, [f"hf:{encoders['speech']}", f"hf:{encoders['text']}"], align="proportional",
+                           workers=1, progress=False, device="cuda:1")
+    assert not report.failures
+    assert asked.count("cuda:1") == 3  # checked once up front, then the speech and the text encoder
+
+
+def test_cuda_without_a_gpu_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    from emofuse.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    manifest = tmp_path / "clips.jsonl"
+    _clips(tmp_path, seconds=(0.3,)).write(manifest)
+    for device, problem in (("cuda", "no CUDA device"), ("gpu", "unknown device 'gpu'")):
+        monkeypatch.setattr(sys, "argv", ["emofuse", "extract", str(manifest), "--features", "fbank40", "--align",
+                                          "none", "--device", device, "--out", str(tmp_path / "store")])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert stop.value.code != 0 and len(err) == 1 and problem in err[0]
+    assert not (tmp_path / "store" / "frames").exists()  # refused before any work
+
+
+def test_train_passes_data_device_to_extraction(tmp_path):
+    from emofuse.errors import ConfigError
+    from emofuse.training.config import load_config
+    from emofuse.training.features import load_features
+
+    raw = {"data": {"manifest": str(tmp_path / "clips.jsonl"), "acoustic": "fbank40", "align": "none",
+                    "device": "cuda"}, "model": {"name": "B-ACO-1"}}
+    with pytest.raises(ConfigError, match="data.device='tpu'"):
+        load_config(None, ["data.device=tpu"], raw=raw)
+    cfg = load_config(None, raw=raw)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    corpus = _clips(tmp_path, seconds=(0.3,))
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        load_features(cfg, corpus, np.zeros(1, int), tmp_path / "store", log=lambda _: None, progress=False)
+
+
 # ----------------------------------------------------------------- missing or changed folders
 
 

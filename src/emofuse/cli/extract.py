@@ -23,7 +23,7 @@ def extract(
     features: str = typer.Option(
         "compare_lld,fbank40,minilm", "--features", "-f",
         help="Comma-separated: frame features compare_lld, fbank40, spectrogram8k, waveform; "
-             "word features minilm, glove50, glove-file:PATH.",
+             "word features minilm, glove50, glove-file:PATH; hf:PATH (a local speech or text encoder).",
     ),
     align: str = typer.Option(
         "auto", "--align", "-a",
@@ -43,6 +43,11 @@ def extract(
     shard: Optional[str] = typer.Option(
         None, "--shard",
         help="K/N: only part K of N of the utterances (a stable hash of each id), e.g. one SLURM array task each.",
+    ),
+    device: str = typer.Option(
+        "auto", "--device",
+        help="Where hf: encoders run: auto (the GPU when torch sees one), cpu, cuda or cuda:N. "
+             "The built-in features always run on the CPU.",
     ),
     out_dir: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Feature store folder (default: features/<corpus name>, where training looks)."
@@ -67,7 +72,7 @@ def extract(
     out_dir = out_dir if out_dir is not None else Path("features") / corpus.name
     store = FeatureStore(out_dir)
     report = store.extract(corpus, names, align=align, workers=workers, progress=progress and err.is_terminal,
-                           engine=engine, address=address, shard=part)
+                           engine=engine, address=address, shard=part, device=device)
 
     out.print(
         f"[bold green]store[/] {escape(str(out_dir))}: {report.utterances} utterances"

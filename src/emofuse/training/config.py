@@ -68,6 +68,7 @@ class DataConfig:
     # exist, else energy VAD) plus this many seconds either side; null = every frame
     trim: float | None = None
     workers: int = 1  # feature extraction processes
+    device: str = "auto"  # where hf: encoders extract: auto (the GPU when there is one), cpu, cuda, cuda:N
     loader_workers: int = 0  # DataLoader worker processes
 
 
@@ -177,7 +178,7 @@ TOP_LEVEL = {"name", "corpus", "seed", "fold", "run_dir", "model", *SECTIONS}
 PATH_KEYS = ("manifest", "path", "store", "test_manifest", "test_store")
 # Keys a resumed run may change: they decide where and how fast it runs, not what it computes.
 RESUMABLE_KEYS = {
-    "fold", "run_dir", "data.manifest", "data.path", "data.store", "data.workers", "data.loader_workers",
+    "fold", "run_dir", "data.manifest", "data.path", "data.store", "data.workers", "data.device", "data.loader_workers",
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.threads",
     "trainer.progress", "trainer.log_every_n_steps", "trainer.eval_batch_size",
 }
@@ -340,6 +341,8 @@ def validate(cfg: ExperimentConfig) -> None:
     validate_labels(d)
     if d.manifest is None and (d.corpus is None or d.path is None):
         raise ConfigError("data: give data.manifest, or data.corpus and data.path")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(d.device)):  # whether a GPU is there: checked at extraction
+        raise ConfigError(f"data.device={d.device!r}; valid: auto, cpu, cuda, cuda:N")
     aligns = _known("emofuse.align", "MODES", ALIGN_SOURCES)
     if d.align not in aligns:
         raise ConfigError(f"data.align={d.align!r}; valid: {', '.join(aligns)}")

@@ -129,7 +129,7 @@ def load_features(cfg: ExperimentConfig, corpus: Corpus, labels: np.ndarray, roo
     wanted = [f for f in (d.acoustic, d.words) if f]
     if not wanted:
         raise DataError(None, "the config names no features (data.acoustic and data.words are both null)")
-    report = store.extract(corpus, wanted, align=d.align, workers=d.workers,
+    report = store.extract(corpus, wanted, align=d.align, workers=d.workers, device=d.device,
                            progress=True if progress is None else progress)
     if report.computed:
         log(f"features: {report.computed} utterance(s) extracted into {store.root} "

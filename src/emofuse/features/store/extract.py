@@ -7,6 +7,12 @@ chunk and writes its entries atomically without a shared lock, so a new run only
 what is missing, and several runs (`--shard K/N`, one per machine or SLURM array task) can
 fill one store side by side. A failure on one utterance is recorded (stage and reason) and
 the run goes on; `ExtractReport` adds up what was done, how fast, and what failed.
+
+`device` ("auto", "cpu", "cuda", "cuda:N") is where hf: encoders run in each worker ("auto":
+the GPU when torch sees one); the built-in features always run on the CPU. An hf: speech
+encoder encodes a worker's whole chunk at once (`HFSpeechEncoder.encode_many`, batched by
+length), the word encoders a chunk's sentences at once. The device is not part of a store
+key: a GPU's float32 kernels give the same values to about 1e-5.
 """
 
 from __future__ import annotations
@@ -98,17 +104,19 @@ class ExtractReport:
 _RESOURCES: dict = {}
 
 
-def _resource(kind: str, spec: str, cache_dir: str | None, stage_seconds: Counter):
-    """One opened extractor / decoder / encoder per process, built on first use."""
-    from emofuse.features.hf import identity
+def _resource(kind: str, spec: str, cache_dir: str | None, stage_seconds: Counter, device: str = "auto"):
+    """One opened extractor / decoder / encoder per process, built on first use; hf: encoders
+    on `device`."""
+    from emofuse.features.hf import HFWordEncoder, identity, is_hf, speech_frame_feature
 
-    key = (kind, spec, identity(spec))  # hf: the weights hash, so a changed folder is reloaded
+    hf = is_hf(spec)
+    key = (kind, spec, identity(spec), device if hf else None)  # hf: the weights hash, so a changed folder is reloaded
     if key not in _RESOURCES:
         start = time.perf_counter()
         if kind == "frames":
-            _RESOURCES[key] = get_frame_feature(spec).warm()
+            _RESOURCES[key] = (speech_frame_feature(spec, device=device) if hf else get_frame_feature(spec)).warm()
         elif kind == "words":
-            _RESOURCES[key] = get_word_encoder(spec, cache_dir).warm()
+            _RESOURCES[key] = (HFWordEncoder(spec, device=device) if hf else get_word_encoder(spec, cache_dir)).warm()
         else:
             from emofuse.align.sphinx import Sphinx
 
@@ -170,6 +178,7 @@ class Job:
     frames: list  # [(feature name, entry path)]
     words: list  # [(encoder spec, entry path)]
     vad_path: str | None = None  # energy speech mask entry to compute
+    device: str = "auto"  # where hf: encoders run (module docstring)
 
 
 @dataclass
@@ -224,8 +233,10 @@ def _align_entry(job: Job, utt: Utterance, audio, res: Result, cache_dir: str | 
     return alignment
 
 
-def _frame_entries(job: Job, utt: Utterance, audio: np.ndarray, res: Result, cache_dir: str | None) -> None:
-    """Store the speech mask and every missing frame feature of one utterance."""
+def _frame_entries(job: Job, utt: Utterance, audio: np.ndarray, res: Result, cache_dir: str | None,
+                   batched: list) -> None:
+    """Store the speech mask and every missing frame feature of one utterance; features that
+    encode many utterances at once (`extract_many`) are left in `batched` for `_batched_frame_entries`."""
     if job.vad_path is not None:
         t = time.perf_counter()
         try:
@@ -236,7 +247,10 @@ def _frame_entries(job: Job, utt: Utterance, audio: np.ndarray, res: Result, cac
             res.errors.append(("vad", _reason(exc)))
     for name, path in job.frames:
         try:
-            feature = _resource("frames", name, cache_dir, res.stage_seconds)
+            feature = _resource("frames", name, cache_dir, res.stage_seconds, job.device)
+            if hasattr(feature, "extract_many"):
+                batched.append((name, path, utt.id, audio, res))
+                continue
             t = time.perf_counter()
             values = feature.extract(audio, SAMPLE_RATE)  # (T, D)
             res.stage_seconds[f"frames:{name}"] += time.perf_counter() - t
@@ -247,14 +261,44 @@ def _frame_entries(job: Job, utt: Utterance, audio: np.ndarray, res: Result, cac
             res.errors.append((f"frames:{name}", _reason(exc)))
 
 
-def _word_entries(pending: list, cache_dir: str | None) -> None:
+def _batched_frame_entries(batched: list, cache_dir: str | None, device: str) -> None:
+    """Encode each batching feature's utterances of a chunk together (sorted and padded by
+    length inside the encoder) and store them; if the batch fails, each utterance is encoded
+    alone so that the failure lands on the utterance that caused it.
+    batched: [(feature name, entry path, utterance id, audio, result)]."""
+    for name in dict.fromkeys(b[0] for b in batched):
+        todo = [b for b in batched if b[0] == name]
+        feature = _resource("frames", name, cache_dir, todo[0][4].stage_seconds, device)
+        t = time.perf_counter()
+        try:
+            values = feature.extract_many([audio for _, _, _, audio, _ in todo], SAMPLE_RATE)  # [(T_i, D)]
+        except Exception:
+            values = None
+        share = (time.perf_counter() - t) / len(todo)
+        for k, (_, path, utt_id, audio, res) in enumerate(todo):
+            try:
+                if values is None:
+                    t = time.perf_counter()
+                    value = feature.extract(audio, SAMPLE_RATE)  # (T, D)
+                    res.stage_seconds[f"frames:{name}"] += time.perf_counter() - t
+                else:
+                    value = values[k]
+                    res.stage_seconds[f"frames:{name}"] += share
+                t = time.perf_counter()
+                write_tensors(Path(path), {"features": value}, {"id": utt_id, "feature": name, "hop": feature.hop})
+                res.stage_seconds["write"] += time.perf_counter() - t
+            except Exception as exc:
+                res.errors.append((f"frames:{name}", _reason(exc)))
+
+
+def _word_entries(pending: list, cache_dir: str | None, device: str = "auto") -> None:
     """Encode the words of a whole chunk per encoder (one MiniLM batch, not one call per
     utterance) and store each utterance's vectors. pending: [(result, alignment, [(spec, path)])]."""
     specs = list(dict.fromkeys(spec for _, _, words in pending for spec, _ in words))
     for spec in specs:
         todo = [(res, alignment, path) for res, alignment, words in pending for s, path in words if s == spec]
         try:
-            encoder = _resource("words", spec, cache_dir, todo[0][0].stage_seconds)
+            encoder = _resource("words", spec, cache_dir, todo[0][0].stage_seconds, device)
             t = time.perf_counter()
             encoded = encoder.encode([alignment.texts for _, alignment, _ in todo])
         except Exception as exc:
@@ -280,7 +324,7 @@ def run_jobs(jobs: list[Job], cache_dir: str | None) -> list[Result]:
     from emofuse.features.audio import load_audio
 
     cpu_start = time.process_time()
-    results, pending_words = [], []
+    results, pending_words, batched_frames = [], [], []
     for job in jobs:
         utt = Utterance.from_json(job.utt)
         res = Result(utt.id)
@@ -297,13 +341,16 @@ def run_jobs(jobs: list[Job], cache_dir: str | None) -> list[Result]:
             res.stage_seconds["audio"] += time.perf_counter() - t
         alignment = _align_entry(job, utt, audio, res, cache_dir) if job.align_path is not None else None
         if audio is not None:
-            _frame_entries(job, utt, audio, res, cache_dir)
+            _frame_entries(job, utt, audio, res, cache_dir, batched_frames)
         if job.words:
             if alignment is not None:
                 pending_words.append((res, alignment, job.words))
             elif not any(stage in ("align", "audio") for stage, _ in res.errors):
                 res.errors.append(("words", "no alignment to take the words from"))
-    _word_entries(pending_words, cache_dir)
+    device = jobs[0].device if jobs else "auto"
+    _batched_frame_entries(batched_frames, cache_dir, device)
+    batched_frames.clear()  # the chunk's audio
+    _word_entries(pending_words, cache_dir, device)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     for res in results:
         res.rss_mb = rss
@@ -314,7 +361,7 @@ def run_jobs(jobs: list[Job], cache_dir: str | None) -> list[Result]:
 
 def plan(
     layout: StoreLayout, corpus: Corpus | Sequence[Utterance], features: Sequence[str], align: str | None = "auto",
-    force: bool = False,
+    force: bool = False, device: str = "auto",
 ) -> tuple[list[Job], int, list[Failure]]:
     """The jobs of missing entries, how many utterances are complete, and utterances that
     cannot be planned (e.g. `--align corpus` without corpus word times)."""
@@ -366,7 +413,8 @@ def plan(
                 if force or compute_align or not os.path.exists(path):
                     todo_words.append((spec, path))
         if todo_frames or compute_align or todo_words or vad_path:
-            jobs.append(Job(utt.to_json(), mode, align_path, bool(compute_align), todo_frames, todo_words, vad_path))
+            jobs.append(Job(utt.to_json(), mode, align_path, bool(compute_align), todo_frames, todo_words, vad_path,
+                            device))
         else:
             complete += 1
     for folder in [*frame_dirs.values(), *align_dirs.values(), *words_dirs.values(), *([vad_dir] if vad_dir else [])]:
@@ -467,6 +515,18 @@ def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
 
 
 ENGINES = ("process", "ray")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def check_device(device: str) -> None:
+    """A ConfigError for a device that is not auto/cpu/cuda/cuda:N, or cuda on a machine
+    where torch sees no GPU (checked here, once, rather than in every worker)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device or ""):
+        raise ConfigError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    if device.startswith("cuda"):  # torch is imported only then: the built-in features never need it
+        from emofuse.features.hf import resolve_device
+
+        resolve_device(device)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -504,22 +564,24 @@ def extract(
     engine: str = "process",
     address: str | None = None,
     shard: tuple[int, int] | None = None,
+    device: str = "auto",
 ) -> ExtractReport:
     """Compute every missing entry; returns what was done, how fast, and what failed.
 
     `engine="process"`: `workers` > 1 runs that many processes (`run_pool`); 0 or 1 runs
     here. `engine="ray"`: Ray tasks on the cluster at `address`, or on a local instance with
     `workers` CPUs (`run_ray`). `shard=(K, N)` takes only part K of N of the utterances
-    (`in_shard`). Ctrl-C stops at once and keeps every finished entry; the same call again
-    resumes.
+    (`in_shard`). `device`: where hf: encoders run (module docstring). Ctrl-C stops at once
+    and keeps every finished entry; the same call again resumes.
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
     if address and engine != "ray":
         raise ConfigError("--address names a Ray cluster; it needs --engine ray")
+    check_device(device)
     start = time.perf_counter()
     utterances = in_shard(list(corpus), shard)
-    jobs, complete, failures = plan(layout, utterances, features, align, force)
+    jobs, complete, failures = plan(layout, utterances, features, align, force, device)
     report = ExtractReport(utterances=len(utterances), cached=complete, failures=failures, workers=max(1, workers))
     cache_dir = str(layout.root / "cache")
     size = max(1, min(chunk_size, math.ceil(len(jobs) / max(1, workers * 4))))
