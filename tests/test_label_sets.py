@@ -101,6 +101,8 @@ def test_label_set_file_trains_exports_and_predicts(ravdess_root, tmp_path):
     assert model["classes"] == ["cross", "glad"]
     assert checks["label_set"] == {"name": "moods", "classes": ["cross", "glad"],
                                    "map": {"gr": "cross", "meh": None, "yay": "glad"}}
+    assert model["label_set"] == "moods"  # the mapping travels with the exported classes
+    assert model["label_map"] == {"gr": "cross", "meh": None, "yay": "glad"}
     assert label in ("cross", "glad")
 
 

@@ -49,6 +49,9 @@ class ModelInfo:
     needs: list[str]  # what the network reads: acoustic, words, word_frames, token_ids
     classes: list[str]
     label_set: str | None = None
+    # the corpus labels the classes were made from ({original label: class or null}); None for a
+    # built-in set or labels taken as given
+    label_map: dict | None = None
     acoustic: str | None = None  # frame feature name (compare_lld, fbank40, ...)
     acoustic_settings: dict = field(default_factory=dict)
     hop: float = 0.01
@@ -110,7 +113,7 @@ _NUMBER = (int, float)
 # file is one line naming the key instead of a traceback from deep inside prediction.
 FIELD_TYPES: dict[str, tuple] = {
     "name": (str,), "settings": (dict,), "spec": (dict,), "needs": (list,), "classes": (list,),
-    "label_set": (str, type(None)), "acoustic": (str, type(None)), "acoustic_settings": (dict,),
+    "label_set": (str, type(None)), "label_map": (dict, type(None)), "acoustic": (str, type(None)), "acoustic_settings": (dict,),
     "hop": _NUMBER, "words": (str, type(None)), "encoders": (dict,), "align": (str,),
     "max_frames": (int, type(None)), "max_words": (int, type(None)), "trim": (*_NUMBER, type(None)),
     "normaliser": (dict, type(None)), "vocabulary": (dict, type(None)), "backend": (dict, type(None)),

@@ -129,13 +129,16 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
     fold_index = metrics.get("fold", int(fold_dir.name.split("-")[-1]) if fold_dir.name[5:].isdigit() else None)
     monitor, val_score = validation_score(fold_dir) if metrics else ("val_ua", None)
     run_metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    # the run's resolved label set (training/checks.py): its mapping travels with the classes
+    label_info = read_json(run_dir / "data.json").get("label_set") or {} if (run_dir / "data.json").is_file() else {}
     info = ModelInfo(
         name=name,
         settings=_plain(settings),
         spec=spec,
         needs=needs,
         classes=list(fitted["classes"]),
-        label_set=fitted.get("label_set"),
+        label_set=label_info.get("name") or fitted.get("label_set"),
+        label_map=label_info.get("map") or None,
         acoustic=acoustic,
         acoustic_settings=dict(frame.settings) if frame else {},
         hop=frame.hop if frame else 0.01,
