@@ -73,3 +73,77 @@ def test_a_batch_without_its_words_is_refused(stored_vectors):
     batch.word_strings = None
     with pytest.raises(ValueError, match="needs the words"):
         model(batch)
+
+
+# ------------------------------------------------------------- an hf: text encoder (issue 21, item 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hf_tiny import save_bert
+
+    words = tuple(w.lower() for s in SENTENCES for w in s)
+    return save_bert(tmp_path_factory.mktemp("bert"), extra_words=words)
+
+
+def _hf_module(folder):
+    torch.manual_seed(0)
+    return EmotionModule("B-LEX", {"hidden": 8, "layers": 1, "dropout": 0.0, "finetune_words": True,
+                                   "encoder_lr": 1e-3},
+                         {"num_classes": 3, "acoustic_dim": 0, "word_dim": 32, "vocab_size": 0,
+                          "word_encoder": f"hf:{folder}"},
+                         {"name": "adam", "lr": 1e-2, "weight_decay": 0.0}, ["a", "b", "c"])
+
+
+def test_an_hf_text_encoder_starts_from_the_stores_vectors_and_trains(tiny_bert):
+    from emofuse.features.hf import HFWordEncoder
+
+    stored = [v for v, _ in HFWordEncoder(f"hf:{tiny_bert}").encode(SENTENCES)]
+    module = _hf_module(tiny_bert)
+    batch = batch_of(SENTENCES, stored)
+    module.model.eval()
+    with torch.no_grad():
+        live = module.model.lexical.vectors(batch.word_strings, batch.word_mask.shape[1])
+    for i, v in enumerate(stored):
+        np.testing.assert_allclose(live[i, : len(v)].numpy(), v, atol=1e-5)
+        assert torch.all(live[i, len(v):] == 0)
+    module.model.train()
+    optimiser = module.configure_optimizers()
+    assert sorted(g["lr"] for g in optimiser.param_groups) == [1e-3, 1e-2]
+    weight = module.model.lexical.vectors.encoder.embeddings.word_embeddings.weight
+    before = weight.detach().clone()
+    module.loss(module.model(batch), batch).backward()
+    optimiser.step()
+    assert not torch.equal(before, weight)  # one step moved the encoder's own weights
+
+
+def test_an_exported_fine_tuned_hf_encoder_predicts_with_its_trained_weights(tiny_bert, tmp_path):
+    from emofuse.features.hf import HFWordEncoder
+    from emofuse.inference.predictor import Predictor
+    from emofuse.inference.text import predict_texts
+    from emofuse.models.modeldir import ModelInfo, load_model_dir, write_model_dir
+
+    module = _hf_module(tiny_bert)
+    stored = [v for v, _ in HFWordEncoder(f"hf:{tiny_bert}").encode(SENTENCES)]
+    batch = batch_of(SENTENCES, stored)
+    optimiser = module.configure_optimizers()
+    module.loss(module.model(batch), batch).backward()
+    optimiser.step()
+    model = module.model.eval()
+    info = ModelInfo(name="B-LEX", settings={"hidden": 8, "layers": 1, "dropout": 0.0, "finetune_words": True},
+                     spec={"num_classes": 3, "word_dim": 32, "word_encoder": f"hf:{tiny_bert}"},
+                     needs=["words"], classes=["a", "b", "c"], words=f"hf:{tiny_bert}", align="written")
+    out = write_model_dir(tmp_path / "model", model, info)
+    loaded = load_model_dir(out).model
+    trained = model.lexical.vectors.encoder.embeddings.word_embeddings.weight
+    assert torch.equal(loaded.lexical.vectors.encoder.embeddings.word_embeddings.weight, trained)
+    with torch.no_grad():
+        expected = torch.softmax(model(batch_of(SENTENCES[:1], stored[:1])).logits, -1)[0]
+    (prediction,) = predict_texts(Predictor(out, warm=False), [("u0", " ".join(SENTENCES[0]))], strict=True)
+    assert prediction.label in ("a", "b", "c")
+    assert [prediction.probabilities[c] for c in ("a", "b", "c")] == pytest.approx(expected.tolist(), abs=1e-4)

@@ -30,8 +30,9 @@ class BaselineConfig:
     speech_only: bool = False  # B-*-2: drop frames outside words (silence) before the BLSTM
     use_acoustic: bool = True
     use_lexical: bool = False
-    # Fine-tune the MiniLM word encoder with the model (data.words: minilm): word vectors are
-    # recomputed from the words in every batch, the encoder training at `encoder_lr`.
+    # Fine-tune the word encoder with the model (data.words: minilm, or hf:PATH a local text
+    # encoder): word vectors are recomputed from the words in every batch, the encoder training
+    # at `encoder_lr`.
     finetune_words: bool = False
     encoder_lr: float = 3.0e-5
 
@@ -62,13 +63,21 @@ class AcousticEncoder(nn.Module):
 
 
 class LexicalEncoder(nn.Module):
-    """BLSTM x2 over word vectors, mean-pooled (B-LEX); with `finetune_words` the MiniLM
-    word vectors are computed here, by an encoder that trains with the model."""
+    """BLSTM x2 over word vectors, mean-pooled (B-LEX); with `finetune_words` the word
+    vectors are computed here, by an encoder that trains with the model: MiniLM, or the hf:
+    text encoder named by `word_encoder` (the data's `data.words`)."""
 
-    def __init__(self, word_dim: int, cfg: BaselineConfig):
+    def __init__(self, word_dim: int, cfg: BaselineConfig, word_encoder: str | None = None):
         super().__init__()
         self.vectors = None
-        if cfg.finetune_words:
+        if cfg.finetune_words and word_encoder and word_encoder.startswith("hf:"):
+            from emofuse.features.hf_trainable import HFTrainableWordVectors
+
+            self.vectors = HFTrainableWordVectors(word_encoder)
+            if word_dim != self.vectors.dim:
+                raise ValueError(f"finetune_words fine-tunes {word_encoder} ({self.vectors.dim}-d word vectors), "
+                                 f"but the data's word vectors are {word_dim}-d")
+        elif cfg.finetune_words:
             from emofuse.features.minilm import TrainableWordVectors
 
             self.vectors = TrainableWordVectors()
@@ -94,7 +103,7 @@ class Baseline(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.acoustic = AcousticEncoder(spec.acoustic_dim, cfg) if cfg.use_acoustic else None
-        self.lexical = LexicalEncoder(spec.word_dim, cfg) if cfg.use_lexical else None
+        self.lexical = LexicalEncoder(spec.word_dim, cfg, spec.word_encoder) if cfg.use_lexical else None
         size = sum(e.output_size for e in (self.acoustic, self.lexical) if e is not None)
         self.classifier = Classifier(size, spec.num_classes, cfg.dropout)
 

@@ -35,6 +35,9 @@ class InputSpec:
     # Hidden states stacked in each acoustic frame (an hf:PATH#layers=all encoder: acoustic_dim
     # = acoustic_layers x D); 0 or 1: plain frames. See `LayerWeighted`.
     acoustic_layers: int = 0
+    # The hf:PATH text encoder (data.words) that `model.finetune_words` trains with the model;
+    # None: MiniLM. See `models.aguilar2019.LexicalEncoder`.
+    word_encoder: str | None = None
 
 
 @dataclass

@@ -161,6 +161,8 @@ def fold_inputs(cfg: ExperimentConfig, data: LabelledData, train_idx) -> tuple[d
         layers = frame_layers(cfg.data.acoustic)  # hf:...#layers=all: summed by models.base.LayerWeighted
         if layers > 1:
             spec["acoustic_layers"] = layers
+    if cfg.model.get("finetune_words") and (cfg.data.words or "").startswith("hf:"):
+        spec["word_encoder"] = cfg.data.words  # fine-tuned with the model (models.aguilar2019.LexicalEncoder)
     return spec, normaliser, vocab
 
 
