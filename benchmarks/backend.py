@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{np.mean(trained):.0f} | {np.mean(record['backend_seconds']):.0f} |")
     text = "\n".join([
         f"# Back-end `{args.kind}` on {args.bench} networks ({Path(args.config_dir).name})", "",
-        f"Networks trained by `benchmarks/{args.bench}.py` in `{source}` with: {' '.join(args.set) or '(configs as written)'}.",
+        f"Networks trained by `python -m benchmarks.{args.bench}` in `{source}` with: {' '.join(args.set) or '(configs as written)'}.",
         "Their output layer replaced by a class-balanced logistic regression on the utterance vector"
         + (", z-scored per speaker with all of the speaker's utterances (no labels)" if args.kind == "speaker-lr" else
            ", z-scored with the training part's statistics")

@@ -1,4 +1,4 @@
-"""Benchmark: FG_CME (Li et al. 2021, seed 002), every row of its Table 1, on RAVDESS 4-class,
+"""Benchmark: FG_CME (Li et al. 2021, fine-grained cross-modal excitation), every row of its Table 1, on RAVDESS 4-class,
 5-fold actor-exclusive CV, plus the full model's training throughput.
 
 Rows (configs under `configs/ravdess4/`), in the order of Table 1: cnn-lstm,
@@ -20,33 +20,7 @@ Results: OUT/<row>/ (the usual run directories with report.md), OUT/fgcme.md, OU
 A fold whose metrics.json exists is read, not retrained (`emofuse train CONFIG
 run_dir=OUT/<row>` runs write the same layout).
 
-Measured (2026-11-22, this repository at the commit that adds these lines; 2 CPU cores shared
-with other jobs, load average 8-14, torch 1 thread, no GPU; features fbank40 + glove50,
-pocketsphinx forced alignment: 666 of 672 utterances forced, 5 ASR, 1 proportional):
-
-    throughput, full model, real RAVDESS batches of 32 (367 frames / utterance on average),
-    forward + backward + Adam step: 0.62 s / step = 51.7 utterances / s (1.85 M parameters)
-
-    | Row   | WA            | UA            | paper WA / UA | s / fold | best epochs      | acoustic gate | semantic gate |
-    |-------|---------------|---------------|---------------|---------:|------------------|---------------|---------------|
-    | fgcme | 0.609 ± 0.088 | 0.596 ± 0.111 | 0.720 / 0.708 |      363 | 22, 25, 36, 3, 28 | 0.674 ± 0.087 | 0.443 ± 0.036 |
-
-    per fold UA: 0.638, 0.625, 0.644, 0.400, 0.672 (fold 3: the two validation actors peaked
-    at epoch 3 and early stopping ended it at epoch 15; the other folds kept improving).
-    Below the paper (which chose the best epoch on the test fold) and the issue's target
-    UA >= 0.72. The other rows were not run in the time available (frame-level BiLSTM rows
-    cost ~3x more per step on this CPU than FG_CME).
-
-    fgcme-ctc-align, fold 0 only, with the BiLSTM aligner (ctc_encoder=blstm, the default
-    then): WA 0.564 / UA 0.537 (full model on the same fold: 0.621 / 0.638; paper row
-    0.582 / 0.566), best epoch 34, 2285 s. IoU of its word spans with the forced alignment on
-    the test actors: 0.008 -- the aligner fires "kids" before the speech starts and spreads
-    "are" over most of the statement: with two fixed statements a whole-utterance BiLSTM can
-    emit labels anywhere. A local-context CNN aligner (now the default) trained alone with CTC
-    on the same fold's training actors for 30 epochs reached CTC loss 1.11 but IoU only
-    0.018 (train) / 0.021 (validation) / 0.016 (test): word-level CTC on 476 utterances of
-    two statements does not learn word boundaries here. Character targets (needs word strings
-    in the batch) are the obvious next step.
+Measured figures and their history: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
