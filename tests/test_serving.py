@@ -166,44 +166,50 @@ def test_health_reports_the_workers_and_the_queue(client):
     assert body["queue"] == {"length": 0, "max": 4, "refused": body["queue"]["refused"]}
 
 
-def test_a_full_queue_answers_503_while_health_stays_fast_and_answers_never_mix(model_dir, ravdess_root):
-    """Issue 18 item 4: 60 requests in flight against a queue of 10."""
-    import time
-
+def test_a_full_queue_answers_503_with_retry_after_and_answers_never_mix(model_dir, ravdess_root):
+    """Issue 18 item 4, in-process: 60 requests against a queue of 10. (Here pocketsphinx holds
+    the GIL for a whole decode, so /health's latency is asserted against worker processes in
+    tests/test_serve_processes.py.)"""
     sixty = ravdess_files(ravdess_root, actors=range(1, 25))[:60]
     assert len(sixty) == 60
     app = create_app(model_dir, max_queue=10)
     with TestClient(app) as c:
         start = threading.Event()
-        health_seconds = []
 
         def post(f):
             start.wait()
             return f.name, _post(c, f, STATEMENT_1)
 
-        def probe():
-            start.wait()
-            for _ in range(5):
-                t = time.perf_counter()
-                assert c.get("/health").status_code == 200
-                health_seconds.append(time.perf_counter() - t)
-                time.sleep(0.05)
-
-        with ThreadPoolExecutor(max_workers=61) as pool:
+        with ThreadPoolExecutor(max_workers=60) as pool:
             futures = [pool.submit(post, f) for f in sixty]
-            prober = pool.submit(probe)
             start.set()
             answers = [f.result() for f in futures]
-            prober.result()
         ok = {name: r.json() for name, r in answers if r.status_code == 200}
         busy = [r for _, r in answers if r.status_code == 503]
         assert len(ok) + len(busy) == 60
-        assert 11 <= len(ok) < 60 and busy  # 1 running + 10 waiting at least, the surplus refused
+        assert 11 <= len(ok) < 60 and app.state.admission.refused == len(busy)  # 1 running + 10 waiting at least
         assert all(r.headers["Retry-After"].isdigit() and "server is busy" in r.json()["detail"] for r in busy)
-        assert max(health_seconds) < 1.0, health_seconds
+        assert c.get("/health").json()["queue"] == {"length": 0, "max": 10, "refused": len(busy)}
         for f in sixty:
             if f.name in ok:
                 expected = _post(c, f, STATEMENT_1).json()
                 assert ok[f.name]["file"] == f.name
                 assert ok[f.name]["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
                 assert ok[f.name]["words"] == expected["words"]
+
+
+def test_a_long_recording_answers_per_speech_segment(model_dir, ravdess_root, tmp_path):
+    """Issue 20 item 3: past the segment length the answer holds the segments and a summary."""
+    utterances = [sf.read(f, dtype="float32")[0] for f in ravdess_files(ravdess_root, actors=(1,))[:3]]
+    pause = np.zeros(16000 * 2, np.float32)
+    path = tmp_path / "call.flac"
+    sf.write(path, np.concatenate([pause] + [x for u in utterances for x in (u, pause)]), 16000)
+    app = create_app(model_dir, max_seconds=60.0, segment_over=5.0)
+    with TestClient(app) as c:
+        body = _post(c, path).json()
+        assert body["file"] == "call.flac" and body["duration"] == pytest.approx(sf.info(path).duration, abs=0.01)
+        assert len(body["segments"]) == 3, body["segments"]
+        assert all(s["label"] in CLASSES and s["start"] < s["end"] for s in body["segments"])
+        assert set(body["summary"]["share"]) == set(CLASSES)
+        with_words = _post(c, path, STATEMENT_1)
+        assert with_words.status_code == 422 and "send it without a transcript" in with_words.json()["detail"]

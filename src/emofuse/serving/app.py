@@ -53,18 +53,38 @@ DEFAULT_QUEUE_PER_WORKER = 4  # --max-queue default: requests waiting per worker
 
 
 class UploadLimit:
-    """ASGI middleware: read POST bodies to `path` up to `max_bytes`; beyond, answer 413 at once."""
+    """ASGI middleware: read POST bodies to `path` up to `max_bytes`; beyond, answer 413 at once.
+    With `admission`, a request past the bounded queue is answered 503 before its body is read."""
 
-    def __init__(self, app, max_bytes: int, limit_mb: float, path: str = "/predict"):
+    def __init__(self, app, max_bytes: int, limit_mb: float, path: str = "/predict", admission: Admission | None = None):
         self.app = app
         self.max_bytes = max_bytes
         self.limit_mb = limit_mb
         self.path = path
+        self.admission = admission
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
+        if self.admission is None:
+            await self._bounded(scope, receive, send)
+            return
+        # The queue is checked before the body is read: a refused request costs no parsing.
+        if not self.admission.admit():
+            a = self.admission
+            retry = max(1, round(a.waiting / max(1, a.workers)))
+            response = JSONResponse(status_code=503, headers={"Retry-After": str(retry)}, content={
+                "detail": f"the server is busy ({a.workers} running, {a.max_queue} waiting; server options "
+                          f"--workers, --max-queue); retry in {retry} s"})
+            await response(scope, receive, send)
+            return
+        try:
+            await self._bounded(scope, receive, send)
+        finally:
+            self.admission.release()
+
+    async def _bounded(self, scope, receive, send):
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send, int(declared))
@@ -105,13 +125,15 @@ def probe_upload(path: str, name: str, max_seconds: float, whole_seconds: float 
     in blocks (only soundfile's containers are predicted per segment)."""
     from emofuse.features.audio import AudioRefused, check_audio_header, probe_audio
 
+    limit = max_seconds
     try:
         header = probe_audio(path)
         limit = max_seconds if header.reader == "soundfile" or whole_seconds is None else min(max_seconds, whole_seconds)
         check_audio_header(path, header, limit)
     except AudioRefused as exc:
         problem = NOT_AUDIO if "no audio stream" in exc.problem else exc.problem
-        suffix = " (server option --max-seconds)" if exc.status == 413 else ""
+        suffix = "" if exc.status != 413 else " (server option --max-seconds)" if limit == max_seconds else \
+            f" for this container (server option --segment-over); WAV, FLAC or OGG may run to {max_seconds:g} s"
         raise HTTPException(status_code=exc.status, detail=f"{name}: {problem}{suffix}") from None
     except DataError:
         raise HTTPException(status_code=415, detail=f"{name}: {NOT_AUDIO}") from None
@@ -168,7 +190,8 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
     app.state.predictor = getattr(engine, "predictor", None)
     app.state.load_seconds = load_seconds
     app.state.limits = {"max_upload_mb": max_upload_mb, "max_seconds": max_seconds}
-    app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6) + FORM_OVERHEAD, limit_mb=max_upload_mb)
+    app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6) + FORM_OVERHEAD, limit_mb=max_upload_mb,
+                       admission=admission)
 
     @app.exception_handler(RequestValidationError)
     async def one_line_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -196,13 +219,7 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
             raise HTTPException(status_code=422, detail="file: field required" + (
                 " (or a transcript alone: the model reads only words)" if text_only else ""))
         name = "<text>" if file is None else Path(file.filename or "upload").name or "upload"
-        if not admission.admit():
-            retry = max(1, round(admission.waiting / max(1, engine.workers)))
-            raise HTTPException(status_code=503, headers={"Retry-After": str(retry)},
-                                detail=f"{name}: the server is busy ({admission.workers} running, "
-                                       f"{admission.max_queue} waiting; server options --workers, --max-queue); "
-                                       f"retry in {retry} s")
-        tmp = None
+        tmp = None  # admitted to the bounded queue by UploadLimit, before the body was read
         try:
             if file is None:
                 job = Job(path="", name=name, transcript=transcript.strip(), html=html, reader="text",
@@ -220,7 +237,6 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
                                     detail=f"{name}: the prediction worker stopped ({type(exc).__name__}); "
                                            f"the server needs a restart") from None
         finally:
-            admission.release()
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
         if answer["status"] != 200:

@@ -67,6 +67,10 @@ def run_job(predictor, job: Job) -> dict:
                 and job.duration > job.segment_over:
             from emofuse.inference.long import predict_long  # read in blocks: memory stays flat
 
+            if job.transcript is not None:
+                return _error(422, job.name, f"the recording is {job.duration:.1f} s long: over {job.segment_over:g} s "
+                                             "it is predicted per speech segment with each segment's recognised "
+                                             "words, so send it without a transcript")
             result = predict_long(predictor, job.path)
             record = result.to_json()
             record["file"] = job.name
@@ -99,10 +103,10 @@ def _arm_frames_worker(predictor) -> int | None:
     frames = getattr(predictor, "_frames_proc", None)
     if frames is None:
         return None
-    from emofuse.features.store.extract import _exit_with_parent
+    from emofuse.processes import exit_with_parent
 
     try:
-        frames.submit(_exit_with_parent, os.getpid()).result(timeout=60)
+        frames.submit(exit_with_parent, os.getpid()).result(timeout=60)
         return frames.submit(os.getpid).result(timeout=60)
     except Exception:  # noqa: BLE001 - the Predictor computes frames itself when its worker is gone
         return None
@@ -181,9 +185,9 @@ _LOAD_ERROR: str | None = None  # an EmofuseError does not cross the process bou
 
 def _worker_init(model_dir: str, threads: int | None, parent_pid: int, barrier) -> None:
     global _PREDICTOR, _BARRIER, _LOAD_ERROR
-    from emofuse.features.store.extract import _exit_with_parent
+    from emofuse.processes import exit_with_parent
 
-    _exit_with_parent(parent_pid)  # armed before the model loads: a dead server loads nothing
+    exit_with_parent(parent_pid)  # armed before the model loads: a dead server loads nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the server decides
     from emofuse.errors import EmofuseError
     from emofuse.inference.predictor import Predictor
