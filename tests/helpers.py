@@ -270,3 +270,55 @@ def serve_page(model_dir):
     yield f"http://127.0.0.1:{port}/"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def chromium(profile: Path, *flags: str):
+    """Headless Chromium driven by Selenium, with a fake microphone (a beep unless `flags` name a
+    `--use-file-for-fake-audio-capture`) and no permission prompts; yields the driver (use with
+    `yield from` in a fixture) and quits it afterwards."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1200,900",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                 f"--user-data-dir={profile}", *flags):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(20)
+    yield driver
+    driver.quit()
+
+
+# ---------------------------------------------------------------- long recordings
+
+
+def joined_speech(clips, pauses, sr: int = 16000, tail: float = 1.0):
+    """Real utterances, each cut to its speech span, joined after known pauses, with `tail`
+    seconds of silence at the end and a faint room floor: (audio, truth), truth the (start, end)
+    in seconds of each utterance in the joined recording.
+
+    Each clip is cut to the span `align.vad.energy_speech_mask` finds in it alone (25 ms energy
+    within 35 dB of the clip's loudest frame, above -70 dBFS), so speech starts and ends exactly
+    at the joins."""
+    import soundfile as sf
+
+    from emofuse.align.vad import energy_speech_mask, speech_span
+
+    rng = np.random.default_rng(0)
+    parts, truth, pos = [], [], 0
+    for clip, pause in zip(clips, pauses):
+        y, rate = sf.read(clip, dtype="float32")
+        assert rate == sr, f"{clip}: {rate} Hz, not {sr}"
+        start, end = speech_span(energy_speech_mask(y, rate))
+        y = y[int(start * sr): int(end * sr)]
+        parts += [np.zeros(int(pause * sr), np.float32), y]
+        pos += int(pause * sr)
+        truth.append((pos / sr, (pos + len(y)) / sr))
+        pos += len(y)
+    audio = np.concatenate(parts + [np.zeros(int(tail * sr), np.float32)])
+    audio += 1e-4 * rng.standard_normal(len(audio)).astype(np.float32)
+    return audio, truth

@@ -11,14 +11,13 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from emofuse.align.segments import SegmentSettings
+from emofuse.align.segments import Segment, SegmentSettings
 from emofuse.align.subtitles import read_timed_transcript
-from emofuse.align.vad import energy_speech_mask, speech_span
 from emofuse.cli import app
-from emofuse.inference.long import predict_long
-from emofuse.inference.predictor import Predictor
+from emofuse.inference.long import TRUNCATED, predict_long, segment_result, segment_rows
+from emofuse.inference.predictor import Prediction, PredictionError, Predictor, WordExplanation
 from emofuse.inference.timeline import render_timeline_html
-from helpers import CLASSES, STATEMENT_2, ravdess_files, registry_model_dir
+from helpers import CLASSES, STATEMENT_2, joined_speech, ravdess_files, registry_model_dir
 
 SR = 16000
 PAUSES = [1.0, 0.8, 1.5, 1.2, 0.9]  # seconds of silence before each clip
@@ -35,19 +34,7 @@ def joined(ravdess_root, tmp_path_factory):
     clips = ravdess_files(ravdess_root, actors=[1, 2], statement="02")[: len(PAUSES)]
     if len(clips) < len(PAUSES):
         pytest.skip(f"RAVDESS under {ravdess_root} lacks the statement-2 clips of actors 1 and 2")
-    rng = np.random.default_rng(0)
-    parts, truth, pos = [], [], 0
-    for clip, pause in zip(clips, PAUSES):
-        y, sr = sf.read(clip, dtype="float32")
-        assert sr == SR
-        start, end = speech_span(energy_speech_mask(y, sr))
-        y = y[int(start * SR): int(end * SR)]
-        parts += [np.zeros(int(pause * SR), np.float32), y]
-        pos += int(pause * SR)
-        truth.append((pos / SR, (pos + len(y)) / SR))
-        pos += len(y)
-    audio = np.concatenate(parts + [np.zeros(SR, np.float32)])
-    audio += 1e-4 * rng.standard_normal(len(audio)).astype(np.float32)  # a faint room floor
+    audio, truth = joined_speech(clips, PAUSES)
     path = tmp_path_factory.mktemp("long") / "joined.flac"
     sf.write(path, audio, SR)
     return path, truth
@@ -87,6 +74,33 @@ def test_a_segment_is_predicted_from_its_own_stretch_of_audio_across_blocks(join
     for segment in result.segments:
         alone = acoustic.predict_audio(whole[int(round(segment.start * SR)): int(round(segment.end * SR))])
         assert alone.probabilities == pytest.approx(segment.probabilities, abs=1e-5)
+
+
+def _clipped_prediction() -> Prediction:
+    words = [WordExplanation("dogs", 0.1, 0.4, {"gate": 0.25}), WordExplanation("door", float("nan"), float("nan"))]
+    return Prediction("x.wav", "sad", {"sad": 0.7, "angry": 0.3}, words, 2.0, "asr",
+                      fallbacks=["forced->asr: no transcript"], truncated=True,
+                      warnings=["the recording clips: 3% of samples at full scale"])
+
+
+def test_a_segment_keeps_its_predictions_fallbacks_warnings_and_truncation():
+    record = segment_result(Segment(10.0, 12.0), _clipped_prediction(), ["the cue is cut"]).to_json()
+    assert record["warnings"] == ["forced->asr: no transcript", "the recording clips: 3% of samples at full scale",
+                                  TRUNCATED, "the cue is cut"]
+    assert (record["start"], record["end"], record["label"]) == (10.0, 12.0, "sad")
+    assert record["words"] == [{"text": "dogs", "start": 10.1, "end": 10.4, "gate": 0.25},
+                               {"text": "door", "start": None, "end": None}]
+
+
+def test_a_segment_reads_the_same_from_a_prediction_or_its_json_and_a_failure_keeps_its_times():
+    prediction, segment = _clipped_prediction(), Segment(10.0, 12.0)
+    assert segment_result(segment, prediction.to_json()).to_json() == segment_result(segment, prediction).to_json()
+    failed = segment_result(segment, PredictionError("x.wav", "no words recognised")).to_json()
+    assert failed == {"start": 10.0, "end": 12.0, "label": None, "probabilities": {}, "words": [],
+                      "warnings": ["no words recognised"]}
+    whole = segment_rows([prediction])[0]  # a file predicted whole is one segment from 0
+    assert (whole["file"], whole["start"], whole["end"]) == ("x.wav", 0.0, 2.0)
+    assert whole["warnings"][1] == "the recording clips: 3% of samples at full scale"
 
 
 def test_the_summary_shares_speech_time_and_ranks_the_strongest_segments(joined, acoustic):

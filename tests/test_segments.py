@@ -14,8 +14,8 @@ import soxr
 
 from emofuse.align import segments as seg_module
 from emofuse.align.segments import SegmentSettings, Segmenter, segment_file
-from emofuse.align.vad import energy_speech_mask, speech_span
 from emofuse.errors import ConfigError, DataError, EmofuseError
+from helpers import joined_speech
 
 SR = 16000
 # Neutral, normal intensity, statement 2 ("Dogs are sitting by the door"), repetition 1.
@@ -50,23 +50,11 @@ def joined(ravdess_root):
     /d/ on which both detectors agree; Silero keeps its probability up for 2-3 frames after
     the last sound, so its ends run 10-80 ms late, inside the 100 ms asked for.
     """
-    rng = np.random.default_rng(0)
-    parts, truth, pos = [], [], 0
-    for clip, pause in zip(RAVDESS_CLIPS, PAUSES):
-        path = ravdess_root / clip
+    clips = [ravdess_root / clip for clip in RAVDESS_CLIPS]
+    for path in clips:
         if not path.is_file():
             pytest.skip(f"{path} missing")
-        y, sr = sf.read(path, dtype="float32")
-        assert sr == SR
-        start, end = speech_span(energy_speech_mask(y, sr))
-        y = y[int(start * SR): int(end * SR)]
-        parts += [np.zeros(int(pause * SR), np.float32), y]
-        pos += int(pause * SR)
-        truth.append((pos / SR, (pos + len(y)) / SR))
-        pos += len(y)
-    audio = np.concatenate(parts + [np.zeros(SR, np.float32)])
-    audio += 1e-4 * rng.standard_normal(len(audio)).astype(np.float32)  # a faint room floor
-    return audio, truth
+    return joined_speech(clips, PAUSES)
 
 
 @pytest.mark.data

@@ -7,14 +7,15 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from emofuse.align.vad import energy_speech_mask, speech_span
+from emofuse.align.segments import Segment
+from emofuse.inference.long import segment_result
+from emofuse.inference.predictor import Prediction, WordExplanation
 from emofuse.serving.app import create_app
-from emofuse.serving.stream import StreamLimits
-from helpers import CLASSES, ravdess_files, registry_model_dir
+from emofuse.serving.stream import StreamLimits, segment_message
+from helpers import CLASSES, joined_speech, ravdess_files, registry_model_dir
 
 SR = 16000
 PAUSES = [1.0, 0.8, 1.5, 1.2, 0.9]  # seconds of silence before each clip
@@ -30,20 +31,7 @@ def joined(ravdess_root):
     clips = ravdess_files(ravdess_root, actors=[1, 2], statement="02")[: len(PAUSES)]
     if len(clips) < len(PAUSES):
         pytest.skip(f"RAVDESS under {ravdess_root} lacks the statement-2 clips of actors 1 and 2")
-    rng = np.random.default_rng(0)
-    parts, truth, pos = [], [], 0
-    for clip, pause in zip(clips, PAUSES):
-        y, sr = sf.read(clip, dtype="float32")
-        assert sr == SR
-        start, end = speech_span(energy_speech_mask(y, sr))
-        y = y[int(start * SR): int(end * SR)]
-        parts += [np.zeros(int(pause * SR), np.float32), y]
-        pos += int(pause * SR)
-        truth.append((pos / SR, (pos + len(y)) / SR))
-        pos += len(y)
-    audio = np.concatenate(parts + [np.zeros(SR, np.float32)])
-    audio += 1e-4 * rng.standard_normal(len(audio)).astype(np.float32)  # a faint room floor
-    return audio, truth
+    return joined_speech(clips, PAUSES)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +99,17 @@ def test_each_segment_matches_the_prediction_of_its_own_audio(client, acoustic_a
         assert message["label"] == alone.label
         for c in CLASSES:
             assert message["probabilities"][c] == pytest.approx(alone.probabilities[c], abs=1e-4)
+
+
+def test_a_message_is_the_long_recording_segment_of_the_engines_answer_warnings_included():
+    prediction = Prediction("x.wav", "sad", {"sad": 0.7, "angry": 0.3}, [WordExplanation("dogs", 0.1, 0.4, {"gate": 0.5})],
+                            1.0, "asr", fallbacks=["forced->asr"], warnings=["the recording clips"])
+    segment = Segment(3.0, 4.0)
+    message = segment_message(segment, {"status": 200, "body": prediction.to_json()})
+    assert message == segment_result(segment, prediction).to_json()
+    assert message["warnings"] == ["forced->asr", "the recording clips"] and message["words"][0]["start"] == 3.1
+    refused = segment_message(segment, {"status": 422, "detail": "x.wav: no speech"})
+    assert (refused["label"], refused["warnings"]) == (None, ["x.wav: no speech"])
 
 
 def test_pcm_at_another_rate_is_resampled(client, joined):

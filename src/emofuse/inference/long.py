@@ -42,6 +42,7 @@ from emofuse.io import atomic_write_text
 ENVELOPE_POINTS = 4000  # waveform bins kept for the timeline: a one-hour file draws as a 10 kHz-free strip
 STRONGEST = 5  # segments listed in the summary
 BLOCK_SECONDS = 4.0
+TRUNCATED = "truncated to the model's max_frames/max_words"
 
 
 @dataclass
@@ -136,8 +137,9 @@ class _Envelope:
         return np.concatenate(self.values) if self.values else np.zeros((0, 2), dtype=np.float32)
 
 
-class _Ring:
-    """The recent audio of a stream: blocks kept from `keep_from` (a sample index) onwards."""
+class AudioRing:
+    """The recent audio of a stream, in the blocks it came in: `cut` a segment out of it, `forget_before`
+    a sample once no open segment can reach back that far (used here and by `serving.stream`)."""
 
     def __init__(self):
         self.blocks: list[tuple[int, np.ndarray]] = []  # (first sample, samples)
@@ -180,15 +182,38 @@ def _shifted(prediction: Prediction, offset: float) -> Prediction:
     return replace(prediction, words=words, envelope=None)
 
 
-def _segment_result(segment: Segment, outcome: Prediction | PredictionError) -> SegmentPrediction:
-    if isinstance(outcome, PredictionError):
-        return SegmentPrediction(segment.start, segment.end, None, {}, [], [outcome.error], segment.text)
-    shifted = _shifted(outcome, segment.start)
-    warnings = list(outcome.fallbacks)
-    if outcome.truncated:
-        warnings.append("truncated to the model's max_frames/max_words")
-    return SegmentPrediction(segment.start, segment.end, outcome.label, dict(outcome.probabilities),
-                             shifted.words, warnings, segment.text, shifted)
+def _word_from_json(record: dict, offset: float) -> WordExplanation:
+    """A word of a prediction's JSON (`WordExplanation.to_json`), moved `offset` seconds on."""
+    values = {k: v for k, v in record.items() if k not in ("text", "start", "end", "used")}
+    start = math.nan if record["start"] is None else record["start"] + offset
+    end = math.nan if record["end"] is None else record["end"] + offset
+    return WordExplanation(record["text"], start, end, values, record.get("used", True))
+
+
+def segment_result(segment: Segment, answer: Prediction | PredictionError | dict | str,
+                   warnings: Sequence[str] = ()) -> SegmentPrediction:
+    """One segment of a long recording from the answer for its audio alone: a `Prediction`, its
+    JSON (`Prediction.to_json`, as the service's engine answers), or why it was not predicted (a
+    `PredictionError` or a message). Word times move onto the recording's clock; the segment's
+    warnings are the answer's fallbacks, warnings (clipping, ...) and truncation, then `warnings`.
+    Long-recording prediction and the live stream (`serving.stream`) both build their segments
+    here, so a segment reads the same in `--json`, `--out` and a `WS /stream` message."""
+    if isinstance(answer, (PredictionError, str)):
+        reason = answer.error if isinstance(answer, PredictionError) else answer
+        return SegmentPrediction(segment.start, segment.end, None, {}, [], [reason, *warnings], segment.text)
+    if isinstance(answer, Prediction):
+        shifted = _shifted(answer, segment.start)
+        label, probabilities, words = answer.label, dict(answer.probabilities), shifted.words
+        said, truncated = [*answer.fallbacks, *answer.warnings], answer.truncated
+    else:
+        shifted = None
+        label, probabilities = answer["label"], dict(answer["probabilities"])
+        words = [_word_from_json(w, segment.start) for w in answer["words"]]
+        said, truncated = [*answer.get("fallbacks", []), *answer.get("warnings", [])], answer.get("truncated", False)
+    if truncated:
+        said.append(TRUNCATED)
+    return SegmentPrediction(segment.start, segment.end, label, probabilities, words, [*said, *warnings],
+                             segment.text, shifted)
 
 
 @dataclass
@@ -211,7 +236,7 @@ def _cut_segments(path: Path, total: int, settings: SegmentSettings, detector: s
     pending = sorted(cues or [], key=lambda c: c.start)
     # An open segment starts at most max_segment + min_pause (+ pad, + a block) before the newest sample.
     keep = int((settings.max_segment + settings.min_pause + settings.pad + block_seconds + 1.0) * SAMPLE_RATE)
-    ring = _Ring()
+    ring = AudioRing()
     stream.envelope = _Envelope(total)
     for block in read_blocks(path, block_seconds):
         ring.push(block)
@@ -304,8 +329,7 @@ def predict_long(predictor: Predictor, path: str | Path, settings: SegmentSettin
             if audio is None:
                 results.append(SegmentPrediction(segment.start, segment.end, None, {}, [], warnings, segment.text))
             else:
-                results.append(_segment_result(segment, next(outcomes)))
-                results[-1].warnings += warnings
+                results.append(segment_result(segment, next(outcomes), warnings))
         if progress is not None and batch:
             progress(min(batch[-1][0].end, total / SAMPLE_RATE), total / SAMPLE_RATE)
         batch.clear()
@@ -334,9 +358,7 @@ def segment_rows(results: Sequence[LongPrediction | Prediction | PredictionError
             rows.append({"file": r.file, "start": None, "end": None, "label": None, "probabilities": {},
                          "words": [], "warnings": [r.error]})
         else:
-            rows.append({"file": r.file, "start": 0.0, "end": round(r.duration, 3), "label": r.label,
-                         "probabilities": {k: round(v, 6) for k, v in r.probabilities.items()},
-                         "words": [w.to_json() for w in r.words], "warnings": list(r.fallbacks)})
+            rows.append({"file": r.file, **segment_result(Segment(0.0, r.duration), r).to_json()})
     return rows
 
 

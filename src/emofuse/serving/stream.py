@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import math
 import queue
 import tempfile
 import threading
@@ -112,11 +111,11 @@ class LiveSegments:
 
     def __init__(self, fmt: str, rate: int, max_seconds: float, emit, settings: SegmentSettings | None = None,
                  detector: str = "auto"):
-        from emofuse.inference.long import _Ring
+        from emofuse.inference.long import AudioRing
 
         self.format, self.rate, self.max_seconds, self.emit = fmt, rate, max_seconds, emit
         self.segmenter = Segmenter(settings, detector)
-        self.ring = _Ring()
+        self.ring = AudioRing()
         s = self.segmenter.settings
         # An open segment starts at most max_segment + min_pause + pad (+ a second) before the newest sample.
         self.keep = int((s.max_segment + s.min_pause + s.pad + 1.0) * SAMPLE_RATE)
@@ -215,29 +214,11 @@ class LiveSegments:
         self.emit(None, error)
 
 
-def _word(record: dict, offset: float):
-    """A word of a prediction's JSON, moved onto the stream's clock."""
-    from emofuse.inference.predictor import WordExplanation
-
-    values = {k: v for k, v in record.items() if k not in ("text", "start", "end", "used")}
-    start = math.nan if record["start"] is None else record["start"] + offset
-    end = math.nan if record["end"] is None else record["end"] + offset
-    return WordExplanation(record["text"], start, end, values, record.get("used", True))
-
-
 def segment_message(segment: Segment, answer: dict) -> dict:
     """An engine's answer for one segment as a segment of long-recording prediction (its keys)."""
-    from emofuse.inference.long import SegmentPrediction
+    from emofuse.inference.long import segment_result
 
-    if answer["status"] != 200:
-        return SegmentPrediction(segment.start, segment.end, None, {}, [], [answer["detail"]]).to_json()
-    body = answer["body"]
-    warnings = list(body.get("fallbacks", [])) + list(body.get("warnings", []))
-    if body.get("truncated"):
-        warnings.append("truncated to the model's max_frames/max_words")
-    words = [_word(w, segment.start) for w in body["words"]]
-    return SegmentPrediction(segment.start, segment.end, body["label"], dict(body["probabilities"]),
-                             words, warnings).to_json()
+    return segment_result(segment, answer["body"] if answer["status"] == 200 else answer["detail"]).to_json()
 
 
 def _write_segment(audio: np.ndarray) -> str:
@@ -250,14 +231,13 @@ def _write_segment(audio: np.ndarray) -> str:
 
 async def predict_segment(app, segment: Segment, audio: np.ndarray) -> dict:
     """One segment through the service's engine and bounded queue, as `POST /predict` runs a file."""
-    from emofuse.inference.long import SegmentPrediction
+    from emofuse.inference.long import segment_result
     from emofuse.serving.workers import Job
 
     engine, admission = app.state.engine, app.state.admission
     if not admission.admit():
-        return SegmentPrediction(segment.start, segment.end, None, {}, [], [
-            f"the server is busy ({admission.workers} running, {admission.max_queue} waiting): "
-            "this segment was not predicted"]).to_json()
+        return segment_result(segment, f"the server is busy ({admission.workers} running, {admission.max_queue} "
+                                       "waiting): this segment was not predicted").to_json()
     tmp = None
     try:
         tmp = await run_in_threadpool(_write_segment, audio)
