@@ -202,11 +202,34 @@ def test_fgcme_trains_on_hf_frames_and_words_then_predicts(encoders, manifest, t
     _export_and_predict(run, tmp_path / "model", audio)
 
 
+@pytest.mark.data
+def test_multi_view_on_all_layers_exports_its_acoustic_view_with_the_learned_layer_sum(encoders, manifest, tmp_path):
+    from emofuse.cli import app
+    from emofuse.inference.predictor import Predictor
+    from emofuse.models.base import layer_weights_of
+    from emofuse.models.modeldir import load_model_dir
+
+    run = _train(tmp_path, manifest, f"hf:{encoders['speech']}#layers=all", f"hf:{encoders['text']}",
+                 {"name": "MV-B-ACO-1+H-MM-4", "hidden": 8, "layers": 1, "dropout": 0.0,
+                  "view_m_settings": {"word_layers": 1}}, tmp_path / "store")
+    shares = json.loads((run / "fold-0" / "metrics.json").read_text())["layer_weights"]
+    assert len(shares) == 3 and max(shares) - min(shares) > 1e-5
+    model_dir = tmp_path / "model"
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(model_dir)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert Predictor(model_dir, warm=False).predict_file(manifest[1]).label in CLASSES  # no transcript needed
+    info = json.loads((model_dir / "model.json").read_text())
+    assert info["name"] == "B-ACO-1" and info["needs"] == ["acoustic"]  # the acoustic view alone
+    assert info["spec"]["acoustic_layers"] == 3 and info["encoders"]["acoustic"]["weights_sha256"]
+    assert "words" not in info["encoders"]  # the deployed view reads no words
+    assert layer_weights_of(load_model_dir(model_dir).model) == pytest.approx(shares, abs=1e-5)
+
+
 # --------------------------------------------------------------- device and batched extraction
 
 
 def _clips(folder: Path, seconds=(0.4, 0.9, 0.4, 0.61)):
-    """A corpus of tiny tones of different lengths (one chunk of a worker)."""
+    """A corpus of tiny tones of different lengths."""
     import soundfile
 
     from emofuse.corpora.base import Corpus, Utterance
@@ -221,7 +244,7 @@ def _clips(folder: Path, seconds=(0.4, 0.9, 0.4, 0.61)):
     return Corpus(utterances, name="clips")
 
 
-def test_a_workers_chunk_is_encoded_in_one_batch_equal_to_one_at_a_time(encoders, tmp_path, monkeypatch):
+def test_each_workers_chunk_is_encoded_in_one_call_equal_to_one_at_a_time(encoders, tmp_path, monkeypatch):
     """Stated tolerance: batched by length (padded with an attention mask) against one
     utterance alone, 1e-5."""
     from emofuse.features import hf

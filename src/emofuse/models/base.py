@@ -91,6 +91,8 @@ class LayerWeighted(nn.Module):
         self.model = model
         if callable(getattr(model, "loss", None)):  # its objective reads the summed frames too
             self.loss = self._loss
+        if callable(getattr(model, "deployable", None)):  # multi-view: the exported view keeps the sum
+            self.deployable = self._deployable
 
     def summed(self, batch):
         if batch.acoustic is None or batch.acoustic.shape[-1] == self.layer_sum.layer_dim:
@@ -102,6 +104,13 @@ class LayerWeighted(nn.Module):
 
     def _loss(self, output: Output, batch, class_weights: Tensor | None = None) -> Tensor:
         return self.model.loss(output, self.summed(batch), class_weights=class_weights)
+
+    def _deployable(self) -> nn.Module:
+        """The wrapped model's deployable view behind this same layer sum (shared weights), so
+        it rebuilds from `deployable_config()` and the spec as any layer-summed model does."""
+        view = LayerWeighted(self.model.deployable(), self.layer_sum.num_layers, self.layer_sum.layer_dim)
+        view.layer_sum = self.layer_sum
+        return view
 
     def layer_weights(self) -> list[float]:
         return [float(w) for w in self.layer_sum.weights().detach().cpu()]
