@@ -161,7 +161,7 @@ def predict(
     results_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write all results as .csv or .jsonl."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes for a folder (each loads the model once)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Files per model batch."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine). Folder workers use 1 each."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine). Folder workers use 1 each unless it is given."),
     one_speaker: bool = typer.Option(False, "--one-speaker", help="The folder holds one speaker's recordings, spanning their emotions: normalise them with their joint statistics, as a model trained with data.normalise=speaker or protocol.backend=speaker-lr was cross-validated (file by file, stand-ins are used: the recording's own frame statistics, the training speakers' mean for the back-end, which also needs 5 or more recordings). One process."),
     segments: bool = typer.Option(False, "--segments", help="Predict every file per speech segment, whatever its length."),
     segment_over: float = typer.Option(30.0, "--segment-over", min=0.0, help="Files longer than this many seconds are predicted per speech segment."),
@@ -250,16 +250,9 @@ def predict(
 
             outcome = enumerate(Predictor(model_dir, threads=threads, **predictor_options)
                                 .predict_speaker(jobs, batch_size=batch_size))
-        elif predictor_options and jobs:  # worker processes load with the defaults: one process here
-            from emofuse.inference.predictor import Predictor
-
-            if workers > 1:
-                err.print("[yellow]note[/]: --force-transcript / --no-verify run in one process; --workers ignored")
-            outcome = predict_jobs(model_dir, jobs, workers=1, batch_size=batch_size,
-                                   predictor=Predictor(model_dir, threads=threads, **predictor_options))
         else:
             outcome = predict_jobs(model_dir, jobs, workers=min(workers, len(jobs)), batch_size=batch_size,
-                                   threads=threads) if jobs else iter(())
+                                   threads=threads, **predictor_options) if jobs else iter(())
         for index, result in outcome:
             results[index] = result
             bar.advance(task)

@@ -2,7 +2,8 @@
 spread over worker processes (each loads the model directory once), results as CSV or JSONL.
 
 Workers are spawned processes (`ProcessPoolExecutor`, one torch thread each) whose
-initializer builds one `Predictor`; each task is a batch of files that goes through the
+initializer builds the same `Predictor` as the single-process path, after arranging to die
+with the parent (`emofuse.processes`: `kill -9` of the run leaves no worker behind); each task is a batch of files that goes through the
 model as one padded batch (padding never changes a result: models/layers.py). Results come
 back as they finish, with their index, so a caller can show progress and still write the
 output in the input order.
@@ -19,9 +20,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from emofuse.errors import DataError
+from emofuse.errors import DataError, EmofuseError
 from emofuse.inference.predictor import PredictionError, Predictor
 from emofuse.io import atomic_write_text
+from emofuse.processes import exit_with_parent
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".webm", ".aac",
                   ".aif", ".aiff", ".wma", ".mkv")
@@ -86,41 +88,51 @@ def read_transcripts(csv_path: str | Path, files: Sequence[Path], root: Path | N
 # ------------------------------------------------------------------------------ workers
 
 _PREDICTOR: Predictor | None = None
+_LOAD_ERROR: str | None = None  # a DataError does not cross the process boundary as itself
 
 
-def _init_worker(model_dir: str) -> None:
+def _init_worker(model_dir: str, parent_pid: int, options: dict) -> None:
+    exit_with_parent(parent_pid)  # armed before the model loads: kill -9 of the run ends its workers
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(1)
-    global _PREDICTOR
-    _PREDICTOR = Predictor(model_dir, warm=True, threads=1, frames_process=False)  # workers fill the cores already
+    global _PREDICTOR, _LOAD_ERROR
+    try:
+        _PREDICTOR = Predictor(model_dir, **options)
+    except EmofuseError as exc:  # reported by the first task: the run fails as it would in one process
+        _LOAD_ERROR = str(exc)
 
 
 def _work(chunk: list[tuple[int, Job]]) -> list[tuple[int, Result]]:
+    if _LOAD_ERROR is not None:
+        raise EmofuseError(_LOAD_ERROR)
     assert _PREDICTOR is not None, "worker started without its predictor"
     results = _PREDICTOR.predict_files([job for _, job in chunk])
     return [(i, r) for (i, _), r in zip(chunk, results)]
 
 
 def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, batch_size: int = 4,
-                 predictor: Predictor | None = None, threads: int | None = None) -> Iterator[tuple[int, Result]]:
+                 predictor: Predictor | None = None, threads: int | None = None, verify: bool = True,
+                 force_transcript: bool = False) -> Iterator[tuple[int, Result]]:
     """(index, Prediction | PredictionError) for every job, in the order they finish.
 
-    threads: torch threads of the in-process Predictor when workers <= 1 (default
-    `predictor.DEFAULT_THREADS`); each of several worker processes uses 1.
+    Every worker builds the Predictor the single-process path builds (`verify`,
+    `force_transcript`), so a result does not depend on `workers`. threads: torch threads
+    of each Predictor; default `predictor.DEFAULT_THREADS` in this process, 1 in each of
+    several worker processes (together they fill the cores). A model that cannot be loaded
+    raises its EmofuseError here, whether it was loaded here or in a worker.
     """
+    options = {"verify": verify, "force_transcript": force_transcript}
     indexed = list(enumerate(jobs))
     chunks = [indexed[i:i + batch_size] for i in range(0, len(indexed), max(1, batch_size))]
     if workers <= 1:
-        predictor = predictor or Predictor(model_dir, threads=threads)
+        predictor = predictor or Predictor(model_dir, threads=threads, **options)
         for chunk in chunks:
             results = predictor.predict_files([job for _, job in chunk])
             yield from ((i, r) for (i, _), r in zip(chunk, results))
         return
+    options |= {"threads": 1 if threads is None else threads, "frames_process": False}
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                               initializer=_init_worker, initargs=(str(model_dir),))
+                               initializer=_init_worker, initargs=(str(model_dir), os.getpid(), options))
     try:
         pending = {pool.submit(_work, chunk): chunk for chunk in chunks}
         while pending:
@@ -129,7 +141,9 @@ def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, b
                 chunk = pending.pop(future)
                 try:
                     results = future.result()
-                except Exception as exc:  # a worker died (memory) or could not load the model
+                except EmofuseError:
+                    raise
+                except Exception as exc:  # a worker died (memory)
                     reason = str(exc) if str(exc) else type(exc).__name__
                     results = [(i, PredictionError(job[0], f"worker failed: {reason}")) for i, job in chunk]
                 yield from results
@@ -142,29 +156,41 @@ def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, b
 # ------------------------------------------------------------------------------ outputs
 
 
+WARNING_SEPARATOR = "; "
+
+
 def result_rows(results: Sequence[Result], classes: Sequence[str]) -> list[dict]:
     rows = []
     for r in results:
         if isinstance(r, PredictionError):
             rows.append({"file": r.file, "label": "", **{f"p_{c}": "" for c in classes}, "align_source": "",
-                         "duration": "", "words": "", "error": r.error})
+                         "duration": "", "words": "", "warnings": "", "error": r.error})
             continue
         words = " ".join(f"{w.text}@{w.start:.2f}-{w.end:.2f}" if w.timed else w.text for w in r.words)
         rows.append({"file": r.file, "label": r.label, **{f"p_{c}": f"{r.probabilities[c]:.6f}" for c in classes},
-                     "align_source": r.align_source, "duration": f"{r.duration:.3f}", "words": words, "error": ""})
+                     "align_source": r.align_source, "duration": f"{r.duration:.3f}", "words": words,
+                     "warnings": WARNING_SEPARATOR.join(r.warnings), "error": ""})
     return rows
 
 
+def _record(result: Result) -> dict:
+    record = result.to_json()
+    record.setdefault("warnings", [])  # a failed file has none, but the key is always there
+    return record
+
+
 def write_results(path: str | Path, results: Sequence[Result], classes: Sequence[str]) -> Path:
-    """`.csv` (one row per file) or `.jsonl` (the --json objects), written atomically."""
+    """`.csv` (one row per file) or `.jsonl` (the --json objects), written atomically. Both
+    always hold `warnings` (a list in JSONL, joined by "; " in CSV; empty for a failed file)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in results)
+        text = "".join(json.dumps(_record(r), ensure_ascii=False) + "\n" for r in results)
     elif suffix == ".csv":
         buffer = io.StringIO()
         rows = result_rows(results, classes)
-        fields = ["file", "label", *[f"p_{c}" for c in classes], "align_source", "duration", "words", "error"]
+        fields = ["file", "label", *[f"p_{c}" for c in classes], "align_source", "duration", "words", "warnings",
+                  "error"]
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)

@@ -25,7 +25,6 @@ import re
 import resource
 import socket
 import sys
-import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -51,6 +50,7 @@ from emofuse.features.store.layout import (
     write_tensors,
 )
 from emofuse.features.words import get_word_encoder, word_encoder_settings
+from emofuse.processes import exit_with_parent
 
 @dataclass
 class Failure:
@@ -136,37 +136,9 @@ def _one_thread() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
-    """A worker must not outlive the run that started it: after `kill -9` of `emofuse extract`
-    its workers would go on writing into the store. On Linux the kernel kills the worker when
-    its parent dies (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread also watches the
-    parent's pid and ends the worker once it has been re-parented. Entries are written
-    atomically, so ending mid-write leaves only a temporary file that is never read."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # no prctl here: the watchdog below still ends the worker
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(poll_seconds)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="emofuse-parent-watchdog", daemon=True).start()
-
-
 def _init_worker(parent_pid: int) -> None:
     _one_thread()
-    _exit_with_parent(parent_pid)
+    exit_with_parent(parent_pid)  # kill -9 of the run ends its workers too
 
 
 @dataclass
