@@ -273,6 +273,28 @@ def test_each_workers_chunk_is_encoded_in_one_call_equal_to_one_at_a_time(encode
         assert item.acoustic_centre_offset == pytest.approx(0.0025)  # wav2vec2: the 25 ms field starts on the grid
 
 
+def test_a_failed_batch_is_encoded_one_at_a_time_and_blames_only_its_utterance(encoders, tmp_path, monkeypatch):
+    from emofuse.features import hf
+    from emofuse.features.store import FeatureStore
+
+    def broken(self, signals):
+        if len(signals) > 1:
+            raise RuntimeError("CUDA out of memory")  # what a too-large batch on a GPU says
+        if len(signals[0]) < 0.35 * SR:
+            raise RuntimeError("bad clip")
+        return encode_many(self, signals)
+
+    encode_many = hf.HFSpeechEncoder.encode_many
+    monkeypatch.setattr(hf.HFSpeechEncoder, "encode_many", broken)
+    corpus = _clips(tmp_path, seconds=(0.4, 0.3, 0.5, 0.6, 0.45, 0.55, 0.7, 0.8))  # chunks of 2
+    name = f"hf:{encoders['speech']}"
+    report = FeatureStore(tmp_path / "store").extract(corpus, [name], align=None, progress=False, chunk_size=2,
+                                                      device="cpu")
+    assert report.failed_ids == ["u1"] and "bad clip" in report.failures[0].reason
+    items = FeatureStore(tmp_path / "store").load(corpus, acoustic=name, align=None, missing="skip")
+    assert [it.id for it in items] == ["u0", *(f"u{i}" for i in range(2, 8))]
+
+
 def test_the_device_reaches_the_speech_and_text_encoders(encoders, tmp_path, monkeypatch):
     """No GPU here: the plumbing is tested by recording the device each hf encoder is asked for."""
     from emofuse.features import hf

@@ -3,7 +3,8 @@
 One acoustic stream per batch (the feature the model's config names: compare_lld, fbank40,
 spectrogram8k or waveform) on its own frame grid of `acoustic_hop` seconds, plus word-level
 inputs. Word times are kept in seconds and also given as frame spans on the acoustic grid,
-so any model can build the words x frames alignment matrix with `alignment_matrix`.
+so any model can build the words x frames alignment matrix with `alignment_matrix`; an
+encoder whose frames are not centred on that grid says by how much (`acoustic_centre_offset`).
 Every padded position is False in its mask.
 """
 

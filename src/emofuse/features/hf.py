@@ -39,7 +39,12 @@ the same way and only the frames of real audio are kept, never those of the padd
 Utterances are batched by length: chunks sorted by length, padded with an attention mask
 where the model allows it (layer-norm conv stacks) and only equal lengths batched otherwise
 (group norm spans the time axis, so padding would change the values); Whisper pads every
-chunk to its window anyway.
+chunk to its window anyway. The store hands a worker's whole chunk of utterances to
+`encode_many` (`HFFrameFeature.extract_many`), on the device `emofuse extract --device` or
+`data.device` names ("auto": the GPU when torch sees one).
+
+Frames meet word times at their real centres: `HFFrameFeature.centre_offset` travels with the
+frames (`UtteranceFeatures.acoustic_centre_offset`) to the batch's word spans and speech mask.
 
 Words (BERT, RoBERTa, DeBERTa, ELECTRA, any `AutoModel` text encoder): the words go in
 pre-split (``is_split_into_words=True``; byte-level BPE tokenizers with
