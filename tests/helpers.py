@@ -322,3 +322,37 @@ def joined_speech(clips, pauses, sr: int = 16000, tail: float = 1.0):
     audio = np.concatenate(parts + [np.zeros(int(tail * sr), np.float32)])
     audio += 1e-4 * rng.standard_normal(len(audio)).astype(np.float32)
     return audio, truth
+
+
+# ---------------------------------------------------------------- tiny model inputs
+
+
+def tiny_utterance(uid: str, frames: int, words: int, rng, acoustic_dim: int = 6, word_dim: int = 5):
+    """Random acoustic frames (10 ms hop) and word vectors, the words spread evenly over the
+    frames: an `UtteranceFeatures` for shape and padding tests of the models."""
+    from emofuse.features.batch import UtteranceFeatures
+
+    times = np.linspace(0.02, frames * 0.01 - 0.01, words + 1)
+    return UtteranceFeatures(
+        uid,
+        acoustic=rng.standard_normal((frames, acoustic_dim)).astype(np.float32),
+        words=[f"w{i}" for i in range(words)],
+        word_times=np.stack([times[:-1], times[1:]], 1),
+        word_vectors=rng.standard_normal((words, word_dim)).astype(np.float32),
+    )
+
+
+def fit_losses(model, batch, steps: int, lr: float = 1e-2) -> list[float]:
+    """Train `model` on one batch with Adam for `steps` steps: the cross-entropy before each step
+    (a toy task the model can learn shows it falling, so gradients reach every part)."""
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(batch).logits, batch.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -11,6 +11,7 @@ from emofuse.errors import ConfigError
 from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.models.base import InputSpec, get_model
 from emofuse.models.can import SpectrogramCNN, WordCNN, fixed_spectrogram, fixed_words
+from helpers import fit_losses
 
 torch.manual_seed(0)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -161,14 +162,7 @@ def test_can_learns_which_words_and_spectra_go_with_a_class(name):
     batch = collate(items, labels)
     model = _model(name).train()
     model.head.dropout.p = 0.0
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(25):
-        loss = torch.nn.functional.cross_entropy(model(batch).logits, batch.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_losses(model, batch, steps=25)
     assert losses[-1] < 0.5 * losses[0]
 
 

@@ -7,28 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from emofuse.features.batch import UtteranceFeatures, alignment_matrix, collate
+from emofuse.features.batch import alignment_matrix, collate
 from emofuse.models.base import InputSpec, get_model
 from emofuse.models.fgcme2021 import (
     FGCME, FGCMEConfig, FGCMEWithCTCAlignment, MaskedConvStack, ctc_viterbi, ctc_word_spans, mean_max_pool,
     shrink_word_frames,
 )
+from helpers import tiny_utterance
 
 torch.manual_seed(0)
 SPEC = InputSpec(num_classes=4, acoustic_dim=6, word_dim=5, vocab_size=12)
 SMALL = dict(conv_filters=(4, 6, 6), semantic_size=8, lstm_hidden=5, fcn_hidden=7, ctc_hidden=4, dropout=0.0)
 NAMES = ["fgcme", "fgcme-no-acoustic-excite", "fgcme-no-semantic-excite", "fgcme-no-excite", "fgcme-ctc-align"]
-
-
-def utterance(uid: str, frames: int, words: int, rng) -> UtteranceFeatures:
-    times = np.linspace(0.02, frames * 0.01 - 0.01, words + 1)
-    return UtteranceFeatures(
-        uid,
-        acoustic=rng.standard_normal((frames, 6)).astype(np.float32),
-        words=[f"w{i}" for i in range(words)],
-        word_times=np.stack([times[:-1], times[1:]], 1),
-        word_vectors=rng.standard_normal((words, 5)).astype(np.float32),
-    )
 
 
 def ids(words: int, offset: int = 2) -> list[int]:
@@ -79,7 +69,7 @@ def test_word_spans_shift_by_the_receptive_field_centre_and_keep_a_frame():
 @pytest.mark.parametrize("name", NAMES)
 def test_output_shapes(name):
     rng = np.random.default_rng(0)
-    batch = collate([utterance("a", 40, 4, rng), utterance("b", 25, 3, rng)], [0, 1], [ids(4), ids(3)])
+    batch = collate([tiny_utterance("a", 40, 4, rng), tiny_utterance("b", 25, 3, rng)], [0, 1], [ids(4), ids(3)])
     out = build(name)(batch)
     assert out.logits.shape == (2, 4)
     assert out.utterance_vector.shape == (2, 10)  # 2 x lstm_hidden
@@ -91,7 +81,7 @@ def test_output_shapes(name):
 @pytest.mark.parametrize("name", NAMES + ["fgcme-ctc-align/blstm"])
 def test_utterance_alone_or_padded_in_a_batch_gives_the_same_output(name):
     rng = np.random.default_rng(1)
-    short, long = utterance("s", 23, 3, rng), utterance("l", 61, 7, rng)
+    short, long = tiny_utterance("s", 23, 3, rng), tiny_utterance("l", 61, 7, rng)
     model = build("fgcme-ctc-align", ctc_encoder="blstm") if name.endswith("/blstm") else build(name)
     alone = model(collate([short], [0], [ids(3)]))
     together = model(collate([long, short], [0, 0], [ids(7, 4), ids(3)]))
@@ -103,7 +93,7 @@ def test_utterance_alone_or_padded_in_a_batch_gives_the_same_output(name):
 @pytest.mark.parametrize("name", ["fgcme", "fgcme-ctc-align"])
 def test_cropping_the_frames_no_word_reaches_changes_nothing(name):
     rng = np.random.default_rng(6)
-    items = [utterance("a", 61, 3, rng), utterance("b", 40, 2, rng), utterance("c", 52, 4, rng)]
+    items = [tiny_utterance("a", 61, 3, rng), tiny_utterance("b", 40, 2, rng), tiny_utterance("c", 52, 4, rng)]
     # Words well inside, near the start and at the very end of their utterances.
     items[0].word_times = np.array([[0.20, 0.25], [0.25, 0.31], [0.31, 0.33]])
     items[1].word_times = np.array([[0.06, 0.08], [0.36, 0.40]])
@@ -120,7 +110,7 @@ def test_cropping_the_frames_no_word_reaches_changes_nothing(name):
 
 def test_excitation_gates_lie_in_zero_one_and_are_zero_on_padding():
     rng = np.random.default_rng(2)
-    batch = collate([utterance("a", 50, 5, rng), utterance("b", 30, 2, rng)], [0, 1])
+    batch = collate([tiny_utterance("a", 50, 5, rng), tiny_utterance("b", 30, 2, rng)], [0, 1])
     batch.words = batch.words * 3  # large inputs, still short of float32 saturation
     words = build("fgcme").word_representations(batch)
     for key in ("acoustic_gate", "semantic_gate"):
@@ -147,8 +137,8 @@ def test_ablation_switches_remove_the_excitation_parameters():
 
 def _two_batches(change: str):
     rng = np.random.default_rng(3)
-    batch = collate([utterance("a", 45, 4, rng), utterance("b", 33, 3, rng)], [0, 1], [ids(4), ids(3)])
-    changed = collate([utterance("a", 45, 4, rng), utterance("b", 33, 3, rng)], [0, 1], [ids(4), ids(3)])
+    batch = collate([tiny_utterance("a", 45, 4, rng), tiny_utterance("b", 33, 3, rng)], [0, 1], [ids(4), ids(3)])
+    changed = collate([tiny_utterance("a", 45, 4, rng), tiny_utterance("b", 33, 3, rng)], [0, 1], [ids(4), ids(3)])
     if change == "words":
         changed.acoustic, changed.word_frames = batch.acoustic, batch.word_frames
     elif change == "acoustic":
@@ -271,7 +261,7 @@ def test_ctc_aligner_learns_word_spans_on_a_synthetic_task():
 
 def test_ctc_loss_is_added_and_needs_token_ids():
     rng = np.random.default_rng(4)
-    items = [utterance("a", 40, 3, rng)]
+    items = [tiny_utterance("a", 40, 3, rng)]
     model = build("fgcme-ctc-align").train()
     batch = collate(items, [1], [ids(3)])
     out = model(batch)
@@ -293,7 +283,7 @@ def test_full_model_learns_a_separable_toy_task():
     rng = np.random.default_rng(5)
     items, labels = [], []
     for i in range(16):
-        u = utterance(f"u{i}", 30, 3, rng)
+        u = tiny_utterance(f"u{i}", 30, 3, rng)
         label = i % 2
         u.acoustic[:, 0] += 3.0 * (1 if label else -1)
         items.append(u)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from emofuse.features.batch import UtteranceFeatures, collate
+from emofuse.features.batch import collate
 from emofuse.models.base import InputSpec, get_model
 from emofuse.models.fgcme_baselines import attend, final_states
+from helpers import tiny_utterance
 
 SPEC = InputSpec(num_classes=4, acoustic_dim=6, word_dim=5)
 SMALL = dict(hidden=4, fcn_hidden=6, conv_filters=(4, 5, 5), heads=2, dropout=0.0)
@@ -15,17 +16,6 @@ READS = {
     "cnn-lstm": {"acoustic"}, "lstm-attn-acoustic": {"acoustic"}, "lstm-attn-semantic": {"words"},
     "uttconcat": {"acoustic", "words"}, "attnfusion": {"acoustic", "words"}, "mha": {"acoustic", "words"},
 }
-
-
-def utterance(uid: str, frames: int, words: int, rng) -> UtteranceFeatures:
-    times = np.linspace(0.02, frames * 0.01 - 0.01, words + 1)
-    return UtteranceFeatures(
-        uid,
-        acoustic=rng.standard_normal((frames, 6)).astype(np.float32),
-        words=[f"w{i}" for i in range(words)],
-        word_times=np.stack([times[:-1], times[1:]], 1),
-        word_vectors=rng.standard_normal((words, 5)).astype(np.float32),
-    )
 
 
 def build(name: str, **settings):
@@ -48,7 +38,7 @@ def test_attend_ignores_padded_keys():
 @pytest.mark.parametrize("name", NAMES)
 def test_baseline_output_shapes(name):
     rng = np.random.default_rng(0)
-    out = build(name)(collate([utterance("a", 40, 4, rng), utterance("b", 25, 3, rng)], [0, 1]))
+    out = build(name)(collate([tiny_utterance("a", 40, 4, rng), tiny_utterance("b", 25, 3, rng)], [0, 1]))
     assert out.logits.shape == (2, 4)
     assert out.utterance_vector.shape[0] == 2
 
@@ -56,7 +46,7 @@ def test_baseline_output_shapes(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_baseline_is_the_same_alone_or_padded_in_a_batch(name):
     rng = np.random.default_rng(1)
-    short, long = utterance("s", 23, 3, rng), utterance("l", 61, 7, rng)
+    short, long = tiny_utterance("s", 23, 3, rng), tiny_utterance("l", 61, 7, rng)
     model = build(name)
     alone = model(collate([short], [0]))
     together = model(collate([long, short], [0, 0]))
@@ -69,11 +59,11 @@ def test_baseline_is_the_same_alone_or_padded_in_a_batch(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_baseline_reads_only_its_modalities(name):
     rng = np.random.default_rng(2)
-    batch = collate([utterance("a", 30, 3, rng)], [0])
+    batch = collate([tiny_utterance("a", 30, 3, rng)], [0])
     model = build(name)
     reference = model(batch).logits
     for modality in ("acoustic", "words"):
-        changed = collate([utterance("a", 30, 3, rng)], [0])
+        changed = collate([tiny_utterance("a", 30, 3, rng)], [0])
         other = "words" if modality == "acoustic" else "acoustic"
         setattr(changed, other, getattr(batch, other))  # only `modality` differs
         moved = not torch.allclose(model(changed).logits, reference)
@@ -82,7 +72,7 @@ def test_baseline_reads_only_its_modalities(name):
 
 def test_mha_hops_alternate_between_words_and_frames():
     rng = np.random.default_rng(3)
-    batch = collate([utterance("a", 30, 3, rng)], [0])
+    batch = collate([tiny_utterance("a", 30, 3, rng)], [0])
     one, three = build("mha", hops=1), build("mha", hops=3)
     assert one(batch).utterance_vector.shape == three(batch).utterance_vector.shape == (1, 16)
     with pytest.raises(ValueError, match="hops"):

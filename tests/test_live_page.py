@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import CHROMEDRIVER, CHROMIUM, CLASSES, ravdess_files, registry_model_dir
+from helpers import CHROMEDRIVER, CHROMIUM, CLASSES, chromium, ravdess_files, registry_model_dir
 from helpers import serve_page as _serve
 
 SR = 16000
@@ -47,22 +47,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(microphone, tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1200,900", "--autoplay-policy=no-user-gesture-required",
-                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                 f"--use-file-for-fake-audio-capture={microphone[0]}",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(20)
-    yield driver
-    driver.quit()
+    yield from chromium(tmp_path_factory.mktemp("chromium-profile"), "--autoplay-policy=no-user-gesture-required",
+                        f"--use-file-for-fake-audio-capture={microphone[0]}")
 
 
 def test_live_mode_shows_each_segment_of_the_microphone_as_it_closes(server, browser, microphone):

@@ -11,6 +11,7 @@ from emofuse.errors import ConfigError
 from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.models.base import InputSpec, get_model
 from emofuse.models.nmt_attention import WaveformFrontEnd, local_window
+from helpers import fit_losses
 
 torch.manual_seed(0)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -189,14 +190,7 @@ def test_nmt_learns_a_class_carried_by_the_audio(name):
         labels.append(label)
     batch = collate(items, labels)
     model = _model(name).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(20):
-        loss = torch.nn.functional.cross_entropy(model(batch).logits, batch.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_losses(model, batch, steps=20)
     assert losses[-1] < 0.5 * losses[0]
 
 

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from helpers import CHROMEDRIVER, CHROMIUM, CLASSES, STATEMENT_1, ravdess_files, registry_model_dir, serve_page
+from helpers import (CHROMEDRIVER, CHROMIUM, CLASSES, STATEMENT_1, chromium, ravdess_files, registry_model_dir,
+                     serve_page)
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
@@ -27,22 +28,7 @@ def acoustic_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1200,900",
-                 # A synthetic microphone (a beep) and no permission prompt, for the record button.
-                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(20)
-    yield driver
-    driver.quit()
+    yield from chromium(tmp_path_factory.mktemp("chromium-profile"))  # its fake microphone beeps for the record button
 
 
 def test_page_uploads_a_recording_and_shows_label_and_word_explanation(server, browser, ravdess_root, tmp_path):
