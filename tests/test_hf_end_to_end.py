@@ -225,6 +225,23 @@ def test_multi_view_on_all_layers_exports_its_acoustic_view_with_the_learned_lay
     assert layer_weights_of(load_model_dir(model_dir).model) == pytest.approx(shares, abs=1e-5)
 
 
+@pytest.mark.data
+def test_b_lex_fine_tunes_an_hf_text_encoder_in_train_and_exports_it(encoders, manifest, tmp_path):
+    from safetensors.torch import load_file
+
+    text = encoders["text"]
+    run = _train(tmp_path, manifest, None, f"hf:{text}",
+                 {"name": "B-LEX", "hidden": 8, "layers": 1, "dropout": 0.0, "finetune_words": True,
+                  "encoder_lr": 1e-3}, tmp_path / "store")
+    model_dir = _export_and_predict(run, tmp_path / "model", manifest[1])
+    info = json.loads((model_dir / "model.json").read_text())
+    assert info["spec"]["word_encoder"] == f"hf:{text}" and info["encoders"]["words"]["weights_sha256"]
+    exported = load_file(model_dir / "model.safetensors")["lexical.vectors.encoder.embeddings.word_embeddings.weight"]
+    start = load_file(text / "model.safetensors")
+    start = next(v for k, v in start.items() if k.endswith("embeddings.word_embeddings.weight"))
+    assert exported.shape == start.shape and not torch.equal(exported, start)  # trained with the model
+
+
 # --------------------------------------------------------------- device and batched extraction
 
 
