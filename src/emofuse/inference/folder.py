@@ -3,10 +3,10 @@ spread over worker processes (each loads the model directory once), results as C
 
 Workers are spawned processes (`ProcessPoolExecutor`, one torch thread each) whose
 initializer builds the same `Predictor` as the single-process path, after arranging to die
-with the parent (`emofuse.processes`: `kill -9` of the run leaves no worker behind); each task is a batch of files that goes through the
-model as one padded batch (padding never changes a result: models/layers.py). Results come
-back as they finish, with their index, so a caller can show progress and still write the
-output in the input order.
+with the parent (`emofuse.processes`: `kill -9` of the run leaves no worker behind). Each
+task is a batch of files that goes through the model as one padded batch (padding never
+changes a result: models/layers.py). Results come back as they finish, with their index, so
+a caller can show progress and still write the output in the input order.
 """
 
 from __future__ import annotations
