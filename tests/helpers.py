@@ -356,3 +356,21 @@ def fit_losses(model, batch, steps: int, lr: float = 1e-2) -> list[float]:
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def two_class_batch(n: int, make):
+    """A collated batch of `n` toy utterances labelled 0, 1, 0, 1, ...; `make(i, label)` builds
+    each, putting the class somewhere the model can find it."""
+    from emofuse.features.batch import collate
+
+    labels = [i % 2 for i in range(n)]
+    return collate([make(i, label) for i, label in enumerate(labels)], labels)
+
+
+def model_from_config(path, spec):
+    """(resolved config, the model it builds for `spec`) of one file under configs/."""
+    from emofuse.models.base import get_model
+    from emofuse.training.config import load_config
+
+    cfg = load_config(path)
+    return cfg, get_model(cfg.model_name).build(spec, **cfg.model_settings)

@@ -11,7 +11,7 @@ from emofuse.errors import ConfigError
 from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.models.base import InputSpec, get_model
 from emofuse.models.can import SpectrogramCNN, WordCNN, fixed_spectrogram, fixed_words
-from helpers import fit_losses
+from helpers import fit_losses, model_from_config, two_class_batch
 
 torch.manual_seed(0)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -152,14 +152,13 @@ def test_can_learns_which_words_and_spectra_go_with_a_class(name):
     """A few SGD steps on a separable toy task lower the loss: the gradients reach every part."""
     torch.manual_seed(0)
     rng = np.random.default_rng(9)
-    items, labels = [], []
-    for i in range(16):
+
+    def toy(i: int, label: int) -> UtteranceFeatures:
         u = _utterance(f"u{i}", int(rng.integers(14, 32)), int(rng.integers(2, 8)), rng)
-        label = i % 2
         u.acoustic[:, : BINS // 2] += 15.0 * label  # the class shows in the low bins
-        items.append(u)
-        labels.append(label)
-    batch = collate(items, labels)
+        return u
+
+    batch = two_class_batch(16, toy)
     model = _model(name).train()
     model.head.dropout.p = 0.0
     losses = fit_losses(model, batch, steps=25)
@@ -168,10 +167,6 @@ def test_can_learns_which_words_and_spectra_go_with_a_class(name):
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in CONFIGS.glob("*/can*.yaml")))
 def test_can_configs_load_and_build_their_model(path):
-    from emofuse.training.config import load_config
-
-    cfg = load_config(path)
+    cfg, model = model_from_config(path, InputSpec(num_classes=6, acoustic_dim=200, word_dim=50))
     assert cfg.data.acoustic == "spectrogram8k"
-    spec = InputSpec(num_classes=6, acoustic_dim=200, word_dim=50)
-    model = get_model(cfg.model_name).build(spec, **cfg.model_settings)
     assert model.cfg.time_frames * model.cfg.freq_bins == 400 * 200  # the paper's fixed input

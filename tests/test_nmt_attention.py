@@ -11,7 +11,7 @@ from emofuse.errors import ConfigError
 from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.models.base import InputSpec, get_model
 from emofuse.models.nmt_attention import WaveformFrontEnd, local_window
-from helpers import fit_losses
+from helpers import fit_losses, model_from_config, two_class_batch
 
 torch.manual_seed(0)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -178,17 +178,16 @@ def test_nmt_learns_a_class_carried_by_the_audio(name):
     """A few Adam steps on a toy task whose label is the pitch lower the loss for every mode."""
     torch.manual_seed(0)
     rng = np.random.default_rng(6)
-    items, labels = [], []
-    for i in range(8):
-        label = i % 2
+
+    def toy(i: int, label: int) -> UtteranceFeatures:
         seconds = float(rng.uniform(0.3, 0.5))
         t = np.arange(int(seconds * SR)) / SR
         wave = 0.3 * np.sin(2 * np.pi * (150 if label else 600) * t) + 0.01 * rng.standard_normal(t.size)
         u = _utterance(f"u{i}", seconds, int(rng.integers(2, 5)), rng)
-        u.acoustic = _frames(wave)
-        items.append(u)
-        labels.append(label)
-    batch = collate(items, labels)
+        u.acoustic = _frames(wave)  # the class is the pitch
+        return u
+
+    batch = two_class_batch(8, toy)
     model = _model(name).train()
     losses = fit_losses(model, batch, steps=20)
     assert losses[-1] < 0.5 * losses[0]
@@ -196,11 +195,7 @@ def test_nmt_learns_a_class_carried_by_the_audio(name):
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in CONFIGS.glob("*/nmt*.yaml")))
 def test_nmt_configs_load_and_build_their_model(path):
-    from emofuse.training.config import load_config
-
-    cfg = load_config(path)
+    cfg, model = model_from_config(path, InputSpec(num_classes=4, acoustic_dim=160, word_dim=50))
     assert cfg.data.acoustic == "waveform"
-    model = get_model(cfg.model_name).build(InputSpec(num_classes=4, acoustic_dim=160, word_dim=50),
-                                            **cfg.model_settings)
     assert model.cfg.mode == cfg.model_name.split("-")[1]
     assert model.frontend.stride * 1000 // SR == 20  # 50 audio states per second

@@ -538,28 +538,34 @@ class Predictor:
                     if strict:
                         raise
                     prepared.append(PredictionError(label, str(exc)))
-            items = [p[3] for p in prepared if not isinstance(p, PredictionError)]
-            results: list = []
-            if items:
-                t = time.perf_counter()
-                probs, explain = self._run(items)
-                model_seconds = (time.perf_counter() - t) / len(items)
-            row = 0
-            for p in prepared:
-                if isinstance(p, PredictionError):
-                    results.append(p)
-                    continue
-                audio, transcript, label, item, alignment, truncated, timings = p
-                timings["model"] = model_seconds
-                try:
-                    results.append(self._prediction(row, probs, explain, audio, transcript, label, item,
-                                                    alignment, truncated, timings))
-                except DataError as exc:
-                    if strict:
-                        raise
-                    results.append(PredictionError(label, str(exc)))
-                row += 1
-            return results
+            return self._predict_prepared(prepared, strict)
+
+    def _predict_prepared(self, prepared: list, strict: bool) -> list[Prediction | PredictionError]:
+        """Run the model once over the prepared inputs, (audio, transcript, label, item, alignment,
+        truncated, timings) each, and build their predictions; a PredictionError stays in its
+        place. The caller holds `self._lock`. strict: raise the first DataError."""
+        items = [p[3] for p in prepared if not isinstance(p, PredictionError)]
+        results: list = []
+        if items:
+            t = time.perf_counter()
+            probs, explain = self._run(items)
+            model_seconds = (time.perf_counter() - t) / len(items)
+        row = 0
+        for p in prepared:
+            if isinstance(p, PredictionError):
+                results.append(p)
+                continue
+            audio, transcript, label, item, alignment, truncated, timings = p
+            timings["model"] = model_seconds
+            try:
+                results.append(self._prediction(row, probs, explain, audio, transcript, label, item,
+                                                alignment, truncated, timings))
+            except DataError as exc:
+                if strict:
+                    raise
+                results.append(PredictionError(label, str(exc)))
+            row += 1
+        return results
 
     def predict_speaker(self, jobs: Sequence[tuple[str | Path, str | None]],
                         batch_size: int = 8) -> list[Prediction | PredictionError]:

@@ -111,27 +111,6 @@ def predict_texts(predictor: Predictor, texts: Sequence[tuple[str, str]],
                     raise
                 prepared.append(PredictionError(label, str(exc)))
                 continue
-            prepared.append((label, text, item, alignment, truncated, {"words": time.perf_counter() - t}))
-        items = [p[2] for p in prepared if not isinstance(p, PredictionError)]
-        if items:
-            t = time.perf_counter()
-            probs, explain = predictor._run(items)
-            model_seconds = (time.perf_counter() - t) / len(items)
-        results: list = []
-        row = 0
-        for p in prepared:
-            if isinstance(p, PredictionError):
-                results.append(p)
-                continue
-            label, text, item, alignment, truncated, timings = p
-            timings["model"] = model_seconds
-            try:
-                prediction = predictor._prediction(row, probs, explain, silence, text, label, item, alignment,
-                                                   truncated, timings)
-                results.append(replace(prediction, envelope=None))
-            except DataError as exc:
-                if strict:
-                    raise
-                results.append(PredictionError(label, str(exc)))
-            row += 1
-        return results
+            prepared.append((silence, text, label, item, alignment, truncated, {"words": time.perf_counter() - t}))
+        results = predictor._predict_prepared(prepared, strict)
+    return [r if isinstance(r, PredictionError) else replace(r, envelope=None) for r in results]
