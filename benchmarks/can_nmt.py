@@ -1,5 +1,6 @@
-"""Benchmark: the convolutional attention network (seed 003) and the NMT-style attention model
-(seed 001) on RAVDESS 4-class, 5-fold actor-exclusive CV.
+"""Benchmark: the convolutional attention network (Lee et al. 2018) and the NMT-style attention model
+(Cid Ornelas, slides "Multimodal Emotion Recognition using Lexico-Acoustic Language Descriptions")
+on RAVDESS 4-class, 5-fold actor-exclusive CV.
 
 Rows (configs under `configs/ravdess4/`): `can`, `can-shallow` (its concatenation baseline),
 `nmt-global`, `nmt-local`, `nmt-forced`. Each row runs through the one fold loop

@@ -2,7 +2,7 @@
 
 Protocols (`make_folds(corpus, protocol)`):
   - "speaker-kfold": k folds grouped by speaker, label-stratified where the speakers allow
-    (scikit-learn's StratifiedGroupKFold); the 5-fold CV of the FG_CME paper (seed 002).
+    (scikit-learn's StratifiedGroupKFold); the 5-fold CV of the FG_CME paper (Li et al. 2021).
   - "loso-session" / "loso-speaker": leave one session (or speaker) out.
   - "aguilar": Aguilar et al. (2019): for each session, its speakers are split into two
     halves A and B; one fold validates on A and tests on B, the next swaps them; training
