@@ -64,7 +64,7 @@ def checkpoint_state(path: str | Path) -> dict[str, Tensor]:
 
 
 def _first_line(exc: Exception) -> str:
-    # torch's refusal is a page of advice (including "load it with weights_only=False"): keep its reason
+    # torch's refusal is a page of advice (including turning the safe loader off): keep its reason only
     reason = _UNPICKLER_ERROR.search(str(exc))
     lines = [reason.group(1)] if reason else str(exc).strip().splitlines()
     return lines[0][:160] if lines else ""
