@@ -61,15 +61,20 @@ class LabelledData:
 def map_labels(corpus: Corpus, label_set, source=None) -> tuple[Corpus, np.ndarray]:
     """Keep the utterances whose label the set uses; return them and their class indices.
 
-    A label that is already one of the set's classes is kept; otherwise the original corpus
-    label is mapped through the set (so a ravdess8 manifest serves a ravdess4 experiment).
+    The original corpus label is mapped through the set when the set names it (so a ravdess8
+    manifest serves a ravdess4 experiment, and `label_map: {exc: null}` leaves out the excited
+    utterances a prepared iemocap4 manifest already calls happy); a label that the set does not
+    name but that is one of its classes is kept as it is.
     An unknown label is a DataError naming `source` (the manifest or folder), the utterance,
     the label and the labels the set knows.
     """
     kept: list[Utterance] = []
     labels: list[int] = []
     for u in corpus:
-        if u.label in label_set.classes:
+        original = str(u.original_label if u.original_label is not None else "").strip().lower()
+        if original in label_set.mapping:
+            label = label_set.mapping[original]
+        elif u.label in label_set.classes:
             label = u.label
         else:
             try:

@@ -92,14 +92,12 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
     fitted = read_json(fold_dir / "normaliser.json")
     metrics = read_json(fold_dir / "metrics.json") if (fold_dir / "metrics.json").is_file() else {}
     trained_path = fold_dir / "trained.json"
-    if trained_path.is_file():
-        best = Path(read_json(trained_path)["best_checkpoint"])
-        checkpoint = best if best.is_absolute() else fold_dir / best
-    else:
-        found = sorted((fold_dir / "checkpoints").glob("best-*.ckpt"))
-        if not found:
-            raise DataError(fold_dir, "no trained.json and no checkpoints/best-*.ckpt: the fold has not finished training")
-        checkpoint = found[-1]
+    if not trained_path.is_file():  # a best-*.ckpt of an interrupted fold is a mid-training network
+        raise DataError(fold_dir, "no trained.json: the fold has not finished training (resume it with `emofuse train`)")
+    best = read_json(trained_path).get("best_checkpoint")
+    if not isinstance(best, str):
+        raise DataError(trained_path, "names no best_checkpoint")
+    checkpoint = Path(best) if Path(best).is_absolute() else fold_dir / best
     state = checkpoint_state(checkpoint)  # tensors and plain values only: a crafted file is refused
     state = _strip_prefix(state, "model.")  # EmotionModule keeps the network as `self.model`
 
