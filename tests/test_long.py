@@ -220,3 +220,28 @@ def test_segments_from_a_folder_or_a_bad_transcript_is_one_clear_line(joined, ac
     bad.write_text("start,end,text\n2.0,1.0,backwards\n")
     result = runner.invoke(app, ["predict", str(acoustic_dir), str(path), "--segments-from", str(bad)])
     assert result.exit_code != 0 and "bad.csv" in str(result.exception or result.output)
+
+
+def test_read_ahead_ends_when_the_consumer_fails_with_the_queue_full():
+    """The reader thread must not block forever on a full queue once the consumer has stopped
+    (a model error mid-file, or Ctrl-C): closing the generator returns promptly."""
+    import threading
+    import time
+
+    from emofuse.inference.long import _ahead
+
+    def many():  # three items for a queue of two: after the consumer's first, the reader
+        yield from range(3)  # has queued the other two and waits to hand over its end marker
+
+    closed = threading.Event()
+
+    def consume():
+        reader = _ahead(many(), 2)
+        next(reader)
+        time.sleep(0.5)  # the reader fills the queue and waits to hand over its last items
+        reader.close()  # what an exception in the consumer's loop does
+        closed.set()
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    assert closed.wait(10), "the read-ahead thread blocked on a full queue after the consumer stopped"

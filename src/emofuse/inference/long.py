@@ -273,20 +273,24 @@ def _ahead(items, size: int):
     done = object()
     stop = threading.Event()
 
+    def put(entry) -> bool:
+        """Hand `entry` over unless the consumer has stopped (then nobody would take it)."""
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def fill():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        box.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((item, None)):
                     return
-            box.put((done, None))
+            put((done, None))
         except BaseException as err:  # handed to the consumer, raised there
-            box.put((done, err))
+            put((done, err))
 
     thread = threading.Thread(target=fill, name="emofuse-segments", daemon=True)
     thread.start()
