@@ -213,3 +213,32 @@ def test_a_long_recording_answers_per_speech_segment(model_dir, ravdess_root, tm
         assert set(body["summary"]["share"]) == set(CLASSES)
         with_words = _post(c, path, STATEMENT_1)
         assert with_words.status_code == 422 and "send it without a transcript" in with_words.json()["detail"]
+
+
+def test_a_trickled_upload_is_answered_408_and_gives_its_queue_place_back():
+    """A client that sends its body too slowly must not hold an admitted queue place (issue 18)."""
+    import asyncio
+
+    from emofuse.serving.app import UploadLimit
+    from emofuse.serving.workers import Admission
+
+    admission = Admission(workers=1, max_queue=0)
+    reached = []
+
+    async def inner(scope, receive, send):  # the app behind the middleware: never reached here
+        reached.append(scope)
+
+    limit = UploadLimit(inner, max_bytes=10_000, limit_mb=0.01, admission=admission, body_seconds=0.3)
+    sent = []
+
+    async def receive():
+        await asyncio.sleep(30)  # the rest of the body never comes
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length", b"5000")]}
+    asyncio.run(asyncio.wait_for(limit(scope, receive, send), 5))
+    assert sent[0]["status"] == 408 and b"did not arrive within 0.3 s" in sent[1]["body"]
+    assert not reached
+    assert admission.admit(), "the trickled request kept its queue place"

@@ -54,14 +54,18 @@ DEFAULT_QUEUE_PER_WORKER = 4  # --max-queue default: requests waiting per worker
 
 class UploadLimit:
     """ASGI middleware: read POST bodies to `path` up to `max_bytes`; beyond, answer 413 at once.
-    With `admission`, a request past the bounded queue is answered 503 before its body is read."""
+    With `admission`, a request past the bounded queue is answered 503 before its body is read.
+    A body that has not fully arrived `body_seconds` after the request started is answered 408:
+    an admitted request holds a queue place, and a client trickling bytes must not keep it."""
 
-    def __init__(self, app, max_bytes: int, limit_mb: float, path: str = "/predict", admission: Admission | None = None):
+    def __init__(self, app, max_bytes: int, limit_mb: float, path: str = "/predict",
+                 admission: Admission | None = None, body_seconds: float = 60.0):
         self.app = app
         self.max_bytes = max_bytes
         self.limit_mb = limit_mb
         self.path = path
         self.admission = admission
+        self.body_seconds = body_seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
@@ -91,8 +95,15 @@ class UploadLimit:
             return
         body = bytearray()
         more = True
+        deadline = asyncio.get_running_loop().time() + self.body_seconds
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                response = JSONResponse(status_code=408, content={
+                    "detail": f"the upload did not arrive within {self.body_seconds:g} s"})
+                await response(scope={"type": "http"}, receive=None, send=send)
+                return
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
@@ -151,7 +162,7 @@ def _one_line(errors) -> str:
 
 def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: float = 120.0,
                predictor=None, threads: int | None = None, workers: int = 0, max_queue: int | None = None,
-               segment_over: float | None = 30.0) -> FastAPI:
+               segment_over: float | None = 30.0, body_seconds: float = 60.0) -> FastAPI:
     """The service for one model directory; the model is loaded here, once per worker (module docstring).
 
     workers: 0 runs the model in this process (one prediction at a time); N >= 1 starts N
@@ -191,7 +202,7 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
     app.state.load_seconds = load_seconds
     app.state.limits = {"max_upload_mb": max_upload_mb, "max_seconds": max_seconds}
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6) + FORM_OVERHEAD, limit_mb=max_upload_mb,
-                       admission=admission)
+                       admission=admission, body_seconds=body_seconds)
 
     @app.exception_handler(RequestValidationError)
     async def one_line_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
