@@ -228,6 +228,12 @@ def test_two_workers_answer_concurrent_requests_each_with_its_own_file_and_die_w
             assert [w["text"] for w in body["words"]] == [w["text"] for w in expected[name]["words"]]
         children = _children(server.proc.pid)
         assert set(pids) <= children and len(children) >= 4  # 2 workers, each with its openSMILE worker
+        os.kill(pids[0], signal.SIGKILL)  # a worker dies: /health must say so, or nothing restarts the service
+        deadline = time.monotonic() + 15
+        while httpx.get(server.url + "/health", timeout=30).status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        health = httpx.get(server.url + "/health", timeout=30)
+        assert health.status_code == 503 and health.json()["status"] == "broken"
         server.proc.kill()  # kill -9: no shutdown code runs in the server
         server.proc.wait(timeout=30)
         assert _gone_within(children, 10) == set()

@@ -209,8 +209,12 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
         return JSONResponse(status_code=422, content={"detail": _one_line(exc.errors())})
 
     @app.get("/health")
-    async def health() -> dict:
-        """Liveness and what the loaded model is; answered on the event loop, never behind a prediction."""
+    async def health():
+        """Liveness and what the loaded model is; answered on the event loop, never behind a prediction.
+        503 once a worker process has died, so that an orchestrator restarts the service."""
+        if getattr(engine, "broken", False):
+            return JSONResponse(status_code=503, content={
+                "status": "broken", "detail": "a prediction worker died; the service needs a restart"})
         return {"status": "ok", **engine.description, "load_seconds": round(load_seconds, 3),
                 "limits": app.state.limits,
                 "workers": {"count": engine.workers, "mode": "processes" if workers else "in-process",

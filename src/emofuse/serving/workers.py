@@ -245,6 +245,11 @@ class ProcessEngine:
     def submit(self, job: Job) -> Future:
         return self._pool.submit(_worker_run, job)
 
+    @property
+    def broken(self) -> bool:
+        """A worker died (crash, out of memory): the pool takes no more jobs until a restart."""
+        return bool(getattr(self._pool, "_broken", False))
+
     def close(self) -> None:
         pids = list(self.pids) or [p.pid for p in getattr(self._pool, "_processes", {}).values()]
         self._pool.shutdown(wait=False, cancel_futures=True)
