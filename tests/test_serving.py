@@ -242,3 +242,27 @@ def test_a_trickled_upload_is_answered_408_and_gives_its_queue_place_back():
     assert sent[0]["status"] == 408 and b"did not arrive within 0.3 s" in sent[1]["body"]
     assert not reached
     assert admission.admit(), "the trickled request kept its queue place"
+
+
+def test_an_unexpected_model_error_is_a_500_with_one_line_not_a_dead_worker():
+    """A failure inside one prediction (not a bad input) answers that request 500 in the usual
+    {"detail": ...} form; it is not mistaken for a dead worker (503) and the worker lives on."""
+    from emofuse.serving.workers import Job, run_job
+
+    class Failing:
+        def predict_audio(self, *args, **kwargs):
+            raise RuntimeError("shape mismatch in the model\nsecond line of a torch message")
+
+    import os
+    import tempfile
+
+    import numpy as np
+    import soundfile as sf
+
+    path = os.path.join(tempfile.mkdtemp(), "clip.wav")
+    sf.write(path, np.zeros(16000, np.float32), 16000)
+    job = Job(path=path, name="clip.wav", transcript=None, html=False, reader="soundfile", sample_rate=16000,
+              channels=1, duration=1.0, max_seconds=60.0, segment_over=None)
+    answer = run_job(Failing(), job)
+    assert answer["status"] == 500
+    assert answer["detail"] == "clip.wav: prediction failed (RuntimeError: shape mismatch in the model)"

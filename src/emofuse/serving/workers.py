@@ -89,6 +89,9 @@ def run_job(predictor, job: Job) -> dict:
         if any(p in exc.problem for p in UNDECODABLE):
             return _error(415, job.name, NOT_AUDIO)
         return _error(422, job.name, exc.problem)
+    except Exception as exc:  # noqa: BLE001 -- one request's failure is its answer, never the worker's end
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        return _error(500, job.name, f"prediction failed ({type(exc).__name__}: {reason})")
     record = prediction.to_json()
     record["timings"] = {k: round(v, 4) for k, v in prediction.timings.items()}
     if job.html:
