@@ -216,3 +216,22 @@ def test_a_chunk_too_big_or_a_silent_client_is_closed(acoustic_app):
             assert code == 1001 and "idle for 0.5 s" in reason
     finally:
         acoustic_app.state.stream_limits = None
+
+
+def test_streams_past_the_connection_limit_are_turned_away_and_a_closed_one_frees_its_place(acoustic_app):
+    acoustic_app.state.stream_limits = StreamLimits(max_connections=1, idle_seconds=5)
+    try:
+        with TestClient(acoustic_app) as c:
+            with c.websocket_connect("/stream?format=s16le") as first:
+                first.send_bytes(b"\x00" * 3200)
+                with c.websocket_connect("/stream?format=s16le") as second:
+                    code, reason = closed_with(second)
+                assert code == 1013 and "1 live streams are open" in reason
+                first.send_text("end")
+                closed_with(first)
+            with c.websocket_connect("/stream?format=s16le") as third:  # the place is free again
+                third.send_bytes(b"\x00" * 3200)
+                third.send_text("end")
+                assert closed_with(third)[0] == 1000
+    finally:
+        acoustic_app.state.stream_limits = None

@@ -64,6 +64,7 @@ class StreamLimits:
     max_seconds: float = 3600.0  # audio per connection
     max_chunk_bytes: int = 256 * 1024  # one message: 8 s of int16, 4 s of float32
     idle_seconds: float = 10.0  # the longest wait for the next message
+    max_connections: int = 16  # open streams at once: each holds a thread and a VAD session
 
 
 class StreamClosed(Exception):
@@ -287,6 +288,19 @@ async def stream(websocket: WebSocket, format: str | None = None, rate: int | No
     limits = getattr(app.state, "stream_limits", None) or StreamLimits(
         max_seconds=float(app.state.limits.get("max_seconds", StreamLimits.max_seconds)))
     await websocket.accept()
+    open_streams = getattr(app.state, "open_streams", 0)
+    if open_streams >= limits.max_connections:  # each stream holds a thread and a VAD session
+        await websocket.close(1013, _reason(f"{open_streams} live streams are open, the limit; try again later"))
+        return
+    app.state.open_streams = open_streams + 1
+    try:
+        await _serve_stream(websocket, app, limits, format, rate, vad)
+    finally:
+        app.state.open_streams -= 1
+
+
+async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format: str | None, rate: int | None,
+                        vad: str) -> None:
     loop = asyncio.get_running_loop()
     out: asyncio.Queue = asyncio.Queue()
     session: LiveSegments | None = None
