@@ -103,3 +103,18 @@ def test_ravdess_to_demo_runs_one_epoch_and_reports_train_to_test(ravdess_root, 
     table = tmp_path / "table.md"
     result = CliRunner().invoke(app, ["report", str(run), "--out", str(table)])
     assert result.exit_code == 0 and "ravdess → emofuse-demo" in table.read_text()
+
+
+def test_a_test_corpus_holding_training_recordings_is_refused(tmp_path):
+    from emofuse.errors import DataError
+    from emofuse.training.features import refuse_shared_recordings
+
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"")
+    train = Corpus([Utterance("t1", str(clip), "spk1", "happy", "happy")], name="train")
+    same = Corpus([Utterance("x9", str(tmp_path / "." / "a.wav"), "other", "happy", "happy")], name="other")
+    with pytest.raises(DataError, match=r"1 test recording\(s\) are also in the training corpus \(first: 'x9' = "
+                                        r"training 't1'\)"):
+        refuse_shared_recordings(train, same, "test.jsonl")
+    elsewhere = Corpus([Utterance("x9", str(tmp_path / "b.wav"), "spk1", "happy", "happy")], name="other")
+    refuse_shared_recordings(train, elsewhere, "test.jsonl")  # the same speaker name alone is fine

@@ -15,6 +15,8 @@ same set and appended, its ids and speakers prefixed with its name and marked
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Callable
 
@@ -83,6 +85,7 @@ def load_labelled(cfg: ExperimentConfig, log: Callable[[str], None] = print, pro
     if d.test_manifest:
         test = Corpus.read(d.test_manifest)
         check_audio(cfg, test, d.test_manifest)
+        refuse_shared_recordings(corpus, test, d.test_manifest)
         test, test_labels = map_labels(test, label_set, d.test_manifest)
         root = Path(d.test_store) if d.test_store else Path("features") / test.name
         test, test_items, test_labels = load_features(cfg, test, test_labels, root, log, progress)
@@ -102,6 +105,21 @@ def check_audio(cfg: ExperimentConfig, corpus: Corpus, source=None) -> None:
                                 f"first: {silent[0]}), but model {cfg.model_name!r} reads audio "
                                 f"(data.acoustic={cfg.data.acoustic}): give them a path, or train a lexical model "
                                 "(B-LEX, lstm-attn-semantic) with data.acoustic=null")
+
+
+def refuse_shared_recordings(train: Corpus, test: Corpus, source) -> None:
+    """A cross-corpus test must not hold recordings the training corpus holds (the same file and
+    span): that would test on training data. Speaker names are not compared: two corpora may
+    reuse ids like "spk1" for different people."""
+    def key(u):
+        return (os.path.realpath(u.audio), u.start, u.end) if u.audio else None
+
+    seen = {key(u): u.id for u in train if u.audio}
+    shared = [(u.id, seen[key(u)]) for u in test if u.audio and key(u) in seen]
+    if shared:
+        test_id, train_id = shared[0]
+        raise DataError(source, f"{len(shared)} test recording(s) are also in the training corpus (first: "
+                                f"{test_id!r} = training {train_id!r}); a cross-corpus test needs another corpus")
 
 
 def append_test_corpus(corpus: Corpus, items: list, labels: np.ndarray, test: Corpus, test_items: list,
