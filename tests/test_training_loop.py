@@ -501,3 +501,21 @@ def test_teacher_checkpoint_of_fold_k_is_fold_k_of_the_teacher_run(tmp_path):
                   if n.startswith("model.view_m.")}
         assert frozen and all(torch.equal(v, teacher_state["model." + n]) for n, v in frozen.items())
         assert not all(torch.equal(v, other["model." + n]) for n, v in frozen.items())
+
+
+def test_a_teacher_trained_on_other_folds_is_refused_before_training(tmp_path):
+    """A teacher run cut with another seed has trained on some of the student's test speakers."""
+    data = with_words(synthetic_data(speakers=6, per_class=2))
+    words = ["data.words=minilm", "data.align=auto", "trainer.max_epochs=1", "protocol.k=3"]
+    teacher = tiny_config(tmp_path, *words, f"run_dir={tmp_path / 'h-mm-4'}", "model.word_layers=1", "seed=1",
+                          model="H-MM-4")
+    run_folds(teacher, data, folds_for(data, teacher), log=lambda s: None, only={0})
+    student = tiny_config(tmp_path, *words, f"run_dir={tmp_path / 'ts'}", "model.view_m_settings={word_layers: 1}",
+                          f"model.teacher_checkpoint={tmp_path / 'h-mm-4'}/fold-{{fold}}", model="teacher-student")
+    folds = folds_for(data, student)
+    teacher_split = json.loads((tmp_path / "h-mm-4" / "fold-0" / "split.json").read_text())
+    student_test = {data.corpus[int(i)].id for i in folds[0].test}
+    assert set(teacher_split["train"]) & student_test  # the two seeds cut different folds
+    with pytest.raises(ConfigError, match=r"the teacher of fold 0 trained on \d+ of this fold's test utterances"):
+        run_folds(student, data, folds, log=lambda s: None, only={0})
+    assert not (tmp_path / "ts" / "fold-0" / "checkpoints").exists()

@@ -192,6 +192,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
                           "(set protocol.val_fraction or protocol.val_speakers)")
     if len(fold.test) == 0:
         raise ConfigError(f"fold {fold.index} has no test part")
+    check_teacher_split(cfg, data, fold)
     started = time.time()
     fold_dir.mkdir(parents=True, exist_ok=True)
     refit = None
@@ -492,6 +493,29 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
     run = write_run(cfg, data, folds, run_dir, extra)
     run["selected"] = selected
     return run
+
+
+def check_teacher_split(cfg: ExperimentConfig, data: LabelledData, fold) -> None:
+    """A teacher fold read through `model.teacher_checkpoint` must not have trained on this
+    fold's test or validation utterances (a teacher run with another seed, k or refit cuts other
+    folds): its `split.json` is compared with this fold before any training."""
+    path = cfg.model.get("teacher_checkpoint") if isinstance(cfg.model, dict) else None
+    if not isinstance(path, str) or not path:
+        return
+    here = Path(path)
+    split = next((d / "split.json" for d in (here, here.parent, here.parent.parent) if (d / "split.json").is_file()),
+                 None)
+    if split is None:
+        return
+    teacher = read_json(split)
+    trained_on = set(teacher.get("train", [])) | set(teacher.get("val", []))
+    ids = lambda part: {data.corpus[int(i)].id for i in part}  # noqa: E731
+    for part, name in ((fold.test, "test"), (fold.val, "validation")):
+        seen = trained_on & ids(part) if name == "test" else set(teacher.get("train", [])) & ids(part)
+        if seen:
+            raise ConfigError(f"{split}: the teacher of fold {fold.index} trained on {len(seen)} of this fold's "
+                              f"{name} utterances (first: {sorted(seen)[0]!r}); train the teacher with the same "
+                              "seed and protocol as the student")
 
 
 def fold_config(cfg: ExperimentConfig, index: int) -> ExperimentConfig:
