@@ -135,3 +135,17 @@ def test_export_of_a_real_run_with_weight_averaging_reads_its_checkpoint(trained
     assert (tmp_path / "model" / "model.json").is_file()
     record = json.loads((tmp_path / "model" / "model.json").read_text())
     assert "checkpoint_read_with" not in record["source"]  # one way to read: no fallback left to record
+
+
+def test_export_refuses_a_fold_that_has_not_finished_training(tmp_path):
+    """An interrupted fold has a best-*.ckpt of some mid-training epoch: it is not a model to ship."""
+    from emofuse.errors import DataError
+    from emofuse.training.export import export_fold
+
+    fold = tmp_path / "run" / "fold-0"
+    (fold / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text("{}\n")
+    (fold / "normaliser.json").write_text("{}\n")
+    (fold / "checkpoints" / "best-epoch04.ckpt").write_bytes(b"")
+    with pytest.raises(DataError, match="has not finished training"):
+        export_fold(fold, tmp_path / "model")

@@ -184,3 +184,17 @@ def test_prepare_accepts_auto_and_a_label_set_file(tmp_path):
     result = CliRunner().invoke(app, ["prepare", "manifest", str(csv), "--out", str(out), "--label-set", str(sets)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert set(Corpus.read(out).labels) == {"ex"}
+
+
+def test_a_label_map_applies_to_the_original_label_even_when_the_label_is_already_a_class():
+    """A prepared iemocap4 manifest calls excited speech `happy` (original `exc`): a map that
+    leaves `exc` out must leave those utterances out, as data.json says it does."""
+    from emofuse.corpora.base import Corpus, Utterance
+    from emofuse.corpora.labels import custom_label_set
+    from emofuse.training.data import map_labels
+
+    corpus = Corpus([Utterance("a", None, "s1", "happy", "exc"), Utterance("b", None, "s1", "happy", "hap"),
+                     Utterance("c", None, "s1", "sad", "sad")], name="prepared")
+    label_set = custom_label_set("mine", ["happy", "sad"], {"hap": "happy", "exc": None})
+    kept, labels = map_labels(corpus, label_set, "prepared.jsonl")
+    assert [u.id for u in kept] == ["b", "c"] and labels.tolist() == [0, 1]
