@@ -374,3 +374,29 @@ def model_from_config(path, spec):
 
     cfg = load_config(path)
     return cfg, get_model(cfg.model_name).build(spec, **cfg.model_settings)
+
+
+# ---------------------------------------------------------------- processes (Linux /proc)
+
+
+def children(pid: int) -> dict[int, str]:
+    """Live child processes of `pid` with their command lines (zombies count as gone)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z":
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue  # it ended while we looked
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

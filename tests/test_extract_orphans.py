@@ -11,33 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import alive, children
 
 from emofuse.corpora.base import Corpus, Utterance
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux /proc")
-
-
-def children(pid: int) -> dict[int, str]:
-    """Live child processes of `pid` with their command lines (zombies count as gone)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-            if int(ppid) == pid and state != "Z":
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue  # it ended while we looked
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def entries(root: Path) -> set[str]:

@@ -15,12 +15,19 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import (
+    CLASSES,
+    STATEMENT_1,
+    alive,
+    children,
+    ravdess_files,
+    registry_model_dir,
+)
 from typer.testing import CliRunner
 
 from emofuse.errors import EmofuseError
 from emofuse.inference.folder import predict_jobs, write_results
 from emofuse.inference.predictor import Prediction, PredictionError
-from helpers import CLASSES, STATEMENT_1, ravdess_files, registry_model_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -30,28 +37,6 @@ UNRELATED = "the quarterly revenue forecast exceeded every analyst expectation c
 @pytest.fixture(scope="module")
 def words_model(tmp_path_factory) -> Path:
     return registry_model_dir(tmp_path_factory.mktemp("hmm4") / "model", "H-MM-4", "fbank40", "glove50")
-
-
-def _children(pid: int) -> dict[int, str]:
-    """Live child processes of `pid` with their command lines (zombies count as gone)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            if int(ppid) == pid and state != "Z":
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue  # it ended while we looked
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux /proc")
@@ -68,7 +53,7 @@ def test_folder_workers_die_within_seconds_of_a_killed_predict(words_model, ravd
         deadline, answered = time.monotonic() + 240, False
         while time.monotonic() < deadline and not (answered and len(workers) == 2):
             assert parent.poll() is None, f"predict ended before it could be killed: {parent.stderr.read()!r}"
-            workers = {pid: cmd for pid, cmd in _children(parent.pid).items() if "spawn_main" in cmd}
+            workers = {pid: cmd for pid, cmd in children(parent.pid).items() if "spawn_main" in cmd}
             if not answered and select.select([parent.stdout], [], [], 0.2)[0]:
                 answered = parent.stdout.readline().startswith(b"{")  # a worker has loaded and predicted
         assert answered and len(workers) == 2, "the workers never started predicting"
@@ -76,16 +61,16 @@ def test_folder_workers_die_within_seconds_of_a_killed_predict(words_model, ravd
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         killed = time.monotonic()
-        while any(_alive(pid) for pid in workers) and time.monotonic() - killed < 5:
+        while any(alive(pid) for pid in workers) and time.monotonic() - killed < 5:
             time.sleep(0.1)
-        assert not [pid for pid in workers if _alive(pid)], "folder workers outlived their parent by 5 s"
+        assert not [pid for pid in workers if alive(pid)], "folder workers outlived their parent by 5 s"
         assert not (tmp_path / "r.csv").exists()  # the run was really cut short
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
         for pid in workers:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 

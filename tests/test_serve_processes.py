@@ -18,8 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from helpers import STATEMENT_1, ravdess_files, registry_model_dir, set_flac_total_samples, silent_flac
+from helpers import (
+    STATEMENT_1,
+    alive,
+    ravdess_files,
+    registry_model_dir,
+    set_flac_total_samples,
+    silent_flac,
+)
 
 START_TIMEOUT = 240.0  # seconds: each spawned worker imports torch and loads the model on a shared 2-core box
 
@@ -44,13 +50,6 @@ def _children(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _rss_mb(pids) -> float:
@@ -108,9 +107,9 @@ class Server:
 
 def _gone_within(pids, seconds: float) -> set[int]:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.1)
-    return {p for p in pids if _alive(p)}
+    return {p for p in pids if alive(p)}
 
 
 @pytest.fixture(scope="module")
