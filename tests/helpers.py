@@ -400,3 +400,61 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------- `emofuse serve` as a real process
+
+
+class ServeProcess:
+    """`emofuse serve MODEL --port P ...` in its own process, ready once /health answers; use as a
+    context manager (kill -9 on exit, so a failed test leaves no server behind)."""
+
+    def __init__(self, model_dir: Path, *options: str, start_timeout: float = 240.0):
+        import os
+        import subprocess
+        import sys
+
+        import httpx
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from emofuse.cli import main; main()", "serve", str(model_dir),
+             "--port", str(self.port), *options],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                self.health = httpx.get(self.url + "/health", timeout=5).json()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError("serve did not answer /health in time") from None
+                time.sleep(0.3)
+
+    def get_health(self):
+        import httpx
+
+        return httpx.get(self.url + "/health", timeout=30)
+
+    def post(self, path: Path, transcript: str | None = None, timeout: float = 120):
+        import httpx
+
+        data = {"transcript": transcript} if transcript else None
+        return httpx.post(self.url + "/predict", files={"file": (path.name, path.read_bytes())}, data=data,
+                          timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -24,7 +24,8 @@ per speech segment (`inference.long`) and answer with `segments` and a `summary`
 Concurrency (`serving.workers`): predictions run in `workers` processes, each with the model
 loaded once (0: in this process, one at a time); decoding runs there too, so at most that many
 decodes run at once. At most `max_queue` more requests wait; beyond that the answer is 503
-with Retry-After. Each request has its own temporary file and job, so answers never mix.
+with Retry-After. Each request has its own temporary file and job, so answers never mix. A
+worker that dies is restarted (its request answered 500); repeated crashes make the service 503.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
 from emofuse.errors import ConfigError, DataError
-from emofuse.serving.workers import NOT_AUDIO, Admission, InProcessEngine, Job, ProcessEngine
+from emofuse.serving.workers import NOT_AUDIO, Admission, InProcessEngine, Job, ProcessEngine, too_long_note
 
 STATIC = Path(__file__).parent / "static"
 # Room for the multipart framing and the transcript field next to the file itself.
@@ -143,8 +144,7 @@ def probe_upload(path: str, name: str, max_seconds: float, whole_seconds: float 
         check_audio_header(path, header, limit)
     except AudioRefused as exc:
         problem = NOT_AUDIO if "no audio stream" in exc.problem else exc.problem
-        suffix = "" if exc.status != 413 else " (server option --max-seconds)" if limit == max_seconds else \
-            f" for this container (server option --segment-over); WAV, FLAC or OGG may run to {max_seconds:g} s"
+        suffix = too_long_note(max_seconds, limit) if exc.status == 413 else ""
         raise HTTPException(status_code=exc.status, detail=f"{name}: {problem}{suffix}") from None
     except DataError:
         raise HTTPException(status_code=415, detail=f"{name}: {NOT_AUDIO}") from None
@@ -211,14 +211,16 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
     @app.get("/health")
     async def health():
         """Liveness and what the loaded model is; answered on the event loop, never behind a prediction.
-        503 once a worker process has died, so that an orchestrator restarts the service."""
+        A dead worker is restarted and counted (`workers.restarts`); 503 "broken" only once the pool
+        gave up after repeated crashes (workers.MAX_CRASHES), so that an orchestrator restarts the service."""
+        restarts = getattr(engine, "restarts", 0)
         if getattr(engine, "broken", False):
             return JSONResponse(status_code=503, content={
-                "status": "broken", "detail": "a prediction worker died; the service needs a restart"})
+                "status": "broken", "detail": engine.broken_reason, "workers": {"restarts": restarts}})
         return {"status": "ok", **engine.description, "load_seconds": round(load_seconds, 3),
                 "limits": app.state.limits,
                 "workers": {"count": engine.workers, "mode": "processes" if workers else "in-process",
-                            "pids": engine.pids, "busy": admission.running},
+                            "pids": engine.pids, "busy": admission.running, "restarts": restarts},
                 "queue": {"length": admission.waiting, "max": admission.max_queue, "refused": admission.refused}}
 
     @app.post("/predict")
@@ -244,12 +246,13 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
                 header, limit = await run_in_threadpool(probe_upload, tmp, name, max_seconds, segment_over)
                 job = Job(path=tmp, name=name, transcript=(transcript or "").strip() or None, html=html,
                           reader=header.reader, sample_rate=header.sample_rate, channels=header.channels,
-                          duration=header.duration, max_seconds=limit, segment_over=segment_over)
+                          duration=header.duration, max_seconds=limit, segment_over=segment_over,
+                          too_long_note=too_long_note(max_seconds, limit))
             try:
                 answer = await asyncio.wrap_future(engine.submit(job))
-            except (BrokenExecutor, RuntimeError) as exc:
+            except (BrokenExecutor, RuntimeError) as exc:  # workers crashed too often (or shutting down)
                 raise HTTPException(status_code=503, headers={"Retry-After": "30"},
-                                    detail=f"{name}: the prediction worker stopped ({type(exc).__name__}); "
+                                    detail=f"{name}: the prediction workers stopped ({exc}); "
                                            f"the server needs a restart") from None
         finally:
             if tmp is not None:

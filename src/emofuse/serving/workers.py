@@ -12,6 +12,11 @@ transcript; `run_job` decodes it (bounded, `features.audio.decode_bounded`), pre
 returns plain JSON-able data, so a worker never sends Python objects back. Decoding happens
 inside the engine, so at most `workers` decodes run at once, whatever the number of requests.
 
+A worker that dies (the OOM killer, a crash in a native library) is replaced by a fresh one
+that loads the model the same way; the request it was on is answered 500 in one line, /health
+counts the restarts, and only after more than MAX_CRASHES deaths within CRASH_WINDOW seconds
+does the pool give up (503, /health "broken").
+
 No process outlives the server: on shutdown `close()` ends every worker (SIGTERM, then
 SIGKILL) and the Predictor's openSMILE worker; after `kill -9` of the server each worker is
 killed by the kernel (prctl PR_SET_PDEATHSIG, with a parent-pid watchdog), and each openSMILE
@@ -21,16 +26,22 @@ worker by the same signal armed against its own parent (issue 18, item 5).
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 WORKER_START_TIMEOUT = 600.0  # seconds for every worker to load its model
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of a worker at shutdown
+# A dead worker is replaced; more than MAX_CRASHES deaths within CRASH_WINDOW seconds and the pool
+# gives up (503 "broken"): a crash loop is a problem for whoever restarts the whole service.
+MAX_CRASHES = 5
+CRASH_WINDOW = 60.0
+IDLE_CHECK_SECONDS = 1.0  # how often an idle worker's thread checks that its worker still lives
 UNDECODABLE = ("cannot decode audio", "holds no audio stream", "cannot read the audio header")
 NOT_AUDIO = "not an audio file that soundfile or FFmpeg can decode (send WAV, FLAC, OGG, MP3, WebM, MP4 ...)"
 
@@ -49,6 +60,15 @@ class Job:
     duration: float | None
     max_seconds: float
     segment_over: float | None  # longer recordings are predicted per segment; None: never
+    too_long_note: str = " (server option --max-seconds)"  # which option set max_seconds, for a 413
+
+
+def too_long_note(max_seconds: float, limit: float) -> str:
+    """What a 413 adds to name the option whose limit applied: `--max-seconds`, or, for a
+    container that cannot be read in blocks (so is never predicted per segment), `--segment-over`."""
+    if limit >= max_seconds:
+        return " (server option --max-seconds)"
+    return f" for this container (server option --segment-over); WAV, FLAC or OGG may run to {max_seconds:g} s"
 
 
 def _error(status: int, name: str, problem: str) -> dict:
@@ -71,7 +91,7 @@ def run_job(predictor, job: Job) -> dict:
                 return _error(422, job.name, f"the recording is {job.duration:.1f} s long: over {job.segment_over:g} s "
                                              "it is predicted per speech segment with each segment's recognised "
                                              "words, so send it without a transcript")
-            result = predict_long(predictor, job.path)
+            result = predict_long(predictor, job.path, name=job.name)  # no temp path in the answer
             record = result.to_json()
             record["file"] = job.name
             return {"status": 200, "body": record}
@@ -83,8 +103,7 @@ def run_job(predictor, job: Job) -> dict:
             audio = resample(decode_bounded(job.path, header, job.max_seconds), job.sample_rate, SAMPLE_RATE)
             prediction = predictor.predict_audio(audio, job.transcript, label=job.name)
     except AudioRefused as exc:
-        suffix = " (server option --max-seconds)" if exc.status == 413 else ""
-        return _error(exc.status, job.name, exc.problem + suffix)
+        return _error(exc.status, job.name, exc.problem + (job.too_long_note if exc.status == 413 else ""))
     except DataError as exc:
         if any(p in exc.problem for p in UNDECODABLE):
             return _error(415, job.name, NOT_AUDIO)
@@ -181,13 +200,11 @@ class InProcessEngine:
 
 
 # ------------------------------------------------------------------ worker processes
-_PREDICTOR = None
-_BARRIER = None
-_LOAD_ERROR: str | None = None  # an EmofuseError does not cross the process boundary as itself
+def _worker_main(conn, model_dir: str, threads: int | None, parent_pid: int) -> None:
+    """A worker process: load the model once, say so, then answer jobs from `conn` one at a time.
 
-
-def _worker_init(model_dir: str, threads: int | None, parent_pid: int, barrier) -> None:
-    global _PREDICTOR, _BARRIER, _LOAD_ERROR
+    Jobs come from the server and answers go back to it over a pipe between two processes of
+    the same program (multiprocessing pickles them; nothing from a client is unpickled)."""
     from emofuse.processes import exit_with_parent
 
     exit_with_parent(parent_pid)  # armed before the model loads: a dead server loads nothing
@@ -195,68 +212,218 @@ def _worker_init(model_dir: str, threads: int | None, parent_pid: int, barrier) 
     from emofuse.errors import EmofuseError
     from emofuse.inference.predictor import Predictor
 
-    _BARRIER = barrier
     try:
-        _PREDICTOR = Predictor(model_dir, warm=True, threads=threads)
-    except EmofuseError as exc:
-        _LOAD_ERROR = str(exc)
+        predictor = Predictor(model_dir, warm=True, threads=threads)
+    except EmofuseError as exc:  # an EmofuseError does not cross the process boundary as itself
+        conn.send({"error": str(exc)})
+        return
+    conn.send({"pid": os.getpid(), "frames_pid": _arm_frames_worker(predictor),
+               "describe": predictor.describe(), "load_seconds": predictor.load_seconds})
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):  # the server is gone
+            return
+        if job is None:
+            return
+        conn.send(run_job(predictor, job))
 
 
-def _worker_ready() -> dict:
-    """Held until every worker has loaded its model, so each of the N calls lands on its own worker."""
-    if _LOAD_ERROR is not None:
+class WorkersBroken(BrokenExecutor):
+    """The pool gave up restarting workers (too many crashes): the service needs a restart."""
+
+
+def _how_it_ended(process) -> str:
+    process.join(timeout=1.0)
+    code = process.exitcode
+    if code is None:
+        return "its pipe closed"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return f"exit status {code}"
+
+
+class _Worker:
+    """One worker process and the server's end of its pipe."""
+
+    def __init__(self, context, model_dir: str, threads: int | None):
+        self.conn, child = context.Pipe()
+        # not a daemon: daemonic processes may not start children, and the Predictor starts
+        # its openSMILE worker; close() ends it instead
+        self.process = context.Process(target=_worker_main, args=(child, model_dir, threads, os.getpid()),
+                                       name="emofuse-serve-worker")
+        self.process.start()
+        child.close()  # only the worker holds its end: recv() sees EOF the moment the worker dies
+        self.pid = self.process.pid
+        self.frames_pid: int | None = None
+
+    def wait_ready(self, timeout: float) -> dict:
+        """The worker's hello once its model is loaded; ConfigError for a model it cannot load."""
         from emofuse.errors import ConfigError
 
-        _BARRIER.abort()  # the other workers stop waiting
-        raise ConfigError(_LOAD_ERROR)
-    _BARRIER.wait(timeout=WORKER_START_TIMEOUT)
-    return {"pid": os.getpid(), "frames_pid": _arm_frames_worker(_PREDICTOR),
-            "describe": _PREDICTOR.describe(), "load_seconds": _PREDICTOR.load_seconds}
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"worker {self.pid} did not load the model within {timeout:g} s")
+        try:
+            hello = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"worker {self.pid} died while loading the model ({_how_it_ended(self.process)})") \
+                from None
+        if "error" in hello:
+            raise ConfigError(hello["error"])
+        self.frames_pid = hello["frames_pid"]
+        return hello
 
-
-def _worker_run(job: Job) -> dict:
-    return run_job(_PREDICTOR, job)
+    def alive(self) -> bool:
+        return self.process.is_alive()
 
 
 class ProcessEngine:
-    """N spawned worker processes, each with the model loaded once (`--workers N`)."""
+    """N spawned worker processes, each with the model loaded once (`--workers N`).
+
+    Each worker has a thread in the server that hands it one job at a time from a shared queue
+    and waits for its answer. A worker that dies (the OOM killer, a segfault in a native
+    library) is replaced by a fresh process loading the model the same way; the request it was
+    answering gets a one-line 500 saying so, and /health counts the restarts. After more than
+    MAX_CRASHES deaths within CRASH_WINDOW seconds the pool gives up: every request is 503 and
+    /health answers 503 "broken", so that an orchestrator restarts the whole service (a file
+    that crashes a decoder, sent again and again, must not keep the server loading models)."""
 
     def __init__(self, model_dir: str | Path, workers: int, threads: int | None = None):
-        context = get_context("spawn")  # a fresh interpreter: no server threads or locks copied
+        self._context = get_context("spawn")  # a fresh interpreter: no server threads or locks copied
+        self._model_dir, self._threads = str(model_dir), threads
         self.workers = workers
-        barrier = context.Barrier(workers)
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
-                                         initargs=(str(model_dir), threads, os.getpid(), barrier))
-        self.pids: list[int] = []
-        self._frames_pids: list[int] = []
+        self.restarts = 0
+        self.broken_reason: str | None = None
+        self._crashes: list[float] = []  # monotonic times of worker deaths within the window
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue = queue.Queue()
+        self._closing = False
+        self._slots = [_Worker(self._context, self._model_dir, threads) for _ in range(workers)]  # load in parallel
         try:
-            ready = [self._pool.submit(_worker_ready) for _ in range(workers)]  # spawns all N now
-            answers = [f.result(timeout=WORKER_START_TIMEOUT) for f in ready]
+            answers = [w.wait_ready(WORKER_START_TIMEOUT) for w in self._slots]
         except Exception as exc:
             self.close()
             from emofuse.errors import EmofuseError
 
-            for f in ready:  # the worker's own line (a bad model directory), not the others' broken barrier
-                if f.done() and isinstance(f.exception(), EmofuseError):
-                    raise f.exception() from None
+            if isinstance(exc, EmofuseError):  # the worker's own line (a bad model directory)
+                raise
             raise EmofuseError(f"the worker processes did not start: {type(exc).__name__}: {exc}") from None
-        self.pids = [a["pid"] for a in answers]
-        self._frames_pids = [a["frames_pid"] for a in answers if a["frames_pid"] is not None]
         self.description = answers[0]["describe"]
         self.load_seconds = max(a["load_seconds"] for a in answers)
+        for slot in range(workers):
+            threading.Thread(target=self._serve, args=(slot,), name=f"emofuse-worker-{slot}", daemon=True).start()
 
-    def submit(self, job: Job) -> Future:
-        return self._pool.submit(_worker_run, job)
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self._slots]
 
     @property
     def broken(self) -> bool:
-        """A worker died (crash, out of memory): the pool takes no more jobs until a restart."""
-        return bool(getattr(self._pool, "_broken", False))
+        """The pool gave up restarting workers: the service takes no more jobs until a restart."""
+        return self.broken_reason is not None
+
+    def submit(self, job: Job) -> Future:
+        if self.broken_reason is not None:
+            raise WorkersBroken(self.broken_reason)
+        future: Future = Future()
+        self._jobs.put((job, future))
+        return future
+
+    def _serve(self, slot: int) -> None:
+        """Hand jobs to worker `slot`, one at a time; replace the worker when it dies."""
+        while not self._closing and self.broken_reason is None:
+            try:
+                item = self._jobs.get(timeout=IDLE_CHECK_SECONDS)
+            except queue.Empty:  # idle: a worker that died between jobs is replaced now, not on the next job
+                if not self._slots[slot].alive() and not self._closing:
+                    self._replace(slot, f"worker {self._slots[slot].pid} died while idle "
+                                        f"({_how_it_ended(self._slots[slot].process)})")
+                continue
+            if item is None:
+                return
+            job, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            if not self._slots[slot].alive() and not self._replace(
+                    slot, f"worker {self._slots[slot].pid} died ({_how_it_ended(self._slots[slot].process)})"):
+                future.set_exception(WorkersBroken(self.broken_reason))
+                break
+            worker = self._slots[slot]
+            try:
+                worker.conn.send(job)
+                answer = worker.conn.recv()
+            except (EOFError, OSError):  # the worker died on this job
+                if self._closing:
+                    future.set_exception(BrokenExecutor("the server is shutting down"))
+                    return
+                how = _how_it_ended(worker.process)
+                future.set_result(_error(500, job.name, f"the prediction worker died while on this request (pid "
+                                                        f"{worker.pid}, {how}); a new worker is started: send it "
+                                                        "again, unless this file is what crashes it"))
+                self._replace(slot, f"worker {worker.pid} died on {job.name} ({how})")
+                continue
+            future.set_result(answer)
+        self._fail_waiting()
+
+    def _replace(self, slot: int, why: str) -> bool:
+        """A fresh worker in slot `slot`; False (and the pool broken) after too many crashes."""
+        from emofuse.errors import EmofuseError
+
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                self._crashes = [t for t in self._crashes if now - t <= CRASH_WINDOW] + [now]
+                if len(self._crashes) > MAX_CRASHES and self.broken_reason is None:
+                    self.broken_reason = (f"{len(self._crashes)} worker crashes within {CRASH_WINDOW:g} s, the last: "
+                                          f"{why}; the service needs a restart")
+                if self.broken_reason is not None:
+                    break
+            old = self._slots[slot]
+            _stop([old.pid] + ([old.frames_pid] if old.frames_pid else []), grace=0.5)
+            old.conn.close()
+            try:
+                fresh = _Worker(self._context, self._model_dir, self._threads)
+                self._slots[slot] = fresh
+                fresh.wait_ready(WORKER_START_TIMEOUT)
+            except EmofuseError as exc:  # the model no longer loads: restarting again cannot help
+                with self._lock:
+                    self.broken_reason = f"a restarted worker cannot load the model: {exc}"
+                break
+            except Exception as exc:  # noqa: BLE001 - it died while loading: that is one more crash
+                why = f"{type(exc).__name__}: {exc}"
+                continue
+            if self._closing:
+                _stop([fresh.pid] + ([fresh.frames_pid] if fresh.frames_pid else []))
+                return False
+            with self._lock:
+                self.restarts += 1
+            return True
+        self._fail_waiting()
+        return False
+
+    def _fail_waiting(self) -> None:
+        """Every queued job gets the broken pool's answer (or shutdown's)."""
+        reason = self.broken_reason or "the server is shutting down"
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[1].set_running_or_notify_cancel():
+                item[1].set_exception(WorkersBroken(reason))
 
     def close(self) -> None:
-        pids = list(self.pids) or [p.pid for p in getattr(self._pool, "_processes", {}).values()]
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        _stop(pids + self._frames_pids)
+        self._closing = True
+        for _ in self._slots:
+            self._jobs.put(None)
+        _stop([w.pid for w in self._slots] + [w.frames_pid for w in self._slots if w.frames_pid])
+        for w in self._slots:
+            w.conn.close()
+        self._fail_waiting()
 
 
 class Admission:
