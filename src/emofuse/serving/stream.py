@@ -28,7 +28,12 @@ Limits, each closing the connection with a code and a one-line reason:
     1008  more than `max_seconds` of audio (the server's --max-seconds): the segments so far
           are flushed and sent first
     1009  a message over `max_chunk_bytes`
-    1011  the prediction worker stopped
+    1011  the prediction worker stopped, or the server failed (its log has why)
+
+A segment holds its place in the bounded queue until its worker job has ended, even when the
+client has left (the answer is then discarded); nothing the client reads names a file of the
+server: a segment is named by its time span (`segment 3.20-5.10 s`), other paths by their
+file name alone (`inference.long.without_paths`).
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import queue
 import tempfile
 import threading
-from concurrent.futures import BrokenExecutor
+from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +54,10 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
 
 from emofuse.align.segments import SAMPLE_RATE, Segment, SegmentSettings, Segmenter
-from emofuse.errors import EmofuseError
+from emofuse.errors import ConfigError, EmofuseError
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 FORMATS = ("s16le", "f32le", "webm")
 WEBM_MAGIC = b"\x1a\x45\xdf\xa3"  # the EBML header every WebM/Matroska stream starts with
@@ -207,7 +214,10 @@ class LiveSegments:
             self.emit(None, exc)
             return
         except Exception as exc:  # noqa: BLE001 - any failure ends this connection, not the server
-            self.emit(None, StreamClosed(1011, f"live audio failed: {type(exc).__name__}: {exc}"))
+            # The message may name server files (a library's paths): the log has it, the client the kind.
+            log.exception("live audio failed")
+            self.emit(None, StreamClosed(1011, f"live audio failed ({type(exc).__name__}); the server log has "
+                                               "the details"))
             return
         if self._stop.is_set():
             return
@@ -215,11 +225,20 @@ class LiveSegments:
         self.emit(None, error)
 
 
-def segment_message(segment: Segment, answer: dict) -> dict:
-    """An engine's answer for one segment as a segment of long-recording prediction (its keys)."""
-    from emofuse.inference.long import segment_result
+def segment_name(segment: Segment) -> str:
+    """How a segment of the stream is named to its client: by its time span on the stream's clock."""
+    return f"segment {segment.start:.2f}-{segment.end:.2f} s"
 
-    return segment_result(segment, answer["body"] if answer["status"] == 200 else answer["detail"]).to_json()
+
+def segment_message(segment: Segment, answer: dict, path: str | None = None) -> dict:
+    """An engine's answer for one segment as a segment of long-recording prediction (its keys).
+    `path`: the segment's temporary file, written as the segment's name wherever a worker's
+    error line repeats it; any other path of the server is cut to its file name."""
+    from emofuse.inference.long import segment_result, without_paths
+
+    if answer["status"] == 200:
+        return segment_result(segment, answer["body"]).to_json()
+    return segment_result(segment, without_paths(answer["detail"], path, segment_name(segment))).to_json()
 
 
 def _write_segment(audio: np.ndarray) -> str:
@@ -230,32 +249,57 @@ def _write_segment(audio: np.ndarray) -> str:
         return f.name
 
 
-async def predict_segment(app, segment: Segment, audio: np.ndarray) -> dict:
-    """One segment through the service's engine and bounded queue, as `POST /predict` runs a file."""
-    from emofuse.inference.long import segment_result
+def _submit_segment(engine, admission, segment: Segment, audio: np.ndarray) -> tuple[Future, str] | None:
+    """Run in a thread: take a place in the bounded queue, write the segment to a temporary file
+    and hand it to the engine; None when the queue is full. The place and the file are given
+    back when the worker job has ended (or was cancelled before it ran), never earlier: a client
+    that disconnects mid-prediction leaves its job's answer to be discarded, not a free place
+    beside a job still on the workers. Everything is settled here, in one thread, so a
+    cancellation of the connection's task at any await cannot lose the place or the file."""
     from emofuse.serving.workers import Job
 
-    engine, admission = app.state.engine, app.state.admission
     if not admission.admit():
-        return segment_result(segment, f"the server is busy ({admission.workers} running, {admission.max_queue} "
-                                       "waiting): this segment was not predicted").to_json()
+        return None
     tmp = None
     try:
-        tmp = await run_in_threadpool(_write_segment, audio)
+        tmp = _write_segment(audio)
         duration = len(audio) / SAMPLE_RATE
-        job = Job(path=tmp, name=f"stream@{segment.start:.2f}-{segment.end:.2f}s", transcript=None, html=False,
-                  reader="soundfile", sample_rate=SAMPLE_RATE, channels=1, duration=duration,
-                  max_seconds=duration + 1.0, segment_over=None)
-        try:
-            answer = await asyncio.wrap_future(engine.submit(job))
-        except (BrokenExecutor, RuntimeError) as exc:
-            raise StreamClosed(1011, f"the prediction worker stopped ({type(exc).__name__}); "
-                                     "the server needs a restart") from None
-    finally:
-        admission.release()
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-    return segment_message(segment, answer)
+        job = Job(path=tmp, name=segment_name(segment), transcript=None, html=False, reader="soundfile",
+                  sample_rate=SAMPLE_RATE, channels=1, duration=duration, max_seconds=duration + 1.0,
+                  segment_over=None)
+        future = engine.submit(job)
+    except BaseException:
+        _job_ended(admission, tmp)
+        raise
+    future.add_done_callback(lambda _: _job_ended(admission, tmp))  # at once if it has already ended
+    return future, tmp
+
+
+def _job_ended(admission, tmp: str | None) -> None:
+    admission.release()
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
+
+
+async def predict_segment(app, segment: Segment, audio: np.ndarray) -> dict:
+    """One segment through the service's engine and bounded queue, as `POST /predict` runs a file.
+
+    Cancelled (the client left), the job is cancelled if it has not started; one already on
+    a worker runs to its end and holds its queue place until then (`_submit_segment`)."""
+    from emofuse.inference.long import segment_result
+
+    engine, admission = app.state.engine, app.state.admission
+    try:
+        submitted = await run_in_threadpool(_submit_segment, engine, admission, segment, audio)
+        if submitted is None:
+            return segment_result(segment, f"the server is busy ({admission.workers} running, {admission.max_queue} "
+                                           "waiting): this segment was not predicted").to_json()
+        future, tmp = submitted
+        answer = await asyncio.wrap_future(future)  # cancelling this cancels a job that has not started
+    except (BrokenExecutor, RuntimeError) as exc:
+        raise StreamClosed(1011, f"the prediction worker stopped ({type(exc).__name__}); "
+                                 "the server needs a restart") from None
+    return segment_message(segment, answer, tmp)
 
 
 def _stream_format(fmt: str | None, rate: int | None) -> tuple[str, int]:
@@ -312,8 +356,12 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
         fmt, rate_hz = _stream_format(fmt, rate_hz)
         try:
             live = await run_in_threadpool(LiveSegments, fmt, rate_hz, limits.max_seconds, emit, None, vad)
-        except EmofuseError as exc:
+        except ConfigError as exc:  # the client's choice (`vad`): its line names no server file
             raise StreamClosed(1003, str(exc)) from None
+        except EmofuseError:  # the server's own (the detector's model would not load): its line names files
+            log.exception("the speech detector did not start")
+            raise StreamClosed(1011, f"the speech detector {vad!r} did not start; the server log has the "
+                                     "details") from None
         live.start()
         return live
 
@@ -354,6 +402,8 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
                 session = await open_session(request.get("format"), request.get("rate"))
 
     async def send() -> None:
+        from emofuse.inference.long import without_paths  # a fallback's reason may name the detector's file
+
         sent = 0
         while True:
             segment, item = await out.get()
@@ -362,7 +412,7 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
                     raise item
                 await websocket.send_json({"done": True, "duration": round(session.segmenter.duration, 3),
                                            "segments": sent, "detector": session.segmenter.detector_name,
-                                           "fallbacks": list(session.segmenter.fallbacks)})
+                                           "fallbacks": [without_paths(f) for f in session.segmenter.fallbacks]})
                 await websocket.close(1000)
                 return
             await websocket.send_json(await predict_segment(app, segment, item))
@@ -389,5 +439,8 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
     finally:
         for task in (receiver, sender):
             task.cancel()
+        # Wait for both to unwind, so none is left pending; a job already on a worker keeps its
+        # queue place until it ends (`_submit_segment`), not until this connection does.
+        await asyncio.gather(receiver, sender, return_exceptions=True)
         if session is not None:
             session.stop()
