@@ -27,6 +27,7 @@ import csv
 import io
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -177,6 +178,25 @@ def is_long(path: str | Path, over: float) -> bool:
         return False
 
 
+# An absolute path inside a message (a temporary file, a library's file in its error line),
+# up to the quote, colon or space that ends it; the last group is its file name.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"`:,;()\[\]]+/)+([^\s/'\"`:,;()\[\]]*)")
+
+
+def without_paths(text: str, path: str | Path | None = None, name: str | None = None) -> str:
+    """`text` as a service's client may read it: `path` (the server's temporary copy of the
+    client's file) written as `name`, the name the client knows, and any other absolute path
+    of the server cut to its file name."""
+    if path is not None and name is not None:
+        text = text.replace(str(path), name)
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "/", text)
+
+
+def segment_label(name: str, segment: Segment) -> str:
+    """How a segment is named in its warnings: the recording and the segment's time span."""
+    return f"{name} {segment.start:.2f}-{segment.end:.2f} s"
+
+
 def _shifted(prediction: Prediction, offset: float) -> Prediction:
     words = [replace(w, start=w.start + offset, end=w.end + offset) for w in prediction.words]
     return replace(prediction, words=words, envelope=None)
@@ -310,14 +330,31 @@ def _ahead(items, size: int):
 def predict_long(predictor: Predictor, path: str | Path, settings: SegmentSettings | None = None,
                  detector: str = "auto", cues: Sequence[Segment] | None = None, batch_size: int = 4,
                  progress: Callable[[float, float], None] | None = None,
-                 block_seconds: float = BLOCK_SECONDS) -> LongPrediction:
+                 block_seconds: float = BLOCK_SECONDS, name: str | None = None) -> LongPrediction:
     """Predict `path` per speech segment (module docstring).
 
     cues: segments with texts from a timed transcript (`align.subtitles.read_timed_transcript`);
     without them the segmenter finds the segments. batch_size: segments per model batch.
     progress(seconds_done, seconds_total) is called after every batch of segments.
+    name: the recording as the service's client knows it (its upload's file name), for a
+    temporary copy at `path`: the result, its warnings and errors then name `name` and the
+    segments' time spans, never a path of the server (`without_paths`). Default: `path` itself.
     """
-    path = Path(path)
+    if name is None:
+        return _predict_long(predictor, Path(path), str(path), settings, detector, cues, batch_size, progress,
+                             block_seconds, lambda text: text)
+    try:
+        return _predict_long(predictor, Path(path), name, settings, detector, cues, batch_size, progress,
+                             block_seconds, lambda text: without_paths(text, path, name))
+    except DataError as exc:  # unreadable audio: libsndfile's line repeats the temporary path
+        raise DataError(name, without_paths(exc.problem, path, name)) from None
+
+
+def _predict_long(predictor: Predictor, path: Path, name: str, settings: SegmentSettings | None, detector: str,
+                  cues: Sequence[Segment] | None, batch_size: int, progress: Callable[[float, float], None] | None,
+                  block_seconds: float, public: Callable[[str], str]) -> LongPrediction:
+    """`predict_long` for `path`, named `name`; `public` rewrites the lines the result repeats
+    from errors (a segment's failure, a detector's fallback)."""
     started = time.perf_counter()
     total = _audio_samples(path)
     stream = _Stream()
@@ -327,13 +364,16 @@ def predict_long(predictor: Predictor, path: str | Path, settings: SegmentSettin
 
     def run() -> None:
         ready = [(s, a, w) for s, a, w in batch if a is not None]
-        inputs = [(a, s.text, f"{path}@{s.start:.2f}-{s.end:.2f}s") for s, a, _ in ready]
+        inputs = [(a, s.text, segment_label(name, s)) for s, a, _ in ready]
         outcomes = iter(predictor.predict_batch(inputs, strict=False) if inputs else [])
         for segment, audio, warnings in batch:
             if audio is None:
                 results.append(SegmentPrediction(segment.start, segment.end, None, {}, [], warnings, segment.text))
-            else:
-                results.append(segment_result(segment, next(outcomes), warnings))
+                continue
+            outcome = next(outcomes)
+            if isinstance(outcome, PredictionError):  # "<name> <start>-<end> s: why", as the client can read it
+                outcome = PredictionError(outcome.file, public(outcome.error))
+            results.append(segment_result(segment, outcome, warnings))
         if progress is not None and batch:
             progress(min(batch[-1][0].end, total / SAMPLE_RATE), total / SAMPLE_RATE)
         batch.clear()
@@ -346,8 +386,8 @@ def predict_long(predictor: Predictor, path: str | Path, settings: SegmentSettin
     if progress is not None:
         progress(total / SAMPLE_RATE, total / SAMPLE_RATE)
     return LongPrediction(
-        file=str(path), duration=stream.duration, detector=stream.detector, segments=results,
-        classes=list(predictor.classes), model=predictor.info.name, fallbacks=stream.fallbacks,
+        file=name, duration=stream.duration, detector=stream.detector, segments=results,
+        classes=list(predictor.classes), model=predictor.info.name, fallbacks=[public(f) for f in stream.fallbacks],
         envelope=stream.envelope.result(), envelope_hop=stream.envelope.step / SAMPLE_RATE,
         seconds=time.perf_counter() - started)
 
