@@ -23,7 +23,6 @@ The one file this module reads is the frozen view's weights (`load_view_state`),
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from emofuse.errors import ConfigError, DataError
 from emofuse.features.batch import Batch
+from emofuse.io import read_json
 from emofuse.models.base import InputSpec, Output, get_model, register
 
 MODES = ("joint", "frozen", "teacher-student")
@@ -157,6 +157,23 @@ class NegativeSampler:
 # The frozen view's weights: the only file this module opens.
 
 
+def best_checkpoint_of(marker: str | Path) -> Path:
+    """The checkpoint a fold's record of `emofuse train` names (`fold-K/trained.json`, or
+    `metrics.json` of a finished fold): its "best_checkpoint", relative to the fold folder.
+    A record damaged or edited by hand is one DataError naming it.
+
+    It lives here, beside the one reader of a fold folder on the models floor (a teacher given
+    as `fold-K/`); the training loop and export read their folds through it too."""
+    marker = Path(marker)
+    record = read_json(marker)
+    best = record.get("best_checkpoint") if isinstance(record, dict) else None
+    if not isinstance(best, str) or not best.strip():
+        found = "no such entry" if not isinstance(record, dict) or "best_checkpoint" not in record else repr(best)
+        raise DataError(marker, f'"best_checkpoint" must name the fold\'s checkpoint file ({found}); the file is '
+                                "damaged or was edited by hand: delete the fold folder and train it again")
+    return Path(best) if Path(best).is_absolute() else marker.parent / best
+
+
 def load_view_state(path: str | Path) -> dict[str, Tensor]:
     """Read a trained model's weights from a safetensors file or a torch state-dict file.
 
@@ -174,11 +191,7 @@ def load_view_state(path: str | Path) -> dict[str, Tensor]:
         marker = path / "trained.json"
         if not marker.is_file():
             raise DataError(path, "a directory given as teacher_checkpoint must be a trained fold (no trained.json)")
-        try:
-            best = Path(json.loads(marker.read_text(encoding="utf-8"))["best_checkpoint"])
-        except (ValueError, KeyError) as exc:
-            raise DataError(marker, f"cannot read the best checkpoint's name ({exc})") from None
-        path = best if best.is_absolute() else path / best
+        path = best_checkpoint_of(marker)
     if not path.is_file():
         raise DataError(path, "teacher checkpoint not found: train the second view (e.g. H-MM-4) first "
                               "and point teacher_checkpoint at its saved weights")

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from emofuse.errors import DataError
 
@@ -56,11 +56,40 @@ def read_checkpoint(path: str | Path) -> dict:
 def checkpoint_state(path: str | Path) -> dict[str, Tensor]:
     """The state dict of a checkpoint (its "state_dict" entry, or the file itself when it is a
     bare state dict), checked to hold tensors only."""
-    checkpoint = read_checkpoint(path)
+    return state_of(read_checkpoint(path), path)
+
+
+def state_of(checkpoint: dict, path: str | Path) -> dict[str, Tensor]:
+    """`checkpoint_state` of a checkpoint already read from `path`."""
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise DataError(path, "not a checkpoint with a state dict of tensors")
     return state
+
+
+def load_weights(network: nn.Module, state: dict[str, Tensor], path: str | Path, what: str) -> None:
+    """`network.load_state_dict(state)` (strict), or one DataError naming the checkpoint `path`
+    when its tensors do not fit `what` (the network built from the config): which names are
+    missing or extra, and the first tensor of another shape, instead of torch's page of them."""
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        expected = network.state_dict()
+        missing = [k for k in expected if k not in state]
+        extra = [k for k in state if k not in expected]
+        resized = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+        problems = []
+        if resized:
+            first = resized[0]
+            problems.append(f"{len(resized)} tensor(s) of another shape (first: {first} is "
+                            f"{tuple(state[first].shape)} in the file, {tuple(expected[first].shape)} in the model)")
+        if missing:
+            problems.append(f"{len(missing)} missing (first: {missing[0]})")
+        if extra:
+            problems.append(f"{len(extra)} not in the model (first: {extra[0]})")
+        detail = "; ".join(problems) or " ".join(str(exc).split())[:200]
+        raise DataError(path, f"does not fit {what} built from the config: {detail}; was it trained with other "
+                              "model settings or features?") from None
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,8 +1,8 @@
 """Benchmarks as recipes: rows (config files) run by the one fold loop, `loop.run_folds`.
 
 A benchmark (`benchmarks/aguilar.py`, `fgcme.py`, `can_nmt.py`) is a list of rows, a function
-that measures statistics on each finished fold (`after_fold`, cached in `fold-K/explain.json`)
-and a table. This holds what they share: their command-line options, the labelled data read
+that measures statistics on each finished fold (`after_fold`, cached in `fold-K/explain.json`
+and measured again when the fold's tested checkpoint changes) and a table. This holds what they share: their command-line options, the labelled data read
 once per data setting for all rows, and the loop over rows that writes OUT/<row>/ (the usual
 run directories) and hands each finished row to the recipe's report.
 """

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from emofuse.errors import ConfigError, DataError
-from emofuse.training.checkpoints import checkpoint_state
+from emofuse.models.multiview import best_checkpoint_of
+from emofuse.training.checkpoints import checkpoint_state, load_weights
 from emofuse.features.normalise import Normalisation
 from emofuse.io import read_json
 from emofuse.models.modeldir import ModelInfo, write_model_dir
@@ -94,10 +95,7 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
     trained_path = fold_dir / "trained.json"
     if not trained_path.is_file():  # a best-*.ckpt of an interrupted fold is a mid-training network
         raise DataError(fold_dir, "no trained.json: the fold has not finished training (resume it with `emofuse train`)")
-    best = read_json(trained_path).get("best_checkpoint")
-    if not isinstance(best, str):
-        raise DataError(trained_path, "names no best_checkpoint")
-    checkpoint = Path(best) if Path(best).is_absolute() else fold_dir / best
+    checkpoint = best_checkpoint_of(trained_path)
     state = checkpoint_state(checkpoint)  # tensors and plain values only: a crafted file is refused
     state = _strip_prefix(state, "model.")  # EmotionModule keeps the network as `self.model`
 
@@ -107,11 +105,7 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
     trained_name = model_section.pop("name")
     spec = dict(fitted["spec"])
     network = _build_trained(trained_name, model_section, spec)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise DataError(checkpoint, f"checkpoint does not fit model {trained_name!r} "
-                                    f"({' '.join(str(exc).split())[:300]})") from None
+    load_weights(network, state, checkpoint, f"model {trained_name!r}")
     name, settings = trained_name, model_section
     deployable = getattr(network, "deployable", None)
     if callable(deployable):  # multi-view: the acoustic view alone is the product

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import os
-import pickle
 import sys
 import time
 import warnings
@@ -50,12 +50,13 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from emofuse.errors import ConfigError, EmofuseError
+from emofuse.errors import ConfigError, DataError, EmofuseError
 from emofuse.models.base import get_model
 from emofuse.training.augment import FrameMasking
 from emofuse.models.backend import Backend
 from emofuse.training.backend import fit_backend, utterance_vectors
-from emofuse.training.checkpoints import checkpoint_state, read_checkpoint
+from emofuse.models.multiview import best_checkpoint_of
+from emofuse.training.checkpoints import checkpoint_state, load_weights, read_checkpoint, state_of
 from emofuse.io import atomic_open, atomic_write_text
 from emofuse.training.config import ExperimentConfig, save_config
 from emofuse.features.normalise import Normalisation
@@ -211,7 +212,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
 
     # The test part, once, with the best checkpoint: a plain pass over the whole part.
     state = read_checkpoint(best_path)
-    module.load_state_dict(state["state_dict"])
+    load_weights(module, state_of(state, best_path), best_path, f"model {cfg.model_name!r}")
     device = _eval_device(cfg)
     module.to(device)
     ids, labels, probs = predict(module.model, eval_loader(cfg, collator, fold.test), device)
@@ -297,7 +298,7 @@ def _fit(cfg: ExperimentConfig, data: LabelledData, fold, train_idx, val_idx, st
             "vocabulary": vocab.to_dict() if vocab is not None else None,
             "fitted_on": normaliser.fitted_on(part),
         })
-        write_json(stage_dir / "split.json", fold.to_json(data.corpus))
+        write_json(stage_dir / "split.json", {**fold.to_json(data.corpus), "classes": list(data.classes)})
     collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
     module = EmotionModule(cfg.model_name, cfg.model_settings, spec, asdict(cfg.optim), list(data.classes), weights)
 
@@ -340,9 +341,7 @@ def _fit(cfg: ExperimentConfig, data: LabelledData, fold, train_idx, val_idx, st
     )
     trained_marker = stage_dir / "trained.json"
     if trained_marker.is_file():
-        best_path = Path(read_json(trained_marker)["best_checkpoint"])
-        if not best_path.is_absolute():
-            best_path = stage_dir / best_path
+        best_path = best_checkpoint_of(trained_marker)
         log(f"fold {fold.index}: training in {stage_dir} had finished; using {best_path.name}")
     else:
         last = ckpt_dir / "last.ckpt"
@@ -386,15 +385,13 @@ def load_fold_model(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: P
     marker = fold_dir / "metrics.json"
     if not marker.is_file():
         raise EmofuseError(f"{marker}: no such file; fold {fold.index} has not finished (train it first)")
-    path = fold_dir / read_json(marker)["best_checkpoint"]
+    path = best_checkpoint_of(marker)
     spec, normaliser, vocab = fold_inputs(cfg, data, training_part(cfg, fold))
     collator = Collator(data, normaliser, cfg.data.max_frames, cfg.data.max_words, vocab)
     module = EmotionModule(cfg.model_name, cfg.model_settings, spec, asdict(cfg.optim), list(data.classes))
-    try:
-        state = checkpoint_state(path)
-    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise EmofuseError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from None
-    module.model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    state = checkpoint_state(path)  # one DataError for a missing, damaged or crafted file
+    load_weights(module.model, {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}, path,
+                 f"model {cfg.model_name!r}")
     return module.model.eval(), collator
 
 
@@ -439,16 +436,21 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
     - `{fold}` in a model setting (the teacher checkpoint of a teacher-student row,
       `model.teacher_checkpoint=runs/h-mm-4/fold-{fold}`) becomes the fold's index.
     - A finished fold (its `metrics.json` exists) is read, not retrained.
+    - Every fold folder holding results must have been cut from the same utterances and
+      classes as `data` and `folds` (`check_fold_matches`), else nothing runs.
     - `after_fold(cfg, data, fold, fold_dir, result)` measures something on a finished fold
       (a benchmark's gate or attention statistics); its dict is cached in
-      `fold-K/<after_fold_name>.json`, read back instead of measured again, and merged into
-      the fold's result under `after_fold_name`.
+      `fold-K/<after_fold_name>.json`, read back instead of measured again while the fold's
+      tested checkpoint is the one it was measured on (`<after_fold_name>.checkpoint.json`),
+      and merged into the fold's result under `after_fold_name`.
     - `quiet`: one line per fold trained (its test scores), nothing else.
 
     Returns the run summary over every finished fold of `run_dir` (`run_summary`, plus
     `run_dir`) and `selected`: the results of the folds asked for, in fold order.
     """
     run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
+    for fold in folds:  # before anything in run_dir is written
+        check_fold_matches(run_dir / f"fold-{fold.index}", data, fold)
     if rank_zero_only.rank == 0:
         save_config(cfg, run_dir)
         # the resolved label set, train -> test corpora and warnings (single-class speakers): data.json
@@ -481,10 +483,14 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
             log(f"fold {fold.index}: test UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f} "
                 f"(best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
             changed = True
-        if after_fold is not None and not (fold_dir / f"{extra}.json").is_file():
+        measured_on = fold_dir / f"{extra}.checkpoint.json"
+        tested = tested_checkpoint(fold_dir) if after_fold is not None else None
+        if after_fold is not None and not ((fold_dir / f"{extra}.json").is_file() and measured_on.is_file()
+                                           and read_json(measured_on) == tested):
             measured = after_fold(fold_cfg, data, fold, fold_dir, read_json(fold_dir / "metrics.json")) or {}
-            if rank_zero_only.rank == 0:
+            if rank_zero_only.rank == 0:  # the measurement first: a kill between the two means measure again
                 write_json(fold_dir / f"{extra}.json", measured)
+                write_json(measured_on, tested)
             _barrier()
             changed = True
         selected.append(read_fold(fold_dir, extra))
@@ -493,6 +499,62 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
     run = write_run(cfg, data, folds, run_dir, extra)
     run["selected"] = selected
     return run
+
+
+def tested_checkpoint(fold_dir: Path) -> dict:
+    """The checkpoint a finished fold was tested with (named in its metrics.json) and its
+    SHA-256: what an `after_fold` measurement is tied to, so that a fold trained again (a new
+    checkpoint) is measured again."""
+    path = best_checkpoint_of(fold_dir / "metrics.json")
+    if not path.is_file():
+        raise DataError(path, f"checkpoint not found (named in {fold_dir / 'metrics.json'})")
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"checkpoint": os.path.relpath(path, fold_dir), "sha256": digest}
+
+
+def check_fold_matches(fold_dir: Path, data: LabelledData, fold) -> None:
+    """Refuse a fold folder holding results (finished, or a checkpoint to resume from) that was
+    cut from other utterances or classes than `fold` of `data`: resumed, its results would be
+    merged with folds of another dataset (a manifest, label set or protocol changed since).
+
+    Compares the stored `split.json` (train, val, test ids; classes, in runs that record them
+    there, else `normaliser.json`'s) of the fold and of its refit selection stage with the
+    current ones, as sets of ids; an older file is compared on the parts it holds."""
+    stages = [d for d in (fold_dir, fold_dir / "selection")
+              if (d / "trained.json").is_file() or (d / "checkpoints" / "last.ckpt").is_file()]
+    if (fold_dir / "metrics.json").is_file() and fold_dir not in stages:
+        stages.insert(0, fold_dir)
+    hint = f"start a new run_dir or delete {fold_dir.name}"
+    current = fold.to_json(data.corpus)
+    for stage in stages:
+        split_path, stored = stage / "split.json", {}
+        if split_path.is_file():
+            stored = read_json(split_path)
+            if not isinstance(stored, dict):
+                raise DataError(split_path, f"not a fold's split (a JSON object of train, val and test ids); {hint}")
+            differing, first = [], None
+            for part, name in (("test", "test"), ("val", "validation"), ("train", "training")):
+                ids = stored.get(part)
+                if ids is None:
+                    continue
+                if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                    raise DataError(split_path, f'"{part}" is not a list of utterance ids; {hint}')
+                differ = set(ids) ^ set(current[part])
+                if differ:
+                    differing.append(f"{len(differ)} {name}")
+                    if first is None:
+                        uid = sorted(differ)[0]
+                        first = f"{uid!r}, {'only in this file' if uid in set(ids) else 'only in the current data'}"
+            if differing:
+                raise DataError(split_path, f"{' and '.join(differing)} utterances differ from the current data "
+                                            f"(first: {first}); {hint}")
+        classes_path, record = split_path, stored
+        if "classes" not in stored and (stage / "normaliser.json").is_file():  # runs before split.json held them
+            classes_path, record = stage / "normaliser.json", read_json(stage / "normaliser.json")
+        classes = record.get("classes") if isinstance(record, dict) else None
+        if classes is not None and classes != list(data.classes):
+            raise DataError(classes_path, f"classes {classes} differ from the current {list(data.classes)}; {hint}")
 
 
 def check_teacher_split(cfg: ExperimentConfig, data: LabelledData, fold) -> None:
