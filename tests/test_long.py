@@ -245,3 +245,66 @@ def test_read_ahead_ends_when_the_consumer_fails_with_the_queue_full():
     worker = threading.Thread(target=consume, daemon=True)
     worker.start()
     assert closed.wait(10), "the read-ahead thread blocked on a full queue after the consumer stopped"
+
+
+def test_a_failed_segment_names_the_recording_as_given_and_its_time_span(joined, acoustic, tmp_path):
+    """A cue over silence fails for real (no speech); with `name` (the service's upload name)
+    the warning names it and the span, never the temporary copy's path."""
+    path, truth = joined
+    copy = tmp_path / "emofuse-upload-ab12cd.flac"
+    copy.write_bytes(path.read_bytes())
+    silent = (truth[0][1] + 0.2, truth[1][0] - 0.2)  # inside the pause after the first utterance
+    table = tmp_path / "cues.csv"
+    table.write_text(f"start,end,text\n{truth[0][0]},{truth[0][1]},one\n{silent[0]},{silent[1]},two\n")
+    result = predict_long(acoustic, copy, cues=read_timed_transcript(table), name="meeting.flac")
+    assert result.file == "meeting.flac" and result.segments[0].label in CLASSES
+    failed = result.segments[1]
+    assert failed.label is None
+    (warning,) = failed.warnings
+    assert warning.startswith(f"meeting.flac {silent[0]:.2f}-{silent[1]:.2f} s: no speech in the audio"), warning
+    assert str(tmp_path) not in json.dumps(result.to_json())
+    plain = predict_long(acoustic, copy, cues=read_timed_transcript(table))  # the CLI names its own file
+    assert plain.file == str(copy) and plain.segments[1].warnings[0].startswith(f"{copy} {silent[0]:.2f}-")
+
+
+def test_an_unreadable_upload_is_named_as_given_never_by_its_temporary_path(acoustic, tmp_path):
+    from emofuse.errors import DataError
+
+    copy = tmp_path / "emofuse-upload-ab12cd.flac"
+    copy.write_bytes(b"fLaC" + b"\x00" * 200)  # a FLAC signature and no stream
+    with pytest.raises(DataError) as info:
+        predict_long(acoustic, copy, name="meeting.flac")
+    assert str(info.value).startswith("meeting.flac: ") and str(tmp_path) not in str(info.value)
+    assert "emofuse-upload" not in str(info.value)
+
+
+def test_a_long_upload_answers_its_failed_segments_without_the_servers_temporary_path(joined, acoustic_dir,
+                                                                                      monkeypatch):
+    """POST /predict of a long recording whose second segment fails (a simulated alignment
+    failure, raised where the real one is): the warning names the upload and the segment's span."""
+    from fastapi.testclient import TestClient
+
+    from emofuse.errors import DataError
+    from emofuse.serving.app import create_app
+
+    path, truth = joined
+    app = create_app(acoustic_dir, max_seconds=60.0, segment_over=5.0)
+    predictor = app.state.predictor
+    features, calls = predictor.features, []
+
+    def second_fails(audio, transcript=None, label="<audio>", *args, **kwargs):
+        calls.append(label)
+        if len(calls) == 2:
+            raise DataError(label, "no words could be aligned")
+        return features(audio, transcript, label, *args, **kwargs)
+
+    monkeypatch.setattr(predictor, "features", second_fails)
+    with TestClient(app) as client:
+        answer = client.post("/predict", files={"file": ("meeting.flac", path.read_bytes(), "audio/flac")})
+    assert answer.status_code == 200, answer.text
+    record = answer.json()
+    assert record["file"] == "meeting.flac" and len(record["segments"]) == len(truth)
+    second = record["segments"][1]
+    assert second["label"] is None
+    assert second["warnings"] == [f"meeting.flac {second['start']:.2f}-{second['end']:.2f} s: no words could be aligned"]
+    assert "/tmp" not in answer.text and "emofuse-upload" not in answer.text
