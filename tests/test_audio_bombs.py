@@ -124,3 +124,95 @@ def test_an_honest_recording_reads_as_the_unbounded_loader_reads_it(tmp_path, su
     sf.write(str(path), tone(1.0, sr=44_100, channels=2), 44_100)
     bounded = load_audio_bounded(path, 16_000, max_seconds=LIMIT)
     np.testing.assert_allclose(bounded, load_audio(path, 16_000), atol=1e-6)
+
+
+# ---------------------------------------------------------------- containers FFmpeg may demux an upload as
+
+
+def _run_beside_a_fifo(fifo: Path, action, seconds: float = 10.0):
+    """(finished, what action returned or raised): a decoder that opens the FIFO `fifo` blocks in
+    open() until a writer comes, so an action still running after `seconds` opened it; the writer
+    then lets it go."""
+    import os
+    import threading
+
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(action())
+        except Exception as exc:  # noqa: BLE001 - the refusal is the outcome under test
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    finished = not worker.is_alive()
+    if not finished:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a reader waits: release it with EOF
+        worker.join(30)
+    return finished, outcome[0] if outcome else None
+
+
+def _playlists(root: Path) -> dict[str, Path]:
+    """An HLS playlist and an FFmpeg concat script, each naming `secret.fifo` beside it."""
+    import os
+
+    os.mkfifo(root / "secret.fifo")
+    hls = root / "playlist.m3u8"
+    hls.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\nsecret.fifo\n#EXT-X-ENDLIST\n")
+    concat = root / "script.ffconcat"
+    concat.write_text("ffconcat version 1.0\nfile 'secret.fifo'\n")
+    return {"hls": hls, "concat": concat}
+
+
+@pytest.mark.parametrize("kind", ["hls", "concat"])
+def test_a_playlist_upload_is_unsupported_and_the_file_it_names_is_never_opened(tmp_path, kind):
+    playlist = _playlists(tmp_path)[kind]
+    finished, refusal = _run_beside_a_fifo(tmp_path / "secret.fifo", lambda: probe_audio(playlist))
+    assert finished, f"probing {playlist.name} opened the file it names"
+    assert isinstance(refusal, AudioUnsupported) and refusal.status == 415
+    assert str(refusal).startswith(str(playlist)) and f"container format '{kind}' is not accepted" in str(refusal)
+    assert "\n" not in str(refusal)
+
+
+def test_the_common_speech_containers_still_read_through_ffmpeg(tmp_path):
+    import av
+
+    from emofuse.features.audio import decode_bounded
+
+    samples = (tone(1.0) * 20_000).astype(np.int16)[None]  # (1, N) s16
+    for name, fmt, codec in (("a.m4a", "mp4", "aac"), ("a.webm", "webm", "libopus"), ("a.aac", "adts", "aac")):
+        rate = 48_000 if codec == "libopus" else 16_000
+        with av.open(str(tmp_path / name), "w", format=fmt) as out:
+            stream = out.add_stream(codec, rate=rate, layout="mono")
+            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            frame.sample_rate = 16_000
+            for converted in av.AudioResampler(format=stream.codec_context.format.name, layout="mono",
+                                               rate=rate).resample(frame):
+                out.mux(stream.encode(converted))
+            out.mux(stream.encode(None))
+        header = probe_audio(tmp_path / name)
+        assert header.reader == "pyav" and header.sample_rate == rate
+        assert abs(decode_bounded(tmp_path / name, header, LIMIT).size / rate - 1.0) < 0.1, name
+
+
+def test_the_service_answers_a_playlist_upload_415_without_opening_what_it_names(tmp_path, monkeypatch):
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from emofuse.serving.app import create_app
+    from helpers import registry_model_dir
+
+    model_dir = registry_model_dir(tmp_path / "model", "B-ACO-1", acoustic="fbank40", words=None)
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    playlist = _playlists(uploads)["hls"]
+    monkeypatch.setattr(tempfile, "tempdir", str(uploads))  # the server's copy lies beside secret.fifo
+    with TestClient(create_app(model_dir, workers=0)) as client:
+        finished, response = _run_beside_a_fifo(uploads / "secret.fifo", lambda: client.post(
+            "/predict", files={"file": (playlist.name, playlist.read_bytes())}))
+    assert finished, "the service opened the file the playlist names"
+    assert response.status_code == 415
+    assert response.json()["detail"].startswith("playlist.m3u8: container format 'hls' is not accepted")

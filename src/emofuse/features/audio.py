@@ -16,6 +16,7 @@ disk and 1.4 GB as float32 stereo samples: the limit is checked before, not afte
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from math import ceil, gcd
 from pathlib import Path
@@ -125,6 +126,13 @@ MIN_RATE, MAX_RATE = 4_000, 192_000  # Hz: below, nothing a speech model can use
 MAX_CHANNELS = 8
 BLOCK_SECONDS = 1.0  # decoded per step: memory stays at the limit plus one block
 _SF_UNKNOWN_LENGTH = 2**62  # libsndfile reports SF_COUNT_MAX frames for a stream of unknown length
+# The containers FFmpeg may demux an untrusted file as (demuxer names; "mov" is mp4/m4a/mov/3gp,
+# "matroska" is mkv/webm). FFmpeg otherwise picks any of its ~350 demuxers by content, among them
+# playlists (HLS, concat, DASH) that open other files or URLs named inside the upload.
+SPEECH_CONTAINERS = ("wav", "w64", "flac", "ogg", "mp3", "mov", "matroska", "aac", "aiff", "caf", "amr")
+# AVFormatContext options: only local files, only those demuxers (checked before a demuxer reads its header)
+_UNTRUSTED_OPEN = {"protocol_whitelist": "file", "format_whitelist": ",".join(SPEECH_CONTAINERS)}
+_AV_LOG = threading.Lock()  # PyAV's log level is global: one restricted open sets and restores it at a time
 
 
 class AudioRefused(DataError):
@@ -155,11 +163,48 @@ class AudioHeader:
     reader: str  # "soundfile" or "pyav": the decoder that will read it
 
 
+def open_untrusted(path: str | Path):
+    """A PyAV input container for an untrusted file: read through the `file` protocol only and
+    demuxed only as one of SPEECH_CONTAINERS; AudioUnsupported (415) naming any other format.
+
+    FFmpeg refuses a demuxer off its whitelist right after probing, before the demuxer reads
+    its header, so a playlist never opens the files it names; the refused demuxer's name is
+    read from FFmpeg's log line."""
+    import av
+    import av.logging
+
+    with _AV_LOG:
+        level = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture() as logs:  # this thread's FFmpeg log lines only
+                try:
+                    container = av.open(str(path), container_options=_UNTRUSTED_OPEN)
+                except av.error.ArgumentError:
+                    refused = next((name for _, name, message in logs if "not on whitelist" in message), None)
+                    if refused is None:
+                        raise
+                    raise AudioUnsupported(path, _not_accepted(refused)) from None
+        finally:
+            av.logging.set_level(level)
+    if not set(container.format.name.split(",")) & set(SPEECH_CONTAINERS):  # FFmpeg checks this already
+        name = container.format.name
+        container.close()
+        raise AudioUnsupported(path, _not_accepted(name))
+    return container
+
+
+def _not_accepted(format_name: str) -> str:
+    return (f"container format {format_name!r} is not accepted (send one of: "
+            f"{', '.join(SPEECH_CONTAINERS).replace('mov', 'mp4/m4a/mov').replace('matroska', 'webm/mkv')})")
+
+
 def probe_audio(path: str | Path) -> AudioHeader:
     """Duration, sample rate and channels from the file's header, without decoding samples.
 
     soundfile first (WAV, FLAC, OGG, ...); a file it cannot open, or whose header declares no
-    samples (a streaming WAV writer leaves 0 there), goes to PyAV's stream metadata. DataError
+    samples (a streaming WAV writer leaves 0 there), goes to PyAV's stream metadata, opened as
+    an untrusted file (`open_untrusted`: local file only, speech containers only). DataError
     when neither can open it."""
     path = Path(path)
     if not path.is_file():
@@ -178,7 +223,7 @@ def probe_audio(path: str | Path) -> AudioHeader:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with open_untrusted(path) as container:
             if not container.streams.audio:
                 raise AudioUnsupported(path, "the file holds no audio stream")
             stream = container.streams.audio[0]
@@ -237,7 +282,7 @@ def decode_bounded(path: str | Path, header: AudioHeader, max_seconds: float | N
         else:
             import av
 
-            with av.open(str(path)) as container:
+            with open_untrusted(path) as container:
                 stream = container.streams.audio[0]
                 resampler = av.AudioResampler(format="flt", layout="mono", rate=header.sample_rate)
                 for frame in container.decode(stream):
