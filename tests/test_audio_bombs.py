@@ -216,3 +216,24 @@ def test_the_service_answers_a_playlist_upload_415_without_opening_what_it_names
     assert finished, "the service opened the file the playlist names"
     assert response.status_code == 415
     assert response.json()["detail"].startswith("playlist.m3u8: container format 'hls' is not accepted")
+
+
+def test_a_decode_time_413_names_the_option_whose_limit_applied(tmp_path):
+    # A FLAC streamed with "total samples unknown" goes to FFmpeg, which is not read in blocks, so
+    # it is never predicted per segment: --segment-over (5 s here) is its limit, not --max-seconds;
+    # its header gives no length, so only decoding finds it too long.
+    from fastapi.testclient import TestClient
+
+    from emofuse.serving.app import create_app
+    from helpers import registry_model_dir
+
+    stream = silent_flac(tmp_path / "stream.flac", 8, sr=16_000, channels=1)
+    set_flac_total_samples(stream, 0)
+    assert probe_audio(stream).duration is None
+    model_dir = registry_model_dir(tmp_path / "model", "B-ACO-1", acoustic="fbank40", words=None)
+    with TestClient(create_app(model_dir, workers=0, max_seconds=120, segment_over=5)) as client:
+        response = client.post("/predict", files={"file": ("stream.flac", stream.read_bytes())})
+    assert response.status_code == 413
+    detail = response.json()["detail"]
+    assert detail.startswith("stream.flac: more than 5 s decoded") and "--segment-over" in detail
+    assert "--max-seconds" not in detail
