@@ -195,7 +195,7 @@ def open_untrusted(path: str | Path):
 
 
 def _not_accepted(format_name: str) -> str:
-    return (f"container format {format_name!r} is not accepted (send one of: "
+    return (f"not an audio file that is decoded here: container format {format_name!r} (send one of: "
             f"{', '.join(SPEECH_CONTAINERS).replace('mov', 'mp4/m4a/mov').replace('matroska', 'webm/mkv')})")
 
 
