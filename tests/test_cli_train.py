@@ -76,3 +76,13 @@ def test_train_one_epoch_on_a_real_ravdess_slice_then_report(ravdess_root, tmp_p
     result = CliRunner().invoke(app, ["report", str(run), str(run), "--out", str(table)])
     assert result.exit_code == 0, result.output
     assert table.read_text().count("| run | B-ACO-1 |") == 2
+
+    # The manifest edited since (one utterance fewer): the resume is refused in one line before
+    # anything is written, and config.yaml still names the manifest the finished fold came from.
+    rows = (tmp_path / "slice.jsonl").read_text().splitlines()
+    (tmp_path / "edited.jsonl").write_text("\n".join(rows[:-1]) + "\n")  # the first row is the header
+    before = (run / "config.yaml").read_text()
+    result = CliRunner().invoke(app, ["train", str(config), "fold=0", f"data.manifest={tmp_path / 'edited.jsonl'}"])
+    assert result.exit_code != 0
+    assert "split.json" in str(result.exception) and "differ from the current data" in str(result.exception)
+    assert (run / "config.yaml").read_text() == before

@@ -618,12 +618,12 @@ def config_differences(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 
-def save_config(cfg: ExperimentConfig, run_dir: Path) -> Path:
-    """Write `run_dir/config.yaml` atomically. A run directory that already holds a different
-    config (other than where/how fast it runs) is refused: its folds would mix two experiments.
+def save_config(cfg: ExperimentConfig, run_dir: Path, write: bool = True) -> Path:
+    """Write `run_dir/config.yaml` atomically (`write=False`: only check, write nothing).
+    A run directory that already holds a different config (other than where/how fast it runs)
+    is refused: its folds would mix two experiments.
     A folder holding nothing but its config.yaml (a start that failed before any fold, e.g. on a
     missing feature) has no results to mix, so a corrected config replaces it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     resolved = cfg.to_dict()
     if path.is_file() and any(not _config_only(entry.name) for entry in run_dir.iterdir()):
@@ -638,7 +638,9 @@ def save_config(cfg: ExperimentConfig, run_dir: Path) -> Path:
                 f"{path}: this run directory holds a run with a different config "
                 f"({', '.join(changed)}); use another run_dir=... or delete the folder"
             )
-    atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
     return path
 
 

@@ -624,7 +624,9 @@ def run_experiment(cfg: ExperimentConfig, log: Log = print, progress=None) -> di
 
     run_dir = cfg.resolved_run_dir()
     if rank_zero_only.rank == 0:
-        save_config(cfg, run_dir)  # fail early on a run_dir that holds another experiment
+        # fail early on a run_dir that holds another experiment; written by run_folds once the
+        # finished folds are known to match the data (a refused resume leaves config.yaml as it was)
+        save_config(cfg, run_dir, write=False)
     data = load_labelled(cfg, log=log, progress=progress)
     return run_folds(cfg, data, protocol_folds(cfg, data), run_dir, log)
 
