@@ -266,3 +266,31 @@ def test_an_unexpected_model_error_is_a_500_with_one_line_not_a_dead_worker():
     answer = run_job(Failing(), job)
     assert answer["status"] == 500
     assert answer["detail"] == "clip.wav: prediction failed (RuntimeError: shape mismatch in the model)"
+
+
+def test_a_500_or_422_line_never_shows_a_server_path(tmp_path):
+    """An error raised inside a prediction names the server's temporary copy of the upload or a
+    library file: the client reads its own file name and bare file names instead."""
+    import numpy as np
+    import soundfile as sf
+
+    from emofuse.errors import DataError
+    from emofuse.serving.workers import Job, run_job
+
+    path = tmp_path / "emofuse-upload-x1y2.wav"
+    sf.write(path, np.zeros(16000, np.float32), 16000)
+    job = Job(path=str(path), name="call.wav", transcript=None, html=False, reader="soundfile", sample_rate=16000,
+              channels=1, duration=1.0, max_seconds=60.0, segment_over=None)
+
+    class Failing:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def predict_audio(self, *args, **kwargs):
+            raise self.exc
+
+    answer = run_job(Failing(OSError(f"cannot read {path} via /usr/lib/python3/site-packages/lib.so")), job)
+    assert answer["status"] == 500 and str(tmp_path) not in answer["detail"] and "/usr/lib" not in answer["detail"]
+    assert "cannot read call.wav via lib.so" in answer["detail"]
+    answer = run_job(Failing(DataError(path, f"the aligner could not read {path}")), job)
+    assert answer["status"] == 422 and answer["detail"] == "call.wav: the aligner could not read call.wav"

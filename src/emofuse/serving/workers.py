@@ -79,6 +79,7 @@ def run_job(predictor, job: Job) -> dict:
     """{"status": 200, "body": prediction JSON} or {"status": 4xx, "detail": one line}."""
     from emofuse.errors import DataError
     from emofuse.features.audio import AudioHeader, AudioRefused, decode_bounded, resample
+    from emofuse.inference.long import without_paths
     from emofuse.inference.predictor import SAMPLE_RATE
 
     header = AudioHeader(job.sample_rate, job.channels, job.duration, job.reader)
@@ -107,9 +108,9 @@ def run_job(predictor, job: Job) -> dict:
     except DataError as exc:
         if any(p in exc.problem for p in UNDECODABLE):
             return _error(415, job.name, NOT_AUDIO)
-        return _error(422, job.name, exc.problem)
+        return _error(422, job.name, without_paths(exc.problem, job.path, job.name))
     except Exception as exc:  # noqa: BLE001 -- one request's failure is its answer, never the worker's end
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        reason = without_paths((str(exc).strip().splitlines() or [""])[0][:200], job.path, job.name)
         return _error(500, job.name, f"prediction failed ({type(exc).__name__}: {reason})")
     record = prediction.to_json()
     record["timings"] = {k: round(v, 4) for k, v in prediction.timings.items()}
