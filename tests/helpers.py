@@ -458,3 +458,15 @@ class ServeProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def exited_child(pid: int) -> bool:
+    """Whether our child `pid` has exited and can be reaped (not reaping it). Stricter than `alive`:
+    a killed multithreaded process shows 'Z' while its other threads still exit, and until then
+    waitpid, which the service's engine uses, still sees it running."""
+    import os
+
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped
+        return True

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from helpers import ServeProcess, alive, registry_model_dir, tone
+from helpers import ServeProcess, alive, exited_child, registry_model_dir, tone
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_the_service_gives_up_only_after_more_crashes_than_allowed_within_the_wi
     def crash() -> None:  # a worker dead before the next request arrives (a request on it gets 500 instead)
         pid = engine.pids[0]
         os.kill(pid, signal.SIGKILL)
-        assert _until(lambda: not alive(pid), 10)
+        assert _until(lambda: exited_child(pid), 10)
 
     with TestClient(app) as client:
         assert post().status_code == 200
@@ -107,3 +107,65 @@ def test_the_service_gives_up_only_after_more_crashes_than_allowed_within_the_wi
         refused = post()
         assert refused.status_code == 503 and refused.headers["Retry-After"].isdigit()
         assert "the server needs a restart" in refused.json()["detail"]
+
+
+def test_a_worker_that_never_answers_is_killed_at_the_job_limit_and_its_request_answered_504(model_dir, clip,
+                                                                                             tmp_path, monkeypatch):
+    from emofuse.serving.workers import HANG_FOR_TESTS
+
+    hang = tmp_path / "hangs.wav"  # the same audio: only its name makes the worker hang (tests only)
+    hang.write_bytes(clip.read_bytes())
+    monkeypatch.setenv(HANG_FOR_TESTS, hang.name)
+    with ServeProcess(model_dir, "--workers", "1", "--job-timeout", "2") as server:
+        first = server.health["workers"]
+        assert first["job_timeout"] == 2 and first["timeouts"] == 0
+        stuck = first["pids"][0]
+        started = time.monotonic()
+        answer = server.post(hang)
+        waited = time.monotonic() - started
+        assert answer.status_code == 504, answer.text
+        detail = answer.json()["detail"]
+        assert detail.startswith("hangs.wav: no answer within the limit of 2 s (server option --job-timeout)")
+        assert "\n" not in detail
+        assert 2 <= waited < 30  # the limit, not the worker's sleep of a day
+        assert _until(lambda: not alive(stuck), 10)
+        again = server.post(clip)  # the replacement answers
+        assert again.status_code == 200, again.text
+        workers = server.get_health().json()["workers"]
+        assert workers["timeouts"] == 1 and workers["restarts"] == 1 and workers["pids"] != [stuck]
+
+
+def test_a_timeout_is_not_a_crash_toward_giving_up(model_dir, clip, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from emofuse.serving import workers
+    from emofuse.serving.app import create_app
+
+    hang = tmp_path / "hangs.wav"
+    hang.write_bytes(clip.read_bytes())
+    monkeypatch.setenv(workers.HANG_FOR_TESTS, hang.name)
+    monkeypatch.setattr(workers, "MAX_CRASHES", 0)  # any crash would break the pool at once
+    app = create_app(model_dir, workers=1, job_timeout=1)
+    with TestClient(app) as client:
+        assert client.post("/predict", files={"file": (hang.name, hang.read_bytes())}).status_code == 504
+        assert client.post("/predict", files={"file": (clip.name, clip.read_bytes())}).status_code == 200
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["workers"]["timeouts"] == 1
+
+
+def test_no_verify_reaches_the_worker_processes(model_dir, clip, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    edited = tmp_path / "edited"
+    shutil.copytree(model_dir, edited)
+    weights = edited / "model.safetensors"
+    save_file({k: v * 0.5 for k, v in load_file(str(weights)).items()}, str(weights))
+    with pytest.raises(AssertionError, match="weights do not match model.json"):
+        ServeProcess(edited, "--workers", "1")
+    with ServeProcess(edited, "--workers", "1", "--no-verify") as server:
+        workers = server.health["workers"]
+        assert workers["mode"] == "processes" and workers["count"] == 1 and workers["pids"] != [server.proc.pid]
+        answer = server.post(clip)
+        assert answer.status_code == 200, answer.text

@@ -310,7 +310,8 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine)."),
     workers: int = typer.Option(1, "--workers", min=0, help="Worker processes, each with the model loaded once (0: run the model in the server process)."),
     max_queue: Optional[int] = typer.Option(None, "--max-queue", min=0, help="Requests that may wait beyond those running (default 4 per worker); more are answered 503 with Retry-After."),
-    no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose); the model then runs in the server process."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose); every worker process loads them so."),
+    job_timeout: float = typer.Option(300.0, "--job-timeout", min=0.0, help="Seconds a request may run in a worker without an answer (a recording predicted per segment: without finishing a batch of segments) before it is answered 504 and its worker killed and replaced, counted in /health workers.timeouts; 0: no limit. Needs --workers 1 or more (a thread of the server cannot be stopped)."),  # = serving.workers.DEFAULT_JOB_TIMEOUT
 ) -> None:
     """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,
     and a web page at / to upload or record audio and see the explanation."""
@@ -319,15 +320,11 @@ def serve(
     from emofuse.serving.app import create_app
 
     _, err = _consoles()
-    predictor = None
-    if no_verify:  # worker processes load with the defaults: the unverified model runs here
-        from emofuse.inference.predictor import Predictor
-
-        if workers:
-            err.print("[yellow]note[/]: --no-verify runs the model in the server process; --workers ignored")
-        predictor, workers = Predictor(model_dir, warm=True, threads=threads, verify=False), 0
+    if job_timeout and not workers:
+        err.print("[yellow]note[/]: --job-timeout applies to worker processes; with --workers 0 a request has no limit")
     app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds, threads=threads,
-                     workers=workers, max_queue=max_queue, segment_over=segment_over, predictor=predictor)
+                     workers=workers, max_queue=max_queue, segment_over=segment_over, job_timeout=job_timeout,
+                     predictor_options={"verify": False} if no_verify else None)
     engine, admission = app.state.engine, app.state.admission
     err.print(f"model {escape(engine.description['model'])} loaded in {app.state.load_seconds:.1f} s "
               f"{f'by {workers} worker process(es)' if workers else 'in the server process'}, "

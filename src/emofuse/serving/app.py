@@ -26,6 +26,9 @@ loaded once (0: in this process, one at a time); decoding runs there too, so at 
 decodes run at once. At most `max_queue` more requests wait; beyond that the answer is 503
 with Retry-After. Each request has its own temporary file and job, so answers never mix. A
 worker that dies is restarted (its request answered 500); repeated crashes make the service 503.
+A worker that goes `job_timeout` seconds without answering (or, per segment, without progress)
+is killed and restarted, its request answered 504 (worker processes only: a thread cannot be
+stopped). Workers build their Predictor with `predictor_options` (`verify=False`: --no-verify).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
 from emofuse.errors import ConfigError, DataError
-from emofuse.serving.workers import NOT_AUDIO, Admission, InProcessEngine, Job, ProcessEngine, too_long_note
+from emofuse.serving.workers import (DEFAULT_JOB_TIMEOUT, NOT_AUDIO, Admission, InProcessEngine, Job, ProcessEngine,
+                                     too_long_note)
 
 STATIC = Path(__file__).parent / "static"
 # Room for the multipart framing and the transcript field next to the file itself.
@@ -162,18 +166,23 @@ def _one_line(errors) -> str:
 
 def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: float = 120.0,
                predictor=None, threads: int | None = None, workers: int = 0, max_queue: int | None = None,
-               segment_over: float | None = 30.0, body_seconds: float = 60.0) -> FastAPI:
+               segment_over: float | None = 30.0, body_seconds: float = 60.0, predictor_options: dict | None = None,
+               job_timeout: float | None = DEFAULT_JOB_TIMEOUT) -> FastAPI:
     """The service for one model directory; the model is loaded here, once per worker (module docstring).
 
     workers: 0 runs the model in this process (one prediction at a time); N >= 1 starts N
     worker processes. max_queue: requests waiting beyond those running (default 4 per worker).
-    segment_over: recordings longer than this are predicted per speech segment (None: never)."""
+    segment_over: recordings longer than this are predicted per speech segment (None: never).
+    predictor_options: Predictor keyword arguments, in this process or in every worker
+    (`{"verify": False}`). job_timeout: seconds a job may go without progress in a worker
+    before it is answered 504 and the worker replaced (0 or None: no limit; workers only)."""
     from emofuse import __version__
 
     started = time.perf_counter()
     if workers < 0:
         raise ConfigError(f"workers must be 0 (in this process) or more, not {workers}")
-    engine = ProcessEngine(model_dir, workers, threads) if workers else InProcessEngine(model_dir, threads, predictor)
+    engine = ProcessEngine(model_dir, workers, threads, predictor_options, job_timeout) if workers \
+        else InProcessEngine(model_dir, threads, predictor, predictor_options)
     load_seconds = time.perf_counter() - started
     max_queue = DEFAULT_QUEUE_PER_WORKER * engine.workers if max_queue is None else max_queue
     admission = Admission(engine.workers, max_queue)
@@ -211,16 +220,19 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
     @app.get("/health")
     async def health():
         """Liveness and what the loaded model is; answered on the event loop, never behind a prediction.
-        A dead worker is restarted and counted (`workers.restarts`); 503 "broken" only once the pool
-        gave up after repeated crashes (workers.MAX_CRASHES), so that an orchestrator restarts the service."""
-        restarts = getattr(engine, "restarts", 0)
+        A dead worker is restarted and counted (`workers.restarts`), a silent one killed at the job
+        limit too (also `workers.timeouts`); 503 "broken" only once the pool gave up after repeated
+        crashes (workers.MAX_CRASHES), so that an orchestrator restarts the service."""
+        restarts, timeouts = getattr(engine, "restarts", 0), engine.timeouts
         if getattr(engine, "broken", False):
             return JSONResponse(status_code=503, content={
-                "status": "broken", "detail": engine.broken_reason, "workers": {"restarts": restarts}})
+                "status": "broken", "detail": engine.broken_reason,
+                "workers": {"restarts": restarts, "timeouts": timeouts}})
         return {"status": "ok", **engine.description, "load_seconds": round(load_seconds, 3),
                 "limits": app.state.limits,
                 "workers": {"count": engine.workers, "mode": "processes" if workers else "in-process",
-                            "pids": engine.pids, "busy": admission.running, "restarts": restarts},
+                            "pids": engine.pids, "busy": admission.running, "restarts": restarts,
+                            "timeouts": timeouts, "job_timeout": engine.job_timeout},
                 "queue": {"length": admission.waiting, "max": admission.max_queue, "refused": admission.refused}}
 
     @app.post("/predict")

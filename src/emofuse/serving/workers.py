@@ -17,6 +17,17 @@ that loads the model the same way; the request it was on is answered 500 in one 
 counts the restarts, and only after more than MAX_CRASHES deaths within CRASH_WINDOW seconds
 does the pool give up (503, /health "broken").
 
+A worker that lives but never answers (a native deadlock, a pathological input) is cut off by
+the per-job limit (`job_timeout`, `emofuse serve --job-timeout`): a job that makes no progress
+for that long is answered 504 in one line naming the file and the limit, its worker is killed
+(SIGKILL) and replaced the same way, and /health counts it (`workers.timeouts`). Progress is
+the job's answer, or for a recording predicted per segment each batch of segments the worker
+reports, so an hour-long upload is not cut off while it advances. The limit needs worker
+processes: a thread of the server cannot be stopped, so with `--workers 0` there is none.
+
+Each worker builds the Predictor the in-process engine builds (`predictor_options`, e.g.
+`verify=False` for `--no-verify`), as `emofuse predict --workers` does for folder workers.
+
 No process outlives the server: on shutdown `close()` ends every worker (SIGTERM, then
 SIGKILL) and the Predictor's openSMILE worker; after `kill -9` of the server each worker is
 killed by the kernel (prctl PR_SET_PDEATHSIG, with a parent-pid watchdog), and each openSMILE
@@ -42,6 +53,10 @@ STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of a worker at shutdown
 MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
 IDLE_CHECK_SECONDS = 1.0  # how often an idle worker's thread checks that its worker still lives
+DEFAULT_JOB_TIMEOUT = 300.0  # --job-timeout: seconds a job may go without progress before 504
+# Tests only: a worker started with this variable set to a file name sleeps on a job of that name,
+# as a deadlocked worker would. Read from the worker's environment, which no client can set.
+HANG_FOR_TESTS = "EMOFUSE_TEST_WORKER_HANGS_ON"
 UNDECODABLE = ("cannot decode audio", "holds no audio stream", "cannot read the audio header")
 NOT_AUDIO = "not an audio file that soundfile or FFmpeg can decode (send WAV, FLAC, OGG, MP3, WebM, MP4 ...)"
 
@@ -75,8 +90,9 @@ def _error(status: int, name: str, problem: str) -> dict:
     return {"status": status, "detail": f"{name}: {problem}"}
 
 
-def run_job(predictor, job: Job) -> dict:
-    """{"status": 200, "body": prediction JSON} or {"status": 4xx, "detail": one line}."""
+def run_job(predictor, job: Job, progress=None) -> dict:
+    """{"status": 200, "body": prediction JSON} or {"status": 4xx, "detail": one line}.
+    progress(seconds_done, seconds_total): called after each batch of a recording predicted per segment."""
     from emofuse.errors import DataError
     from emofuse.features.audio import AudioHeader, AudioRefused, decode_bounded, resample
     from emofuse.inference.long import without_paths
@@ -92,7 +108,7 @@ def run_job(predictor, job: Job) -> dict:
                 return _error(422, job.name, f"the recording is {job.duration:.1f} s long: over {job.segment_over:g} s "
                                              "it is predicted per speech segment with each segment's recognised "
                                              "words, so send it without a transcript")
-            result = predict_long(predictor, job.path, name=job.name)  # no temp path in the answer
+            result = predict_long(predictor, job.path, name=job.name, progress=progress)  # no temp path in it
             record = result.to_json()
             record["file"] = job.name
             return {"status": 200, "body": record}
@@ -177,10 +193,14 @@ def _alive(pid: int) -> bool:
 class InProcessEngine:
     """The model in the server process, one prediction at a time (`--workers 0`, and tests)."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None, predictor=None):
+    job_timeout = None  # a thread cannot be stopped: the per-job limit needs worker processes
+    timeouts = 0
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None, predictor=None,
+                 predictor_options: dict | None = None):
         from emofuse.inference.predictor import Predictor
 
-        self.predictor = predictor or Predictor(model_dir, warm=True, threads=threads)
+        self.predictor = predictor or Predictor(model_dir, warm=True, threads=threads, **(predictor_options or {}))
         self.workers = 1
         self.description = self.predictor.describe()
         self.load_seconds = getattr(self.predictor, "load_seconds", 0.0)
@@ -201,8 +221,10 @@ class InProcessEngine:
 
 
 # ------------------------------------------------------------------ worker processes
-def _worker_main(conn, model_dir: str, threads: int | None, parent_pid: int) -> None:
-    """A worker process: load the model once, say so, then answer jobs from `conn` one at a time.
+def _worker_main(conn, model_dir: str, threads: int | None, parent_pid: int, options: dict) -> None:
+    """A worker process: load the model once (Predictor keyword arguments `options`), say so, then
+    answer jobs from `conn` one at a time, with {"progress": seconds} messages before the answer of
+    a recording predicted per segment.
 
     Jobs come from the server and answers go back to it over a pipe between two processes of
     the same program (multiprocessing pickles them; nothing from a client is unpickled)."""
@@ -214,12 +236,13 @@ def _worker_main(conn, model_dir: str, threads: int | None, parent_pid: int) -> 
     from emofuse.inference.predictor import Predictor
 
     try:
-        predictor = Predictor(model_dir, warm=True, threads=threads)
+        predictor = Predictor(model_dir, warm=True, threads=threads, **options)
     except EmofuseError as exc:  # an EmofuseError does not cross the process boundary as itself
         conn.send({"error": str(exc)})
         return
     conn.send({"pid": os.getpid(), "frames_pid": _arm_frames_worker(predictor),
                "describe": predictor.describe(), "load_seconds": predictor.load_seconds})
+    hangs_on = os.environ.get(HANG_FOR_TESTS)
     while True:
         try:
             job = conn.recv()
@@ -227,7 +250,9 @@ def _worker_main(conn, model_dir: str, threads: int | None, parent_pid: int) -> 
             return
         if job is None:
             return
-        conn.send(run_job(predictor, job))
+        if hangs_on is not None and job.name == hangs_on:
+            time.sleep(24 * 3600)
+        conn.send(run_job(predictor, job, progress=lambda done, _total: conn.send({"progress": done})))
 
 
 class WorkersBroken(BrokenExecutor):
@@ -251,11 +276,11 @@ def _how_it_ended(process) -> str:
 class _Worker:
     """One worker process and the server's end of its pipe."""
 
-    def __init__(self, context, model_dir: str, threads: int | None):
+    def __init__(self, context, model_dir: str, threads: int | None, options: dict):
         self.conn, child = context.Pipe()
         # not a daemon: daemonic processes may not start children, and the Predictor starts
         # its openSMILE worker; close() ends it instead
-        self.process = context.Process(target=_worker_main, args=(child, model_dir, threads, os.getpid()),
+        self.process = context.Process(target=_worker_main, args=(child, model_dir, threads, os.getpid(), options),
                                        name="emofuse-serve-worker")
         self.process.start()
         child.close()  # only the worker holds its end: recv() sees EOF the moment the worker dies
@@ -281,6 +306,24 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.is_alive()
 
+    def answer(self, timeout: float | None) -> dict | None:
+        """The answer to the job just sent; None when `timeout` seconds pass without it or any
+        progress (each progress message starts the wait again). EOFError when the worker died."""
+        while True:
+            if not self.conn.poll(timeout):  # None: wait as long as it takes
+                return None
+            message = self.conn.recv()
+            if "progress" not in message:
+                return message
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its openSMILE worker: one that does not answer may not heed SIGTERM."""
+        for pid in [self.pid] + ([self.frames_pid] if self.frames_pid else []):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
 
 class ProcessEngine:
     """N spawned worker processes, each with the model loaded once (`--workers N`).
@@ -291,19 +334,26 @@ class ProcessEngine:
     answering gets a one-line 500 saying so, and /health counts the restarts. After more than
     MAX_CRASHES deaths within CRASH_WINDOW seconds the pool gives up: every request is 503 and
     /health answers 503 "broken", so that an orchestrator restarts the whole service (a file
-    that crashes a decoder, sent again and again, must not keep the server loading models)."""
+    that crashes a decoder, sent again and again, must not keep the server loading models).
 
-    def __init__(self, model_dir: str | Path, workers: int, threads: int | None = None):
+    job_timeout: seconds a job may go without progress before it is answered 504 and its worker
+    killed and replaced (None: no limit). predictor_options: keyword arguments of every
+    worker's Predictor (`verify=False` for `--no-verify`)."""
+
+    def __init__(self, model_dir: str | Path, workers: int, threads: int | None = None,
+                 predictor_options: dict | None = None, job_timeout: float | None = DEFAULT_JOB_TIMEOUT):
         self._context = get_context("spawn")  # a fresh interpreter: no server threads or locks copied
-        self._model_dir, self._threads = str(model_dir), threads
+        self._model_dir, self._threads, self._options = str(model_dir), threads, dict(predictor_options or {})
         self.workers = workers
+        self.job_timeout = job_timeout or None  # 0: no limit
         self.restarts = 0
+        self.timeouts = 0
         self.broken_reason: str | None = None
         self._crashes: list[float] = []  # monotonic times of worker deaths within the window
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
         self._closing = False
-        self._slots = [_Worker(self._context, self._model_dir, threads) for _ in range(workers)]  # load in parallel
+        self._slots = [_Worker(self._context, self._model_dir, threads, self._options) for _ in range(workers)]  # load in parallel
         try:
             answers = [w.wait_ready(WORKER_START_TIMEOUT) for w in self._slots]
         except Exception as exc:
@@ -356,7 +406,7 @@ class ProcessEngine:
             worker = self._slots[slot]
             try:
                 worker.conn.send(job)
-                answer = worker.conn.recv()
+                answer = worker.answer(self.job_timeout)
             except (EOFError, OSError):  # the worker died on this job
                 if self._closing:
                     future.set_exception(BrokenExecutor("the server is shutting down"))
@@ -367,17 +417,32 @@ class ProcessEngine:
                                                         "again, unless this file is what crashes it"))
                 self._replace(slot, f"worker {worker.pid} died on {job.name} ({how})")
                 continue
+            if answer is None:  # alive but silent: it will not answer, and holds a worker and a queue place
+                worker.kill()
+                with self._lock:
+                    self.timeouts += 1
+                future.set_result(_error(504, job.name, f"no answer within the limit of {self.job_timeout:g} s "
+                                                        "(server option --job-timeout); its worker was stopped "
+                                                        "and a new one started"))
+                # Not a crash: the pool is sound and a timeout already costs its client the whole
+                # limit, so slow inputs alone cannot reload models fast; counting them toward
+                # MAX_CRASHES would let one client's slow files mark the whole service broken.
+                self._replace(slot, f"worker {worker.pid} gave no answer on {job.name} within "
+                                    f"{self.job_timeout:g} s", crash=False)
+                continue
             future.set_result(answer)
         self._fail_waiting()
 
-    def _replace(self, slot: int, why: str) -> bool:
-        """A fresh worker in slot `slot`; False (and the pool broken) after too many crashes."""
+    def _replace(self, slot: int, why: str, crash: bool = True) -> bool:
+        """A fresh worker in slot `slot`; False (and the pool broken) after too many crashes.
+        crash=False (a worker killed for its time limit): only deaths of fresh workers count."""
         from emofuse.errors import EmofuseError
 
         while True:
             now = time.monotonic()
             with self._lock:
-                self._crashes = [t for t in self._crashes if now - t <= CRASH_WINDOW] + [now]
+                self._crashes = [t for t in self._crashes if now - t <= CRASH_WINDOW] + ([now] if crash else [])
+                crash = True  # a fresh worker dying while it loads is a crash
                 if len(self._crashes) > MAX_CRASHES and self.broken_reason is None:
                     self.broken_reason = (f"{len(self._crashes)} worker crashes within {CRASH_WINDOW:g} s, the last: "
                                           f"{why}; the service needs a restart")
@@ -387,7 +452,7 @@ class ProcessEngine:
             _stop([old.pid] + ([old.frames_pid] if old.frames_pid else []), grace=0.5)
             old.conn.close()
             try:
-                fresh = _Worker(self._context, self._model_dir, self._threads)
+                fresh = _Worker(self._context, self._model_dir, self._threads, self._options)
                 self._slots[slot] = fresh
                 fresh.wait_ready(WORKER_START_TIMEOUT)
             except EmofuseError as exc:  # the model no longer loads: restarting again cannot help
