@@ -120,6 +120,27 @@ def test_after_fold_is_measured_again_when_the_fold_has_a_new_checkpoint(run):
     assert json.loads((fold_dir / "explain.json").read_text()) == {"measured": 2}
 
 
+def test_a_cache_whose_checkpoint_was_pruned_or_that_predates_the_record_is_read_as_it_is(run):
+    """Old benchmark runs: checkpoints deleted to save space, or explain.json written before
+    explain.checkpoint.json existed. The cache is all there is, so it is read, not refused."""
+    cfg, data, folds, run_dir = run
+    calls = []
+
+    def measure(fold_cfg, fold_data, fold, fold_dir, result):
+        calls.append(fold.index)
+        return {"measured": len(calls)}
+
+    run_folds(cfg, data, folds, run_dir, log=lambda s: None, after_fold=measure)
+    fold_dir = run_dir / "fold-0"
+    (fold_dir / "explain.checkpoint.json").unlink()  # a cache from before the record
+    again = run_folds(cfg, data, folds, run_dir, log=lambda s: None, after_fold=measure)
+    assert calls == [0] and again["selected"][0]["explain"] == {"measured": 1}
+    run_folds(cfg, data, folds, run_dir, log=lambda s: None, after_fold=measure)
+    shutil.rmtree(fold_dir / "checkpoints")  # pruned
+    again = run_folds(cfg, data, folds, run_dir, log=lambda s: None, after_fold=measure)
+    assert calls == [0] and again["selected"][0]["explain"] == {"measured": 1}
+
+
 # ---------------------------------------------------------------- damaged or hand-edited files
 
 

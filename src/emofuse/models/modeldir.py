@@ -31,7 +31,7 @@ from pathlib import Path
 from torch import nn
 
 from emofuse.errors import DataError, EmofuseError
-from emofuse.io import atomic_dir
+from emofuse.io import atomic_dir, read_json
 
 FORMAT = "emofuse-model"
 FORMAT_VERSION = 1
@@ -169,6 +169,21 @@ def weights_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def best_checkpoint_of(marker: str | Path) -> Path:
+    """The checkpoint a fold's record of `emofuse train` names (`fold-K/trained.json`, or
+    `metrics.json` of a finished fold): its "best_checkpoint", relative to the fold folder.
+    A record damaged or edited by hand is one DataError naming it.
+    Read by the training loop, export and the teacher reader of models/multiview.py."""
+    marker = Path(marker)
+    record = read_json(marker)
+    best = record.get("best_checkpoint") if isinstance(record, dict) else None
+    if not isinstance(best, str) or not best.strip():
+        found = "no such entry" if not isinstance(record, dict) or "best_checkpoint" not in record else repr(best)
+        raise DataError(marker, f'"best_checkpoint" must name the fold\'s checkpoint file ({found}); the file is '
+                                "damaged or was edited by hand: delete the fold folder and train it again")
+    return Path(best) if Path(best).is_absolute() else marker.parent / best
 
 
 # ---------------------------------------------------------------------------------------

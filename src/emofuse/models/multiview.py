@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from emofuse.errors import ConfigError, DataError
 from emofuse.features.batch import Batch
-from emofuse.io import read_json
 from emofuse.models.base import InputSpec, Output, get_model, register
+from emofuse.models.modeldir import best_checkpoint_of
 
 MODES = ("joint", "frozen", "teacher-student")
 STRATEGIES = ("random", "similar")
@@ -155,23 +155,6 @@ class NegativeSampler:
 
 # ---------------------------------------------------------------------------------------------
 # The frozen view's weights: the only file this module opens.
-
-
-def best_checkpoint_of(marker: str | Path) -> Path:
-    """The checkpoint a fold's record of `emofuse train` names (`fold-K/trained.json`, or
-    `metrics.json` of a finished fold): its "best_checkpoint", relative to the fold folder.
-    A record damaged or edited by hand is one DataError naming it.
-
-    It lives here, beside the one reader of a fold folder on the models floor (a teacher given
-    as `fold-K/`); the training loop and export read their folds through it too."""
-    marker = Path(marker)
-    record = read_json(marker)
-    best = record.get("best_checkpoint") if isinstance(record, dict) else None
-    if not isinstance(best, str) or not best.strip():
-        found = "no such entry" if not isinstance(record, dict) or "best_checkpoint" not in record else repr(best)
-        raise DataError(marker, f'"best_checkpoint" must name the fold\'s checkpoint file ({found}); the file is '
-                                "damaged or was edited by hand: delete the fold folder and train it again")
-    return Path(best) if Path(best).is_absolute() else marker.parent / best
 
 
 def load_view_state(path: str | Path) -> dict[str, Tensor]:

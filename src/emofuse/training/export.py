@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from emofuse.errors import ConfigError, DataError
-from emofuse.models.multiview import best_checkpoint_of
+from emofuse.models.modeldir import best_checkpoint_of
 from emofuse.training.checkpoints import checkpoint_state, load_weights
 from emofuse.features.normalise import Normalisation
 from emofuse.io import read_json

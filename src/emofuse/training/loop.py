@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import io
 import os
 import sys
@@ -55,7 +54,7 @@ from emofuse.models.base import get_model
 from emofuse.training.augment import FrameMasking
 from emofuse.models.backend import Backend
 from emofuse.training.backend import fit_backend, utterance_vectors
-from emofuse.models.multiview import best_checkpoint_of
+from emofuse.models.modeldir import best_checkpoint_of, weights_sha256
 from emofuse.training.checkpoints import checkpoint_state, load_weights, read_checkpoint, state_of
 from emofuse.io import atomic_open, atomic_write_text
 from emofuse.training.config import ExperimentConfig, save_config
@@ -440,8 +439,8 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
       classes as `data` and `folds` (`check_fold_matches`), else nothing runs.
     - `after_fold(cfg, data, fold, fold_dir, result)` measures something on a finished fold
       (a benchmark's gate or attention statistics); its dict is cached in
-      `fold-K/<after_fold_name>.json`, read back instead of measured again while the fold's
-      tested checkpoint is the one it was measured on (`<after_fold_name>.checkpoint.json`),
+      `fold-K/<after_fold_name>.json`, read back instead of measured again unless the fold's
+      tested checkpoint is another than it was measured on (`cached_measurement`),
       and merged into the fold's result under `after_fold_name`.
     - `quiet`: one line per fold trained (its test scores), nothing else.
 
@@ -483,14 +482,11 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
             log(f"fold {fold.index}: test UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f} "
                 f"(best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
             changed = True
-        measured_on = fold_dir / f"{extra}.checkpoint.json"
-        tested = tested_checkpoint(fold_dir) if after_fold is not None else None
-        if after_fold is not None and not ((fold_dir / f"{extra}.json").is_file() and measured_on.is_file()
-                                           and read_json(measured_on) == tested):
+        if after_fold is not None and not (not changed and cached_measurement(fold_dir, extra)):
             measured = after_fold(fold_cfg, data, fold, fold_dir, read_json(fold_dir / "metrics.json")) or {}
             if rank_zero_only.rank == 0:  # the measurement first: a kill between the two means measure again
                 write_json(fold_dir / f"{extra}.json", measured)
-                write_json(measured_on, tested)
+                write_json(fold_dir / f"{extra}.checkpoint.json", tested_checkpoint(fold_dir))
             _barrier()
             changed = True
         selected.append(read_fold(fold_dir, extra))
@@ -501,6 +497,19 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
     return run
 
 
+def cached_measurement(fold_dir: Path, extra: str) -> bool:
+    """Whether `fold-K/<extra>.json` may be read instead of measured again: it exists and was
+    measured on the checkpoint the fold is tested with now (`<extra>.checkpoint.json`). A
+    cache from before that record existed, or whose checkpoint was deleted since (pruned to save
+    space), is all there is and is read as it is."""
+    if not (fold_dir / f"{extra}.json").is_file():
+        return False
+    measured_on = fold_dir / f"{extra}.checkpoint.json"
+    if not measured_on.is_file() or not best_checkpoint_of(fold_dir / "metrics.json").is_file():
+        return True
+    return read_json(measured_on) == tested_checkpoint(fold_dir)
+
+
 def tested_checkpoint(fold_dir: Path) -> dict:
     """The checkpoint a finished fold was tested with (named in its metrics.json) and its
     SHA-256: what an `after_fold` measurement is tied to, so that a fold trained again (a new
@@ -508,8 +517,7 @@ def tested_checkpoint(fold_dir: Path) -> dict:
     path = best_checkpoint_of(fold_dir / "metrics.json")
     if not path.is_file():
         raise DataError(path, f"checkpoint not found (named in {fold_dir / 'metrics.json'})")
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = weights_sha256(path)
     return {"checkpoint": os.path.relpath(path, fold_dir), "sha256": digest}
 
 
