@@ -440,7 +440,11 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
         for task in (receiver, sender):
             task.cancel()
         # Wait for both to unwind, so none is left pending; a job already on a worker keeps its
-        # queue place until it ends (`_submit_segment`), not until this connection does.
-        await asyncio.gather(receiver, sender, return_exceptions=True)
-        if session is not None:
-            session.stop()
+        # queue place until it ends (`_submit_segment`), not until this connection does. The
+        # session's thread is stopped even when this handler is itself cancelled while waiting
+        # (the client left): else it waits on its queue of audio for ever.
+        try:
+            await asyncio.gather(receiver, sender, return_exceptions=True)
+        finally:
+            if session is not None:
+                session.stop()
