@@ -308,3 +308,18 @@ def test_a_long_upload_answers_its_failed_segments_without_the_servers_temporary
     assert second["label"] is None
     assert second["warnings"] == [f"meeting.flac {second['start']:.2f}-{second['end']:.2f} s: no words could be aligned"]
     assert "/tmp" not in answer.text and "emofuse-upload" not in answer.text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("cannot read /tmp/emofuse-upload-x1.flac here", "cannot read call.flac here"),  # the upload, by its name
+    ("cannot read /srv/data/other.flac here", "cannot read other.flac here"),
+    ("at /srv/models/", "at models"),
+    ("file:///srv/models/x.onnx failed", "x.onnx failed"),
+    ("in (/usr/lib/python3/x.so)", "in (x.so)"),
+    ("'/a/b/c.wav': bad", "'c.wav': bad"),
+    ("POST /predict, ratio 3/4, http://host/a/b", "POST /predict, ratio 3/4, http://host/a/b"),  # not paths
+])
+def test_without_paths_leaves_no_server_path(text, expected):
+    from emofuse.inference.long import without_paths
+
+    assert without_paths(text, "/tmp/emofuse-upload-x1.flac", "call.flac") == expected

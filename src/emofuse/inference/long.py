@@ -180,7 +180,13 @@ def is_long(path: str | Path, over: float) -> bool:
 
 # An absolute path inside a message (a temporary file, a library's file in its error line),
 # up to the quote, colon or space that ends it; the last group is its file name.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"`:,;()\[\]]+/)+([^\s/'\"`:,;()\[\]]*)")
+_PART = r"[^\s/'\"`:,;()\[\]]+"
+# an absolute path of two parts or more (not "/predict"), also as a file:// URL: folders, then the last part
+_ABSOLUTE_PATH = re.compile(rf"(?:file://|(?<![\w.:/]))/((?:{_PART}/)+)({_PART})?")
+
+
+def _last_part(match: re.Match) -> str:
+    return match.group(2) or match.group(1).rstrip("/").rsplit("/", 1)[-1]
 
 
 def without_paths(text: str, path: str | Path | None = None, name: str | None = None) -> str:
@@ -189,7 +195,7 @@ def without_paths(text: str, path: str | Path | None = None, name: str | None = 
     of the server cut to its file name."""
     if path is not None and name is not None:
         text = text.replace(str(path), name)
-    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "/", text)
+    return _ABSOLUTE_PATH.sub(_last_part, text)
 
 
 def segment_label(name: str, segment: Segment) -> str:
