@@ -186,6 +186,25 @@ def best_checkpoint_of(marker: str | Path) -> Path:
     return Path(best) if Path(best).is_absolute() else marker.parent / best
 
 
+def state_mismatch(expected: dict, state: dict) -> str:
+    """Why the tensors of `state` do not fit a network whose state dict is `expected`, in one
+    phrase ("" when they fit): the first tensor of another shape, the missing and extra names.
+    Shared by every loader of weights, instead of torch's page of size mismatches."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    resized = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    if resized:
+        first = resized[0]
+        problems.append(f"{len(resized)} tensor(s) of another shape (first: {first} is "
+                        f"{tuple(state[first].shape)} in the file, {tuple(expected[first].shape)} in the model)")
+    if missing:
+        problems.append(f"{len(missing)} missing (first: {missing[0]})")
+    if extra:
+        problems.append(f"{len(extra)} not in the model (first: {extra[0]})")
+    return "; ".join(problems)
+
+
 # ---------------------------------------------------------------------------------------
 # Loading
 
@@ -313,7 +332,7 @@ def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise DataError(weights, f"weights do not fit model {info.name!r} ({first})") from None
+        why = state_mismatch(model.state_dict(), state) or " ".join(str(exc).split())[:300]
+        raise DataError(weights, f"weights do not fit model {info.name!r} ({why})") from None
     model.eval()
     return LoadedModel(info, model, path)

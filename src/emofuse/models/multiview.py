@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from emofuse.errors import ConfigError, DataError
 from emofuse.features.batch import Batch
 from emofuse.models.base import InputSpec, Output, get_model, register
-from emofuse.models.modeldir import best_checkpoint_of
+from emofuse.models.modeldir import best_checkpoint_of, state_mismatch
 
 MODES = ("joint", "frozen", "teacher-student")
 STRATEGIES = ("random", "similar")
@@ -202,15 +202,12 @@ def match_state(module: nn.Module, state: dict[str, Tensor], source: str | Path)
     for prefix in prefixes:
         picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if set(expected) <= set(picked):
-            wrong = [k for k in expected if picked[k].shape != expected[k].shape]
-            if wrong:
-                k = wrong[0]
-                raise DataError(source, f"weights do not fit the model: {k} has shape "
-                                        f"{tuple(picked[k].shape)}, expected {tuple(expected[k].shape)} "
-                                        "(train the teacher with the same hidden size and features)")
-            return {k: picked[k] for k in expected}
-    missing = sorted(set(expected) - set(state))[:3]
-    raise DataError(source, f"weights do not fit the model: missing {', '.join(missing)} ...")
+            fitting = {k: picked[k] for k in expected}
+            if why := state_mismatch(expected, fitting):
+                raise DataError(source, f"weights do not fit the model: {why} (train the teacher with the same "
+                                        "hidden size and features)")
+            return fitting
+    raise DataError(source, f"weights do not fit the model: {state_mismatch(expected, state)}")
 
 
 # ---------------------------------------------------------------------------------------------

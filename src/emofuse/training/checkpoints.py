@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from emofuse.errors import DataError
+from emofuse.models.modeldir import state_mismatch
 
 # Types a Lightning checkpoint may hold besides tensors and plain values (see above).
 SAFE_TYPES: tuple[type, ...] = ()
@@ -74,20 +75,7 @@ def load_weights(network: nn.Module, state: dict[str, Tensor], path: str | Path,
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        expected = network.state_dict()
-        missing = [k for k in expected if k not in state]
-        extra = [k for k in state if k not in expected]
-        resized = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-        problems = []
-        if resized:
-            first = resized[0]
-            problems.append(f"{len(resized)} tensor(s) of another shape (first: {first} is "
-                            f"{tuple(state[first].shape)} in the file, {tuple(expected[first].shape)} in the model)")
-        if missing:
-            problems.append(f"{len(missing)} missing (first: {missing[0]})")
-        if extra:
-            problems.append(f"{len(extra)} not in the model (first: {extra[0]})")
-        detail = "; ".join(problems) or " ".join(str(exc).split())[:200]
+        detail = state_mismatch(network.state_dict(), state) or " ".join(str(exc).split())[:200]
         raise DataError(path, f"does not fit {what} built from the config: {detail}; was it trained with other "
                               "model settings or features?") from None
 

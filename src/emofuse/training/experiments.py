@@ -2,9 +2,10 @@
 
 A benchmark (`benchmarks/aguilar.py`, `fgcme.py`, `can_nmt.py`) is a list of rows, a function
 that measures statistics on each finished fold (`after_fold`, cached in `fold-K/explain.json`
-and measured again when the fold's tested checkpoint changes) and a table. This holds what they share: their command-line options, the labelled data read
-once per data setting for all rows, and the loop over rows that writes OUT/<row>/ (the usual
-run directories) and hands each finished row to the recipe's report.
+and measured again when the fold's tested checkpoint changes) and a table. This holds what
+they share: their command-line options, the labelled data read once per data setting for all
+rows, and the loop over rows that writes OUT/<row>/ (the usual run directories) and hands each
+finished row to the recipe's report.
 """
 
 from __future__ import annotations
