@@ -49,7 +49,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from emofuse.errors import ConfigError, DataError
 from emofuse.serving.workers import (DEFAULT_JOB_TIMEOUT, NOT_AUDIO, Admission, InProcessEngine, Job, ProcessEngine,
-                                     too_long_note)
+                                     WorkersBroken, too_long_note)
 
 STATIC = Path(__file__).parent / "static"
 # Room for the multipart framing and the transcript field next to the file itself.
@@ -262,10 +262,11 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
                           too_long_note=too_long_note(max_seconds, limit))
             try:
                 answer = await asyncio.wrap_future(engine.submit(job))
-            except (BrokenExecutor, RuntimeError) as exc:  # workers crashed too often (or shutting down)
+            except WorkersBroken as exc:  # workers crashed too often, or shutting down: its line names no path
+                raise HTTPException(status_code=503, headers={"Retry-After": "30"}, detail=f"{name}: {exc}") from None
+            except (BrokenExecutor, RuntimeError):  # the in-process engine, shut down
                 raise HTTPException(status_code=503, headers={"Retry-After": "30"},
-                                    detail=f"{name}: the prediction workers stopped ({exc}); "
-                                           f"the server needs a restart") from None
+                                    detail=f"{name}: the server is shutting down") from None
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)

@@ -36,6 +36,7 @@ worker by the same signal armed against its own parent (issue 18, item 5).
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
@@ -44,6 +45,7 @@ import time
 from concurrent.futures import BrokenExecutor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
+from multiprocessing.connection import wait
 from pathlib import Path
 
 WORKER_START_TIMEOUT = 600.0  # seconds for every worker to load its model
@@ -57,7 +59,9 @@ DEFAULT_JOB_TIMEOUT = 300.0  # --job-timeout: seconds a job may go without progr
 # Tests only: a worker started with this variable set to a file name sleeps on a job of that name,
 # as a deadlocked worker would. Read from the worker's environment, which no client can set.
 HANG_FOR_TESTS = "EMOFUSE_TEST_WORKER_HANGS_ON"
+HANG_MARK_FOR_TESTS = "EMOFUSE_TEST_WORKER_HANG_MARK"  # a file the hanging worker creates: the job reached it
 UNDECODABLE = ("cannot decode audio", "holds no audio stream", "cannot read the audio header")
+log = logging.getLogger(__name__)
 NOT_AUDIO = "not an audio file that soundfile or FFmpeg can decode (send WAV, FLAC, OGG, MP3, WebM, MP4 ...)"
 
 
@@ -126,15 +130,26 @@ def run_job(predictor, job: Job, progress=None) -> dict:
             return _error(415, job.name, NOT_AUDIO)
         return _error(422, job.name, without_paths(exc.problem, job.path, job.name))
     except Exception as exc:  # noqa: BLE001 -- one request's failure is its answer, never the worker's end
-        reason = without_paths((str(exc).strip().splitlines() or [""])[0][:200], job.path, job.name)
-        return _error(500, job.name, f"prediction failed ({type(exc).__name__}: {reason})")
-    record = prediction.to_json()
-    record["timings"] = {k: round(v, 4) for k, v in prediction.timings.items()}
-    if job.html:
-        from emofuse.inference.explain import render_fragment
+        return _error(500, job.name, f"prediction failed ({_one_line(exc, job)})")
+    try:
+        record = prediction.to_json()
+        record["timings"] = {k: round(v, 4) for k, v in prediction.timings.items()}
+        if job.html:
+            from emofuse.inference.explain import render_fragment
 
-        record["html"] = render_fragment(prediction)
+            record["html"] = render_fragment(prediction)
+    except Exception as exc:  # noqa: BLE001 -- as above: this request's answer, never the worker's end
+        return _error(500, job.name, f"the prediction could not be written out ({_one_line(exc, job)})")
     return {"status": 200, "body": record}
+
+
+def _one_line(exc: BaseException, job: Job) -> str:
+    """An exception as its type and first line, with no server path in it: sanitised, then cut
+    (cutting first could leave half a path that `without_paths` no longer recognises)."""
+    from emofuse.inference.long import without_paths
+
+    reason = without_paths((str(exc).strip().splitlines() or [""])[0], job.path, job.name)
+    return f"{type(exc).__name__}: {reason[:200]}"
 
 
 def _arm_frames_worker(predictor) -> int | None:
@@ -152,7 +167,8 @@ def _arm_frames_worker(predictor) -> int | None:
 
 
 def _stop(pids: list[int], grace: float = STOP_GRACE) -> None:
-    """SIGTERM each pid, then SIGKILL whatever is still there after `grace` seconds."""
+    """SIGTERM each pid, then SIGKILL whatever is still there after `grace` seconds. Callers pass
+    only pids still known to be theirs (`_Worker.pids`): a reaped pid may be another program's."""
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -167,6 +183,14 @@ def _stop(pids: list[int], grace: float = STOP_GRACE) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -235,6 +259,11 @@ def _worker_main(conn, model_dir: str, threads: int | None, parent_pid: int, opt
     from emofuse.errors import EmofuseError
     from emofuse.inference.predictor import Predictor
 
+    # A process forked from here (the Predictor's openSMILE worker) drops its copy of this pipe,
+    # so the server sees EOF the moment this worker dies, and dies with this worker from its
+    # first instruction on, even if this worker dies before `_arm_frames_worker` could arm it.
+    os.register_at_fork(after_in_child=lambda: (conn.close(), exit_with_parent(worker_pid)))
+    worker_pid = os.getpid()
     try:
         predictor = Predictor(model_dir, warm=True, threads=threads, **options)
     except EmofuseError as exc:  # an EmofuseError does not cross the process boundary as itself
@@ -242,6 +271,13 @@ def _worker_main(conn, model_dir: str, threads: int | None, parent_pid: int, opt
         return
     conn.send({"pid": os.getpid(), "frames_pid": _arm_frames_worker(predictor),
                "describe": predictor.describe(), "load_seconds": predictor.load_seconds})
+    _answer_jobs(conn, predictor)
+
+
+def _answer_jobs(conn, predictor) -> None:
+    """A worker's loop: each job from `conn` answered on `conn` until None or EOF. Nothing one job
+    does (an answer that cannot be rendered or pickled) ends the loop: the worker and its loaded
+    model serve the next request."""
     hangs_on = os.environ.get(HANG_FOR_TESTS)
     while True:
         try:
@@ -251,12 +287,25 @@ def _worker_main(conn, model_dir: str, threads: int | None, parent_pid: int, opt
         if job is None:
             return
         if hangs_on is not None and job.name == hangs_on:
+            mark = os.environ.get(HANG_MARK_FOR_TESTS)
+            if mark:
+                Path(mark).touch()  # tests only: the job is on this worker now
             time.sleep(24 * 3600)
-        conn.send(run_job(predictor, job, progress=lambda done, _total: conn.send({"progress": done})))
+        try:
+            answer = run_job(predictor, job, progress=lambda done, _total: conn.send({"progress": done}))
+        except Exception as exc:  # noqa: BLE001 -- run_job answers its own errors; this is a last resort
+            answer = _error(500, job.name, f"prediction failed ({_one_line(exc, job)})")
+        try:
+            conn.send(answer)  # pickled whole before a byte is written: a failure here sends nothing
+        except (EOFError, BrokenPipeError, ConnectionResetError):  # the server is gone
+            return
+        except Exception as exc:  # noqa: BLE001 -- an answer that does not pickle
+            conn.send(_error(500, job.name, f"the prediction could not be sent back ({_one_line(exc, job)})"))
 
 
 class WorkersBroken(BrokenExecutor):
-    """The pool gave up restarting workers (too many crashes): the service needs a restart."""
+    """The pool gave up restarting workers (too many crashes), or is shutting down: its message
+    is the line a client reads after its file's name."""
 
 
 def _how_it_ended(process) -> str:
@@ -283,42 +332,59 @@ class _Worker:
         self.process = context.Process(target=_worker_main, args=(child, model_dir, threads, os.getpid(), options),
                                        name="emofuse-serve-worker")
         self.process.start()
-        child.close()  # only the worker holds its end: recv() sees EOF the moment the worker dies
+        child.close()  # only the worker holds its end (its forks drop theirs: `_worker_main`)
         self.pid = self.process.pid
         self.frames_pid: int | None = None
+
+    def _receive(self, timeout: float | None) -> dict | None:
+        """The worker's next message; None after `timeout` seconds; EOFError once it died. The
+        process's sentinel is watched beside the pipe: a process still holding a copy of the
+        pipe's other end (a grandchild forked before it could drop it) keeps EOF from coming."""
+        ready = wait([self.conn, self.process.sentinel], timeout)
+        if not ready:
+            return None
+        if self.conn.poll(0):  # a message (or EOF, which recv raises) comes before the death it preceded
+            return self.conn.recv()
+        raise EOFError(f"worker {self.pid} ended")
 
     def wait_ready(self, timeout: float) -> dict:
         """The worker's hello once its model is loaded; ConfigError for a model it cannot load."""
         from emofuse.errors import ConfigError
 
-        if not self.conn.poll(timeout):
-            raise TimeoutError(f"worker {self.pid} did not load the model within {timeout:g} s")
         try:
-            hello = self.conn.recv()
-        except EOFError:
+            hello = self._receive(timeout)
+        except (EOFError, OSError):
             raise RuntimeError(f"worker {self.pid} died while loading the model ({_how_it_ended(self.process)})") \
                 from None
+        if hello is None:
+            raise TimeoutError(f"worker {self.pid} did not load the model within {timeout:g} s")
         if "error" in hello:
             raise ConfigError(hello["error"])
         self.frames_pid = hello["frames_pid"]
         return hello
 
     def alive(self) -> bool:
-        return self.process.is_alive()
+        """False once the process has ended (its sentinel is ready), reaped or not."""
+        return not wait([self.process.sentinel], 0)
 
     def answer(self, timeout: float | None) -> dict | None:
         """The answer to the job just sent; None when `timeout` seconds pass without it or any
         progress (each progress message starts the wait again). EOFError when the worker died."""
         while True:
-            if not self.conn.poll(timeout):  # None: wait as long as it takes
-                return None
-            message = self.conn.recv()
-            if "progress" not in message:
+            message = self._receive(timeout)  # timeout None: wait as long as it takes
+            if message is None or "progress" not in message:
                 return message
+
+    def pids(self) -> list[int]:
+        """The pids still this worker's to signal: its own until it is reaped, its openSMILE
+        worker's while this worker is its parent (after that the pid may be anyone's)."""
+        if self.process.exitcode is not None:  # reaped: the kernel may reuse the pid; its child died with it
+            return []
+        return [self.pid] + ([self.frames_pid] if self.frames_pid and _parent_of(self.frames_pid) == self.pid else [])
 
     def kill(self) -> None:
         """SIGKILL the worker and its openSMILE worker: one that does not answer may not heed SIGTERM."""
-        for pid in [self.pid] + ([self.frames_pid] if self.frames_pid else []):
+        for pid in self.pids():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -336,6 +402,9 @@ class ProcessEngine:
     /health answers 503 "broken", so that an orchestrator restarts the whole service (a file
     that crashes a decoder, sent again and again, must not keep the server loading models).
 
+    What clients read (`broken_reason`, the 500 and 503 lines) names no server path, pid or
+    other client's file; the full story of each death goes to the server's log.
+
     job_timeout: seconds a job may go without progress before it is answered 504 and its worker
     killed and replaced (None: no limit). predictor_options: keyword arguments of every
     worker's Predictor (`verify=False` for `--no-verify`)."""
@@ -348,9 +417,9 @@ class ProcessEngine:
         self.job_timeout = job_timeout or None  # 0: no limit
         self.restarts = 0
         self.timeouts = 0
-        self.broken_reason: str | None = None
+        self.broken_reason: str | None = None  # for clients and /health: no path, no file name
         self._crashes: list[float] = []  # monotonic times of worker deaths within the window
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # also orders close() against a worker being started
         self._jobs: queue.Queue = queue.Queue()
         self._closing = False
         self._slots = [_Worker(self._context, self._model_dir, threads, self._options) for _ in range(workers)]  # load in parallel
@@ -379,9 +448,13 @@ class ProcessEngine:
 
     def submit(self, job: Job) -> Future:
         if self.broken_reason is not None:
-            raise WorkersBroken(self.broken_reason)
+            raise WorkersBroken(self._closed_or_broken())
         future: Future = Future()
         self._jobs.put((job, future))
+        # The pool may have broken (or closed) between the check above and the put, after every
+        # serving thread drained the queue and left: then no one else would ever answer it.
+        if self.broken_reason is not None or self._closing:
+            self._fail_waiting()
         return future
 
     def _serve(self, slot: int) -> None:
@@ -399,71 +472,110 @@ class ProcessEngine:
             job, future = item
             if not future.set_running_or_notify_cancel():
                 continue
-            if not self._slots[slot].alive() and not self._replace(
-                    slot, f"worker {self._slots[slot].pid} died ({_how_it_ended(self._slots[slot].process)})"):
-                future.set_exception(WorkersBroken(self.broken_reason))
+            answer = self._on_a_live_worker(slot, job, future)
+            if answer is _BROKEN:
                 break
+            if answer is not None:
+                future.set_result(answer)
+        self._fail_waiting()
+
+    def _on_a_live_worker(self, slot: int, job: Job, future: Future):
+        """The job's answer; None when `future` is answered already (a 500 or 504 line when its
+        worker died or fell silent on it: answered before the replacement loads; shutdown);
+        _BROKEN when the pool gave up."""
+        while True:
+            worker = self._slots[slot]
+            if not worker.alive() and not self._replace(
+                    slot, f"worker {worker.pid} died ({_how_it_ended(worker.process)})"):
+                future.set_exception(WorkersBroken(self._closed_or_broken()))
+                return _BROKEN
             worker = self._slots[slot]
             try:
                 worker.conn.send(job)
+            except (BrokenPipeError, ConnectionResetError, EOFError):  # it died before it had the job:
+                worker.process.join(timeout=5)  # (its sentinel follows its pipe at once)
+                continue  # the job is not what killed it, so the next worker takes it
+            try:
                 answer = worker.answer(self.job_timeout)
             except (EOFError, OSError):  # the worker died on this job
                 if self._closing:
-                    future.set_exception(BrokenExecutor("the server is shutting down"))
-                    return
+                    future.set_exception(WorkersBroken(self._closed_or_broken()))
+                    return None
                 how = _how_it_ended(worker.process)
-                future.set_result(_error(500, job.name, f"the prediction worker died while on this request (pid "
-                                                        f"{worker.pid}, {how}); a new worker is started: send it "
-                                                        "again, unless this file is what crashes it"))
+                log.warning("emofuse serve: worker %d died on %s (%s); starting a new one", worker.pid, job.name, how)
+                future.set_result(_error(500, job.name, f"the prediction worker died while on this request ({how}); "
+                                                        "a new worker is started: send it again, unless this file "
+                                                        "is what crashes it"))
                 self._replace(slot, f"worker {worker.pid} died on {job.name} ({how})")
-                continue
-            if answer is None:  # alive but silent: it will not answer, and holds a worker and a queue place
-                worker.kill()
-                with self._lock:
-                    self.timeouts += 1
-                future.set_result(_error(504, job.name, f"no answer within the limit of {self.job_timeout:g} s "
-                                                        "(server option --job-timeout); its worker was stopped "
-                                                        "and a new one started"))
-                # Not a crash: the pool is sound and a timeout already costs its client the whole
-                # limit, so slow inputs alone cannot reload models fast; counting them toward
-                # MAX_CRASHES would let one client's slow files mark the whole service broken.
-                self._replace(slot, f"worker {worker.pid} gave no answer on {job.name} within "
-                                    f"{self.job_timeout:g} s", crash=False)
-                continue
-            future.set_result(answer)
-        self._fail_waiting()
+                return None
+            if answer is not None:
+                return answer
+            # alive but silent: it will not answer, and holds a worker and a queue place
+            worker.kill()
+            with self._lock:
+                self.timeouts += 1
+            log.warning("emofuse serve: worker %d gave no answer on %s within %g s; killed", worker.pid, job.name,
+                        self.job_timeout)
+            future.set_result(_error(504, job.name, f"no answer within the limit of {self.job_timeout:g} s (server "
+                                                    "option --job-timeout); its worker was stopped and a new one "
+                                                    "started"))
+            # Not a crash: the pool is sound and a timeout already costs its client the whole
+            # limit, so slow inputs alone cannot reload models fast; counting them toward
+            # MAX_CRASHES would let one client's slow files mark the whole service broken.
+            self._replace(slot, f"worker {worker.pid} gave no answer on {job.name} within {self.job_timeout:g} s",
+                          crash=False)
+            return None
+
+    def _closed_or_broken(self) -> str:
+        """What a job the pool will not run is told (after the client's file name)."""
+        if self.broken_reason is not None:
+            return f"the prediction workers stopped ({self.broken_reason}); the server needs a restart"
+        return "the server is shutting down"
 
     def _replace(self, slot: int, why: str, crash: bool = True) -> bool:
-        """A fresh worker in slot `slot`; False (and the pool broken) after too many crashes.
-        crash=False (a worker killed for its time limit): only deaths of fresh workers count."""
+        """A fresh worker in slot `slot`; False when the server is closing, or (the pool broken)
+        after too many crashes. `why` (for the log only: it may name a client's file) says what
+        happened to the old one. crash=False (a worker killed for its time limit): only deaths
+        of fresh workers count."""
         from emofuse.errors import EmofuseError
 
         while True:
             now = time.monotonic()
             with self._lock:
+                if self._closing:
+                    return False
                 self._crashes = [t for t in self._crashes if now - t <= CRASH_WINDOW] + ([now] if crash else [])
                 crash = True  # a fresh worker dying while it loads is a crash
                 if len(self._crashes) > MAX_CRASHES and self.broken_reason is None:
-                    self.broken_reason = (f"{len(self._crashes)} worker crashes within {CRASH_WINDOW:g} s, the last: "
-                                          f"{why}; the service needs a restart")
+                    log.error("emofuse serve: %d worker crashes within %g s, the last: %s; giving up",
+                              len(self._crashes), CRASH_WINDOW, why)
+                    self.broken_reason = f"{len(self._crashes)} worker crashes within {CRASH_WINDOW:g} s"
                 if self.broken_reason is not None:
                     break
-            old = self._slots[slot]
-            _stop([old.pid] + ([old.frames_pid] if old.frames_pid else []), grace=0.5)
+                old = self._slots[slot]
+                old_pids = old.pids()
+            _stop(old_pids, grace=0.5)
             old.conn.close()
-            try:
+            with self._lock:  # close() either sees this worker in the slot or it is never started
+                if self._closing:
+                    return False
                 fresh = _Worker(self._context, self._model_dir, self._threads, self._options)
                 self._slots[slot] = fresh
+            try:
                 fresh.wait_ready(WORKER_START_TIMEOUT)
             except EmofuseError as exc:  # the model no longer loads: restarting again cannot help
+                log.error("emofuse serve: a restarted worker cannot load the model: %s", exc)
                 with self._lock:
-                    self.broken_reason = f"a restarted worker cannot load the model: {exc}"
+                    if not self._closing:
+                        self.broken_reason = "a restarted worker cannot load the model (see the server's log)"
                 break
             except Exception as exc:  # noqa: BLE001 - it died while loading: that is one more crash
+                if self._closing:  # close() stopped it: nothing more is started
+                    return False
                 why = f"{type(exc).__name__}: {exc}"
                 continue
             if self._closing:
-                _stop([fresh.pid] + ([fresh.frames_pid] if fresh.frames_pid else []))
+                _stop(fresh.pids())
                 return False
             with self._lock:
                 self.restarts += 1
@@ -473,7 +585,7 @@ class ProcessEngine:
 
     def _fail_waiting(self) -> None:
         """Every queued job gets the broken pool's answer (or shutdown's)."""
-        reason = self.broken_reason or "the server is shutting down"
+        reason = self._closed_or_broken()
         while True:
             try:
                 item = self._jobs.get_nowait()
@@ -483,13 +595,18 @@ class ProcessEngine:
                 item[1].set_exception(WorkersBroken(reason))
 
     def close(self) -> None:
-        self._closing = True
-        for _ in self._slots:
+        with self._lock:  # after this, `_replace` starts no worker
+            self._closing = True
+            slots = list(self._slots)
+        for _ in slots:
             self._jobs.put(None)
-        _stop([w.pid for w in self._slots] + [w.frames_pid for w in self._slots if w.frames_pid])
-        for w in self._slots:
+        _stop([pid for w in slots for pid in w.pids()])
+        for w in slots:
             w.conn.close()
         self._fail_waiting()
+
+
+_BROKEN = object()  # `_on_a_live_worker`: the pool gave up; the serving thread ends
 
 
 class Admission:
