@@ -172,8 +172,22 @@ def test_a_playlist_upload_is_unsupported_and_the_file_it_names_is_never_opened(
     finished, refusal = _run_beside_a_fifo(tmp_path / "secret.fifo", lambda: probe_audio(playlist))
     assert finished, f"probing {playlist.name} opened the file it names"
     assert isinstance(refusal, AudioUnsupported) and refusal.status == 415
-    assert str(refusal).startswith(str(playlist)) and f"container format '{kind}' (send one of: wav," in str(refusal)
+    assert str(refusal).startswith(str(playlist))
+    assert f"this '{playlist.suffix}' file is not a speech container (send one of: wav," in str(refusal)
     assert "\n" not in str(refusal)
+
+
+def test_a_refused_container_is_named_without_turning_ffmpeg_logging_on(tmp_path, monkeypatch):
+    import av.logging
+
+    def never(*_args):  # PyAV keeps FFmpeg's log off: turned on, its callback can deadlock (PyAV #751)
+        raise AssertionError("FFmpeg logging was turned on")
+
+    monkeypatch.setattr(av.logging, "set_level", never)
+    monkeypatch.setattr(av.logging, "Capture", never)
+    playlist = _playlists(tmp_path)["hls"]
+    with pytest.raises(AudioUnsupported, match="not an audio file that is decoded here: this '.m3u8' file"):
+        probe_audio(playlist)
 
 
 def test_the_common_speech_containers_still_read_through_ffmpeg(tmp_path):
@@ -216,7 +230,7 @@ def test_the_service_answers_a_playlist_upload_415_without_opening_what_it_names
     assert finished, "the service opened the file the playlist names"
     assert response.status_code == 415
     assert response.json()["detail"].startswith(
-        "playlist.m3u8: not an audio file that is decoded here: container format 'hls'")
+        "playlist.m3u8: not an audio file that is decoded here: this '.m3u8' file is not a speech container")
 
 
 def test_a_decode_time_413_names_the_option_whose_limit_applied(tmp_path):

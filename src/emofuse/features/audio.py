@@ -16,7 +16,6 @@ disk and 1.4 GB as float32 stereo samples: the limit is checked before, not afte
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from math import ceil, gcd
 from pathlib import Path
@@ -132,7 +131,6 @@ _SF_UNKNOWN_LENGTH = 2**62  # libsndfile reports SF_COUNT_MAX frames for a strea
 SPEECH_CONTAINERS = ("wav", "w64", "flac", "ogg", "mp3", "mov", "matroska", "aac", "aiff", "caf", "amr")
 # AVFormatContext options: only local files, only those demuxers (checked before a demuxer reads its header)
 _UNTRUSTED_OPEN = {"protocol_whitelist": "file", "format_whitelist": ",".join(SPEECH_CONTAINERS)}
-_AV_LOG = threading.Lock()  # PyAV's log level is global: one restricted open sets and restores it at a time
 
 
 class AudioRefused(DataError):
@@ -165,37 +163,28 @@ class AudioHeader:
 
 def open_untrusted(path: str | Path):
     """A PyAV input container for an untrusted file: read through the `file` protocol only and
-    demuxed only as one of SPEECH_CONTAINERS; AudioUnsupported (415) naming any other format.
+    demuxed only as one of SPEECH_CONTAINERS; AudioUnsupported (415) for any other format.
 
     FFmpeg refuses a demuxer off its whitelist right after probing, before the demuxer reads
-    its header, so a playlist never opens the files it names; the refused demuxer's name is
-    read from FFmpeg's log line."""
+    its header, so a playlist never opens the files it names. The refusal is only an error code:
+    the refused demuxer's name is in FFmpeg's log alone, and turning that log on process-wide
+    risks deadlocks (PyAV issue #751), so the answer names the file's extension instead."""
     import av
-    import av.logging
 
-    with _AV_LOG:
-        level = av.logging.get_level()
-        av.logging.set_level(av.logging.ERROR)
-        try:
-            with av.logging.Capture() as logs:  # this thread's FFmpeg log lines only
-                try:
-                    container = av.open(str(path), container_options=_UNTRUSTED_OPEN)
-                except av.error.ArgumentError:
-                    refused = next((name for _, name, message in logs if "not on whitelist" in message), None)
-                    if refused is None:
-                        raise
-                    raise AudioUnsupported(path, _not_accepted(refused)) from None
-        finally:
-            av.logging.set_level(level)
+    try:
+        container = av.open(str(path), container_options=_UNTRUSTED_OPEN)
+    except av.error.ArgumentError:  # off the whitelist (or a listed demuxer's EINVAL: not audio either)
+        suffix = Path(path).suffix.lower()
+        raise AudioUnsupported(path, _not_accepted(f"this {suffix!r} file" if suffix else "this file")) from None
     if not set(container.format.name.split(",")) & set(SPEECH_CONTAINERS):  # FFmpeg checks this already
         name = container.format.name
         container.close()
-        raise AudioUnsupported(path, _not_accepted(name))
+        raise AudioUnsupported(path, _not_accepted(f"container format {name!r}"))
     return container
 
 
-def _not_accepted(format_name: str) -> str:
-    return (f"not an audio file that is decoded here: container format {format_name!r} (send one of: "
+def _not_accepted(what: str) -> str:
+    return (f"not an audio file that is decoded here: {what} is not a speech container (send one of: "
             f"{', '.join(SPEECH_CONTAINERS).replace('mov', 'mp4/m4a/mov').replace('matroska', 'webm/mkv')})")
 
 
