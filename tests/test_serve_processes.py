@@ -241,3 +241,31 @@ def test_two_workers_answer_concurrent_requests_each_with_its_own_file_and_die_w
         assert _gone_within(children, 10) == set()
     finally:
         server.stop()
+
+
+def _sockets(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed while we looked
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+def test_a_workers_openSMILE_fork_holds_no_end_of_its_pipe_and_dies_with_it(model_dir):
+    # Holding the worker's end kept EOF from the server until the grandchild died too, so a worker
+    # killed before it armed its grandchild left the server waiting on it for ever.
+    from emofuse.serving.workers import ProcessEngine
+
+    engine = ProcessEngine(model_dir, 1, threads=1)
+    try:
+        worker = engine._slots[0]
+        assert worker.frames_pid is not None
+        assert _sockets(worker.pid) and not _sockets(worker.pid) & _sockets(worker.frames_pid)
+        os.kill(worker.pid, signal.SIGKILL)
+        assert _gone_within({worker.frames_pid}, 10) == set()
+    finally:
+        engine.close()

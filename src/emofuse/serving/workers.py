@@ -15,7 +15,10 @@ inside the engine, so at most `workers` decodes run at once, whatever the number
 A worker that dies (the OOM killer, a crash in a native library) is replaced by a fresh one
 that loads the model the same way; the request it was on is answered 500 in one line, /health
 counts the restarts, and only after more than MAX_CRASHES deaths within CRASH_WINDOW seconds
-does the pool give up (503, /health "broken").
+does the pool give up (503, /health "broken"). A death is seen by the process's sentinel, not
+only by EOF on its pipe, and a job whose worker died before it was sent goes to the
+replacement. What a client reads names no server path, pid or other client's file; the server
+logs the whole story.
 
 A worker that lives but never answers (a native deadlock, a pathological input) is cut off by
 the per-job limit (`job_timeout`, `emofuse serve --job-timeout`): a job that makes no progress
@@ -240,7 +243,7 @@ class InProcessEngine:
         frames = getattr(self.predictor, "_frames_proc", None)
         if frames is not None:
             frames.shutdown(wait=False, cancel_futures=True)
-        if self._frames_pid is not None:
+        if self._frames_pid is not None and _parent_of(self._frames_pid) == os.getpid():  # else: ended, pid free
             _stop([self._frames_pid])
 
 
