@@ -439,12 +439,14 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
     finally:
         for task in (receiver, sender):
             task.cancel()
-        # Wait for both to unwind, so none is left pending; a job already on a worker keeps its
-        # queue place until it ends (`_submit_segment`), not until this connection does. The
-        # session's thread is stopped even when this handler is itself cancelled while waiting
-        # (the client left): else it waits on its queue of audio for ever.
-        try:
-            await asyncio.gather(receiver, sender, return_exceptions=True)
-        finally:
-            if session is not None:
-                session.stop()
+        if session is not None:  # before any await: a cancelled handler must not leave the thread
+            session.stop()       # waiting on its queue of audio for ever
+        # Let both unwind, so none is left pending; a job already on a worker keeps its queue
+        # place until it ends (`_submit_segment`), not until this connection does. asyncio.wait,
+        # not gather: when this handler is itself cancelled (the client or the server left), the
+        # caller gets its own plain cancellation (gather hands back a CancelledError of its own,
+        # which anyio's cancel scopes -- the test client's too -- do not recognise as theirs).
+        await asyncio.wait({receiver, sender})
+        for task in (receiver, sender):  # read, so that no "exception never retrieved" is logged
+            if not task.cancelled():
+                task.exception()
