@@ -8,9 +8,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +18,7 @@ import httpx
 import pytest
 from helpers import (
     STATEMENT_1,
+    ServeProcess,
     alive,
     ravdess_files,
     registry_model_dir,
@@ -27,7 +26,6 @@ from helpers import (
     silent_flac,
 )
 
-START_TIMEOUT = 240.0  # seconds: each spawned worker imports torch and loads the model on a shared 2-core box
 
 
 def _children(pid: int) -> set[int]:
@@ -64,45 +62,11 @@ def _rss_mb(pids) -> float:
     return total / 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`emofuse serve MODEL --port P ...` in its own process, ready once /health answers."""
-
-    def __init__(self, model_dir: Path, *options: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from emofuse.cli import main; main()", "serve", str(model_dir),
-             "--port", str(self.port), *options],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                self.health = httpx.get(self.url + "/health", timeout=5).json()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError("serve did not answer /health in time") from None
-                time.sleep(0.5)
+class Server(ServeProcess):
+    """`emofuse serve` as a real process (tests/helpers.py); requests carry statement 1 unless told."""
 
     def post(self, path: Path, transcript: str | None = STATEMENT_1) -> httpx.Response:
-        data = {"transcript": transcript} if transcript else None
-        return httpx.post(self.url + "/predict", files={"file": (path.name, path.read_bytes())}, data=data,
-                          timeout=120)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
+        return super().post(path, transcript)
 
 
 def _gone_within(pids, seconds: float) -> set[int]:
