@@ -47,6 +47,22 @@ def without(data: LabelledData, drop: set[str]) -> LabelledData:
                         data.labels[keep], data.classes)
 
 
+def first_class_renamed(data: LabelledData) -> LabelledData:
+    """`data` with its first class renamed (a label set changed since the run trained)."""
+    return LabelledData(data.corpus, data.items, data.labels, ("anger", *data.classes[1:]))
+
+
+def counting_measure():
+    """An after_fold measurement that records each call: (calls, measure)."""
+    calls = []
+
+    def measure(fold_cfg, fold_data, fold, fold_dir, result):
+        calls.append(fold.index)
+        return {"measured": len(calls)}
+
+    return calls, measure
+
+
 def one_line(exc: pytest.ExceptionInfo) -> str:
     message = str(exc.value)
     assert "\n" not in message and "Traceback" not in message
@@ -73,7 +89,7 @@ def test_resume_refuses_a_finished_fold_cut_from_other_utterances(run):
 
 def test_resume_refuses_a_fold_trained_on_other_classes(run):
     cfg, data, folds, run_dir = run
-    renamed = LabelledData(data.corpus, data.items, data.labels, ("anger", *data.classes[1:]))
+    renamed = first_class_renamed(data)
     with pytest.raises(DataError, match=r"fold-0/split.json: classes \['angry', .*\] differ from the current "
                                         r"\['anger', .*\]; start a new run_dir or delete fold-0") as exc:
         run_folds(cfg, renamed, folds, run_dir, log=lambda s: None)
@@ -88,7 +104,7 @@ def test_an_older_split_without_classes_is_compared_on_what_it_holds(run):
     lines = []
     run_folds(cfg, data, folds, run_dir, log=lines.append)  # consistent: read back, not refused
     assert any("done before, skipped" in line for line in lines)
-    renamed = LabelledData(data.corpus, data.items, data.labels, ("anger", *data.classes[1:]))
+    renamed = first_class_renamed(data)
     with pytest.raises(DataError, match=r"fold-0/normaliser.json: classes .* differ from the current"):
         run_folds(cfg, renamed, folds, run_dir, log=lambda s: None)
 
@@ -98,12 +114,7 @@ def test_an_older_split_without_classes_is_compared_on_what_it_holds(run):
 
 def test_after_fold_is_measured_again_when_the_fold_has_a_new_checkpoint(run):
     cfg, data, folds, run_dir = run
-    calls = []
-
-    def measure(fold_cfg, fold_data, fold, fold_dir, result):
-        calls.append(fold.index)
-        return {"measured": len(calls)}
-
+    calls, measure = counting_measure()
     run_folds(cfg, data, folds, run_dir, log=lambda s: None, after_fold=measure)
     run_folds(cfg, data, folds, run_dir, log=lambda s: None, after_fold=measure)
     assert calls == [0]  # the cache holds while the checkpoint is the one measured
@@ -124,12 +135,7 @@ def test_a_cache_whose_checkpoint_was_pruned_or_that_predates_the_record_is_read
     """Old benchmark runs: checkpoints deleted to save space, or explain.json written before
     explain.checkpoint.json existed. The cache is all there is, so it is read, not refused."""
     cfg, data, folds, run_dir = run
-    calls = []
-
-    def measure(fold_cfg, fold_data, fold, fold_dir, result):
-        calls.append(fold.index)
-        return {"measured": len(calls)}
-
+    calls, measure = counting_measure()
     run_folds(cfg, data, folds, run_dir, log=lambda s: None, after_fold=measure)
     fold_dir = run_dir / "fold-0"
     (fold_dir / "explain.checkpoint.json").unlink()  # a cache from before the record
