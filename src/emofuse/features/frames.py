@@ -19,6 +19,9 @@ window centred there (see `align.vad.frame_signal`). Extractors are registered b
 - ``waveform`` (160-d): the raw 16 kHz samples, 160 per 10 ms frame; reshape (T, 160) to
   (T * 160,) for an end-to-end front end.
 
+``whisper[:PATH][#pad=30]``: Whisper's encoder through CTranslate2 (`features.whisper`), the
+packaged tiny.en by default, on its own 20 ms grid.
+
 ``hf:PATH[#layer=K|#layers=all]``: a local pretrained speech encoder on its own 20 ms grid
 (`features.hf`, imported only when used; `FrameFeature.hop` says the grid).
 
@@ -266,7 +269,10 @@ def frame_feature_names() -> list[str]:
 
 
 def is_frame_feature(name: str) -> bool:
-    """A built-in name, or hf:PATH whose folder holds a speech encoder (`features.hf`)."""
+    """A built-in name, whisper[:PATH] (`features.whisper`), or hf:PATH whose folder holds a
+    speech encoder (`features.hf`)."""
+    if _is_whisper(name):
+        return True
     if name.startswith("hf:"):
         from emofuse.features.hf import is_speech_encoder
 
@@ -283,7 +289,16 @@ def frame_layers(name: str | None) -> int:
     return stacked_layers(name)
 
 
+def _is_whisper(name: str) -> bool:
+    head = name.partition("#")[0]
+    return head == "whisper" or head.startswith("whisper:")
+
+
 def get_frame_feature(name: str) -> FrameFeature:
+    if _is_whisper(name):  # Whisper's encoder through CTranslate2, 20 ms frames
+        from emofuse.features.whisper import whisper_frame_feature
+
+        return whisper_frame_feature(name)
     if name.startswith("hf:"):  # a local wav2vec2/HuBERT/WavLM/data2vec-audio/Whisper folder, 20 ms frames
         from emofuse.features.hf import speech_frame_feature
 

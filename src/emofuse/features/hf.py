@@ -438,21 +438,11 @@ class HFSpeechEncoder:
 
     def _chunks(self, total: int, num_samples: int):
         """(first global frame, owned local [lo, hi), sample range [a, b)) per chunk."""
-        size, overlap = self.chunk_frames, self.overlap_frames
-        if total <= size:
-            return [(0, 0, total, 0, num_samples)]
-        step, hop, extra = size - overlap, self.geometry.hop, max(0, self.geometry.width - self.geometry.hop)
+        hop, extra = self.geometry.hop, max(0, self.geometry.width - self.geometry.hop)
         if self.whisper:
             extra = 0  # frame t is centred on t * hop; the window's own padding covers the edges
-        chunks, first = [], 0
-        while True:
-            last = first + size >= total
-            lo = 0 if first == 0 else overlap // 2
-            hi = total - first if last else step + overlap // 2
-            chunks.append((first, lo, hi, first * hop, min(num_samples, (first + size) * hop + extra)))
-            if last:
-                return chunks
-            first += step
+        return [(first, lo, hi, first * hop, min(num_samples, (first + self.chunk_frames) * hop + extra))
+                for first, lo, hi in chunk_plan(total, self.chunk_frames, self.overlap_frames)]
 
     def _forward(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         """Hidden states of a batch of chunks: one (T_chunk, ...) float32 array each."""
@@ -478,6 +468,23 @@ class HFSpeechEncoder:
                 hidden = model(values.to(self.device), output_hidden_states=True, **kwargs).hidden_states
             selected = _select(hidden, self.spec).float().cpu().numpy()  # (B, T, D) or (B, T, L + 1, D)
         return [selected[row, :n] for row, n in enumerate(frames)]
+
+
+def chunk_plan(total: int, size: int, overlap: int) -> list[tuple[int, int, int]]:
+    """How `total` frames are cut into chunks of `size` frames overlapping by `overlap`: per
+    chunk (first global frame, owned local frames [lo, hi)). Each frame is owned by the chunk
+    in which it sits furthest from an edge (the overlap split in half); one chunk when it fits."""
+    if total <= size:
+        return [(0, 0, total)]
+    step, chunks, first = size - overlap, [], 0
+    while True:
+        last = first + size >= total
+        lo = 0 if first == 0 else overlap // 2
+        hi = total - first if last else step + overlap // 2
+        chunks.append((first, lo, hi))
+        if last:
+            return chunks
+        first += step
 
 
 def _read_preprocessor(folder: Path) -> dict:
