@@ -4,7 +4,10 @@ Modes (`align_utterance(utt, audio, mode)`):
 
 - ``corpus``: the word times the corpus gives (IEMOCAP ``.wdseg``), text normalised.
 - ``forced``: pocketsphinx forced alignment of the normalised transcript.
-- ``asr``: pocketsphinx recognition; words and times from the hypothesis.
+- ``asr``: speech recognition; words and times from the hypothesis. The recogniser is
+  `data.asr` / ``--asr``: ``whisper`` (the default: the packaged Whisper tiny.en,
+  `align.whisper`), ``whisper:PATH`` (any CTranslate2 Whisper folder) or ``sphinx``
+  (pocketsphinx, `align.sphinx`). Forced alignment is always pocketsphinx.
 - ``proportional``: transcript words spread over the speech region in proportion to their
   length (a crude but honest last resort).
 - ``auto``: corpus times when the corpus has them, else ``forced`` when there is a
@@ -17,7 +20,9 @@ Audio without any speech (energy VAD) is not decoded: its words are spread propo
 A failed forced alignment never raises: it falls back to ASR, whose hypothesis times are
 transferred onto the transcript's words by an edit-distance alignment (the words stay the
 transcript's), then to proportional segmentation; each step taken is recorded in
-`Alignment.fallbacks` and `Alignment.source` says which produced the times.
+`Alignment.fallbacks` and `Alignment.source` says which produced the times;
+`Alignment.recogniser` names the recogniser whose hypothesis was read, and
+`Alignment.warnings` carries what it flagged (a repetition loop, an unsure decode).
 """
 
 from __future__ import annotations
@@ -35,6 +40,69 @@ MODES = ("auto", "corpus", "forced", "asr", "proportional", "text", "written", "
 SOURCES = ("corpus", "forced", "asr", "proportional", "text", "written")
 UNTIMED = ("text", "written")  # modes and sources whose words have no times (nothing is decoded)
 SAMPLE_RATE = 16000
+DEFAULT_ASR = "whisper"
+ASR_NAMES = ("whisper", "whisper:PATH", "sphinx")
+
+
+@dataclass
+class Hypothesis:
+    """A recogniser's best hypothesis: normalised words with times, and what it flagged."""
+
+    words: list[Word]
+    text: str = ""
+    avg_logprob: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_asr(spec: str | None) -> str:
+    """`spec` when it names a recogniser (ASR_NAMES), else ConfigError; None is the default."""
+    spec = spec or DEFAULT_ASR
+    if spec == "sphinx":
+        return spec
+    model = spec.partition("#")[0]
+    if model == "whisper" or model.startswith("whisper:"):
+        from emofuse.align.whisper import split_spec
+
+        split_spec(spec)  # its options
+        return spec
+    raise ConfigError(f"unknown recogniser {spec!r}; known: {', '.join(ASR_NAMES)} (whisper[:PATH]#language=CODE "
+                      "sets the language)")
+
+
+def with_language(spec: str | None, language: str | None) -> str:
+    """The recogniser spec of `--asr SPEC --language CODE` (``whisper#language=CODE``)."""
+    spec = check_asr(spec)
+    if not language:
+        return spec
+    if spec == "sphinx":
+        raise ConfigError("--language applies to Whisper only (pocketsphinx's model is US English)")
+    if "#" in spec:
+        raise ConfigError(f"--asr {spec!r} already names options: give the language in one place")
+    return check_asr(f"{spec}#language={language}")
+
+
+def make_recogniser(spec: str | None = None, language: str | None = None):
+    """An object with `transcribe(audio) -> Hypothesis`, `name` and `settings()` for `spec`."""
+    spec = check_asr(spec)
+    if spec == "sphinx":
+        from emofuse.align.sphinx import Sphinx
+
+        return Sphinx()
+    from emofuse.align.whisper import WhisperASR
+
+    return WhisperASR(spec, language=language)
+
+
+def asr_settings(spec: str | None, language: str | None = None) -> dict:
+    """What identifies a recogniser's output (store keys): its engine, weights and options."""
+    spec = check_asr(spec)
+    if spec == "sphinx":
+        from emofuse.align.sphinx import Sphinx
+
+        return Sphinx.settings()
+    from emofuse.align.whisper import WhisperASR
+
+    return WhisperASR(spec, language=language).settings()
 
 
 @dataclass
@@ -43,6 +111,8 @@ class Alignment:
     source: str  # which method produced the times (SOURCES), "none" when there are no words
     mode: str  # the mode that was asked for after resolution (resolve_mode)
     fallbacks: list[str] = field(default_factory=list)  # "forced->asr: why", ...
+    recogniser: str | None = None  # "whisper tiny.en", "pocketsphinx en-us": whose hypothesis was read
+    warnings: list[str] = field(default_factory=list)  # what the recogniser flagged
 
     @property
     def texts(self) -> list[str]:
@@ -58,13 +128,16 @@ class Alignment:
             "source": self.source,
             "mode": self.mode,
             "fallbacks": self.fallbacks,
+            "recogniser": self.recogniser,
+            "warnings": self.warnings,
         }
 
     @classmethod
     def from_json(cls, record: dict) -> "Alignment":
         words = [Word(str(t), float("nan") if s is None else s, float("nan") if e is None else e)
                  for t, s, e in record["words"]]
-        return cls(words, record["source"], record["mode"], list(record.get("fallbacks", [])))
+        return cls(words, record["source"], record["mode"], list(record.get("fallbacks", [])),
+                   record.get("recogniser"), list(record.get("warnings") or []))
 
 
 def transcript_words(utt: Utterance) -> list[str]:
@@ -177,12 +250,15 @@ def transfer_times(words: list[str], hypothesis: list[Word], duration: float) ->
     return out
 
 
-def align_utterance(utt: Utterance, audio: np.ndarray | None, mode: str = "auto", sphinx=None) -> Alignment:
+def align_utterance(utt: Utterance, audio: np.ndarray | None, mode: str = "auto", sphinx=None,
+                    recogniser=None) -> Alignment:
     """Words with times for one utterance (module docstring); never raises for bad audio or
     a transcript that does not fit: it falls back and says so in `fallbacks`.
 
     audio: 16 kHz mono float32 of the utterance (from `features.audio.load_audio`); may be
-    None for modes that do not read it. `sphinx`: a reusable `align.sphinx.Sphinx`.
+    None for modes that do not read it. `sphinx`: a reusable `align.sphinx.Sphinx` (forced
+    alignment); `recogniser`: a reusable `make_recogniser(...)` (default: DEFAULT_ASR, built
+    only when recognition is needed).
     """
     resolved = resolve_mode(utt, mode)
     if resolved is None:
@@ -218,13 +294,18 @@ def align_utterance(utt: Utterance, audio: np.ndarray | None, mode: str = "auto"
         if aligned is not None:
             return Alignment(aligned, "forced", resolved)
         fallbacks.append("forced->asr: the transcript could not be aligned to the audio")
-    hypothesis = sphinx.recognize(audio)
+    if recogniser is None:
+        recogniser = make_recogniser()
+    hyp = recogniser.transcribe(audio)
+    name = recogniser.name
     if resolved == "asr":
-        return Alignment(hypothesis, "asr" if hypothesis else "none", resolved, fallbacks)
-    if hypothesis:
-        return Alignment(transfer_times(words, hypothesis, duration), "asr", resolved, fallbacks)
-    fallbacks.append("asr->proportional: the recogniser found no words")
-    return Alignment(proportional_words(words, audio), "proportional", resolved, fallbacks)
+        if not hyp.words:
+            fallbacks.append(f"asr: {name} heard no speech")
+        return Alignment(hyp.words, "asr" if hyp.words else "none", resolved, fallbacks, name, hyp.warnings)
+    if hyp.words:
+        return Alignment(transfer_times(words, hyp.words, duration), "asr", resolved, fallbacks, name, hyp.warnings)
+    fallbacks.append(f"asr->proportional: {name} found no words")
+    return Alignment(proportional_words(words, audio), "proportional", resolved, fallbacks, name)
 
 
 def word_frame_matrix(times: np.ndarray, num_frames: int, hop: float = HOP, centre_offset: float = 0.0) -> np.ndarray:
@@ -245,6 +326,6 @@ def word_frame_matrix(times: np.ndarray, num_frames: int, hop: float = HOP, cent
 
 
 __all__ = [
-    "Alignment", "MODES", "SOURCES", "UNTIMED", "align_utterance", "corpus_words", "proportional_words",
+    "ASR_NAMES", "Alignment", "DEFAULT_ASR", "Hypothesis", "MODES", "asr_settings", "check_asr", "make_recogniser", "with_language", "SOURCES", "UNTIMED", "align_utterance", "corpus_words", "proportional_words",
     "resolve_mode", "transcript_words", "transfer_times", "word_frame_matrix",
 ]

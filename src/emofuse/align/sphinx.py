@@ -187,6 +187,15 @@ class Sphinx:
         offset = start / SAMPLE_RATE
         return [Word(w.text, w.start + offset, w.end + offset) for w in aligned]
 
+    name = "pocketsphinx en-us"
+
+    def transcribe(self, audio: np.ndarray):
+        """`recognize` as an `align.Hypothesis` (pocketsphinx flags nothing)."""
+        from emofuse.align import Hypothesis
+
+        words = self.recognize(audio)
+        return Hypothesis(words, " ".join(w.text for w in words))
+
     def recognize(self, audio: np.ndarray) -> list[Word]:
         """Words and times of the recogniser's best hypothesis (possibly none), decoding each
         speech segment (`speech_segments`) on its own."""

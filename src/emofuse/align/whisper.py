@@ -40,12 +40,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from emofuse.align import Hypothesis
 from emofuse.align.text import normalise_word
 from emofuse.corpora.base import Word
 from emofuse.errors import ConfigError, DataError
@@ -70,7 +70,22 @@ TOKENS_BASE = 16
 
 
 def is_whisper(spec: str | None) -> bool:
-    return isinstance(spec, str) and (spec == PREFIX or spec.startswith(PREFIX + ":"))
+    if not isinstance(spec, str):
+        return False
+    model = spec.partition("#")[0]
+    return model == PREFIX or model.startswith(PREFIX + ":")
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """("whisper[:PATH]", language or None) of a recogniser spec ``whisper[:PATH][#language=xx]``."""
+    model, _, options = spec.partition("#")
+    language = None
+    for option in filter(None, options.split("&")):
+        key, _, value = option.partition("=")
+        if key != "language" or not value.isalpha():
+            raise ConfigError(f"{spec!r}: unknown recogniser option {option!r}; known: language=CODE (e.g. en, de)")
+        language = value.lower()
+    return model, language
 
 
 def _packaged_folder() -> Path:
@@ -86,6 +101,7 @@ def resolve_folder(spec: str) -> Path:
     """The CTranslate2 folder that `spec` names (module docstring); ConfigError when it is not one."""
     if not is_whisper(spec):
         raise ConfigError(f"{spec!r} is not a Whisper model: use 'whisper' or 'whisper:PATH'")
+    spec = spec.partition("#")[0]
     if spec == PREFIX:
         return _packaged_folder()
     raw = spec[len(PREFIX) + 1:]
@@ -187,14 +203,6 @@ def encode_window(model, mel: np.ndarray, frames: int):
 # ---------------------------------------------------------------------------- recognition
 
 
-@dataclass
-class Hypothesis:
-    words: list[Word]
-    text: str
-    avg_logprob: float | None = None  # mean over the hypothesis' segments, weighted by tokens
-    warnings: list[str] = field(default_factory=list)
-
-
 def repetition(words: list[str], limit: int = REPEAT_LIMIT, longest: int = 4) -> tuple[str, int] | None:
     """(phrase, times) of the first word or phrase of up to `longest` words repeated more than
     `limit` times in a row, else None."""
@@ -216,9 +224,9 @@ class WhisperASR:
 
     def __init__(self, spec: str = PREFIX, language: str | None = None, threads: int | None = None,
                  vad: bool = True):
-        self.spec = spec
-        self.folder = resolve_folder(spec)
-        self.language = language
+        self.spec, spec_language = split_spec(spec)
+        self.folder = resolve_folder(self.spec)
+        self.language = language or spec_language
         self.threads = threads
         self.vad = vad
         self._model = None
@@ -289,8 +297,8 @@ class WhisperASR:
             tokens += n
             logprob += seg.avg_logprob * n
             for w in seg.words or []:
-                start = float(np.clip(w.start, 0.0, duration))
-                end = float(np.clip(w.end, start, duration))
+                start = round(float(np.clip(w.start, 0.0, duration)), 3)
+                end = round(float(np.clip(w.end, start, duration)), 3)
                 parts = normalise_word(w.word)
                 step = (end - start) / max(len(parts), 1)
                 words.extend(Word(p, start + i * step, start + (i + 1) * step) for i, p in enumerate(parts))

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from emofuse.align import MODES
+from emofuse.align import MODES, with_language
 from emofuse.corpora.base import Corpus
 from emofuse.errors import ConfigError
 
@@ -22,9 +22,17 @@ def extract(
     manifest: Path = typer.Argument(..., help="JSONL manifest of utterances (from `emofuse prepare`)."),
     features: str = typer.Option(
         "compare_lld,fbank40,minilm", "--features", "-f",
-        help="Comma-separated: frame features compare_lld, fbank40, spectrogram8k, waveform; "
-             "word features minilm, glove50, glove-file:PATH; hf:PATH (a local speech or text encoder).",
+        help="Comma-separated: frame features compare_lld, fbank40, spectrogram8k, waveform, whisper "
+             "(Whisper's encoder; whisper:PATH, #pad=30); word features minilm, glove50, glove-file:PATH; "
+             "hf:PATH (a local speech or text encoder).",
     ),
+    asr: str = typer.Option(
+        "whisper", "--asr",
+        help="Recogniser for --align asr (and auto without a transcript): whisper (the packaged tiny.en), "
+             "whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx).",
+    ),
+    language: Optional[str] = typer.Option(
+        None, "--language", help="Whisper's language (default: English for .en models)."),
     align: str = typer.Option(
         "auto", "--align", "-a",
         help="Word times: auto (corpus, else forced, else asr), corpus, forced, asr, proportional, "
@@ -70,7 +78,7 @@ def extract(
     part = parse_shard(shard) if shard is not None else None
     corpus = Corpus.read(manifest)
     out_dir = out_dir if out_dir is not None else Path("features") / corpus.name
-    store = FeatureStore(out_dir)
+    store = FeatureStore(out_dir, asr=with_language(asr, language))
     report = store.extract(corpus, names, align=align, workers=workers, progress=progress and err.is_terminal,
                            engine=engine, address=address, shard=part, device=device)
 

@@ -59,6 +59,9 @@ class DataConfig:
     acoustic: str | None = "compare_lld"  # frame feature, or null for text-only models
     words: str | None = None  # word vectors (minilm, glove50, ...), or null for acoustic-only models
     align: str = "auto"  # word times from: auto, corpus, forced, asr, proportional; text (words, no times); none
+    # the recogniser of align asr (and auto without a transcript): whisper (the packaged tiny.en),
+    # whisper:PATH (a CTranslate2 Whisper folder), either with #language=CODE, or sphinx
+    asr: str = "whisper"
     # z-normalise acoustic frames: fold (= true; the training part's statistics, the papers'),
     # speaker (each speaker's own; see features.normalise), utterance (each its own), none (= false)
     normalise: bool | str = True
@@ -346,6 +349,12 @@ def validate(cfg: ExperimentConfig) -> None:
     aligns = _known("emofuse.align", "MODES", ALIGN_SOURCES)
     if d.align not in aligns:
         raise ConfigError(f"data.align={d.align!r}; valid: {', '.join(aligns)}")
+    try:
+        from emofuse.align import check_asr
+
+        check_asr(d.asr)
+    except ConfigError as exc:
+        raise ConfigError(f"data.asr: {exc}") from None
     frames = _known("emofuse.features.frames", "frame_feature_names", None)
     if d.acoustic is not None and frames is not None and not _is_frame_feature(d.acoustic):
         raise ConfigError(f"data.acoustic={d.acoustic!r}; valid: {', '.join(frames)}, or null")

@@ -143,7 +143,7 @@ def load_features(cfg: ExperimentConfig, corpus: Corpus, labels: np.ndarray, roo
     from emofuse.features.store import FeatureStore
 
     d = cfg.data
-    store = FeatureStore(root)
+    store = FeatureStore(root, asr=d.asr)
     wanted = [f for f in (d.acoustic, d.words) if f]
     if not wanted:
         raise DataError(None, "the config names no features (data.acoustic and data.words are both null)")

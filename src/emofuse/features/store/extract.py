@@ -117,6 +117,10 @@ def _resource(kind: str, spec: str, cache_dir: str | None, stage_seconds: Counte
             _RESOURCES[key] = (speech_frame_feature(spec, device=device) if hf else get_frame_feature(spec)).warm()
         elif kind == "words":
             _RESOURCES[key] = (HFWordEncoder(spec, device=device) if hf else get_word_encoder(spec, cache_dir)).warm()
+        elif kind == "asr":
+            from emofuse.align import make_recogniser
+
+            _RESOURCES[key] = make_recogniser(spec)
         else:
             from emofuse.align.sphinx import Sphinx
 
@@ -151,6 +155,7 @@ class Job:
     words: list  # [(encoder spec, entry path)]
     vad_path: str | None = None  # energy speech mask entry to compute
     device: str = "auto"  # where hf: encoders run (module docstring)
+    asr: str = "whisper"  # the recogniser (align.make_recogniser)
 
 
 @dataclass
@@ -175,6 +180,23 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+class _LazyRecogniser:
+    """The worker's recogniser, opened (`_resource`) on its first use."""
+
+    def __init__(self, spec: str, cache_dir: str | None, stage_seconds: Counter):
+        self.spec, self.cache_dir, self.stage_seconds = spec, cache_dir, stage_seconds
+
+    def _open(self):
+        return _resource("asr", self.spec, self.cache_dir, self.stage_seconds)
+
+    @property
+    def name(self) -> str:
+        return self._open().name
+
+    def transcribe(self, audio):
+        return self._open().transcribe(audio)
+
+
 def _align_entry(job: Job, utt: Utterance, audio, res: Result, cache_dir: str | None) -> Alignment | None:
     """Compute and store the alignment, or read the stored one when only words are missing."""
     if not job.compute_align:
@@ -190,9 +212,11 @@ def _align_entry(job: Job, utt: Utterance, audio, res: Result, cache_dir: str | 
         return None
     try:
         sphinx = _resource("align", "pocketsphinx", cache_dir, res.stage_seconds)
+        # the recogniser is opened only when an utterance needs it (asr, or a failed forced alignment)
+        recogniser = _LazyRecogniser(job.asr, cache_dir, res.stage_seconds)
         t = time.perf_counter()
         known = set(sphinx.added)
-        alignment = align_utterance(utt, audio, job.align_mode, sphinx=sphinx)
+        alignment = align_utterance(utt, audio, job.align_mode, sphinx=sphinx, recogniser=recogniser)
         res.pronunciations = {w: how for w, how in sphinx.added.items() if w not in known}
         res.stage_seconds["align"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -386,7 +410,7 @@ def plan(
                     todo_words.append((spec, path))
         if todo_frames or compute_align or todo_words or vad_path:
             jobs.append(Job(utt.to_json(), mode, align_path, bool(compute_align), todo_frames, todo_words, vad_path,
-                            device))
+                            device, layout.asr))
         else:
             complete += 1
     for folder in [*frame_dirs.values(), *align_dirs.values(), *words_dirs.values(), *([vad_dir] if vad_dir else [])]:

@@ -121,21 +121,26 @@ def read_alignment(path: Path) -> Alignment:
 class StoreLayout:
     """Where each entry of the store under `root` lives (module docstring)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, asr: str | None = None):
+        from emofuse.align import check_asr
+
         self.root = Path(root)
+        self.asr = check_asr(asr)  # the recogniser of `asr` alignments and of forced alignment's fallback
 
     @staticmethod
     def frames_settings(name: str) -> dict:
         feature = get_frame_feature(name)
         return {"feature": name, "hop": feature.hop, "dim": feature.dim, **feature.settings}
 
-    @staticmethod
-    def align_settings(mode: str) -> dict:
+    def align_settings(self, mode: str) -> dict:
         settings: dict = {"mode": mode}
         if mode in ("forced", "asr"):
+            from emofuse.align import asr_settings
             from emofuse.align.sphinx import Sphinx
 
             settings["decoder"] = Sphinx.settings()
+            if self.asr != "sphinx":  # pocketsphinx-only stores keep their keys
+                settings["asr"] = asr_settings(self.asr)
         if mode in ("forced", "asr", "proportional"):
             settings["vad"] = dict(VAD_SETTINGS)  # silence gate and proportional spans use it
         return settings
