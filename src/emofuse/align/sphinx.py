@@ -189,6 +189,10 @@ class Sphinx:
 
     name = "pocketsphinx en-us"
 
+    def warm(self) -> "Sphinx":
+        self.recognizer  # noqa: B018 - build the recognition decoder now
+        return self
+
     def transcribe(self, audio: np.ndarray):
         """`recognize` as an `align.Hypothesis` (pocketsphinx flags nothing)."""
         from emofuse.align import Hypothesis

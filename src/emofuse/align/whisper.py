@@ -250,7 +250,10 @@ class WhisperASR:
         return f"whisper {PACKAGED_NAME if self.spec == PREFIX else self.folder.name}"
 
     def warm(self) -> "WhisperASR":
-        self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))
+        """Load the model, its tokenizer and the speech detector, and decode once."""
+        tone = (0.1 * np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE)).astype(np.float32)
+        self._decode(tone)
+        self.has_speech(tone)
         return self
 
     def has_speech(self, audio: np.ndarray) -> bool:
@@ -271,21 +274,21 @@ class WhisperASR:
     def recognize(self, audio: np.ndarray) -> list[Word]:
         return self.transcribe(audio).words
 
-    def transcribe(self, audio: np.ndarray, encoder_output=None) -> Hypothesis:
-        """Words with times (seconds from the audio's start) of 16 kHz mono audio.
-
-        `encoder_output`: the encoder's output for this audio's first window, when the caller
-        already has it (`features.whisper` in ``#pad=30`` mode): it is not encoded again."""
+    def transcribe(self, audio: np.ndarray) -> Hypothesis:
+        """Words with times (seconds from the audio's start) of 16 kHz mono audio; no words
+        where the speech detector hears no speech."""
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        duration = len(audio) / SAMPLE_RATE
-        if len(audio) < SAMPLE_RATE // 10:
+        if len(audio) < SAMPLE_RATE // 10 or (self.vad and not self.has_speech(audio)):
             return Hypothesis([], "")
-        if self.vad and not self.has_speech(audio):
-            return Hypothesis([], "", warnings=[])
+        return self._decode(audio)
+
+    def _decode(self, audio: np.ndarray) -> Hypothesis:
+        duration = len(audio) / SAMPLE_RATE
         model = self.model
         mel = log_mel(model, audio)
         content = mel.shape[1]
-        if encoder_output is None and content + PAD_SECONDS * 100 < WINDOW_FRAMES:
+        encoder_output = None  # faster-whisper's own: the 30 s window
+        if content + PAD_SECONDS * 100 < WINDOW_FRAMES:
             encoder_output = encode_window(model, mel, int(content + PAD_SECONDS * 100))
         segments = list(model.generate_segments(mel, self._tokenizer(), self._options(duration), False,
                                                 encoder_output))

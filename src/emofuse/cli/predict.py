@@ -148,6 +148,15 @@ def _predict_texts(model_dir, info, source, text, texts_file, as_json, results_o
         sys.exit(1)
 
 
+def _asr_option(asr: str | None, language: str | None, info) -> dict:
+    """The Predictor's `asr` for --asr/--language (checked now, before any file is read)."""
+    if asr is None and language is None:
+        return {}
+    from emofuse.align import with_language
+
+    return {"asr": with_language(asr or info.asr or "whisper", language)}
+
+
 def predict(
     model_dir: Path = typer.Argument(..., help="Model directory (from `emofuse export` or `emofuse train`)."),
     source: Optional[Path] = typer.Argument(None, help="An audio file, or a folder searched recursively for audio files (none with --text/--texts)."),
@@ -173,6 +182,8 @@ def predict(
     pad: float = typer.Option(0.1, "--pad", help="Segments: seconds added before and after each (at most --min-pause / 2)."),
     force_transcript: bool = typer.Option(False, "--force-transcript", help="Use a transcript even when it cannot be aligned to the audio (by default that is refused: it is likely not what was said), with the recogniser's word times and a warning."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose)."),
+    asr: Optional[str] = typer.Option(None, "--asr", help="Recogniser for files without a transcript: whisper (the packaged tiny.en), whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx). Default: the one the model was trained with, else whisper."),
+    language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
 ) -> None:
     """Predict the emotion of recordings and show, per word, its time span, acoustic share and attention.
     Long files (over --segment-over, or all with --segments) are predicted per speech segment."""
@@ -184,7 +195,8 @@ def predict(
     out, err = _consoles()
     info = read_info(model_dir)  # a wrong folder fails before any file is read
     predictor_options = {**({"verify": False} if no_verify else {}),  # only what differs from the defaults
-                         **({"force_transcript": True} if force_transcript else {})}
+                         **({"force_transcript": True} if force_transcript else {}),
+                         **_asr_option(asr, language, info)}
     if text is not None or texts_file is not None:
         _predict_texts(model_dir, info, source, text, texts_file, as_json, results_out, html_out, png_out,
                        {**predictor_options, "threads": threads}, out, err)
@@ -311,6 +323,8 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=0, help="Worker processes, each with the model loaded once (0: run the model in the server process)."),
     max_queue: Optional[int] = typer.Option(None, "--max-queue", min=0, help="Requests that may wait beyond those running (default 4 per worker); more are answered 503 with Retry-After."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose); every worker process loads them so."),
+    asr: Optional[str] = typer.Option(None, "--asr", help="Recogniser for files without a transcript: whisper (the packaged tiny.en), whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx). Default: the one the model was trained with, else whisper."),
+    language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
     job_timeout: float = typer.Option(300.0, "--job-timeout", min=0.0, help="Seconds a request may run in a worker without an answer (a recording predicted per segment: without finishing a batch of segments) before it is answered 504 and its worker killed and replaced, counted in /health workers.timeouts; 0: no limit. Needs --workers 1 or more (a thread of the server cannot be stopped)."),  # = serving.workers.DEFAULT_JOB_TIMEOUT
 ) -> None:
     """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,
@@ -322,9 +336,12 @@ def serve(
     _, err = _consoles()
     if job_timeout and not workers:
         err.print("[yellow]note[/]: --job-timeout applies to worker processes; with --workers 0 a request has no limit")
+    from emofuse.models.modeldir import read_info
+
+    options = {**({"verify": False} if no_verify else {}), **_asr_option(asr, language, read_info(model_dir))}
     app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds, threads=threads,
                      workers=workers, max_queue=max_queue, segment_over=segment_over, job_timeout=job_timeout,
-                     predictor_options={"verify": False} if no_verify else None)
+                     predictor_options=options or None)
     engine, admission = app.state.engine, app.state.admission
     err.print(f"model {escape(engine.description['model'])} loaded in {app.state.load_seconds:.1f} s "
               f"{f'by {workers} worker process(es)' if workers else 'in the server process'}, "

@@ -35,7 +35,6 @@ import numpy as np
 
 from emofuse.align import whisper as asr
 from emofuse.errors import ConfigError
-from emofuse.features.audio import resample
 from emofuse.features.frames import FrameFeature
 from emofuse.features.hf import chunk_plan, speech_geometry
 
@@ -117,26 +116,22 @@ class WhisperEncoder:
         self.model  # noqa: B018 - load (and check) the weights now
         return self
 
-    def encode(self, y: np.ndarray, keep_window: bool = False):
-        """(T, D) float32 frames; with `keep_window`, also the StorageView of the first window
-        (the recogniser reuses it when this feature pads to 30 s, `align.whisper`)."""
+    def encode(self, y: np.ndarray) -> np.ndarray:
+        """(T, D) float32 frames of 16 kHz audio (module docstring)."""
         model = self.model
         y = np.asarray(y, dtype=np.float32).reshape(-1)
         mel = asr.log_mel(model, y)  # (n_mels, L)
         total = self.num_frames(len(y))
         out = None
-        first_window = None
         for first, lo, hi in chunk_plan(total, self.chunk_frames, self.overlap_frames):
             piece = mel[:, 2 * first: 2 * (first + self.chunk_frames)]
             frames = asr.WINDOW_FRAMES if self.spec.pad30 else max(2, piece.shape[1] + piece.shape[1] % 2)
             encoded = asr.encode_window(model, piece, frames)
-            if first_window is None:
-                first_window = encoded
             values = np.asarray(encoded)[0]  # (frames // 2, D)
             if out is None:
                 out = np.zeros((total, values.shape[1]), dtype=np.float32)
             out[first + lo:first + hi] = values[lo:hi]
-        return (out, first_window) if keep_window else out
+        return out
 
 
 class WhisperFrameFeature(FrameFeature):
@@ -157,11 +152,6 @@ class WhisperFrameFeature(FrameFeature):
     @property
     def centre_offset(self) -> float:
         return self.encoder.geometry.centre_offset
-
-    def extract_with_window(self, y: np.ndarray, sr: int = SAMPLE_RATE):
-        """(frames, first window's encoder output): frames as `extract` gives them."""
-        frames, window = self.encoder.encode(resample(y, sr, SAMPLE_RATE), keep_window=True)
-        return np.nan_to_num(frames), window
 
 
 def whisper_frame_feature(spec: str) -> WhisperFrameFeature:

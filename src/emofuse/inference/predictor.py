@@ -51,6 +51,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from emofuse.align import check_asr, make_recogniser
 from emofuse.errors import DataError
 from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.features.normalise import Normalisation
@@ -183,6 +184,12 @@ class Prediction:
     envelope: np.ndarray | None = None  # (N, 2) min/max of the waveform per 10 ms, for the pictures
     model: str = ""
     warnings: list[str] = field(default_factory=list)  # what makes this answer less trustworthy
+    recogniser: str | None = None  # whose hypothesis gave the words or their times ("whisper tiny.en")
+
+    @property
+    def word_source(self) -> str:
+        """How the words got their times, for people: "asr (whisper tiny.en)", "forced", ..."""
+        return f"{self.align_source} ({self.recogniser})" if self.recogniser else self.align_source
 
     def to_json(self) -> dict:
         """What `emofuse predict --json` prints and `POST /predict` returns."""
@@ -193,6 +200,7 @@ class Prediction:
             "words": [w.to_json() for w in self.words],
             "duration": round(self.duration, 3),
             "align_source": self.align_source,
+            "recogniser": self.recogniser,  # null unless a recogniser's hypothesis was read
             "model": self.model,
             "warnings": list(self.warnings),  # always present: an empty list when all is well
         }
@@ -249,7 +257,8 @@ class Predictor:
     """
 
     def __init__(self, model_dir: str | Path, warm: bool = True, threads: int | None = None,
-                 frames_process: bool | None = None, verify: bool = True, force_transcript: bool = False):
+                 frames_process: bool | None = None, verify: bool = True, force_transcript: bool = False,
+                 asr: str | None = None):
         started = time.perf_counter()
         torch.set_num_threads(DEFAULT_THREADS if threads is None else threads)
         loaded = load_model_dir(model_dir, verify=verify)
@@ -288,10 +297,16 @@ class Predictor:
             self.encoder = get_word_encoder(info.words)  # GloVe tables load here, MiniLM in warm_up
             self.load_timings[f"words:{info.words}"] = time.perf_counter() - t
         self.sphinx = None
+        self.recogniser = None
+        # words without a transcript: `asr`, else the recogniser the model was trained with, else Whisper
+        self.asr = check_asr(asr or info.asr) if self.needs_words else None
         if self.needs_words:
             from emofuse.align.sphinx import Sphinx
 
-            self.sphinx = Sphinx()
+            self.sphinx = Sphinx()  # forced alignment of a given transcript
+            t = time.perf_counter()
+            self.recogniser = make_recogniser(self.asr)
+            self.load_timings[f"asr:{self.asr}"] = time.perf_counter() - t
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emofuse-frames")
         if frames_process is None:  # worth a process where frames are costly and a second core exists
@@ -325,7 +340,8 @@ class Predictor:
             steps.append((f"words:{self.info.words}", self.encoder._load))
         if self.sphinx is not None:
             steps.append(("sphinx:aligner", lambda: self.sphinx.aligner))
-            steps.append(("sphinx:recognizer", lambda: self.sphinx.recognizer))
+        if self.recogniser is not None:
+            steps.append((f"asr:{self.asr}", self.recogniser.warm))
         for name, step in steps:
             t = time.perf_counter()
             step()
@@ -375,7 +391,7 @@ class Predictor:
                         transcript=transcript or None)
         # A text-only model trained on written transcripts (punctuation kept) reads them so.
         mode = ("written" if self.info.align == "written" else "forced") if transcript_words(utt) else "asr"
-        alignment = align_utterance(utt, audio, mode, sphinx=self.sphinx)
+        alignment = align_utterance(utt, audio, mode, sphinx=self.sphinx, recogniser=self.recogniser)
         if mode == "forced" and alignment.source != "forced" and not force_transcript:
             raise TranscriptMismatch(label, "the transcript could not be aligned to the audio: it is likely not "
                                             "what was said. Check it, leave it out to use speech recognition, or "
@@ -633,6 +649,7 @@ class Predictor:
         if any(f.startswith("forced->") for f in alignment.fallbacks):  # only with force_transcript
             warnings.append("the transcript could not be aligned to the audio; used anyway (--force-transcript) "
                             f"with {alignment.source} word times")
+        warnings.extend(alignment.warnings)  # the recogniser's: a repetition loop, an unsure decode
         clipped = clipping_warning(audio)
         if clipped:
             warnings.append(clipped)
@@ -670,4 +687,5 @@ class Predictor:
             envelope=envelope(audio),
             model=self.info.name,
             warnings=warnings,
+            recogniser=alignment.recogniser,
         )

@@ -61,6 +61,9 @@ class ModelInfo:
     encoders: dict = field(default_factory=dict)
     align: str = "none"  # "none" (acoustic only), "auto" (forced with a transcript, ASR without) or
     # "written" (the transcript as written, no times; ASR words without one)
+    # the recogniser of words without a transcript (align.make_recogniser): whisper[:PATH], sphinx;
+    # None for acoustic-only models (and read as sphinx for models exported before it was recorded)
+    asr: str | None = None
     max_frames: int | None = None
     max_words: int | None = None
     trim: float | None = None  # seconds kept around the speech span (data.trim); None: every frame
@@ -114,7 +117,7 @@ _NUMBER = (int, float)
 FIELD_TYPES: dict[str, tuple] = {
     "name": (str,), "settings": (dict,), "spec": (dict,), "needs": (list,), "classes": (list,),
     "label_set": (str, type(None)), "label_map": (dict, type(None)), "acoustic": (str, type(None)), "acoustic_settings": (dict,),
-    "hop": _NUMBER, "words": (str, type(None)), "encoders": (dict,), "align": (str,),
+    "hop": _NUMBER, "words": (str, type(None)), "encoders": (dict,), "align": (str,), "asr": (str, type(None)),
     "max_frames": (int, type(None)), "max_words": (int, type(None)), "trim": (*_NUMBER, type(None)),
     "normaliser": (dict, type(None)), "vocabulary": (dict, type(None)), "backend": (dict, type(None)),
     "metrics": (dict,), "source": (dict,), "config": (dict,), "emofuse_version": (str,), "created": (str,),
@@ -210,14 +213,19 @@ def state_mismatch(expected: dict, state: dict) -> str:
 
 
 def encoder_records(info: ModelInfo) -> dict:
-    """The folder and weights hash of each hf: encoder the model reads (`features.hf`)."""
+    """The folder and weights hash of each pretrained encoder the model reads: hf: encoders
+    (`features.hf`), and Whisper's encoder or recogniser (`align.whisper`, role "asr")."""
+    from emofuse.align import whisper
     from emofuse.features.hf import is_hf, parse_spec, resolve_folder, weights_hash
 
     records = {}
-    for role, spec in (("acoustic", info.acoustic), ("words", info.words)):
+    for role, spec in (("acoustic", info.acoustic), ("words", info.words), ("asr", info.asr)):
         if spec and is_hf(spec):
             folder = resolve_folder(parse_spec(spec).path)
             records[role] = {"spec": spec, "folder": str(folder), "weights_sha256": weights_hash(folder)}
+        elif spec and whisper.is_whisper(spec):
+            records[role] = {"spec": spec, "kind": "whisper", "folder": str(whisper.resolve_folder(spec)),
+                             "weights_sha256": whisper.weights_sha256(spec)}
     return records
 
 
@@ -231,6 +239,11 @@ def check_encoders(info: ModelInfo, manifest: Path) -> None:
     for role, record in info.encoders.items():
         if not isinstance(record, dict) or not {"folder", "weights_sha256"} <= set(record):
             raise DataError(manifest, f"encoders.{role} needs folder and weights_sha256")
+        if record.get("kind") == "whisper":  # found by its spec: the packaged model moves with the install
+            from emofuse.align import whisper
+
+            whisper.check_weights(str(record.get("spec")), expected=record["weights_sha256"])
+            continue
         folder = Path(record["folder"])
         if not folder.is_dir():
             raise DataError(folder, f"{role} encoder folder not found (the model at {manifest.parent} was "

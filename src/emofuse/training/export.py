@@ -137,6 +137,8 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
         words=words,
         # text-only models trained on the written transcript read it the same way at prediction time
         align=("written" if features.get("align") == "written" else "auto") if reads_words else "none",
+        # the recogniser whose words the model was trained on (runs from before data.asr: pocketsphinx)
+        asr=(features.get("asr") or "sphinx") if reads_words else None,
         max_frames=features.get("max_frames"),
         max_words=features.get("max_words"),
         trim=features.get("trim"),

@@ -290,7 +290,7 @@ def _fit(cfg: ExperimentConfig, data: LabelledData, fold, train_idx, val_idx, st
         write_json(stage_dir / "normaliser.json", {
             "label_set": cfg.data.label_set,
             "classes": list(data.classes),
-            "features": {k: getattr(cfg.data, k) for k in ("acoustic", "words", "align", "max_frames", "max_words", "trim")},
+            "features": {k: getattr(cfg.data, k) for k in ("acoustic", "words", "align", "asr", "max_frames", "max_words", "trim")},
             "model": cfg.model,
             "spec": spec,
             "normaliser": normaliser.to_dict(),
