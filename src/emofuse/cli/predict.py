@@ -44,7 +44,7 @@ def _print_prediction(out: Console, prediction) -> None:
     out.print(f"[bold]{escape(prediction.file)}[/]: [bold green]{escape(prediction.label)}[/]  ({probs})")
     detail = f"  {prediction.duration:.2f} s"
     if prediction.words:
-        detail += f", word times: {prediction.align_source}"
+        detail += f", word times: {prediction.word_source}"
     if prediction.fallbacks:
         detail += f" ({escape('; '.join(prediction.fallbacks))})"
     if prediction.truncated:

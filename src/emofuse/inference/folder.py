@@ -163,12 +163,12 @@ def result_rows(results: Sequence[Result], classes: Sequence[str]) -> list[dict]
     rows = []
     for r in results:
         if isinstance(r, PredictionError):
-            rows.append({"file": r.file, "label": "", **{f"p_{c}": "" for c in classes}, "align_source": "",
+            rows.append({"file": r.file, "label": "", **{f"p_{c}": "" for c in classes}, "align_source": "", "recogniser": "",
                          "duration": "", "words": "", "warnings": "", "error": r.error})
             continue
         words = " ".join(f"{w.text}@{w.start:.2f}-{w.end:.2f}" if w.timed else w.text for w in r.words)
         rows.append({"file": r.file, "label": r.label, **{f"p_{c}": f"{r.probabilities[c]:.6f}" for c in classes},
-                     "align_source": r.align_source, "duration": f"{r.duration:.3f}", "words": words,
+                     "align_source": r.align_source, "recogniser": r.recogniser or "", "duration": f"{r.duration:.3f}", "words": words,
                      "warnings": WARNING_SEPARATOR.join(r.warnings), "error": ""})
     return rows
 
@@ -189,7 +189,7 @@ def write_results(path: str | Path, results: Sequence[Result], classes: Sequence
     elif suffix == ".csv":
         buffer = io.StringIO()
         rows = result_rows(results, classes)
-        fields = ["file", "label", *[f"p_{c}" for c in classes], "align_source", "duration", "words", "warnings",
+        fields = ["file", "label", *[f"p_{c}" for c in classes], "align_source", "recogniser", "duration", "words", "warnings",
                   "error"]
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
