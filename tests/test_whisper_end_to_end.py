@@ -106,3 +106,52 @@ def test_the_service_answers_with_whisper_words(whisper_run, ravdess_root):
     body = response.json()
     assert body["recogniser"] == "whisper tiny.en"
     assert [w["text"] for w in body["words"]] == STATEMENT_1.lower().split()
+
+
+def _acoustic_models() -> list[str]:
+    from emofuse.models.base import get_model, model_names
+
+    return [n for n in model_names() if "acoustic" in get_model(n).needs
+            and n not in ("MV-frozen", "teacher-student", "teacher-student+attn")]  # these three need a teacher
+
+
+@pytest.fixture(scope="module")
+def whisper_batch(ravdess_root):
+    """Two RAVDESS clips as the models read them: Whisper frames (384-d, 20 ms, centred 10 ms
+    before the grid), Whisper's words and their times, random 32-d word vectors."""
+    import numpy as np
+
+    from emofuse.align import make_recogniser
+    from emofuse.features.audio import load_audio
+    from emofuse.features.batch import UtteranceFeatures, collate
+    from emofuse.features.frames import get_frame_feature
+
+    frame, asr = get_frame_feature("whisper"), make_recogniser("whisper")
+    rng = np.random.default_rng(0)
+    items = []
+    for i, path in enumerate(ravdess_files(ravdess_root, actors=[7])[:2]):
+        audio = load_audio(path, 16000)
+        words = asr.transcribe(audio).words
+        items.append(UtteranceFeatures(
+            id=str(i), acoustic=frame.extract(audio), acoustic_hop=frame.hop, acoustic_centre_offset=frame.centre_offset,
+            words=[w.text for w in words], word_times=np.array([[w.start, w.end] for w in words], np.float32),
+            word_vectors=rng.standard_normal((len(words), 32)).astype(np.float32)))
+        items[-1].speech_mask = np.ones(len(items[-1].acoustic), bool)
+    return collate(items, [0, 1], token_ids=[list(range(1, len(it.words) + 1)) for it in items])
+
+
+@pytest.mark.parametrize("name", _acoustic_models())
+def test_every_acoustic_model_trains_on_whisper_frames_and_words(name, whisper_batch):
+    import torch
+
+    from emofuse.models.base import InputSpec, get_model
+
+    settings = {"freq_bins": 384} if name.lower().startswith("can") else {}  # CAN: Whisper's 384 dims as its "bins"
+    if name.lower().startswith("nmt"):
+        settings = {"frontend": "frames"}  # frames in place of the waveform CNN
+    torch.manual_seed(0)
+    model = get_model(name).build(InputSpec(num_classes=4, acoustic_dim=384, word_dim=32, vocab_size=10), **settings)
+    out = model(whisper_batch)
+    assert out.logits.shape == (2, 4) and torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
+    assert any(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
