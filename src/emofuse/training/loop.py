@@ -13,6 +13,11 @@ Per fold (`train_fold`):
      regression refitted on the network's utterance vectors (`training/backend.py`,
      `fold-K/backend.json`) gives the test predictions; the network's own metrics are kept.
 
+A fitted model (`ModelEntry.fitted`: the linear probe, models/linear_probe.py) has nothing to
+train: `fit_fold` takes the place of steps 2 and 3, fitting its logistic back-end on the
+training part with C chosen on the validation speakers, and writes the same fold files less
+the checkpoints.
+
 Resume: a fold whose `metrics.json` exists is done and skipped; an unfinished fold restarts
 from `fold-K/checkpoints/last.ckpt` at the epoch after the last finished one. Checkpoints
 are written to a temporary file and moved into place (`AtomicCheckpointIO`), so a kill
