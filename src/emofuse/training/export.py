@@ -78,6 +78,18 @@ def _build_trained(name: str, settings: dict, spec: dict) -> nn.Module:
         return entry.build(InputSpec(**spec), **{**settings, "mode": "joint", "teacher_checkpoint": ""})
 
 
+def _is_fitted(name: str | None) -> bool:
+    """Whether registry model `name` is fitted, not trained (`ModelEntry.fitted`); an unknown
+    name is left to the rebuild to report."""
+    from emofuse.errors import EmofuseError
+    from emofuse.models.base import get_model
+
+    try:
+        return name is not None and get_model(name).fitted
+    except EmofuseError:
+        return False
+
+
 def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | None = None) -> Path:
     """Package one trained fold (`run_dir/fold-K`) as a model directory."""
     import yaml
@@ -95,13 +107,9 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
     fitted = read_json(fold_dir / "normaliser.json")
     metrics = read_json(fold_dir / "metrics.json") if (fold_dir / "metrics.json").is_file() else {}
     model_section = dict(fitted.get("model") or run_config.get("model") or {})
-    if "name" not in model_section:
-        raise DataError(fold_dir / "normaliser.json", "no model name recorded")
-    trained_name = model_section.pop("name")
-    spec = dict(fitted["spec"])
-    network = _build_trained(trained_name, model_section, spec)
-    checkpoint = None
-    if get_model(trained_name).fitted:  # the linear probe: no weights; its back-end is the fitted part
+    trained_name = model_section.pop("name", None)
+    checkpoint = state = None
+    if _is_fitted(trained_name):  # the linear probe: no weights; its back-end is the fitted part
         if "backend" not in metrics:
             raise DataError(fold_dir, "no metrics.json naming a fitted back-end: the fold has not finished "
                                       "(run `emofuse train` again)")
@@ -113,6 +121,11 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
         checkpoint = best_checkpoint_of(trained_path)
         state = checkpoint_state(checkpoint)  # tensors and plain values only: a crafted file is refused
         state = _strip_prefix(state, "model.")  # EmotionModule keeps the network as `self.model`
+    if trained_name is None:
+        raise DataError(fold_dir / "normaliser.json", "no model name recorded")
+    spec = dict(fitted["spec"])
+    network = _build_trained(trained_name, model_section, spec)
+    if state is not None:
         load_weights(network, state, checkpoint, f"model {trained_name!r}")
     name, settings = trained_name, model_section
     deployable = getattr(network, "deployable", None)
