@@ -301,6 +301,9 @@ def check_fits_registry(info: ModelInfo, manifest: Path) -> None:
     if spec.num_classes != len(info.classes):
         raise DataError(manifest, f"{len(info.classes)} class names {info.classes} for an output layer of "
                                   f"{spec.num_classes} classes (spec.num_classes)")
+    if entry.fitted and info.backend is None:  # its network has no classifier of its own
+        raise DataError(manifest, f"model {entry.name} answers through its fitted back-end, and model.json holds "
+                                  "none (backend: null); export the run again")
 
 
 def verify_weights(info: ModelInfo, weights: Path) -> None:

@@ -409,7 +409,10 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"trainer.devices={t.devices!r}; give a number or auto")
     if cfg.fold is not None and cfg.fold < 0:
         raise ConfigError(f"fold={cfg.fold} must be >= 0")
-    needs = get_model(cfg.model_name).needs
+    entry = get_model(cfg.model_name)
+    if entry.fitted:
+        validate_fitted(cfg, entry.name)
+    needs = entry.needs
     if "acoustic" in needs and d.acoustic is None:
         raise ConfigError(f"model {cfg.model_name!r} reads acoustic frames: set data.acoustic (e.g. compare_lld)")
     if "words" in needs and d.words is None:
@@ -417,6 +420,27 @@ def validate(cfg: ExperimentConfig) -> None:
     if "word_frames" in needs and (d.acoustic is None or d.align in ("none", "text", "written")):
         raise ConfigError(f"model {cfg.model_name!r} needs word times on the acoustic grid: "
                           "set data.acoustic and a data.align other than none, text or written")
+
+
+def validate_fitted(cfg: ExperimentConfig, name: str) -> None:
+    """A fitted model (the linear probe, `ModelEntry.fitted`) trains nothing by gradient: what
+    would change a trained network's result but not its fit is refused here, not ignored.
+    trainer.* and optim.* are not read at all (training.loop.fit_fold)."""
+    mode = Normalisation.mode_of(cfg.data.normalise)
+    if mode not in ("speaker", "fold"):
+        raise ConfigError(f"model {name!r} z-scores its pooled vectors as data.normalise says: speaker or fold "
+                          f"(true), not {mode!r} (each utterance's own statistics would erase its mean and std)")
+    if cfg.protocol.backend:
+        raise ConfigError(f"model {name!r} is itself a logistic back-end (fitted as data.normalise says); "
+                          f"remove protocol.backend={cfg.protocol.backend!r}")
+    if cfg.protocol.refit:
+        raise ConfigError(f"model {name!r} chooses C on the validation speakers and trains no epochs; "
+                          "protocol.refit does not apply")
+    if cfg.augment.active:
+        raise ConfigError(f"model {name!r} trains no network for augment to mask frames for; remove augment.*")
+    if cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1:
+        raise ConfigError(f"model {name!r} is fitted in one process (scikit-learn); trainer.devices and "
+                          "trainer.num_nodes must be 1")
 
 
 def validate_labels(d: DataConfig) -> None:
