@@ -367,6 +367,7 @@ class Predictor:
             "alignment": "none (acoustic only)" if not self.needs_words
             else "the transcript as written (trained so); ASR words without one" if info.align == "written"
             else "forced with a transcript, ASR without",
+            "recogniser": self.recogniser.name if self.recogniser is not None else None,
             "needs_transcript": False,
             "normalisation": NORMALISATION[self.normalisation.mode] if self.frame is not None else None,
             "output_layer": BACKEND[self.backend.kind] if self.backend is not None else "the network's own classifier",
