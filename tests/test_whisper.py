@@ -202,8 +202,9 @@ def test_a_changed_model_bin_is_refused_where_its_sha256_was_recorded(tampered_c
 
 @pytest.mark.parametrize("use", [
     lambda: whisper.load_model("whisper"),
+    lambda: whisper.check_weights("whisper#language=en"),  # options do not skip the pinned hash
     lambda: whisper.WhisperASR(vad=False).transcribe(tone(1.0)),
-], ids=["load_model", "transcribe"])
+], ids=["load_model", "check_weights-with-options", "transcribe"])
 def test_a_changed_packaged_model_is_refused_before_it_is_loaded(tampered_copy, monkeypatch, use):
     monkeypatch.setattr(whisper, "_packaged_folder", lambda: tampered_copy)
     whisper._load.cache_clear()
