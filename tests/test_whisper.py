@@ -206,15 +206,16 @@ def test_a_changed_model_bin_is_refused_where_its_sha256_was_recorded(tampered_c
     lambda: whisper.WhisperASR(vad=False).transcribe(tone(1.0)),
 ], ids=["load_model", "check_weights-with-options", "transcribe"])
 def test_a_changed_packaged_model_is_refused_before_it_is_loaded(tampered_copy, monkeypatch, use):
+    loaded = []
     monkeypatch.setattr(whisper, "_packaged_folder", lambda: tampered_copy)
-    whisper._load.cache_clear()
+    monkeypatch.setattr(whisper, "_load", lambda *args: loaded.append(args))
 
     with pytest.raises(DataError) as refused:
         use()
     assert refused.value.path == str(tampered_copy / "model.bin")
     assert f"not that of the packaged Whisper {whisper.PACKAGED_NAME}" in str(refused.value)
     assert "sha256" in str(refused.value) and "\n" not in str(refused.value)
-    assert whisper._load.cache_info().currsize == 0
+    assert loaded == []
 
 
 # ------------------------------------------------------------------------ encoder frames
