@@ -66,8 +66,8 @@ def test_packaged_model_writes_the_statement_a_ravdess_actor_said(asr, ravdess_r
 @pytest.mark.parametrize("name, words", [DOGS, KIDS], ids=["dogs", "kids"])
 def test_word_times_increase_within_the_clip_and_the_speech_span(asr, ravdess_root, name, words):
     """Within the energy VAD's speech span +- SPAN_TOLERANCE (0.3 s). Whisper's word times
-    are coarse: on 40 RAVDESS clips (actors 1-4) tiny.en's first word starts 0.16-0.42 s
-    before the span, and at 0.0 s on 15 of them; these two clips are ones where it does not."""
+    are coarse: decoding whole clips, tiny.en's first word started at 0.0 s on 15 of 40
+    RAVDESS clips (actors 1-4); decoding Silero's speech span only, on none of them."""
     audio = ravdess_clip(ravdess_root, name)
     first, last = speech_span(audio)
     times = np.array([[w.start, w.end] for w in asr.transcribe(audio).words])  # (W, 2)
@@ -80,16 +80,17 @@ def test_word_times_increase_within_the_clip_and_the_speech_span(asr, ravdess_ro
     assert times[-1, 1] <= last + SPAN_TOLERANCE
 
 
-# Clips where the last word is put, with no length, at the clip's end, long after the speech:
-# 'door' at 3.58-3.58 s, 3.80-3.80 s and 3.74-3.74 s when speech ends near 2.8 s.
+# Clips where, decoded whole, the last word was put with no length at the clip's end, long after
+# the speech: 'door' at 3.58-3.58 s, 3.80-3.80 s and 3.74-3.74 s when speech ends near 2.8 s.
 PINNED_AT_THE_END = ["Actor_02/03-01-01-01-02-01-02.flac", "Actor_02/03-01-02-01-02-01-02.flac",
                      "Actor_03/03-01-03-01-01-01-03.flac"]
 
 
 @pytest.mark.data
-@pytest.mark.xfail(strict=True, reason="the clip + 8 s encoder window (PAD_SECONDS) pins the last word to the "
-                   "clip's end on 9 of 40 RAVDESS clips (0 of 40 with faster-whisper's own 30 s window)")
 def test_the_last_word_ends_with_the_speech_not_at_the_end_of_the_clip(asr, ravdess_root):
+    """Three clips on which decoding the whole clip (silence included) pinned "door", zero-length,
+    to the clip's end; decoding only Silero's speech span +- SPAN_PAD places it on the speech
+    (on 40 RAVDESS clips: 9 late last words and 22 early first words before, 0 and 0 after)."""
     late = []
     for name in PINNED_AT_THE_END:
         audio = ravdess_clip(ravdess_root, name)
