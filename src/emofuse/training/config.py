@@ -106,6 +106,9 @@ class TrainerConfig:
     ema: float | None = None
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning's names
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "32", "16", "bf16", "64")
 BACKENDS = KINDS  # protocol.backend (models/backend.py, fitted by training/backend.py)
 
 
@@ -398,6 +401,13 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("augment masks acoustic frames, but data.acoustic is null")
     if isinstance(t.devices, str) and t.devices != "auto":
         raise ConfigError(f"trainer.devices={t.devices!r}; give a number or auto")
+    # Lightning checks these only when a fold starts, after config.yaml is written: check them here
+    if t.accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={t.accelerator!r}; valid: {', '.join(ACCELERATORS)}")
+    if str(t.precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={t.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if isinstance(t.devices, int) and t.devices < 1 and t.devices != -1:  # Lightning's -1: every device
+        raise ConfigError(f"trainer.devices={t.devices} must be >= 1, -1 (every device) or auto")
     if cfg.fold is not None and cfg.fold < 0:
         raise ConfigError(f"fold={cfg.fold} must be >= 0")
     needs = get_model(cfg.model_name).needs
