@@ -227,6 +227,7 @@ def check_encoders(info: ModelInfo, manifest: Path) -> None:
     if not info.encoders:
         return
     from emofuse.features.hf import resolve_folder, weights_hash
+    from emofuse.features.hf_weights import require_safetensors
 
     for role, record in info.encoders.items():
         if not isinstance(record, dict) or not {"folder", "weights_sha256"} <= set(record):
@@ -235,6 +236,7 @@ def check_encoders(info: ModelInfo, manifest: Path) -> None:
         if not folder.is_dir():
             raise DataError(folder, f"{role} encoder folder not found (the model at {manifest.parent} was "
                                     "trained on it; restore the folder or retrain)")
+        require_safetensors(resolve_folder(folder))  # a pickle checkpoint: one line, never transformers' page
         found = weights_hash(resolve_folder(folder))
         if found != record["weights_sha256"]:
             raise DataError(folder, f"{role} encoder weights changed since the model was trained (sha256 "

@@ -635,6 +635,7 @@ def save_config(cfg: ExperimentConfig, run_dir: Path, write: bool = True) -> Pat
     A folder holding nothing but its config.yaml (a start that failed before any fold, e.g. on a
     missing feature) has no results to mix, so a corrected config replaces it."""
     path = run_dir / "config.yaml"
+    check_run_dir(run_dir)
     resolved = cfg.to_dict()
     if path.is_file() and any(not _config_only(entry.name) for entry in run_dir.iterdir()):
         previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -652,6 +653,16 @@ def save_config(cfg: ExperimentConfig, run_dir: Path, write: bool = True) -> Pat
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
     return path
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """`run_dir` is a folder or can become one: a file there (or above it) is one ConfigError."""
+    for where in (run_dir, *run_dir.parents):
+        if where.exists():
+            if not where.is_dir():
+                raise ConfigError(f"run_dir={run_dir}: {'is a file' if where == run_dir else f'{where} is a file'}, "
+                                  "not a run directory")
+            return
 
 
 def _config_only(name: str) -> bool:
