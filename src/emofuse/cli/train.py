@@ -18,11 +18,12 @@ def train(
     ),
 ) -> None:
     """Train and test every fold of the config's protocol (or fold=K); resumes an interrupted run."""
-    from emofuse.training.config import load_config
+    from emofuse.training.config import check_run_dir, load_config
     from emofuse.training.loop import is_rank_zero, quiet_lightning, run_experiment
 
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     cfg = load_config(config, list(overrides or []))  # every key and name checked before any work
+    check_run_dir(cfg.resolved_run_dir())
     quiet_lightning()
     log = (lambda line: err.print(escape(line))) if is_rank_zero() else (lambda line: None)
     log(f"run {cfg.resolved_run_dir()}: {cfg.model_name} on {cfg.corpus}, protocol {cfg.protocol.name}, seed {cfg.seed}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from emofuse.demo import load_demo_corpus
+from emofuse.errors import ConfigError
 
 MODELS = ("b-aco-1", "b-lex", "h-mm-4")
 FUSED = "h-mm-4"
@@ -81,6 +82,11 @@ def run_demo(out_dir: str | Path = "emofuse-demo", overrides: list[str] = (), wo
     from emofuse.training.loop import quiet_lightning, run_experiment
 
     out_dir = Path(out_dir).resolve()
+    # every override of every model's config checked before the first stage writes anything
+    for name in MODELS:
+        demo_config(name, out_dir, list(overrides))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: is a file; the demo writes a folder there")
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     quiet_lightning()

@@ -267,6 +267,7 @@ class Predictor:
         self.info: ModelInfo = loaded.info
         self.model = loaded.model
         self.model_dir = loaded.path
+        self.notes = loaded.notes  # what the model directory could not be checked for (modeldir.check_binding)
         info = self.info
         self.classes = list(info.classes)
         self.needs_words = not info.acoustic_only

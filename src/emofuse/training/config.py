@@ -109,6 +109,9 @@ class TrainerConfig:
     ema: float | None = None
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning's names
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "32", "16", "bf16", "64")
 BACKENDS = KINDS  # protocol.backend (models/backend.py, fitted by training/backend.py)
 
 
@@ -407,6 +410,13 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("augment masks acoustic frames, but data.acoustic is null")
     if isinstance(t.devices, str) and t.devices != "auto":
         raise ConfigError(f"trainer.devices={t.devices!r}; give a number or auto")
+    # Lightning checks these only when a fold starts, after config.yaml is written: check them here
+    if t.accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={t.accelerator!r}; valid: {', '.join(ACCELERATORS)}")
+    if str(t.precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={t.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if isinstance(t.devices, int) and t.devices < 1 and t.devices != -1:  # Lightning's -1: every device
+        raise ConfigError(f"trainer.devices={t.devices} must be >= 1, -1 (every device) or auto")
     if cfg.fold is not None and cfg.fold < 0:
         raise ConfigError(f"fold={cfg.fold} must be >= 0")
     entry = get_model(cfg.model_name)
@@ -658,6 +668,7 @@ def save_config(cfg: ExperimentConfig, run_dir: Path, write: bool = True) -> Pat
     A folder holding nothing but its config.yaml (a start that failed before any fold, e.g. on a
     missing feature) has no results to mix, so a corrected config replaces it."""
     path = run_dir / "config.yaml"
+    check_run_dir(run_dir)
     resolved = cfg.to_dict()
     if path.is_file() and any(not _config_only(entry.name) for entry in run_dir.iterdir()):
         previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -675,6 +686,16 @@ def save_config(cfg: ExperimentConfig, run_dir: Path, write: bool = True) -> Pat
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
     return path
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """`run_dir` is a folder or can become one: a file there (or above it) is one ConfigError."""
+    for where in (run_dir, *run_dir.parents):
+        if where.exists():
+            if not where.is_dir():
+                raise ConfigError(f"run_dir={run_dir}: {'is a file' if where == run_dir else f'{where} is a file'}, "
+                                  "not a run directory")
+            return
 
 
 def _config_only(name: str) -> bool:

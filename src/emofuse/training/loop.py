@@ -515,7 +515,11 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
     `run_dir`) and `selected`: the results of the folds asked for, in fold order.
     """
     run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
-    for fold in folds:  # before anything in run_dir is written
+    # before anything in run_dir is written: a refused command leaves config.yaml as it was
+    # (a fold=7 written there would make every later plain resume fail)
+    if cfg.fold is not None and not 0 <= cfg.fold < len(folds):
+        raise ConfigError(f"fold={cfg.fold}: the protocol gives folds 0..{len(folds) - 1}")
+    for fold in folds:
         check_fold_matches(run_dir / f"fold-{fold.index}", data, fold)
     if rank_zero_only.rank == 0:
         save_config(cfg, run_dir)
@@ -523,8 +527,6 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
         from emofuse.training.checks import write_data_checks
 
         write_data_checks(cfg.to_dict(), data, folds, run_dir, log)
-    if cfg.fold is not None and not 0 <= cfg.fold < len(folds):
-        raise ConfigError(f"fold={cfg.fold}: the protocol gives folds 0..{len(folds) - 1}")
     chosen = folds if cfg.fold is None else [folds[cfg.fold]]
     if only is not None:
         unknown = sorted(set(only) - {f.index for f in folds})
