@@ -3,8 +3,8 @@
 A `pytorch_model.bin` (or any .bin/.pt/.pth/.ckpt) is a pickle, which runs code when it is
 loaded; emofuse never loads one (transformers refuses it too, in some 78 lines). This check
 says so in one line before transformers is reached. It lives apart from `features/hf.py` so
-that the model-directory check (`models/modeldir.check_encoders`) and the CLI can call it now;
-`HFSpeechEncoder._load` and `HFWordEncoder._load` should call it before `from_pretrained`.
+that the model-directory check (`models/modeldir.check_encoders`), the CLI and the encoders'
+loaders (`HFSpeechEncoder._load`, `HFWordEncoder._load`, before `from_pretrained`) call it.
 """
 
 from __future__ import annotations
