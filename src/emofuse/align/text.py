@@ -198,3 +198,30 @@ def normalise_word(text: str) -> list[str]:
     if not cleaned or cleaned.startswith(("<", "[", "+")):  # <s>, <sil>, [NOISE], ++LAUGHTER++
         return []
     return normalise_transcript(cleaned)
+
+
+def word_edits(reference: list[str], hypothesis: list[str]) -> tuple[int, int, int]:
+    """(substitutions, deletions, insertions) of a minimal word-level Levenshtein alignment of
+    `hypothesis` to `reference` (of equally short ones, the one with the fewest substitutions).
+    O(len(reference) * len(hypothesis)): callers bound the lengths."""
+    n, m = len(reference), len(hypothesis)
+    previous = [(j, 0, 0, j) for j in range(m + 1)]  # (edits, subs, dels, ins) of reference[:i] vs hypothesis[:j]
+    for i in range(1, n + 1):
+        row = [(i, 0, i, 0)]
+        for j in range(1, m + 1):
+            e, s, d, k = previous[j - 1]
+            diagonal = (e, s, d, k) if reference[i - 1] == hypothesis[j - 1] else (e + 1, s + 1, d, k)
+            e, s, d, k = previous[j]
+            deletion = (e + 1, s, d + 1, k)
+            e, s, d, k = row[j - 1]
+            row.append(min(diagonal, deletion, (e + 1, s, d, k + 1)))
+        previous = row
+    _, s, d, k = previous[m]
+    return s, d, k
+
+
+def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
+    """Edits / reference words (1.0 for any hypothesis of an empty reference, 0.0 for none)."""
+    if not reference:
+        return float(bool(hypothesis))
+    return sum(word_edits(reference, hypothesis)) / len(reference)

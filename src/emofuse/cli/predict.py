@@ -204,6 +204,7 @@ def predict(
     max_segment: float = typer.Option(10.0, "--max-segment", help="Segments: longer ones (s) are cut at their deepest pause."),
     pad: float = typer.Option(0.1, "--pad", help="Segments: seconds added before and after each (at most --min-pause / 2)."),
     force_transcript: bool = typer.Option(False, "--force-transcript", help="Use a transcript even when it cannot be aligned to the audio (by default that is refused: it is likely not what was said), with the recogniser's word times and a warning."),
+    trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.5 against it adds a warning; the check costs one more decode)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose)."),
     asr: Optional[str] = typer.Option(None, "--asr", help="Recogniser for files without a transcript: whisper (the packaged tiny.en), whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx). Default: the one the model was trained with, else whisper."),
     language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
@@ -226,6 +227,7 @@ def predict(
     info = read_info(model_dir)  # a wrong folder fails before any file is read
     predictor_options = {**({"verify": False} if no_verify else {}),  # only what differs from the defaults
                          **({"force_transcript": True} if force_transcript else {}),
+                         **({"check_transcript": False} if trust_transcript else {}),
                          **_asr_option(asr, language, info)}
     if text is not None or texts_file is not None:
         _predict_texts(model_dir, info, source, text, texts_file, as_json, results_out, html_out, png_out,
@@ -366,6 +368,7 @@ def serve(
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose); every worker process loads them so."),
     asr: Optional[str] = typer.Option(None, "--asr", help="Recogniser for files without a transcript: whisper (the packaged tiny.en), whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx). Default: the one the model was trained with, else whisper."),
     language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
+    trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.5 against it adds a warning)."),
     job_timeout: float = typer.Option(300.0, "--job-timeout", min=0.0, help="Seconds a request may run in a worker without an answer (a recording predicted per segment: without finishing a batch of segments) before it is answered 504 and its worker killed and replaced, counted in /health workers.timeouts; 0: no limit. Needs --workers 1 or more (a thread of the server cannot be stopped)."),  # = serving.workers.DEFAULT_JOB_TIMEOUT
 ) -> None:
     """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,
@@ -384,7 +387,8 @@ def serve(
         err.print("[yellow]note[/]: --job-timeout applies to worker processes; with --workers 0 a request has no limit")
     from emofuse.models.modeldir import read_info
 
-    options = {**({"verify": False} if no_verify else {}), **_asr_option(asr, language, read_info(model_dir))}
+    options = {**({"verify": False} if no_verify else {}), **({"check_transcript": False} if trust_transcript else {}),
+               **_asr_option(asr, language, read_info(model_dir))}
     app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds, threads=threads,
                      workers=workers, max_queue=max_queue, segment_over=segment_over, job_timeout=job_timeout,
                      predictor_options=options or None)

@@ -112,7 +112,8 @@ def _work(chunk: list[tuple[int, Job]]) -> list[tuple[int, Result]]:
 
 def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, batch_size: int = 4,
                  predictor: Predictor | None = None, threads: int | None = None, verify: bool = True,
-                 force_transcript: bool = False, asr: str | None = None) -> Iterator[tuple[int, Result]]:
+                 force_transcript: bool = False, asr: str | None = None,
+                 check_transcript: bool = True) -> Iterator[tuple[int, Result]]:
     """(index, Prediction | PredictionError) for every job, in the order they finish.
 
     Every worker builds the Predictor the single-process path builds (`verify`,
@@ -121,7 +122,7 @@ def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, b
     several worker processes (together they fill the cores). A model that cannot be loaded
     raises its EmofuseError here, whether it was loaded here or in a worker.
     """
-    options = {"verify": verify, "force_transcript": force_transcript, "asr": asr}
+    options = {"verify": verify, "force_transcript": force_transcript, "asr": asr, "check_transcript": check_transcript}
     indexed = list(enumerate(jobs))
     chunks = [indexed[i:i + batch_size] for i in range(0, len(indexed), max(1, batch_size))]
     if workers <= 1:

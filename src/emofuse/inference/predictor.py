@@ -29,6 +29,14 @@ Broken inputs get an error or a plain warning, never a silent confident answer:
   words would drive the lexical side although nobody said them. Leave the transcript out to
   use the recogniser's words, or pass `force_transcript=True` (`--force-transcript`) to use
   it anyway, with the recogniser's times and a warning;
+- a transcript longer than the audio could hold (over MAX_WORDS_PER_SECOND words a second
+  plus MAX_WORDS_EXTRA, or a word over MAX_WORD_CHARS characters) is `TranscriptTooLong` at
+  once: aligning it would take a worker for minutes (alignment time grows with its square);
+- a transcript that aligns but is not what the recogniser hears (word error rate over
+  TRANSCRIPT_WER_LIMIT against its hypothesis) is predicted with a warning that quotes what
+  was heard (`check_transcript=False`, `--trust-transcript`, skips the second decode); a
+  transcript with no readable word (only punctuation, or a script the aligner cannot
+  pronounce) is replaced by the recogniser's words, with a warning that says so;
 - clipped audio (over `CLIPPED_SHARE` of its samples at full scale) is predicted with a
   warning in `Prediction.warnings`;
 - probabilities that are not finite are an error, never NaN or null in the output.
@@ -113,6 +121,36 @@ class NoSpeech(UnusableInput):
 
 class TranscriptMismatch(UnusableInput):
     """The transcript cannot be aligned to the recording: it is likely not what was said."""
+
+
+class TranscriptTooLong(UnusableInput):
+    """The transcript holds more words, or longer ones, than the recording could."""
+
+
+MAX_WORDS_PER_SECOND = 10  # fast speech is ~4-5 words a second; twice that and more is not a transcript of it
+MAX_WORDS_EXTRA = 10  # and a short clip's transcript may hold a few more
+MAX_WORD_CHARS = 50  # longer than any English word a person says
+# Word error rate of a given transcript against the recogniser's hypothesis above which the
+# answer warns that the transcript is likely not what was said: measured on RAVDESS's true
+# transcripts (benchmarks/asr.py, `transcript_check`), where it must warn on under 2 % of clips.
+TRANSCRIPT_WER_LIMIT = 0.5
+
+
+def check_transcript_size(transcript: str, seconds: float, label: str) -> None:
+    """TranscriptTooLong unless `transcript` fits `seconds` of audio (module docstring); checked
+    on the raw text before anything costly reads it."""
+    limit = int(MAX_WORDS_PER_SECOND * seconds) + MAX_WORDS_EXTRA
+    if len(transcript) > limit * (MAX_WORD_CHARS + 1):
+        raise TranscriptTooLong(label, f"the transcript has {len(transcript)} characters: more than {seconds:.1f} s "
+                                       f"of audio could hold (at most {limit} words of {MAX_WORD_CHARS} characters)")
+    words = transcript.split()
+    if len(words) > limit:
+        raise TranscriptTooLong(label, f"the transcript has {len(words)} words: more than {seconds:.1f} s of audio "
+                                       f"could hold (at most {MAX_WORDS_PER_SECOND} a second + {MAX_WORDS_EXTRA} = {limit})")
+    longest = max(words, key=len, default="")
+    if len(longest) > MAX_WORD_CHARS:
+        raise TranscriptTooLong(label, f"the transcript has a word of {len(longest)} characters "
+                                       f"('{longest[:20]}...'); at most {MAX_WORD_CHARS} are accepted")
 
 
 def clipping_warning(audio: np.ndarray) -> str | None:
@@ -258,11 +296,12 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, warm: bool = True, threads: int | None = None,
                  frames_process: bool | None = None, verify: bool = True, force_transcript: bool = False,
-                 asr: str | None = None):
+                 asr: str | None = None, check_transcript: bool = True):
         started = time.perf_counter()
         torch.set_num_threads(DEFAULT_THREADS if threads is None else threads)
         loaded = load_model_dir(model_dir, verify=verify)
         self.force_transcript = force_transcript  # default of the predict_* calls (module docstring)
+        self.check_transcript = check_transcript  # compare a given transcript with the recogniser's words
         self.load_timings: dict[str, float] = {"model": time.perf_counter() - started}
         self.info: ModelInfo = loaded.info
         self.model = loaded.model
@@ -389,6 +428,8 @@ class Predictor:
 
         if not self.needs_words:
             return Alignment([], "none", "none")
+        if transcript:
+            check_transcript_size(transcript, len(audio) / SAMPLE_RATE, label)
         utt = Utterance(id=label, audio=label or "<audio>", speaker="", label="", original_label="",
                         transcript=transcript or None)
         # A text-only model trained on written transcripts (punctuation kept) reads them so.
@@ -398,11 +439,31 @@ class Predictor:
             raise TranscriptMismatch(label, "the transcript could not be aligned to the audio: it is likely not "
                                             "what was said. Check it, leave it out to use speech recognition, or "
                                             "force it (--force-transcript)")
+        if transcript and transcript.strip() and mode == "asr":
+            who = alignment.recogniser or "the recogniser"
+            alignment.warnings.append("the transcript has no word that can be read (only punctuation, or a script "
+                                      f"the aligner cannot pronounce): the words {who} heard were used instead")
+        elif mode == "forced" and alignment.source == "forced" and self.check_transcript:
+            self._compare_with_recogniser(audio, alignment)
         if not alignment.words:
             why = "the recogniser found no words in it" if mode == "asr" else "no words could be aligned"
             raise DataError(label, f"{why}; model {self.info.name} reads words: give a transcript "
                                    "(--transcript / --transcripts, or the form field `transcript`)")
         return alignment
+
+    def _compare_with_recogniser(self, audio: np.ndarray, alignment) -> None:
+        """Warn (in `alignment.warnings`) when the transcript is far from what the recogniser hears."""
+        from emofuse.align.text import word_error_rate
+
+        heard = self.recogniser.transcribe(audio)
+        said = [w.text for w in alignment.words]
+        wer = word_error_rate(said, [w.text for w in heard.words])
+        if wer > TRANSCRIPT_WER_LIMIT:
+            quoted = " ".join(w.text for w in heard.words[:12]) + (" ..." if len(heard.words) > 12 else "")
+            alignment.warnings.append(
+                f"the transcript is likely not what was said: {self.recogniser.name} heard "
+                f"{repr(quoted) if heard.words else 'no words'} (word error rate {wer:.2f} > {TRANSCRIPT_WER_LIMIT}); "
+                "check it, or leave it out to use the recogniser's words (--trust-transcript skips this check)")
 
     def features(self, audio: np.ndarray, transcript: str | None = None, label: str = "<audio>",
                  timings: dict | None = None, normalise: bool = True,
