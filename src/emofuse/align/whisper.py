@@ -247,6 +247,7 @@ class WhisperASR:
     def settings(self) -> dict:
         return {**model_settings(self.spec), "language": self.language, "beam_size": 1, "temperature": 0.0,
                 "window_pad_seconds": PAD_SECONDS, "vad": "silero" if self.vad else None,
+                "decoded": f"speech span +- {SPAN_PAD} s" if self.vad else "whole audio",
                 "word_timestamps": True}
 
     @property
