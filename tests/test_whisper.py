@@ -350,3 +350,24 @@ def test_language_is_for_whisper_only_and_given_once():
     assert "\n" not in str(refused.value)
     with pytest.raises(ConfigError, match="give the language in one place"):
         with_language("whisper#language=en", "de")
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", ["Actor_06/03-01-03-02-02-02-06.flac", "Actor_06/03-01-06-02-02-01-06.flac"])
+def test_shouted_speech_that_silero_is_unsure_of_is_still_decoded(asr, ravdess_root, name):
+    """Silero VAD peaks at 0.21-0.32 on these shouted clips (its usual threshold is 0.5): they are
+    decoded whole (an unsure detector is no guide to the span), and heard right."""
+    hyp = asr.transcribe(ravdess_clip(ravdess_root, name))
+
+    assert [w.text for w in hyp.words] == ["dogs", "are", "sitting", "by", "the", "door"]
+
+
+def test_random_u_law_bytes_are_not_speech(asr):
+    """6 s of random bytes read as u-law (a hostile upload): Whisper alone wrote "I'm going to go
+    to the ground"; Silero peaks at 0.01 there, under SILERO_FLOOR."""
+    codes = np.random.default_rng(0).integers(0, 256, 6 * SR).astype(np.uint8)
+    u = ~codes
+    magnitude = (((u & 0x0F).astype(np.int32) << 3) + 0x84) << ((u >> 4) & 7)
+    audio = (np.where(u & 0x80, -(magnitude - 0x84), magnitude - 0x84) / 32768).astype(np.float32)
+
+    assert asr.transcribe(audio).words == []

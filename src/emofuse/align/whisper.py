@@ -19,7 +19,10 @@ text, word timestamps from the cross-attention alignment heads (faster-whisper's
 `find_alignment`). Guards against Whisper's known failure modes:
 
 - **no speech, no words**: audio in which the Silero VAD (`align.segments`) finds no speech is
-  not decoded: Whisper writes fluent text on silence and noise. Only the stretch from the
+  not decoded: Whisper writes fluent text on silence and noise ("I'm going to go to the ground"
+  on 6 s of random u-law bytes). Silero's usual threshold (0.5) misses shouting: four shouted
+  RAVDESS clips of actor 6 peak at 0.21-0.32, so audio counts as speech when any 32 ms frame
+  reaches SILERO_FLOOR (0.1); random, u-law, white and brown noise peak at 0.01-0.04. Only the stretch from the
   first to the last speech frame, SPAN_PAD seconds either side, is decoded: with leading and
   trailing silence in the window, the word-time alignment heads put first words at 0 s and
   pinned the last word, zero-length, to the end of the clip (RAVDESS clips are ~46 % silence;
@@ -65,6 +68,7 @@ COMPUTE_TYPE = "int8"  # weights quantised at load: 2-3x faster on a CPU than fl
 WINDOW_FRAMES = 3000  # Whisper's input window: 30 s of 10 ms mel frames
 PAD_SECONDS = 8.0  # padding after the audio in the encoder window (module docstring)
 SPAN_PAD = 0.3  # seconds of audio kept around the speech Silero VAD finds (module docstring)
+SILERO_FLOOR = 0.1  # below this speech probability in every frame, the audio holds no speech (module docstring)
 REPEAT_LIMIT = 3  # a word or phrase said more than this many times in a row is flagged
 MIN_AVG_LOGPROB = -1.0  # Whisper's log_prob_threshold: below it a decode counts as failed
 TOKENS_PER_SECOND = 12  # decoder budget: ~3 tokens a word at up to 4 words a second
@@ -263,8 +267,10 @@ class WhisperASR:
         return self
 
     def speech_bounds(self, audio: np.ndarray) -> tuple[int, int] | None:
-        """(first, last) sample of the speech Silero VAD finds (probability >= 0.5 in a 32 ms
-        frame), widened by SPAN_PAD seconds either side; None when it finds none."""
+        """(first, last) sample of the speech Silero VAD finds, widened by SPAN_PAD seconds
+        either side; None when it finds none. Speech: 32 ms frames of probability >= 0.5; when
+        no frame reaches that but one reaches SILERO_FLOOR (shouting, module docstring), the
+        whole audio."""
         from emofuse.align.segments import SileroDetector
 
         if self._detector is None:
@@ -276,9 +282,11 @@ class WhisperASR:
         if n == 0:
             return None
         probs = det.score(np.asarray(audio[: n * det.frame_samples], dtype=np.float32).reshape(n, det.frame_samples))
-        speech = np.flatnonzero(probs >= 0.5)
-        if speech.size == 0:
+        if probs.max() < SILERO_FLOOR:
             return None
+        if probs.max() < 0.5:  # speech Silero is unsure of (shouting): its frames are no guide to the span
+            return 0, len(audio)
+        speech = np.flatnonzero(probs >= 0.5)
         pad = int(SPAN_PAD * SAMPLE_RATE)
         return (max(0, int(speech[0]) * det.frame_samples - pad),
                 min(len(audio), (int(speech[-1]) + 1) * det.frame_samples + pad))
