@@ -29,7 +29,9 @@ Figures per corpus and recogniser:
     reference (where loops and hallucinated text show);
   - RAVDESS WER by emotion (field 3 of the name) and by intensity (field 4): does shouting break ASR?
 The worst clips (most edits) and the warned clips are listed with both texts. `--clips PATH`
-writes every clip's hypotheses as JSON lines.
+writes every clip's hypotheses and timings as JSON lines, one clip flushed at a time; with
+`--resume`, clips that PATH already holds for every recogniser are not decoded again (their
+rows are read back): a run stopped on a busy machine continues where it stopped.
 """
 
 from __future__ import annotations
@@ -179,12 +181,33 @@ def whisper_recogniser(pad: float) -> Recogniser:
 # ---------------------------------------------------------------------------------- running
 
 
-def run_corpus(name: str, clips: list[Clip], recognisers: list[Recogniser], clip_log) -> dict:
+def read_clip_log(path: Path) -> dict[tuple[str, str, str], dict]:
+    """Rows of an earlier run's --clips file by (corpus, recogniser, id); a line cut short by a
+    killed run is skipped."""
+    done = {}
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[row.pop("corpus"), row.pop("recogniser"), row["id"]] = row
+    return done
+
+
+def run_corpus(name: str, clips: list[Clip], recognisers: list[Recogniser], clip_log,
+               done: dict | None = None) -> dict:
     from emofuse.features.audio import load_audio
 
+    done = done or {}
     rows: dict[str, list[dict]] = {r.key: [] for r in recognisers}
     started = time.perf_counter()
+    resumed = 0
     for index, clip in enumerate(clips, 1):
+        if all((name, rec.key, clip.id) in done for rec in recognisers):
+            for rec in recognisers:
+                rows[rec.key].append(done[name, rec.key, clip.id])
+            resumed += 1
+            continue
         audio = load_audio(clip.audio, 16000)
         seconds = len(audio) / 16000
         for rec in recognisers:
@@ -199,11 +222,14 @@ def run_corpus(name: str, clips: list[Clip], recognisers: list[Recogniser], clip
             rows[rec.key].append(row)
             if clip_log:
                 clip_log.write(json.dumps({"corpus": name, "recogniser": rec.key, **row}) + "\n")
+        if clip_log:
+            clip_log.flush()
         if index % 60 == 0 or index == len(clips):
             line = "  ".join(f"{key} WER {wer(r):.3f} RTF {sum(x['wall_s'] for x in r) / sum(x['audio_s'] for x in r):.3f}"
                              for key, r in rows.items())
-            print(f"[{name} {index}/{len(clips)} {time.perf_counter() - started:.0f}s] {line}", flush=True)
-    return {key: summary(r, ravdess=name == "ravdess") for key, r in rows.items()}
+            print(f"[{name} {index}/{len(clips)} {time.perf_counter() - started:.0f}s, {resumed} resumed] {line}",
+                  flush=True)
+    return {key: {**summary(r, ravdess=name == "ravdess"), "resumed_clips": resumed} for key, r in rows.items()}
 
 
 def wer(rows: list[dict]) -> float:
@@ -292,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sphinx", action="store_true", help="Whisper only (a padding sweep)")
     parser.add_argument("--results", default=str(RESULTS), help="results path without suffix (.json and .md)")
     parser.add_argument("--clips", type=Path, help="also write every clip's hypotheses here (JSON lines)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the clips the --clips file already holds and append the others to it")
     args = parser.parse_args(argv)
+    if args.resume and not args.clips:
+        parser.error("--resume needs --clips PATH")
 
     from emofuse.io import atomic_write_text
 
@@ -305,12 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     result["settings"] = {r.key: r.settings for r in recognisers}
     result["corpora"] = {}
     loaders = {"ravdess": lambda: ravdess_clips(args.ravdess_every), "demo": lambda: demo_clips(args.demo_every)}
-    clip_log = open(args.clips, "w", encoding="utf-8") if args.clips else None
+    done = read_clip_log(args.clips) if args.resume else {}
+    clip_log = open(args.clips, "a" if args.resume else "w", encoding="utf-8") if args.clips else None
+    if clip_log and clip_log.tell() and not args.clips.read_bytes().endswith(b"\n"):
+        clip_log.write("\n")  # a killed run's last line may be cut short: keep it apart
     try:
         for name in args.corpora:
             clips = loaders[name]()
             print(f"== {name}: {len(clips)} clips, {', '.join(result['recognisers'].values())}", flush=True)
-            result["corpora"][name] = run_corpus(name, clips, recognisers, clip_log)
+            result["corpora"][name] = run_corpus(name, clips, recognisers, clip_log, done)
     finally:
         if clip_log:
             clip_log.close()
