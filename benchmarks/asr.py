@@ -304,6 +304,11 @@ def markdown(result: dict) -> str:
             for key, s in ravdess.items():
                 lines.append(f"| {result['recognisers'][key]} | "
                              + " | ".join(f"{s[f'wer_by_{field}'][g]:.4f}" for g in groups) + " |")
+    resumed = {c: max(s.get("resumed_clips", 0) for s in by_rec.values()) for c, by_rec in result["corpora"].items()}
+    if any(resumed.values()):
+        lines += ["", "Resumed (--resume): " + ", ".join(f"{n} {c} clips" for c, n in resumed.items() if n)
+                  + " were decoded by an earlier, stopped run of the same command's recognisers and read back "
+                  "from its --clips log; their times are that run's."]
     lines += ["", "Worst clips (most edits) per corpus and recogniser are in asr.json (`worst`, `warned_examples`).", ""]
     return "\n".join(lines)
 
