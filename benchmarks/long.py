@@ -12,13 +12,15 @@ Models, paper-size networks with RANDOM weights (speed and memory depend on the 
 and inputs, not on the weights' values; the JSON says "weights": "random"):
   - "acoustic": B-ACO-1 on ComParE 2016 LLDs (Aguilar et al. 2019 sizes), no words;
   - "hmm4-asr": H-MM-4 on ComParE LLDs + MiniLM, no transcript: every segment's words come
-    from pocketsphinx ASR.
+    from pocketsphinx ASR (the models shipped before the Whisper front end);
+  - "hmm4-whisper": H-MM-4 on Whisper tiny.en frames + MiniLM, every segment's words from
+    Whisper tiny.en (the default front end).
 Each (model, length) runs in a fresh process, so its peak RSS (ru_maxrss, which includes the
 loaded model and tools) is its own. RTF = wall-clock seconds of `predict_long` (reading,
 segmenting, features, ASR, model) / seconds of audio, Predictor already loaded. The size and
 rendering time of the `--html` timeline page are recorded too (it must stay usable at an hour).
 
-Targets (2 cores): acoustic RTF <= 0.05, H-MM-4 with ASR <= 0.25, peak RSS <= 1.5 GB and flat
+Targets (2 cores): acoustic RTF <= 0.05, H-MM-4 with ASR <= 0.25 (either recogniser), peak RSS <= 1.5 GB and flat
 across lengths. The machine's load average and the commit are recorded per run: other jobs on
 the cores slow every stage. A run of some models or lengths updates those rows of the results
 file and keeps the others.
@@ -44,9 +46,10 @@ import soundfile as sf  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
 TARGETS = {"rtf_acoustic": 0.05, "rtf_hmm4_asr": 0.25, "peak_rss_gb": 1.5}
-MODELS = {  # name -> (registry model, acoustic feature, word encoder, word dim)
-    "acoustic": ("B-ACO-1", "compare_lld", None, 0),
-    "hmm4-asr": ("H-MM-4", "compare_lld", "minilm", 384),
+MODELS = {  # name -> (registry model, acoustic feature, word encoder, word dim, recogniser)
+    "acoustic": ("B-ACO-1", "compare_lld", None, 0, None),
+    "hmm4-asr": ("H-MM-4", "compare_lld", "minilm", 384, "sphinx"),
+    "hmm4-whisper": ("H-MM-4", "whisper", "minilm", 384, "whisper"),
 }
 
 
@@ -81,7 +84,8 @@ def build_recordings(work: Path, minutes: list[int]) -> dict[int, Path]:
 def build_model(work: Path, key: str) -> Path:
     from benchmarks.predict import random_model_dir
 
-    return random_model_dir(work, *MODELS[key], folder=f"model-{key}")
+    name, acoustic, words, dim, asr = MODELS[key]
+    return random_model_dir(work, name, acoustic, words, dim, folder=f"model-{key}", asr=asr)
 
 
 def measure(model_dir: str, path: str) -> dict:
@@ -146,9 +150,9 @@ def main() -> None:
     recordings = build_recordings(work, args.minutes)
     for key in args.models:
         model_dir = build_model(work, key)
-        name, acoustic, words, _ = MODELS[key]
+        name, acoustic, words, _, asr = MODELS[key]
         previous = report["runs"].get(key, {}).get("by_minutes", {})
-        report["runs"][key] = {"model": name, "acoustic": acoustic, "words": words, "weights": "random",
+        report["runs"][key] = {"model": name, "acoustic": acoustic, "words": words, "asr": asr, "weights": "random",
                                "transcript": None, "by_minutes": previous}
         for m, path in recordings.items():
             done = subprocess.run([sys.executable, "-m", "benchmarks.long", "--measure", str(model_dir), str(path)],

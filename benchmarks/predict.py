@@ -6,13 +6,16 @@ model load time. Writes benchmarks/results/predict.json.
 Recordings (real speech, RAVDESS from $EMOFUSE_DATA, default ../shared/data):
   - "3 s":  one RAVDESS utterance (~3.5 s), its statement as the transcript;
   - "30 s": RAVDESS utterances of one actor concatenated to >= 30 s, transcripts joined.
-Each is predicted with its transcript (pocketsphinx forced alignment) and without (ASR).
+Each is predicted with its transcript (pocketsphinx forced alignment) and without (ASR: the
+recogniser the model directory records, Whisper tiny.en for the Whisper row, pocketsphinx for
+the ComParE row, as the models shipped before the Whisper front end read words).
 RTF = wall-clock seconds of the whole prediction (decode, alignment, features, word vectors,
 model) / seconds of audio, with the Predictor already loaded. Stage times are reported too.
 
 Models: the model directories given with --model-dir; without any, H-MM-4 (ComParE LLD +
-MiniLM, Aguilar et al. 2019 sizes: BLSTM 256 x 2) and FG_CME (fbank40 + GloVe-50, Li et al.
-2021 sizes) are built from the registry with RANDOM weights and written as model
+MiniLM, Aguilar et al. 2019 sizes: BLSTM 256 x 2, pocketsphinx ASR), H-MM-4 on Whisper tiny.en
+frames + MiniLM with Whisper's words, and FG_CME (fbank40 + GloVe-50, Li et al. 2021 sizes)
+are built from the registry with RANDOM weights and written as model
 directories: latency depends on the architecture and inputs, not on the weights' values,
 and the JSON says so ("weights": "random").
 
@@ -21,7 +24,11 @@ Folder throughput: `emofuse.inference.folder.predict_jobs` with 2 worker process
 Load time: `Predictor(model_dir)` (weights, openSMILE, MiniLM/GloVe, pocketsphinx decoders)
 in this process after the imports, and a cold start in a fresh process including imports.
 
-Targets (2 cores): RTF <= 0.05 with a transcript, <= 0.25 with ASR, load <= 3 s.
+Frame features (`--frame-files N`): extraction RTF of compare_lld, whisper (clip length) and
+whisper#pad=30 on the same N RAVDESS files, one thread, medians over files.
+
+Targets (2 cores): RTF <= 0.05 with a transcript, <= 0.25 with ASR, load <= 3 s; H-MM-4 on
+Whisper frames + Whisper words <= 0.06 on 3 s and 30 s clips.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
-TARGETS = {"rtf_transcript": 0.05, "rtf_asr": 0.25, "load_seconds": 3.0}
+TARGETS = {"rtf_transcript": 0.05, "rtf_asr": 0.25, "load_seconds": 3.0, "rtf_whisper_hmm4": 0.06}
 
 
 def data_root() -> Path:
@@ -83,7 +90,7 @@ def recordings(work: Path) -> dict[str, tuple[Path, str]]:
 
 
 def random_model_dir(work: Path, name: str, acoustic: str, words: str | None, word_dim: int,
-                     folder: str | None = None) -> Path:
+                     folder: str | None = None, asr: str | None = None) -> Path:
     """A model directory of `name` at paper size with random weights (seed 0), in
     WORK/<folder> (default model-<name>): the cost of prediction does not depend on what the
     weights learnt."""
@@ -99,14 +106,38 @@ def random_model_dir(work: Path, name: str, acoustic: str, words: str | None, wo
     info = ModelInfo(name=entry.name, settings={}, spec=spec, needs=list(entry.needs),
                      classes=["angry", "happy", "neutral", "sad"], label_set="ravdess4", acoustic=acoustic,
                      acoustic_settings=dict(frame.settings), words=words, align="auto" if words else "none",
+                     asr=asr if words else None,
                      normaliser={"mean": [0.0] * frame.dim, "std": [1.0] * frame.dim},
                      source={"weights": "random (benchmark)"})
     return write_model_dir(work / (folder or f"model-{name}"), model, info)
 
 
 def paper_size_model_dirs(work: Path) -> list[Path]:
-    return [random_model_dir(work, *model) for model in (("H-MM-4", "compare_lld", "minilm", 384),
-                                                          ("fgcme", "fbank40", "glove50", 50))]
+    return [random_model_dir(work, *model) for model in (
+        ("H-MM-4", "compare_lld", "minilm", 384, "model-H-MM-4", "sphinx"),
+        ("H-MM-4", "whisper", "minilm", 384, "model-H-MM-4-whisper", "whisper"),
+        ("fgcme", "fbank40", "glove50", 50, None, "sphinx"))]
+
+
+def frame_rtf(files: list[Path]) -> dict:
+    """Extraction RTF of each frame feature on the same files (median over files), one thread."""
+    from emofuse.features.audio import load_audio
+    from emofuse.features.frames import get_frame_feature
+
+    audio = [load_audio(f, 16000) for f in files]
+    out = {}
+    for name in ("compare_lld", "whisper", "whisper#pad=30"):
+        feature = get_frame_feature(name).warm()
+        feature.extract(audio[0])
+        rtfs = []
+        for y in audio:
+            start = time.perf_counter()
+            feature.extract(y)
+            rtfs.append((time.perf_counter() - start) / (len(y) / 16000))
+        out[name] = {"rtf_median": round(float(np.median(rtfs)), 4), "files": len(files), "dim": feature.dim,
+                     "hop": feature.hop}
+        print(f"  frames {name}: {json.dumps(out[name])}", flush=True)
+    return out
 
 
 def time_prediction(predictor, path: Path, transcript: str | None, repeats: int) -> dict:
@@ -161,6 +192,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folder-files", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--frame-files", type=int, default=24)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.json")
     args = parser.parse_args()
 
@@ -180,12 +212,13 @@ def main() -> None:
     }
     for model_dir in model_dirs:
         info = read_info(model_dir)
-        print(f"== {info.name} ({info.acoustic} + {info.words})", flush=True)
+        print(f"== {info.name} ({info.acoustic} + {info.words}, asr {info.asr})", flush=True)
         start = time.perf_counter()
         predictor = Predictor(model_dir)
         load = time.perf_counter() - start
         report["machine"]["torch_threads"] = torch.get_num_threads()  # the Predictor's setting
         entry = {"weights": info.source.get("weights", "trained"), "acoustic": info.acoustic, "words": info.words,
+                 "asr": predictor.asr,
                  "load_seconds_in_process": round(load, 3),
                  "load_stages_s": {k: round(v, 3) for k, v in predictor.load_timings.items()}, "cold_load_seconds_with_imports": round(cold_load(model_dir), 3),
                  "latency": {}}
@@ -195,7 +228,9 @@ def main() -> None:
                 key = f"{clip}_{mode}"
                 entry["latency"][key] = time_prediction(predictor, path, transcript, repeats)
                 print(f"  {key}: {json.dumps(entry['latency'][key])}", flush=True)
-        report["models"][info.name] = entry
+        report["models"][f"{info.name} ({info.acoustic})"] = entry
+    if args.frame_files:
+        report["frames"] = frame_rtf([f for actor in (4, 5) for f in ravdess(actor)][: args.frame_files])
     first = model_dirs[0]
     files = [f for actor in (2, 3) for f in ravdess(actor)][: args.folder_files]
     report["folder"] = {"model": read_info(first).name, **folder_throughput(first, files, args.workers)}

@@ -158,6 +158,40 @@ def test_a_setting_of_the_wrong_type_is_one_line(acoustic_model):
         load_model_dir(acoustic_model)
 
 
+def test_classes_reordered_in_model_json_are_refused(acoustic_model):
+    # the weights' sha256 still matches: only their header knows the output layer's order
+    _edit_json(acoustic_model, classes=["happy", "angry", "neutral", "sad"])
+    with pytest.raises(DataError, match=r"model.json: classes \['happy', 'angry'.* are not the output layer's "
+                                        r"classes \['angry', 'happy'.* weights were trained with"):
+        load_model_dir(acoustic_model)
+
+
+@pytest.mark.parametrize("normaliser, problem", [
+    (None, "normaliser is null .*, but the weights were trained on frames normalised with mode 'fold'"),
+    ({"mode": "utterance"}, "normaliser is mode 'utterance', but .* mode 'fold'"),
+    ({"mean": [0.0] * 40, "std": [1e30] * 40}, r"normaliser std is outside \[1e-06, 1e\+06\] in 40"),
+    ({"mean": [0.0] * 40, "std": [1e-9] * 40}, r"normaliser std is outside"),
+])
+def test_a_normaliser_the_weights_were_not_trained_with_is_refused(acoustic_model, normaliser, problem):
+    _edit_json(acoustic_model, normaliser=normaliser)
+    with pytest.raises(DataError, match=f"model.json: .*{problem}"):
+        load_model_dir(acoustic_model)
+
+
+def test_weights_exported_before_the_binding_load_with_a_note(acoustic_model):
+    from safetensors.torch import load_file, save_file
+
+    from emofuse.models.modeldir import weights_sha256
+
+    weights = acoustic_model / "model.safetensors"
+    save_file(load_file(str(weights)), str(weights), metadata={"format": "emofuse-model", "model": "B-ACO-1"})
+    record = json.loads((acoustic_model / "model.json").read_text())
+    _edit_json(acoustic_model, weights={**record["weights"], "sha256": weights_sha256(weights)})
+    loaded = load_model_dir(acoustic_model)
+    assert len(loaded.notes) == 1 and "taken on trust" in loaded.notes[0]
+    assert load_model_dir(registry_model_dir(acoustic_model.parent / "new", "B-ACO-1", "fbank40", None)).notes == []
+
+
 def test_changed_weights_are_refused_unless_not_verified(acoustic_model):
     from safetensors.torch import load_file, save_file
 
@@ -225,7 +259,7 @@ def test_fitting_floors_the_std_of_a_dimension_constant_up_to_rounding():
 def test_non_finite_probabilities_are_an_error_never_nan(acoustic_model, speech):
     from emofuse.inference.predictor import Predictor, UnusableInput
 
-    _edit_json(acoustic_model, normaliser={"mean": [3e38] * 40, "std": [1e-30] * 40})  # finite, but overflows
+    _edit_json(acoustic_model, normaliser={"mean": [3e38] * 40, "std": [1e-5] * 40})  # finite, but overflows
     path, audio = speech
     with pytest.raises(UnusableInput, match="non-finite probabilities"):
         Predictor(acoustic_model, warm=False).predict_audio(audio, label=str(path))

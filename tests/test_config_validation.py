@@ -97,3 +97,48 @@ def test_a_run_directory_with_results_still_refuses_a_different_config(tmp_path)
     with pytest.raises(ConfigError, match="different config.*model.hidden"):
         save_config(tiny_config(tmp_path, "model.hidden=16"), run_dir)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["hidden"] == 8
+
+
+# ------------------------------------------------------------------ a refused command changes nothing
+
+
+def _started_run(tmp_path: Path):
+    """A run directory as a first `emofuse train` leaves it: config.yaml and a fold folder."""
+    cfg = tiny_config(tmp_path)
+    run_dir = cfg.resolved_run_dir()
+    save_config(cfg, run_dir)
+    (run_dir / "fold-0").mkdir()
+    return run_dir, (run_dir / "config.yaml").read_bytes()
+
+
+def test_a_fold_outside_the_protocol_is_refused_without_writing_config_yaml(tmp_path):
+    from emofuse.training.loop import run_folds
+    from helpers import folds_for, synthetic_data
+
+    run_dir, before = _started_run(tmp_path)
+    data = synthetic_data()
+    resumed = load_config(run_dir / "config.yaml", ["fold=7"])
+    with pytest.raises(ConfigError, match="fold=7: the protocol gives folds 0..3"):
+        run_folds(resumed, data, folds_for(data, resumed), run_dir, log=lambda line: None)
+    assert (run_dir / "config.yaml").read_bytes() == before
+    assert load_config(run_dir / "config.yaml", []).fold is None  # a plain resume still runs every fold
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("trainer.devices=-2", "trainer.devices=-2 must be >= 1"),
+    ("trainer.devices=0", "trainer.devices=0 must be >= 1"),
+    ("trainer.accelerator=tpuu", "trainer.accelerator='tpuu'"),
+    ("trainer.precision=12-true", "trainer.precision='12-true'"),
+])
+def test_a_trainer_setting_lightning_would_refuse_is_refused_before_config_yaml_is_written(
+        tmp_path, monkeypatch, capsys, override, problem):
+    from emofuse.cli import main
+
+    run_dir, before = _started_run(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["emofuse", "train", str(run_dir / "config.yaml"), override])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and len(lines) == 1 and problem in lines[0], lines
+    assert (run_dir / "config.yaml").read_bytes() == before
+    assert load_config(run_dir / "config.yaml", []).trainer.devices == 1

@@ -152,8 +152,9 @@ def test_webm_opus_from_a_media_recorder_is_decoded_as_it_arrives(client, joined
 
 
 def test_words_carry_gates_and_attention_on_the_streams_clock(tmp_path, joined):
-    """H-MM-4 reads words: each segment is recognised (pocketsphinx) and its words are timed on
-    the stream's clock, inside their segment."""
+    """H-MM-4 reads words: each segment is recognised (Whisper tiny.en, the default recogniser:
+    the model directory names none) and its words are timed on the stream's clock, inside their
+    segment; the message names the recogniser."""
     audio, truth = joined
     app = create_app(registry_model_dir(tmp_path / "hmm4", "H-MM-4", word_layers=1), max_seconds=60.0)
     part = audio[: int((truth[1][1] + 1.0) * SR)]  # the first two utterances
@@ -163,6 +164,8 @@ def test_words_carry_gates_and_attention_on_the_streams_clock(tmp_path, joined):
     assert len(segments) == 2
     second = segments[1]
     assert second["words"], second["warnings"]
+    assert second["recogniser"] == "whisper tiny.en"
+    assert [w["text"] for w in second["words"]] == ["dogs", "are", "sitting", "by", "the", "door"]
     for word in second["words"]:
         assert {"text", "start", "end", "gate", "attention"} <= set(word)
         assert second["start"] - 0.01 <= word["start"] <= word["end"] <= second["end"] + 0.01

@@ -12,6 +12,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from emofuse.errors import EmofuseError
 
@@ -45,6 +46,11 @@ def main() -> None:
         app()
     except EmofuseError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as exc:  # a path no check above foresaw (a folder where a file goes, no permission)
+        where = exc.filename2 if exc.filename2 is not None else exc.filename
+        problem = f"{where}: {exc.strerror}" if where is not None and exc.strerror else str(exc)
+        err.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume.")

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from emofuse.corpora import CORPUS_KINDS, LABEL_SETS, Corpus, load_corpus
+from emofuse.cli.options import in_range, output_file
 from emofuse.errors import ConfigError
 
 
@@ -43,6 +44,8 @@ def prepare(
 ) -> None:
     """Scan a corpus into a JSONL manifest of utterances; list every skipped file and why."""
     out, err = _consoles()
+    output_file("--out", out_file)
+    in_range("--min-class-count", min_class_count, 0)
     options = {}
     if labels is not None or ties is not None:
         if corpus != "mosei":
@@ -138,6 +141,7 @@ def summary(
 ) -> None:
     """Counts per label, speaker, session (and official split) of a manifest."""
     out, _ = _consoles()
+    in_range("--max-rows", max_rows, 1)
     corpus = Corpus.read(manifest)
     total = len(corpus)
     labels = sorted(set(corpus.labels))

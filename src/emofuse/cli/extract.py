@@ -14,8 +14,19 @@ from rich.table import Table
 
 from emofuse.align import MODES, with_language
 from emofuse.corpora.base import Corpus
+from emofuse.cli.options import output_folder
 from emofuse.errors import ConfigError
 
+
+
+def _check_hf_folders(names: list[str]) -> None:
+    """Each hf: encoder folder holds safetensors weights, before any utterance is read."""
+    from emofuse.features.hf import is_hf, parse_spec, resolve_folder
+    from emofuse.features.hf_weights import require_safetensors
+
+    for name in names:
+        if is_hf(name):
+            require_safetensors(resolve_folder(parse_spec(name).path))
 
 
 def extract(
@@ -75,9 +86,11 @@ def extract(
     if not names:
         raise ConfigError("--features is empty")
     split_features(names)
+    _check_hf_folders(names)
     part = parse_shard(shard) if shard is not None else None
     corpus = Corpus.read(manifest)
     out_dir = out_dir if out_dir is not None else Path("features") / corpus.name
+    output_folder("--out", out_dir)
     store = FeatureStore(out_dir, asr=with_language(asr, language))
     report = store.extract(corpus, names, align=align, workers=workers, progress=progress and err.is_terminal,
                            engine=engine, address=address, shard=part, device=device)

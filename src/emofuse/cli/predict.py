@@ -14,7 +14,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from emofuse.errors import ConfigError
+from emofuse.cli.options import in_range, output_file
+from emofuse.errors import ConfigError, EmofuseError
+
+
+DAY = 86400.0  # seconds
 
 
 def _consoles() -> tuple[Console, Console]:
@@ -44,7 +48,7 @@ def _print_prediction(out: Console, prediction) -> None:
     out.print(f"[bold]{escape(prediction.file)}[/]: [bold green]{escape(prediction.label)}[/]  ({probs})")
     detail = f"  {prediction.duration:.2f} s"
     if prediction.words:
-        detail += f", word times: {prediction.align_source}"
+        detail += f", word times: {prediction.word_source}"
     if prediction.fallbacks:
         detail += f" ({escape('; '.join(prediction.fallbacks))})"
     if prediction.truncated:
@@ -106,6 +110,25 @@ def _predict_long_files(model_dir, jobs, settings, detector, cues, threads, as_j
         else:
             _print_long(out, result)
     return results
+
+
+def _refused_by_header(files) -> list:
+    """PredictionErrors for the files whose header the service would refuse (a sample rate outside
+    4-192 kHz, too many channels: `features.audio.check_audio_header`), read without decoding: a
+    1 Hz WAV's 20000 samples would otherwise be decoded and segmented as 20000 s of audio.
+    Unreadable files are left to the decoder, which says why."""
+    from emofuse.features.audio import AudioRefused, check_audio_header, probe_audio
+    from emofuse.inference.predictor import PredictionError
+
+    refused = []
+    for path in files:
+        try:
+            check_audio_header(path, probe_audio(path), None)
+        except AudioRefused as exc:
+            refused.append(PredictionError(str(path), str(exc)))
+        except EmofuseError:
+            pass
+    return refused
 
 
 def _predict_texts(model_dir, info, source, text, texts_file, as_json, results_out, html_out, png_out,
@@ -193,6 +216,13 @@ def predict(
     from emofuse.models.modeldir import read_info
 
     out, err = _consoles()
+    for option, path in (("--html", html_out), ("--png", png_out), ("--out", results_out)):
+        output_file(option, path)
+    # seconds: a day at most, so sample counts stay integers (1e308 s overflowed in the segmenter)
+    for option, value in (("--min-pause", min_pause), ("--min-segment", min_segment), ("--pad", pad),
+                          ("--segment-over", segment_over)):
+        in_range(option, value, 0, DAY)
+    in_range("--max-segment", max_segment, 0, DAY, above=True)
     info = read_info(model_dir)  # a wrong folder fails before any file is read
     predictor_options = {**({"verify": False} if no_verify else {}),  # only what differs from the defaults
                          **({"force_transcript": True} if force_transcript else {}),
@@ -205,6 +235,15 @@ def predict(
         raise ConfigError("give an audio file or folder to predict, or --text / --texts for a text-only model")
     files = find_audio(source)
     single = source.is_file()
+    refused = _refused_by_header(files)  # what the service answers 415/413, before anything is decoded
+    if single and refused:
+        err.print(f"[bold red]error:[/] {escape(refused[0].error)}", soft_wrap=True)
+        sys.exit(1)
+    for result in refused:
+        err.print(f"[red]failed[/] {escape(result.error)}")
+        if as_json:
+            print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+    files = [f for f in files if str(f) not in {r.file for r in refused}]
     if transcript is not None and not single:
         raise ConfigError("--transcript is for one file; for a folder give --transcripts CSV (columns file,transcript)")
     if transcript is not None and transcripts is not None:
@@ -281,6 +320,8 @@ def predict(
                 print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
             else:
                 _print_prediction(out, result)
+    results += refused
+    failed += len(refused)
     long_results = _predict_long_files(model_dir, long_jobs, segment_settings, vad, cues, threads, as_json,
                                        out, err, single, **predictor_options) if long_jobs else []
     failed += sum(isinstance(r, PredictionError) for r in long_results)
@@ -306,7 +347,7 @@ def predict(
         render_png(done[0], png_out)
         err.print(f"[bold green]wrote[/] {escape(str(png_out))}")
     if not single:
-        err.print(f"{len(done) + len(segmented)} of {len(jobs) + len(long_jobs)} file(s) predicted"
+        err.print(f"{len(done) + len(segmented)} of {len(jobs) + len(long_jobs) + len(refused)} file(s) predicted"
                   + (f", {failed} failed" if failed else ""))
     if failed and not done and not segmented:
         sys.exit(1)
@@ -334,6 +375,11 @@ def serve(
     from emofuse.serving.app import create_app
 
     _, err = _consoles()
+    in_range("--port", port, 0, 65535)
+    in_range("--max-upload-mb", max_upload_mb, 0, above=True)
+    in_range("--max-seconds", max_seconds, 0)
+    in_range("--segment-over", segment_over, 0)
+    in_range("--job-timeout", job_timeout, 0)
     if job_timeout and not workers:
         err.print("[yellow]note[/]: --job-timeout applies to worker processes; with --workers 0 a request has no limit")
     from emofuse.models.modeldir import read_info

@@ -18,11 +18,12 @@ def train(
     ),
 ) -> None:
     """Train and test every fold of the config's protocol (or fold=K); resumes an interrupted run."""
-    from emofuse.training.config import load_config
+    from emofuse.training.config import check_run_dir, load_config
     from emofuse.training.loop import is_rank_zero, quiet_lightning, run_experiment
 
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     cfg = load_config(config, list(overrides or []))  # every key and name checked before any work
+    check_run_dir(cfg.resolved_run_dir())
     quiet_lightning()
     log = (lambda line: err.print(escape(line))) if is_rank_zero() else (lambda line: None)
     log(f"run {cfg.resolved_run_dir()}: {cfg.model_name} on {cfg.corpus}, protocol {cfg.protocol.name}, seed {cfg.seed}")
@@ -42,14 +43,17 @@ def run_table(run: dict) -> Table:
     """Per-fold test scores and the mean ± std row, in percent."""
     # Imported here: `emofuse serve` and `emofuse predict` load this module and need no training package.
     from emofuse.training.metrics import HEADLINE, NAMES, mean_std
+    from emofuse.training.report import is_fitted
 
     table = Table(title=f"{run.get('model')} — {run.get('corpus')} (test, %)", title_justify="left")
     table.add_column("fold")
     for key in HEADLINE:
         table.add_column(NAMES[key], justify="right")
-    table.add_column("best epoch", justify="right")
+    fitted = is_fitted(run)  # the linear probe: C chosen on validation, no epochs
+    table.add_column("C" if fitted else "best epoch", justify="right")
     for f in run["folds"]:
-        table.add_row(str(f["fold"]), *[f"{100 * f['test'][k]:.1f}" for k in HEADLINE], str(f.get("best_epoch")))
+        chosen = f"{f['backend']['C']:g}" if fitted else str(f.get("best_epoch"))
+        table.add_row(str(f["fold"]), *[f"{100 * f['test'][k]:.1f}" for k in HEADLINE], chosen)
     s = run.get("summary", {})
     if s:
         table.add_row("mean ± std", *[mean_std(s[k]) for k in HEADLINE], "", style="bold")

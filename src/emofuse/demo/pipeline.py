@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from emofuse.demo import load_demo_corpus
+from emofuse.errors import ConfigError
 
 MODELS = ("b-aco-1", "b-lex", "h-mm-4")
 WHISPER_MODEL = "b-aco-1-whisper"  # the optional fourth row: B-ACO-1 on Whisper encoder frames
@@ -173,6 +174,11 @@ def run_demo(out_dir: str | Path = "emofuse-demo", overrides: list[str] = (), wo
     from emofuse.training.loop import quiet_lightning, run_experiment
 
     out_dir = Path(out_dir).resolve()
+    # every override of every model's config checked before the first stage writes anything
+    for name in MODELS:
+        demo_config(name, out_dir, list(overrides))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: is a file; the demo writes a folder there")
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     models = MODELS + ((WHISPER_MODEL,) if whisper_frames else ())

@@ -71,6 +71,7 @@ import numpy as np
 from emofuse.errors import ConfigError, DataError, EmofuseError
 from emofuse.features.audio import resample
 from emofuse.features.frames import FrameFeature
+from emofuse.features.hf_weights import require_safetensors
 
 SAMPLE_RATE = 16000
 PREFIX = "hf:"
@@ -378,6 +379,7 @@ class HFSpeechEncoder:
     def _load(self):
         if self._model is not None:
             return self._model
+        require_safetensors(self.folder)  # a pickle checkpoint runs code when loaded: refused in one line
         transformers = _transformers()
         kwargs = {"local_files_only": True}
         if self.whisper:
@@ -570,6 +572,7 @@ class HFWordEncoder:
 
     def _load(self):
         if self._model is None:
+            require_safetensors(self.folder)
             transformers = _transformers()
             kwargs: dict = {"local_files_only": True}
             if self.model_type in _PREFIX_SPACE_TYPES:

@@ -30,6 +30,9 @@ import numpy as np
 from emofuse.errors import ConfigError, DataError
 
 
+MIN_STD, MAX_STD = 1e-6, 1e6  # bounds of a stored std (Normaliser.from_dict)
+
+
 class Normaliser:
     """Per-dimension mean/std: x' = (x - mean) / std; a constant dimension keeps std = 1."""
 
@@ -41,7 +44,7 @@ class Normaliser:
             raise ConfigError(f"normaliser mean {self.mean.shape} and std {self.std.shape} must be equal 1-D shapes")
 
     @classmethod
-    def fit(cls, arrays: Iterable[np.ndarray], min_std: float = 1e-6, rel_std: float = 1e-5) -> "Normaliser":
+    def fit(cls, arrays: Iterable[np.ndarray], min_std: float = MIN_STD, rel_std: float = 1e-5) -> "Normaliser":
         """Statistics over every row of every (T, D) array (float64 running sums). A dimension
         whose std is below `min_std`, or below `rel_std` x |mean| (a constant the running sums
         leave a rounding residue on), is constant: its std is floored to 1, so it maps to 0
@@ -102,6 +105,13 @@ class Normaliser:
             where = np.flatnonzero(std <= 0)
             raise ConfigError(f"normaliser std is zero or negative in {len(where)} dimension(s) "
                               f"(first: {int(where[0])}); a constant dimension's std is 1")
+        # `fit` floors a std below MIN_STD to 1, and no frame feature here (log energies, LLDs,
+        # encoder states) spreads by MAX_STD: beyond, every frame squashes to its mean (one
+        # constant input, one confident answer) or overflows float32
+        outside = np.flatnonzero((std < MIN_STD) | (std > MAX_STD))
+        if outside.size:
+            raise ConfigError(f"normaliser std is outside [{MIN_STD:g}, {MAX_STD:g}] in {outside.size} dimension(s) "
+                              f"(first: {int(outside[0])}, std {std[outside[0]]:g}); fit never writes one")
         return cls(mean, std, record.get("count", 0))
 
 

@@ -153,7 +153,7 @@ def render_fragment(prediction: Prediction, include_waveform: bool = True) -> st
                     f'</span></div><div{top}>{100 * value:.1f}%</div>')
     meta = [f"{html.escape(Path(p.file).name)}", f"{p.duration:.2f} s", f"model {html.escape(p.model)}"]
     if p.words:
-        meta.append(f"word times: {html.escape(p.align_source)}")
+        meta.append(f"word times: {html.escape(p.word_source)}")
     if p.fallbacks:
         meta.append("fallbacks: " + html.escape("; ".join(p.fallbacks)))
     if p.truncated:
@@ -217,7 +217,7 @@ def render_png(prediction: Prediction, path: str | Path, dpi: int = 100) -> Path
     ax_p.tick_params(labelsize=8)
     for i, v in enumerate(values):
         ax_p.text(min(v + 0.01, 0.93), i, f"{100 * v:.1f}%", va="center", fontsize=8)
-    ax_p.set_title(f"{Path(p.file).name}: {p.label} ({p.model}, word times: {p.align_source})", fontsize=10)
+    ax_p.set_title(f"{Path(p.file).name}: {p.label} ({p.model}, word times: {p.word_source})", fontsize=10)
 
     ax_w = fig.add_axes((0.02, 0.36, 0.96, 0.28))
     ax_w.set_axis_off()

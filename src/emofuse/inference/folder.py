@@ -112,16 +112,16 @@ def _work(chunk: list[tuple[int, Job]]) -> list[tuple[int, Result]]:
 
 def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, batch_size: int = 4,
                  predictor: Predictor | None = None, threads: int | None = None, verify: bool = True,
-                 force_transcript: bool = False) -> Iterator[tuple[int, Result]]:
+                 force_transcript: bool = False, asr: str | None = None) -> Iterator[tuple[int, Result]]:
     """(index, Prediction | PredictionError) for every job, in the order they finish.
 
     Every worker builds the Predictor the single-process path builds (`verify`,
-    `force_transcript`), so a result does not depend on `workers`. threads: torch threads
+    `force_transcript`, `asr`), so a result does not depend on `workers`. threads: torch threads
     of each Predictor; default `predictor.DEFAULT_THREADS` in this process, 1 in each of
     several worker processes (together they fill the cores). A model that cannot be loaded
     raises its EmofuseError here, whether it was loaded here or in a worker.
     """
-    options = {"verify": verify, "force_transcript": force_transcript}
+    options = {"verify": verify, "force_transcript": force_transcript, "asr": asr}
     indexed = list(enumerate(jobs))
     chunks = [indexed[i:i + batch_size] for i in range(0, len(indexed), max(1, batch_size))]
     if workers <= 1:
@@ -163,12 +163,12 @@ def result_rows(results: Sequence[Result], classes: Sequence[str]) -> list[dict]
     rows = []
     for r in results:
         if isinstance(r, PredictionError):
-            rows.append({"file": r.file, "label": "", **{f"p_{c}": "" for c in classes}, "align_source": "",
+            rows.append({"file": r.file, "label": "", **{f"p_{c}": "" for c in classes}, "align_source": "", "recogniser": "",
                          "duration": "", "words": "", "warnings": "", "error": r.error})
             continue
         words = " ".join(f"{w.text}@{w.start:.2f}-{w.end:.2f}" if w.timed else w.text for w in r.words)
         rows.append({"file": r.file, "label": r.label, **{f"p_{c}": f"{r.probabilities[c]:.6f}" for c in classes},
-                     "align_source": r.align_source, "duration": f"{r.duration:.3f}", "words": words,
+                     "align_source": r.align_source, "recogniser": r.recogniser or "", "duration": f"{r.duration:.3f}", "words": words,
                      "warnings": WARNING_SEPARATOR.join(r.warnings), "error": ""})
     return rows
 
@@ -189,7 +189,7 @@ def write_results(path: str | Path, results: Sequence[Result], classes: Sequence
     elif suffix == ".csv":
         buffer = io.StringIO()
         rows = result_rows(results, classes)
-        fields = ["file", "label", *[f"p_{c}" for c in classes], "align_source", "duration", "words", "warnings",
+        fields = ["file", "label", *[f"p_{c}" for c in classes], "align_source", "recogniser", "duration", "words", "warnings",
                   "error"]
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()

@@ -56,6 +56,7 @@ class SegmentPrediction:
     warnings: list[str] = field(default_factory=list)
     text: str | None = None  # the cue's text, when a timed transcript gave the segment
     prediction: Prediction | None = None  # the segment's own prediction (times shifted), for the timeline
+    recogniser: str | None = None  # whose hypothesis gave the words ("whisper tiny.en"), when one did
 
     @property
     def duration(self) -> float:
@@ -71,6 +72,8 @@ class SegmentPrediction:
                   "words": [w.to_json() for w in self.words], "warnings": self.warnings}
         if self.text is not None:
             record["text"] = self.text
+        if self.recogniser is not None:
+            record["recogniser"] = self.recogniser
         return record
 
 
@@ -231,15 +234,17 @@ def segment_result(segment: Segment, answer: Prediction | PredictionError | dict
         shifted = _shifted(answer, segment.start)
         label, probabilities, words = answer.label, dict(answer.probabilities), shifted.words
         said, truncated = [*answer.fallbacks, *answer.warnings], answer.truncated
+        recogniser = answer.recogniser
     else:
         shifted = None
         label, probabilities = answer["label"], dict(answer["probabilities"])
         words = [_word_from_json(w, segment.start) for w in answer["words"]]
         said, truncated = [*answer.get("fallbacks", []), *answer.get("warnings", [])], answer.get("truncated", False)
+        recogniser = answer.get("recogniser")
     if truncated:
         said.append(TRUNCATED)
     return SegmentPrediction(segment.start, segment.end, label, probabilities, words, [*said, *warnings],
-                             segment.text, shifted)
+                             segment.text, shifted, recogniser)
 
 
 @dataclass

@@ -267,6 +267,7 @@ class Predictor:
         self.info: ModelInfo = loaded.info
         self.model = loaded.model
         self.model_dir = loaded.path
+        self.notes = loaded.notes  # what the model directory could not be checked for (modeldir.check_binding)
         info = self.info
         self.classes = list(info.classes)
         self.needs_words = not info.acoustic_only
@@ -367,6 +368,7 @@ class Predictor:
             "alignment": "none (acoustic only)" if not self.needs_words
             else "the transcript as written (trained so); ASR words without one" if info.align == "written"
             else "forced with a transcript, ASR without",
+            "recogniser": self.recogniser.name if self.recogniser is not None else None,
             "needs_transcript": False,
             "normalisation": NORMALISATION[self.normalisation.mode] if self.frame is not None else None,
             "output_layer": BACKEND[self.backend.kind] if self.backend is not None else "the network's own classifier",

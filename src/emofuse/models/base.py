@@ -48,18 +48,26 @@ class ModelEntry:
     defaults: dict[str, Any]
     needs: tuple[str, ...]  # inputs it reads: "acoustic", "words", "word_frames", "token_ids"
     summary: str
+    # Fitted, not trained: the network has no trained weights and its output layer is a
+    # logistic back-end fitted on its utterance vectors (`models.backend.Backend`), so the fold
+    # runner fits it instead of running Lightning (`training.loop.fit_fold`; models/linear_probe.py).
+    fitted: bool = False
 
 
 REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, config_cls: type, needs: tuple[str, ...], summary: str, **defaults: Any):
-    """Class decorator: `@register("B-ACO-1", BaselineConfig, needs=("acoustic",), ...)`."""
+def register(name: str, config_cls: type, needs: tuple[str, ...], summary: str, *, fitted: bool = False,
+             **defaults: Any):
+    """Class decorator: `@register("B-ACO-1", BaselineConfig, needs=("acoustic",), ...)`;
+    `fitted`: see `ModelEntry.fitted`."""
 
     def wrap(model_cls):
         def build(spec: InputSpec, **settings: Any) -> nn.Module:
             config = make_config(name, config_cls, {**defaults, **settings})
-            if spec.acoustic_layers > 1:  # every model reads (B, T, D): the layer sum comes first
+            # every trained model reads (B, T, D): the learned layer sum comes first. A fitted
+            # model learns nothing by gradient, so it reads the stacked layers as they are.
+            if spec.acoustic_layers > 1 and not fitted:
                 if spec.acoustic_dim % spec.acoustic_layers:
                     raise ConfigError(f"model {name!r}: acoustic_dim {spec.acoustic_dim} is not "
                                       f"{spec.acoustic_layers} layers of equal size")
@@ -67,7 +75,7 @@ def register(name: str, config_cls: type, needs: tuple[str, ...], summary: str, 
                 return LayerWeighted(model_cls(inner, config), spec.acoustic_layers, inner.acoustic_dim)
             return model_cls(spec, config)
 
-        REGISTRY[name.lower()] = ModelEntry(name, build, config_cls, dict(defaults), needs, summary)
+        REGISTRY[name.lower()] = ModelEntry(name, build, config_cls, dict(defaults), needs, summary, fitted)
         return model_cls
 
     return wrap

@@ -130,6 +130,7 @@ class LoadedModel:
     info: ModelInfo
     model: nn.Module  # in eval mode, on CPU
     path: Path
+    notes: list[str] = field(default_factory=list)  # what could not be checked (check_binding)
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def write_model_dir(out_dir: str | Path, model: nn.Module, info: ModelInfo) -> P
     info.created = info.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
     def fill(tmp: Path) -> None:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "model": info.name})
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "model": info.name, **binding(info)})
         record = info.to_json()
         record["weights"] = {"file": WEIGHTS, "sha256": weights_sha256(tmp / WEIGHTS),
                              "parameters": int(sum(v.numel() for v in state.values()))}
@@ -164,6 +165,45 @@ def write_model_dir(out_dir: str | Path, model: nn.Module, info: ModelInfo) -> P
             (tmp / "config.yaml").write_text(yaml.safe_dump(info.config, sort_keys=False), encoding="utf-8")
 
     return atomic_dir(Path(out_dir), fill)
+
+
+def binding(info: ModelInfo) -> dict[str, str]:
+    """What the weights were trained with, stored in their safetensors header: the class order
+    of the output layer and the normalisation mode of the frames they read. model.json can be
+    edited without touching the weights (their sha256 then still matches), so load_model_dir
+    compares the two: reordered classes relabel every answer ("angry" read as "happy 0.996"),
+    and frames the network never saw normalised (a null normaliser) give one confident class."""
+    from emofuse.features.normalise import Normalisation
+
+    return {"classes": json.dumps(list(info.classes), ensure_ascii=False),
+            "normalisation": Normalisation.from_dict(info.normaliser).mode}
+
+
+def check_binding(info: ModelInfo, metadata: dict | None, manifest: Path) -> list[str]:
+    """model.json's classes and normaliser agree with what the weights were trained with
+    (`binding`); otherwise one DataError naming model.json. Weights written before the binding
+    existed carry none: they are accepted, and the returned note says nothing could be compared."""
+    from emofuse.features.normalise import Normalisation
+
+    metadata = metadata or {}
+    if "classes" not in metadata or "normalisation" not in metadata:
+        return [f"{manifest.parent / WEIGHTS} records no class order or normalisation (exported before "
+                "emofuse bound them to the weights): model.json's classes and normaliser are taken on trust; "
+                "export again to check them"]
+    try:
+        trained = json.loads(metadata["classes"])
+    except ValueError:
+        trained = None
+    if trained != list(info.classes):
+        raise DataError(manifest, f"classes {info.classes} are not the output layer's classes {trained} that the "
+                                  "weights were trained with (model.json edited?); restore them or export again")
+    mode = Normalisation.from_dict(info.normaliser, manifest).mode
+    if mode != metadata["normalisation"]:
+        found = "null (no normalisation)" if mode == "none" else f"mode {mode!r}"
+        raise DataError(manifest, f"normaliser is {found}, but the weights were trained on frames normalised "
+                                  f"with mode {metadata['normalisation']!r} (model.json edited?); restore it or "
+                                  "export again")
+    return []
 
 
 def weights_sha256(path: Path) -> str:
@@ -235,6 +275,7 @@ def check_encoders(info: ModelInfo, manifest: Path) -> None:
     if not info.encoders:
         return
     from emofuse.features.hf import resolve_folder, weights_hash
+    from emofuse.features.hf_weights import require_safetensors
 
     for role, record in info.encoders.items():
         if not isinstance(record, dict) or not {"folder", "weights_sha256"} <= set(record):
@@ -248,6 +289,7 @@ def check_encoders(info: ModelInfo, manifest: Path) -> None:
         if not folder.is_dir():
             raise DataError(folder, f"{role} encoder folder not found (the model at {manifest.parent} was "
                                     "trained on it; restore the folder or retrain)")
+        require_safetensors(resolve_folder(folder))  # a pickle checkpoint: one line, never transformers' page
         found = weights_hash(resolve_folder(folder))
         if found != record["weights_sha256"]:
             raise DataError(folder, f"{role} encoder weights changed since the model was trained (sha256 "
@@ -301,6 +343,9 @@ def check_fits_registry(info: ModelInfo, manifest: Path) -> None:
     if spec.num_classes != len(info.classes):
         raise DataError(manifest, f"{len(info.classes)} class names {info.classes} for an output layer of "
                                   f"{spec.num_classes} classes (spec.num_classes)")
+    if entry.fitted and info.backend is None:  # its network has no classifier of its own
+        raise DataError(manifest, f"model {entry.name} answers through its fitted back-end, and model.json holds "
+                                  "none (backend: null); export the run again")
 
 
 def verify_weights(info: ModelInfo, weights: Path) -> None:
@@ -320,7 +365,7 @@ def verify_weights(info: ModelInfo, weights: Path) -> None:
 def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:
     """Rebuild the network from the registry and load its safetensors weights (no pickle);
     `verify`: check the weights' sha256 against model.json first."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(model_dir)
@@ -332,10 +377,13 @@ def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:
         raise DataError(weights, "weights file not found")
     try:
         state = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata()
     except (SafetensorError, OSError, ValueError) as exc:
         raise DataError(weights, f"unreadable weights ({exc})") from None
     if verify:  # after reading, so a truncated file is called unreadable, not changed
         verify_weights(info, weights)
+    notes = check_binding(info, metadata, path / MANIFEST)
     try:
         model = build_model(info)
     except EmofuseError as exc:
@@ -348,4 +396,4 @@ def load_model_dir(model_dir: str | Path, verify: bool = True) -> LoadedModel:
         why = state_mismatch(model.state_dict(), state) or " ".join(str(exc).split())[:300]
         raise DataError(weights, f"weights do not fit model {info.name!r} ({why})") from None
     model.eval()
-    return LoadedModel(info, model, path)
+    return LoadedModel(info, model, path, notes)

@@ -47,8 +47,8 @@ def utterance_vectors(model: torch.nn.Module, loader, device: torch.device | str
 
 
 def fit_backend(kind: str, x: np.ndarray, y: np.ndarray, speakers: list[str], train_idx, val_idx,
-                classes: list[str]) -> Backend:
-    """Fit on `train_idx`, choose C on the UA of `val_idx` (rows of x, y and speakers)."""
+                classes: list[str], cs: tuple[float, ...] = CS) -> Backend:
+    """Fit on `train_idx`, choose C from `cs` on the UA of `val_idx` (rows of x, y and speakers)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
 
@@ -70,7 +70,7 @@ def fit_backend(kind: str, x: np.ndarray, y: np.ndarray, speakers: list[str], tr
         reference_mean, reference_std = x[train_idx].mean(0), x[train_idx].std(0)
         z = (x - reference_mean) / (reference_std + EPS)
     best = None
-    for c in CS:
+    for c in sorted(cs):
         clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(z[train_idx], y[train_idx])
         score = float(balanced_accuracy_score(y[val_idx], clf.predict(z[val_idx])))
         if best is None or score > best[0]:  # first of equals: the strongest regularisation

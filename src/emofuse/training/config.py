@@ -109,6 +109,9 @@ class TrainerConfig:
     ema: float | None = None
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning's names
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "32", "16", "bf16", "64")
 BACKENDS = KINDS  # protocol.backend (models/backend.py, fitted by training/backend.py)
 
 
@@ -407,9 +410,19 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("augment masks acoustic frames, but data.acoustic is null")
     if isinstance(t.devices, str) and t.devices != "auto":
         raise ConfigError(f"trainer.devices={t.devices!r}; give a number or auto")
+    # Lightning checks these only when a fold starts, after config.yaml is written: check them here
+    if t.accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={t.accelerator!r}; valid: {', '.join(ACCELERATORS)}")
+    if str(t.precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={t.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if isinstance(t.devices, int) and t.devices < 1 and t.devices != -1:  # Lightning's -1: every device
+        raise ConfigError(f"trainer.devices={t.devices} must be >= 1, -1 (every device) or auto")
     if cfg.fold is not None and cfg.fold < 0:
         raise ConfigError(f"fold={cfg.fold} must be >= 0")
-    needs = get_model(cfg.model_name).needs
+    entry = get_model(cfg.model_name)
+    if entry.fitted:
+        validate_fitted(cfg, entry.name)
+    needs = entry.needs
     if "acoustic" in needs and d.acoustic is None:
         raise ConfigError(f"model {cfg.model_name!r} reads acoustic frames: set data.acoustic (e.g. compare_lld)")
     if "words" in needs and d.words is None:
@@ -417,6 +430,27 @@ def validate(cfg: ExperimentConfig) -> None:
     if "word_frames" in needs and (d.acoustic is None or d.align in ("none", "text", "written")):
         raise ConfigError(f"model {cfg.model_name!r} needs word times on the acoustic grid: "
                           "set data.acoustic and a data.align other than none, text or written")
+
+
+def validate_fitted(cfg: ExperimentConfig, name: str) -> None:
+    """A fitted model (the linear probe, `ModelEntry.fitted`) trains nothing by gradient: what
+    would change a trained network's result but not its fit is refused here, not ignored.
+    trainer.* and optim.* are not read at all (training.loop.fit_fold)."""
+    mode = Normalisation.mode_of(cfg.data.normalise)
+    if mode not in ("speaker", "fold"):
+        raise ConfigError(f"model {name!r} z-scores its pooled vectors as data.normalise says: speaker or fold "
+                          f"(true), not {mode!r} (each utterance's own statistics would erase its mean and std)")
+    if cfg.protocol.backend:
+        raise ConfigError(f"model {name!r} is itself a logistic back-end (fitted as data.normalise says); "
+                          f"remove protocol.backend={cfg.protocol.backend!r}")
+    if cfg.protocol.refit:
+        raise ConfigError(f"model {name!r} chooses C on the validation speakers and trains no epochs; "
+                          "protocol.refit does not apply")
+    if cfg.augment.active:
+        raise ConfigError(f"model {name!r} trains no network for augment to mask frames for; remove augment.*")
+    if cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1:
+        raise ConfigError(f"model {name!r} is fitted in one process (scikit-learn); trainer.devices and "
+                          "trainer.num_nodes must be 1")
 
 
 def validate_labels(d: DataConfig) -> None:
@@ -634,6 +668,7 @@ def save_config(cfg: ExperimentConfig, run_dir: Path, write: bool = True) -> Pat
     A folder holding nothing but its config.yaml (a start that failed before any fold, e.g. on a
     missing feature) has no results to mix, so a corrected config replaces it."""
     path = run_dir / "config.yaml"
+    check_run_dir(run_dir)
     resolved = cfg.to_dict()
     if path.is_file() and any(not _config_only(entry.name) for entry in run_dir.iterdir()):
         previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -651,6 +686,16 @@ def save_config(cfg: ExperimentConfig, run_dir: Path, write: bool = True) -> Pat
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
     return path
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """`run_dir` is a folder or can become one: a file there (or above it) is one ConfigError."""
+    for where in (run_dir, *run_dir.parents):
+        if where.exists():
+            if not where.is_dir():
+                raise ConfigError(f"run_dir={run_dir}: {'is a file' if where == run_dir else f'{where} is a file'}, "
+                                  "not a run directory")
+            return
 
 
 def _config_only(name: str) -> bool:

@@ -5,7 +5,9 @@ would report an optimistic number; Aguilar et al. 2019 select on held-out speake
 best Lightning checkpoint once (`torch.load(weights_only=True)`) and writes the directory with
 `emofuse.models.modeldir.write_model_dir`. Multi-view models (Aguilar et al. 2019, Table 3)
 export their acoustic view alone (`MultiView.deployable()`): that model directory needs no
-transcript and no alignment. Prediction reads the result without this module.
+transcript and no alignment. A fitted model (the linear probe, `ModelEntry.fitted`) has no
+checkpoint: its network has no weights, and its fitted back-end (`fold-K/backend.json`) goes
+into model.json. Prediction reads the result without this module.
 """
 
 from __future__ import annotations
@@ -76,6 +78,18 @@ def _build_trained(name: str, settings: dict, spec: dict) -> nn.Module:
         return entry.build(InputSpec(**spec), **{**settings, "mode": "joint", "teacher_checkpoint": ""})
 
 
+def _is_fitted(name: str | None) -> bool:
+    """Whether registry model `name` is fitted, not trained (`ModelEntry.fitted`); an unknown
+    name is left to the rebuild to report."""
+    from emofuse.errors import EmofuseError
+    from emofuse.models.base import get_model
+
+    try:
+        return name is not None and get_model(name).fitted
+    except EmofuseError:
+        return False
+
+
 def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | None = None) -> Path:
     """Package one trained fold (`run_dir/fold-K`) as a model directory."""
     import yaml
@@ -92,20 +106,27 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
         run_config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     fitted = read_json(fold_dir / "normaliser.json")
     metrics = read_json(fold_dir / "metrics.json") if (fold_dir / "metrics.json").is_file() else {}
-    trained_path = fold_dir / "trained.json"
-    if not trained_path.is_file():  # a best-*.ckpt of an interrupted fold is a mid-training network
-        raise DataError(fold_dir, "no trained.json: the fold has not finished training (resume it with `emofuse train`)")
-    checkpoint = best_checkpoint_of(trained_path)
-    state = checkpoint_state(checkpoint)  # tensors and plain values only: a crafted file is refused
-    state = _strip_prefix(state, "model.")  # EmotionModule keeps the network as `self.model`
-
     model_section = dict(fitted.get("model") or run_config.get("model") or {})
-    if "name" not in model_section:
+    trained_name = model_section.pop("name", None)
+    checkpoint = state = None
+    if _is_fitted(trained_name):  # the linear probe: no weights; its back-end is the fitted part
+        if "backend" not in metrics:
+            raise DataError(fold_dir, "no metrics.json naming a fitted back-end: the fold has not finished "
+                                      "(run `emofuse train` again)")
+    else:
+        trained_path = fold_dir / "trained.json"
+        if not trained_path.is_file():  # a best-*.ckpt of an interrupted fold is a mid-training network
+            raise DataError(fold_dir, "no trained.json: the fold has not finished training (resume it with "
+                                      "`emofuse train`)")
+        checkpoint = best_checkpoint_of(trained_path)
+        state = checkpoint_state(checkpoint)  # tensors and plain values only: a crafted file is refused
+        state = _strip_prefix(state, "model.")  # EmotionModule keeps the network as `self.model`
+    if trained_name is None:
         raise DataError(fold_dir / "normaliser.json", "no model name recorded")
-    trained_name = model_section.pop("name")
     spec = dict(fitted["spec"])
     network = _build_trained(trained_name, model_section, spec)
-    load_weights(network, state, checkpoint, f"model {trained_name!r}")
+    if state is not None:
+        load_weights(network, state, checkpoint, f"model {trained_name!r}")
     name, settings = trained_name, model_section
     deployable = getattr(network, "deployable", None)
     if callable(deployable):  # multi-view: the acoustic view alone is the product
@@ -160,7 +181,7 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
         source={
             "run_dir": str(run_dir.resolve()),
             "fold": fold_index,
-            "checkpoint": os.path.relpath(checkpoint, fold_dir),
+            "checkpoint": os.path.relpath(checkpoint, fold_dir) if checkpoint else None,  # None: fitted, not trained
             "trained_model": trained_name,
             "training_align": features.get("align"),
         },

@@ -13,6 +13,11 @@ Per fold (`train_fold`):
      regression refitted on the network's utterance vectors (`training/backend.py`,
      `fold-K/backend.json`) gives the test predictions; the network's own metrics are kept.
 
+A fitted model (`ModelEntry.fitted`: the linear probe, models/linear_probe.py) has nothing to
+train: `fit_fold` takes the place of steps 2 and 3, fitting its logistic back-end on the
+training part with C chosen on the validation speakers, and writes the same fold files less
+the checkpoints.
+
 Resume: a fold whose `metrics.json` exists is done and skipped; an unfinished fold restarts
 from `fold-K/checkpoints/last.ckpt` at the epoch after the last finished one. Checkpoints
 are written to a temporary file and moved into place (`AtomicCheckpointIO`), so a kill
@@ -50,10 +55,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from emofuse.errors import ConfigError, DataError, EmofuseError
-from emofuse.models.base import get_model
+from emofuse.models.base import InputSpec, get_model
 from emofuse.training.augment import FrameMasking
 from emofuse.models.backend import Backend
-from emofuse.training.backend import fit_backend, utterance_vectors
+from emofuse.training.backend import CS, fit_backend, utterance_vectors
 from emofuse.models.modeldir import best_checkpoint_of, weights_sha256
 from emofuse.training.checkpoints import checkpoint_state, load_weights, read_checkpoint, state_of
 from emofuse.io import atomic_open, atomic_write_text
@@ -193,6 +198,8 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     if len(fold.test) == 0:
         raise ConfigError(f"fold {fold.index} has no test part")
     check_teacher_split(cfg, data, fold)
+    if get_model(cfg.model_name).fitted:
+        return fit_fold(cfg, data, fold, fold_dir, log)
     started = time.time()
     fold_dir.mkdir(parents=True, exist_ok=True)
     refit = None
@@ -252,18 +259,78 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     return result
 
 
+# What a fitted model's back-end z-scores its utterance vectors with, per data.normalise
+# (models/linear_probe.py): each speaker's own statistics, or the training part's.
+FITTED_BACKENDS = {"speaker": "speaker-lr", "fold": "lr"}
+
+
+def fit_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, log: Log = print) -> dict:
+    """A fitted model's fold (`ModelEntry.fitted`, the linear probe): no Lightning, no epochs.
+
+    The network (no trained weights) gives every utterance's vector; a logistic back-end is
+    fitted on the training part's, C chosen on the validation speakers' (`fold_backend`), and
+    it predicts the test part once. The fold folder holds what a trained fold's does, less
+    the checkpoints: normaliser.json (the frames are not z-scored: the back-end z-scores the
+    vectors as data.normalise says), split.json, backend.json, predictions.csv, metrics.json
+    (last: its presence marks the fold done). trainer.* and optim.* are not read."""
+    started = time.time()
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    kind = FITTED_BACKENDS[Normalisation.mode_of(cfg.data.normalise)]  # validated in training.config
+    spec, _, _ = fold_inputs(cfg, data, fold.train)
+    frames = Normalisation("none", frames=data.items[0].acoustic is not None)
+    model = get_model(cfg.model_name).build(InputSpec(**spec), **cfg.model_settings).eval()
+    if rank_zero_only.rank == 0:
+        write_json(fold_dir / "normaliser.json", {
+            "label_set": cfg.data.label_set,
+            "classes": list(data.classes),
+            "features": {k: getattr(cfg.data, k) for k in ("acoustic", "words", "align", "max_frames", "max_words", "trim")},
+            "model": cfg.model,
+            "spec": spec,
+            "normaliser": frames.to_dict(),
+            "vocabulary": None,
+            "fitted_on": f"nothing: frames as extracted; the back-end ({kind}) z-scores the pooled vectors",
+        })
+        write_json(fold_dir / "split.json", {**fold.to_json(data.corpus), "classes": list(data.classes)})
+    collator = Collator(data, frames, cfg.data.max_frames, cfg.data.max_words)
+    test_ids = [data.items[int(i)].id for i in fold.test]
+    backend, probs = fold_backend(cfg, data, fold, model, collator, "cpu", test_ids, kind, tuple(model.cfg.cs))
+    labels = data.labels[np.asarray(fold.test, dtype=np.int64)]
+    result = {
+        "fold": fold.index,
+        "name": fold.name,
+        "n_train": int(len(fold.train)), "n_val": int(len(fold.val)), "n_test": int(len(fold.test)),
+        "best_epoch": None,  # fitted, not trained
+        "epochs_run": 0,
+        "monitor": "val_ua",  # the back-end's, on which C was chosen
+        "val_score": round(backend.val_ua, 6),
+        "best_checkpoint": None,
+        "test": classification_metrics(labels, probs.argmax(1), data.classes),
+        "seconds": round(time.time() - started, 2),
+        "backend": {"kind": backend.kind, "C": backend.C, "val_ua": round(backend.val_ua, 4)},
+    }
+    if rank_zero_only.rank == 0:
+        write_json(fold_dir / "backend.json", backend.to_dict())
+        write_predictions(fold_dir / "predictions.csv", data, test_ids, labels, probs)
+        write_json(fold_dir / "metrics.json", result)  # last: its presence marks the fold done
+    _barrier()
+    return result
+
+
 def fold_backend(cfg: ExperimentConfig, data: LabelledData, fold, model: torch.nn.Module, collator: Collator,
-                 device, test_ids: list[str]) -> tuple[Backend, np.ndarray]:
-    """Fit `protocol.backend` on the fold's trained network (training part; C on the validation
-    speakers); return it and its class probabilities for `test_ids`, in that order."""
+                 device, test_ids: list[str], kind: str | None = None, cs: tuple[float, ...] = CS
+                 ) -> tuple[Backend, np.ndarray]:
+    """Fit a back-end of `kind` (default `protocol.backend`) on the utterance vectors of the
+    fold's network (training part; C from `cs` on the validation speakers); return it and its
+    class probabilities for `test_ids`, in that order."""
     everything = np.unique(np.concatenate([fold.train, fold.val, fold.test])).astype(int)
     ids, x = utterance_vectors(model, eval_loader(cfg, collator, everything), device)  # loader order
     index = {data.items[i].id: int(i) for i in everything}
     rows = [index[uid] for uid in ids]  # the data index of each vector
     where = {i: r for r, i in enumerate(rows)}
     speakers = [data.corpus[i].speaker for i in rows]
-    backend = fit_backend(cfg.protocol.backend, x, data.labels[rows], speakers, [where[int(i)] for i in fold.train],
-                          [where[int(i)] for i in fold.val], list(data.classes))
+    backend = fit_backend(kind or cfg.protocol.backend, x, data.labels[rows], speakers,
+                          [where[int(i)] for i in fold.train], [where[int(i)] for i in fold.val], list(data.classes),
+                          cs)
     probs = backend.probabilities(x, speakers)
     return backend, probs[[where[index[uid]] for uid in test_ids]]
 
@@ -448,7 +515,11 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
     `run_dir`) and `selected`: the results of the folds asked for, in fold order.
     """
     run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
-    for fold in folds:  # before anything in run_dir is written
+    # before anything in run_dir is written: a refused command leaves config.yaml as it was
+    # (a fold=7 written there would make every later plain resume fail)
+    if cfg.fold is not None and not 0 <= cfg.fold < len(folds):
+        raise ConfigError(f"fold={cfg.fold}: the protocol gives folds 0..{len(folds) - 1}")
+    for fold in folds:
         check_fold_matches(run_dir / f"fold-{fold.index}", data, fold)
     if rank_zero_only.rank == 0:
         save_config(cfg, run_dir)
@@ -456,8 +527,6 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
         from emofuse.training.checks import write_data_checks
 
         write_data_checks(cfg.to_dict(), data, folds, run_dir, log)
-    if cfg.fold is not None and not 0 <= cfg.fold < len(folds):
-        raise ConfigError(f"fold={cfg.fold}: the protocol gives folds 0..{len(folds) - 1}")
     chosen = folds if cfg.fold is None else [folds[cfg.fold]]
     if only is not None:
         unknown = sorted(set(only) - {f.index for f in folds})
@@ -479,8 +548,10 @@ def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
                     f"test {len(fold.test)}")
             result = train_fold(fold_cfg, data, fold, fold_dir, (lambda s: None) if quiet else log, extra_callbacks)
             t = result["test"]
+            chosen_by = f"best epoch {result['best_epoch']}" if result["best_epoch"] is not None \
+                else f"C {result['backend']['C']:g}, val UA {result['backend']['val_ua']:.3f}"  # a fitted model
             log(f"fold {fold.index}: test UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f} "
-                f"(best epoch {result['best_epoch']}, {result['seconds']:.0f} s)")
+                f"({chosen_by}, {result['seconds']:.0f} s)")
             changed = True
         if after_fold is not None and not (not changed and cached_measurement(fold_dir, extra)):
             measured = after_fold(fold_cfg, data, fold, fold_dir, read_json(fold_dir / "metrics.json")) or {}

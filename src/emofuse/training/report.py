@@ -91,17 +91,23 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
                    f"`{checks['corpora'].get('train')}`" if checks.get("corpora", {}).get("test") else "") + ".", ""]
     for warning in checks.get("warnings", []):
         out += [f"> **Warning:** {warning}", ""]
+    fitted = is_fitted(run)
     if config:
         d, o, t, p = (config.get(k, {}) for k in ("data", "optim", "trainer", "protocol"))
+        mode = Normalisation.mode_of(d.get("normalise", True))
+        how = (f"a class-balanced logistic regression on each clip's mean- and std-pooled frames, z-scored "
+               + ("per speaker with each speaker's own utterances (no labels)" if mode == "speaker"
+                  else "with the training part's statistics")
+               + ", C chosen on the validation speakers; nothing trained by gradient") if fitted else (
+            f"{o.get('name')} lr={o.get('lr')} wd={o.get('weight_decay')} clip={o.get('grad_clip')}, batch "
+            f"{t.get('batch_size')}, ≤{t.get('max_epochs')} epochs (patience {t.get('patience')})")
         out += [
             f"Protocol `{p.get('name')}`"
             + (f" (k={p.get('k')})" if p.get("name") == "speaker-kfold" else "")
             + f", features acoustic=`{d.get('acoustic')}` words=`{d.get('words')}` align=`{d.get('align')}` "
-            f"normalise=`{Normalisation.mode_of(d.get('normalise', True))}`"
+            f"normalise=`{mode}`"
             + (f" trim=`{d['trim']}` s (speech span only)" if d.get("trim") is not None else "") + ", "
-            f"label set `{d.get('label_set')}`; {o.get('name')} lr={o.get('lr')} wd={o.get('weight_decay')} "
-            f"clip={o.get('grad_clip')}, batch {t.get('batch_size')}, ≤{t.get('max_epochs')} epochs "
-            f"(patience {t.get('patience')}), seed {config.get('seed')}."
+            f"label set `{d.get('label_set')}`; {how}, seed {config.get('seed')}."
             + (f" Weights averaged (EMA, decay {t['ema']} per step); validation and test use the average."
                if t.get("ema") else "")
             + (f" Validation: {p['val_speakers']} speaker(s) carved from each training part." if p.get("val_speakers") else "")
@@ -116,8 +122,8 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
             "",
         ]
     monitor = (config or {}).get("trainer", {}).get("monitor", "val_ua")
-    out += [f"Test results, {STD_NOTE}; best epoch chosen on `{monitor}` of the validation part "
-            "(never the test part).", ""]
+    chosen = "C chosen on the UA" if fitted else f"best epoch chosen on `{monitor}`"
+    out += [f"Test results, {STD_NOTE}; {chosen} of the validation part (never the test part).", ""]
     out += [markdown_table([summary_row(run)]), ""]
     if run.get("network_summary"):
         network = {**run, "summary": run["network_summary"], "backend": None,
@@ -129,7 +135,10 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
         row = {"Fold": str(f["fold"]), "Test speakers / part": f.get("name", "")}
         for key in HEADLINE:
             row[NAMES[key]] = f"{100 * f['test'][key]:.1f}"
-        row["best epoch"] = str(f.get("best_epoch", "-"))
+        if fitted:
+            row["C"] = f"{f['backend']['C']:g}"
+        else:
+            row["best epoch"] = str(f.get("best_epoch", "-"))
         score = f.get("val_score")
         row["val " + str(f.get("monitor", "score")).removeprefix("val_")] = f"{100 * score:.1f}" if score is not None else "-"
         row["n test"] = str(f["test"]["n"])
@@ -151,6 +160,13 @@ def report_markdown(run: dict, config: dict | None = None) -> str:
         out += ["## Confusion matrix (test parts of all folds summed)", "", markdown_table(rows), "",
                 "![confusion matrix](confusion.png)", ""]
     return "\n".join(out)
+
+
+def is_fitted(run: dict) -> bool:
+    """Whether the run's model was fitted, not trained (the linear probe: `ModelEntry.fitted`):
+    its folds record a back-end and no epoch."""
+    folds = run.get("folds") or []
+    return bool(folds) and all(f.get("best_epoch") is None and "backend" in f for f in folds)
 
 
 def confusion_png(path: Path, confusion: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> Path:
