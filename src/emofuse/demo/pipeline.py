@@ -174,15 +174,15 @@ def run_demo(out_dir: str | Path = "emofuse-demo", overrides: list[str] = (), wo
     from emofuse.training.loop import quiet_lightning, run_experiment
 
     out_dir = Path(out_dir).resolve()
+    models = MODELS + ((WHISPER_MODEL,) if whisper_frames else ())
+    features = FEATURES + ((WHISPER_FRAMES,) if whisper_frames else ())
     # every override of every model's config checked before the first stage writes anything
-    for name in MODELS:
+    for name in models:
         demo_config(name, out_dir, list(overrides))
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir}: is a file; the demo writes a folder there")
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    models = MODELS + ((WHISPER_MODEL,) if whisper_frames else ())
-    features = FEATURES + ((WHISPER_FRAMES,) if whisper_frames else ())
     quiet_lightning()
 
     # 1. prepare: the shipped corpus as a manifest in the demo folder
