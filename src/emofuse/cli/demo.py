@@ -57,8 +57,8 @@ def demo(
     out_console.print(f"held-out recording {escape(p['id'])} ({escape(str(p['kind']))}), no transcript given: "
                       f"true [bold]{p['true_label']}[/], predicted [bold]{p['label']}[/] "
                       f"({', '.join(f'{k} {v:.2f}' for k, v in p['probabilities'].items())})")
-    out_console.print(escape(f"  said:  {p['true_transcript']!r}"))
-    out_console.print(escape(f"  heard: {p['heard']!r} ({p['word_source']})"))
+    out_console.print(escape(f"  said: {p['true_transcript']!r}"))
+    out_console.print(escape(f"  heard by {p['word_source']}: {p['heard']!r}"))
     if words:
         out_console.print(escape(f"  words [acoustic share]: {words}"))
     out_console.print(escape(f"  cross-validated probability of {p['true_label']} (transcript words): {cv}; "
