@@ -56,6 +56,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "asr"
 FULL_WINDOW = 30.0  # a pad of this many seconds or more: faster-whisper's own 30 s window
+TRANSCRIPT_LIMITS = (0.2, 0.34, 0.5)  # word error rates a transcript check could warn above
 OVERLONG = 3  # a hypothesis this many words longer than its reference counts as overlong
 EXAMPLES = 8  # worst clips listed per corpus and recogniser
 
@@ -105,27 +106,11 @@ def demo_clips(every: int) -> list[Clip]:
 
 
 def edit_counts(reference: list[str], hypothesis: list[str]) -> tuple[int, int, int]:
-    """(substitutions, deletions, insertions) of a minimal word-level Levenshtein alignment
-    (of equally short ones, the one with the fewest substitutions)."""
-    n, m = len(reference), len(hypothesis)
-    # cost[i][j]: (edits, subs, dels, ins) aligning reference[:i] with hypothesis[:j]
-    cost = [[(0, 0, 0, 0)] * (m + 1) for _ in range(n + 1)]
-    for i in range(1, n + 1):
-        cost[i][0] = (i, 0, i, 0)
-    for j in range(1, m + 1):
-        cost[0][j] = (j, 0, 0, j)
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            e, s, d, k = cost[i - 1][j - 1]
-            same = reference[i - 1] == hypothesis[j - 1]
-            diagonal = (e, s, d, k) if same else (e + 1, s + 1, d, k)
-            e, s, d, k = cost[i - 1][j]
-            deletion = (e + 1, s, d + 1, k)
-            e, s, d, k = cost[i][j - 1]
-            insertion = (e + 1, s, d, k + 1)
-            cost[i][j] = min(diagonal, deletion, insertion)
-    _, s, d, k = cost[n][m]
-    return s, d, k
+    """(substitutions, deletions, insertions): `emofuse.align.text.word_edits`, the count the
+    predictor's transcript check uses."""
+    from emofuse.align.text import word_edits
+
+    return word_edits(reference, hypothesis)
 
 
 # ------------------------------------------------------------------------------ recognisers
@@ -254,6 +239,12 @@ def summary(rows: list[dict], ravdess: bool) -> dict:
         "overlong": sum(r["words"] >= r["ref"] + OVERLONG for r in rows),
     }
     if ravdess:
+        # The predictor's transcript check warns when a given transcript's WER against the
+        # recogniser's words is over TRANSCRIPT_WER_LIMIT: on true transcripts, every warning is a
+        # false alarm (it must stay under 2 %).
+        rates = [edits(r) / r["ref"] for r in rows if r["ref"]]
+        out["transcript_check_false_alarms"] = {str(t): round(sum(x > t for x in rates) / len(rates), 4)
+                                                for t in TRANSCRIPT_LIMITS}
         for field in ("emotion", "intensity"):
             groups = sorted({r[field] for r in rows})
             out[f"wer_by_{field}"] = {g: round(wer([r for r in rows if r[field] == g]), 4) for g in groups}
@@ -297,6 +288,13 @@ def markdown(result: dict) -> str:
                          f"{s['rtf_median']:.3f} | {s['rtf_cpu']:.3f} | {s['warned']} | {s['empty']} | {s['overlong']} |")
     ravdess = result["corpora"].get("ravdess")
     if ravdess:
+        lines += ["", "The transcript check's false alarms on RAVDESS's true statements: the share of clips whose "
+                  "WER against the recogniser's words is over each limit (inference.predictor.TRANSCRIPT_WER_LIMIT):",
+                  "", "| recogniser | " + " | ".join(f"> {t}" for t in TRANSCRIPT_LIMITS) + " |",
+                  "|---|" + "---:|" * len(TRANSCRIPT_LIMITS)]
+        for key, s in ravdess.items():
+            lines.append(f"| {result['recognisers'][key]} | "
+                         + " | ".join(f"{s['transcript_check_false_alarms'][str(t)]:.4f}" for t in TRANSCRIPT_LIMITS) + " |")
         for field in ("emotion", "intensity"):
             groups = list(next(iter(ravdess.values()))[f"wer_by_{field}"])
             lines += ["", f"RAVDESS WER by {field}:", "",

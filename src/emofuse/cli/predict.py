@@ -204,7 +204,7 @@ def predict(
     max_segment: float = typer.Option(10.0, "--max-segment", help="Segments: longer ones (s) are cut at their deepest pause."),
     pad: float = typer.Option(0.1, "--pad", help="Segments: seconds added before and after each (at most --min-pause / 2)."),
     force_transcript: bool = typer.Option(False, "--force-transcript", help="Use a transcript even when it cannot be aligned to the audio (by default that is refused: it is likely not what was said), with the recogniser's word times and a warning."),
-    trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.5 against it adds a warning; the check costs one more decode)."),
+    trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.34 against it adds a warning; the check costs one more decode)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose)."),
     asr: Optional[str] = typer.Option(None, "--asr", help="Recogniser for files without a transcript: whisper (the packaged tiny.en), whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx). Default: the one the model was trained with, else whisper."),
     language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
@@ -368,7 +368,7 @@ def serve(
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose); every worker process loads them so."),
     asr: Optional[str] = typer.Option(None, "--asr", help="Recogniser for files without a transcript: whisper (the packaged tiny.en), whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx). Default: the one the model was trained with, else whisper."),
     language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
-    trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.5 against it adds a warning)."),
+    trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.34 against it adds a warning)."),
     job_timeout: float = typer.Option(300.0, "--job-timeout", min=0.0, help="Seconds a request may run in a worker without an answer (a recording predicted per segment: without finishing a batch of segments) before it is answered 504 and its worker killed and replaced, counted in /health workers.timeouts; 0: no limit. Needs --workers 1 or more (a thread of the server cannot be stopped)."),  # = serving.workers.DEFAULT_JOB_TIMEOUT
 ) -> None:
     """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,

@@ -131,9 +131,11 @@ MAX_WORDS_PER_SECOND = 10  # fast speech is ~4-5 words a second; twice that and 
 MAX_WORDS_EXTRA = 10  # and a short clip's transcript may hold a few more
 MAX_WORD_CHARS = 50  # longer than any English word a person says
 # Word error rate of a given transcript against the recogniser's hypothesis above which the
-# answer warns that the transcript is likely not what was said: measured on RAVDESS's true
-# transcripts (benchmarks/asr.py, `transcript_check`), where it must warn on under 2 % of clips.
-TRANSCRIPT_WER_LIMIT = 0.5
+# answer warns that the transcript is likely not what was said (over a third of its words).
+# On RAVDESS's true statements, Whisper tiny.en's clips over it are false alarms: 1.6 % of 629
+# clips (over 0.2: 4.8 %; over 0.5: 0.95 %), benchmarks/asr.py (`transcript_check_false_alarms`).
+# A transcript two words of six away from what was said (the other RAVDESS statement) passes.
+TRANSCRIPT_WER_LIMIT = 0.34
 
 
 def check_transcript_size(transcript: str, seconds: float, label: str) -> None:
