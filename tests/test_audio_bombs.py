@@ -254,7 +254,7 @@ def test_a_decode_time_413_names_the_option_whose_limit_applied(tmp_path):
     assert "--max-seconds" not in detail
 
 
-# ---------------------------------------------------------------- a frame whose size the header sets ("Trust, second round", item 1)
+# ---------------------------------------------------------------- frames sized by the header (trust round 2, item 1)
 
 # Run in one child, the bombs' cost measured as the growth of its peak RSS: each entry point reads
 # an honest ALAC recording first (imports, the model, codec tables and buffers are not a bomb's
