@@ -58,6 +58,70 @@ def set_flac_total_samples(path: Path, total: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def alac_files(root: Path) -> dict[str, Path]:
+    """An honest 1 s ALAC recording (FFmpeg's 4096-sample frames) in MP4 and Matroska, and the
+    ALAC bomb of "Trust, second round", item 1 (shared/probe/alac_bomb.py): the same MP4 whose
+    magic cookie declares frames of 4096 x 4096 samples x 8 channels, and whose first packet
+    decodes to one such frame (512 MB as 32-bit samples) from 6.7 KB of run-length-coded zeros;
+    plus its Matroska copy (its first packets only), which a WebM stream's demuxer takes."""
+    import struct
+
+    import av
+
+    rate, files = 16_000, {}
+    files["honest.m4a"] = root / "honest.m4a"
+    y = tone(1.0, sr=rate)
+    with av.open(str(files["honest.m4a"]), "w", format="mp4") as out:
+        stream = out.add_stream("alac", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(y[None], format="flt", layout="mono")
+        frame.sample_rate = rate
+        for converted in av.AudioResampler(format=stream.codec_context.format.name, layout="mono",
+                                           rate=rate).resample(frame):
+            out.mux(stream.encode(converted))
+        out.mux(stream.encode(None))
+
+    data = bytearray(files["honest.m4a"].read_bytes())
+    with av.open(str(files["honest.m4a"])) as container:
+        first = bytes(next(p for p in container.demux(container.streams.audio[0]) if p.size))
+    first_at, cookie_at = data.find(first), data.find(struct.pack(">I", 36) + b"alac")
+    samples, channels = 4096 * 4096, 8
+    # ALACSpecificConfig: frameLength, compatibleVersion, bitDepth 24, pb, mb, kb, numChannels,
+    # maxRun, maxFrameBytes, avgBitRate, sampleRate
+    data[cookie_at:cookie_at + 36] = (struct.pack(">I", 36) + b"alac" + bytes(4) + struct.pack(
+        ">IBBBBBBHIII", samples, 0, 24, 0, 0, 14, channels, 255, 0, 0, 4000))
+    bits: list[int] = []
+
+    def put(value: int, n: int) -> None:
+        bits.extend((value >> k) & 1 for k in range(n - 1, -1, -1))
+
+    for _ in range(channels):  # one single-channel element each
+        put(0, 3); put(0, 4); put(0, 12); put(1, 1); put(0, 2); put(0, 1); put(samples, 32)  # noqa: E702 - SCE, size
+        put(0, 8); put(0, 8); put(0, 4); put(1, 4); put(0, 3); put(0, 5)  # noqa: E702 - no decorrelation, order 0
+        for _ in range(samples // 65536):
+            put(0, 1); put(0x1FF, 9); put(0xFFFF, 16)  # noqa: E702 - a sample, then a run of 65535 zeros
+    put(7, 3)  # END
+    bits += [0] * (-len(bits) % 8)
+    packet = bytes(int("".join(map(str, bits[i:i + 8])), 2) for i in range(0, len(bits), 8))
+    assert first_at > 0 and cookie_at > 0 and len(packet) <= len(first), (len(packet), len(first))
+    data[first_at:first_at + len(first)] = packet + bytes(len(first) - len(packet))
+    files["bomb.m4a"] = root / "bomb.m4a"
+    files["bomb.m4a"].write_bytes(bytes(data))
+
+    for name in ("honest", "bomb"):  # Matroska copies: the EBML magic a WebM stream starts with
+        files[f"{name}.mkv"] = root / f"{name}.mkv"
+        with av.open(str(files[f"{name}.m4a"])) as source, \
+                av.open(str(files[f"{name}.mkv"]), "w", format="matroska") as out:
+            target = out.add_stream_from_template(source.streams.audio[0])
+            for k, packet in enumerate(source.demux(source.streams.audio[0])):
+                if packet.dts is None:
+                    continue
+                packet.stream = target
+                out.mux(packet)
+                if name == "bomb" and k >= 2:
+                    break
+    return files
+
+
 def make_corpus(tmp_path: Path, n: int = 3):
     """n utterances: silence, a tone of growing length, silence; two words each."""
     import soundfile as sf

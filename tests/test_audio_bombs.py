@@ -252,3 +252,162 @@ def test_a_decode_time_413_names_the_option_whose_limit_applied(tmp_path):
     detail = response.json()["detail"]
     assert detail.startswith("stream.flac: more than 5 s decoded") and "--segment-over" in detail
     assert "--max-seconds" not in detail
+
+
+# ---------------------------------------------------------------- frames sized by the header (trust round 2, item 1)
+
+# Run in one child, the bombs' cost measured as the growth of its peak RSS: each entry point reads
+# an honest ALAC recording first (imports, the model, codec tables and buffers are not a bomb's
+# cost), then each entry point meets the MP4 bomb and its Matroska copy. Growth only adds up, so
+# every bomb is measured against the same start. One JSON line out for each file read.
+ENTRY_POINTS = r"""
+import json, resource, sys
+from pathlib import Path
+
+model, honest_m4a, honest_mkv, bomb_m4a, bomb_mkv = sys.argv[1:]
+
+
+def server(path):  # POST /predict: the header probe, before the upload is queued
+    from fastapi import HTTPException
+    from emofuse.serving.app import probe_upload
+    try:
+        probe_upload(path, Path(path).name, 120.0, 120.0)
+        return "200"
+    except HTTPException as exc:
+        return f"{exc.status_code} {exc.detail}"
+
+
+def worker(path):  # the job as the old header probe let it through
+    from emofuse.serving.workers import Job, run_job
+    answer = run_job(None, Job(path, Path(path).name, None, False, "pyav", 4000, 8, 1.0, 120.0, None))
+    return f"{answer['status']} {answer.get('detail')}"
+
+
+def stream(path):  # WS /stream: the file's bytes as one message, no format said
+    from emofuse.serving.stream import LiveSegments
+    said = []
+    session = LiveSegments("webm", 16000, 120.0, lambda segment, error: said.append(error), detector="energy")
+    session.start()
+    session.feed(Path(path).read_bytes())
+    session.end()
+    session.thread.join(120)
+    closed = [e for e in said if isinstance(e, Exception)]
+    return f"{closed[0].code} {closed[0].reason}" if closed else "1000"
+
+
+def cli(path):  # emofuse predict MODEL FILE
+    from emofuse.cli import main
+    sys.argv = ["emofuse", "predict", model, path]
+    try:
+        main()
+    except SystemExit as stop:
+        return f"exit {stop.code}"
+    return "exit 0"
+
+
+runs = {"server": (server, [bomb_m4a, bomb_mkv]), "worker": (worker, [bomb_m4a, bomb_mkv]),
+        "stream": (stream, [bomb_mkv]), "cli": (cli, [bomb_m4a, bomb_mkv])}
+
+
+def say(entry, path, answer, grew=0.0):
+    print(json.dumps({"entry": entry, "file": Path(path).name, "answer": answer, "grew_mb": grew}), flush=True)
+
+
+for entry, (run, _) in runs.items():
+    honest = honest_mkv if entry == "stream" else honest_m4a
+    say(entry, honest, run(honest))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for entry, (run, bombs) in runs.items():
+    for path in bombs:
+        answer = run(path)
+        say(entry, path, answer, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.fixture(scope="module")
+def alac(tmp_path_factory) -> dict[str, Path]:
+    from helpers import alac_files, registry_model_dir
+
+    root = tmp_path_factory.mktemp("alac")
+    return {**alac_files(root), "model": registry_model_dir(root / "model", "B-ACO-1", "fbank40", None)}
+
+
+REFUSAL = "ALAC frames of 16777216 samples x 8 channels: over the limit of 2097152 samples per decoded frame"
+
+
+def test_an_alac_bomb_costs_each_entry_point_less_than_100_mb_and_is_refused_in_one_line(alac):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", ENTRY_POINTS, *(str(alac[name]) for name in (
+        "model", "honest.m4a", "honest.mkv", "bomb.m4a", "bomb.mkv"))],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"entry"')]
+    honest, bombs = lines[:4], lines[4:]
+    expected = ["200", "500 honest.m4a: prediction failed (", "1000", "exit 0"]  # the worker has no model here
+    assert all(line["answer"].startswith(e) for line, e in zip(honest, expected, strict=True)), honest  # decoded
+    answers = {"server": "415 {name}: " + REFUSAL, "worker": "415 {name}: " + REFUSAL, "stream": "1007 " + REFUSAL,
+               "cli": "exit 1"}
+    for line in bombs:
+        print(f"{line['entry']}: {line['file']}: peak RSS +{line['grew_mb']:.1f} MB")
+    assert [(line["entry"], line["file"]) for line in bombs] == [
+        ("server", "bomb.m4a"), ("server", "bomb.mkv"), ("worker", "bomb.m4a"), ("worker", "bomb.mkv"),
+        ("stream", "bomb.mkv"), ("cli", "bomb.m4a"), ("cli", "bomb.mkv")]
+    for line in bombs:
+        assert line["answer"] == answers[line["entry"]].format(name=line["file"]), line
+        assert line["grew_mb"] < 100, line
+    said = [line for line in result.stderr.splitlines() if line.strip()]  # the CLI's: one line a file, no traceback
+    assert said == [f"error: {alac[name]}: {REFUSAL}" for name in ("bomb.m4a", "bomb.mkv")], said
+
+
+@pytest.mark.parametrize("name", ["bomb.m4a", "bomb.mkv"])
+def test_an_alac_bomb_is_refused_from_its_header_by_every_decoder(alac, name):
+    from emofuse.features.audio import AudioHeader, decode_bounded
+
+    for read in (probe_audio, lambda p: decode_bounded(p, AudioHeader(4000, 8, 1.0, "pyav"), LIMIT),
+                 lambda p: load_audio(p, 16_000)):
+        with pytest.raises(AudioUnsupported) as caught:
+            read(alac[name])
+        assert str(caught.value) == f"{alac[name]}: {REFUSAL}" and caught.value.status == 415
+
+
+@pytest.mark.parametrize("name", ["honest.m4a", "honest.mkv"])
+def test_an_honest_alac_recording_reads_as_before(alac, name):
+    bounded = load_audio_bounded(alac[name], 16_000, max_seconds=LIMIT)
+    assert bounded.size == 16_000
+    np.testing.assert_allclose(bounded, load_audio(alac[name], 16_000), atol=1e-6)
+    np.testing.assert_allclose(bounded, tone(1.0), atol=1e-4)  # ALAC is lossless (24-bit here)
+
+
+def test_the_decoder_bounds_a_frame_whose_size_no_header_declares(alac):
+    # The generic guard alone (libavcodec's max_samples): the cookie's declared size is hidden,
+    # as a codec whose frame size only its packets say would hide it.
+    script = """
+import json, resource, sys
+from emofuse.features import audio
+from emofuse.errors import DataError
+honest, bomb = sys.argv[1:]
+audio.load_audio(honest, 16000)
+audio._declared_frame = lambda codec_context: (0, 0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+answers = []
+for read in (audio.probe_audio, lambda p: audio.decode_bounded(p, audio.AudioHeader(4000, 8, 1.0, "pyav"), 120.0),
+             lambda p: audio.load_audio(p, 16000)):
+    try:
+        read(bomb)
+        answers.append("read")
+    except DataError as exc:
+        answers.append(exc.problem)
+grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"answers": answers, "grew_mb": grew}))
+"""
+    result = subprocess.run([sys.executable, "-c", script, str(alac["honest.m4a"]), str(alac["bomb.m4a"])],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"peak RSS growth with the header check hidden: {measured['grew_mb']:.1f} MB")
+    assert measured["grew_mb"] < 100
+    probed, decoded, loaded = measured["answers"]
+    assert probed == "read"  # the header alone looks fine; FFmpeg's probe decoded within the limit
+    assert decoded.startswith("cannot decode audio") and loaded.startswith("cannot decode audio")

@@ -12,6 +12,13 @@ for WAV/FLAC/OGG, PyAV stream metadata for other containers) and refuses before 
 decoding then goes block by block and stops as soon as the decoded length passes the limit,
 for containers whose header does not say, or lies. A one-hour FLAC of silence is 0.7 MB on
 disk and 1.4 GB as float32 stereo samples: the limit is checked before, not after.
+
+One decoded frame is bounded too, whatever the container or codec says (`MAX_FRAME_SAMPLES`):
+a 77 KB ALAC file can declare a single frame of 16,777,216 samples x 8 channels (512 MB before
+conversion). FFmpeg decodes the first packets while it opens a file (to fill in the stream's
+parameters), so every PyAV decoder here is opened with libavcodec's `max_samples`, which fails
+a frame over the limit before its buffers are allocated, and a stream whose header declares
+larger frames (ALAC's magic cookie) is refused by name (`guard_decoder`).
 """
 
 from __future__ import annotations
@@ -64,11 +71,12 @@ def _read_soundfile(path: Path, start: float | None, end: float | None) -> tuple
 def _read_av(path: Path, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(str(path), options=_DECODER_LIMITS) as container:  # the limit holds while FFmpeg probes
         streams = container.streams.audio
         if not streams:
             raise DataError(path, "the file holds no audio stream")
         stream = streams[0]
+        guard_decoder(path, stream)
         sr = stream.codec_context.sample_rate or stream.rate
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
         chunks = []
@@ -123,6 +131,16 @@ def load_audio(
 
 MIN_RATE, MAX_RATE = 4_000, 192_000  # Hz: below, nothing a speech model can use; above, no real recorder
 MAX_CHANNELS = 8
+# One decoded frame, all its channels together (8 MiB at 32 bits a sample; the float32 mono copies
+# made from it are smaller): 262,144 samples a channel at 8 channels, 2,097,152 in mono. Speech
+# codecs' frames are far smaller: AAC 1,024-2,048 samples, MP3 1,152, Opus at most 5,760, Vorbis
+# at most 8,192, ALAC 4,096 as Apple's encoder and FFmpeg write it, FLAC at most 65,535 (its
+# header's field is 16 bits: 524,280 at 8 channels), FFmpeg's PCM packets 1,024-4,096.
+MAX_FRAME_SAMPLES = 2**21
+# AVCodecContext option, checked by libavcodec (ff_get_buffer) before a frame's buffers are
+# allocated: the decoder fails that packet (EINVAL) instead. Given to FFmpeg's stream probe
+# through av.open's `options` and to the decoder PyAV opens later through its codec context.
+_DECODER_LIMITS = {"max_samples": str(MAX_FRAME_SAMPLES)}
 BLOCK_SECONDS = 1.0  # decoded per step: memory stays at the limit plus one block
 _SF_UNKNOWN_LENGTH = 2**62  # libsndfile reports SF_COUNT_MAX frames for a stream of unknown length
 # The containers FFmpeg may demux an untrusted file as (demuxer names; "mov" is mp4/m4a/mov/3gp,
@@ -161,9 +179,12 @@ class AudioHeader:
     reader: str  # "soundfile" or "pyav": the decoder that will read it
 
 
-def open_untrusted(path: str | Path):
+def open_untrusted(path, format: str | None = None, options: dict | None = None):
     """A PyAV input container for an untrusted file: read through the `file` protocol only and
-    demuxed only as one of SPEECH_CONTAINERS; AudioUnsupported (415) for any other format.
+    demuxed only as one of SPEECH_CONTAINERS; AudioUnsupported (415) for any other format, and
+    for an audio stream whose header declares frames over MAX_FRAME_SAMPLES (`guard_decoder`).
+    `path` may be a file object (a live stream), which `format` then names; `options` are
+    FFmpeg's (probesize, ...). Every frame decoded from it is bounded as `guard_decoder` says.
 
     FFmpeg refuses a demuxer off its whitelist right after probing, before the demuxer reads
     its header, so a playlist never opens the files it names. The refusal is only an error code:
@@ -171,16 +192,50 @@ def open_untrusted(path: str | Path):
     risks deadlocks (PyAV issue #751), so the answer names the file's extension instead."""
     import av
 
+    named = isinstance(path, (str, Path))
     try:
-        container = av.open(str(path), container_options=_UNTRUSTED_OPEN)
+        container = av.open(str(path) if named else path, format=format, container_options=_UNTRUSTED_OPEN,
+                            options={**(options or {}), **_DECODER_LIMITS})  # the limit holds while FFmpeg probes
     except av.error.ArgumentError:  # off the whitelist (or a listed demuxer's EINVAL: not audio either)
-        suffix = Path(path).suffix.lower()
+        suffix = Path(path).suffix.lower() if named else ""
         raise AudioUnsupported(path, _not_accepted(f"this {suffix!r} file" if suffix else "this file")) from None
-    if not set(container.format.name.split(",")) & set(SPEECH_CONTAINERS):  # FFmpeg checks this already
-        name = container.format.name
+    try:
+        if not set(container.format.name.split(",")) & set(SPEECH_CONTAINERS):  # FFmpeg checks this already
+            raise AudioUnsupported(path, _not_accepted(f"container format {container.format.name!r}"))
+        for stream in container.streams.audio:
+            guard_decoder(path, stream)
+    except BaseException:
         container.close()
-        raise AudioUnsupported(path, _not_accepted(f"container format {name!r}"))
+        raise
     return container
+
+
+def _declared_frame(codec_context) -> tuple[int, int]:
+    """(samples per channel, channels) of the largest frame the stream's header lets its decoder
+    make; (0, channels) when the header does not say."""
+    samples, channels = int(codec_context.frame_size or 0), int(codec_context.channels or 0)
+    extradata = codec_context.extradata or b""
+    if codec_context.name == "alac" and len(extradata) >= 36:
+        # ALACSpecificConfig, read where FFmpeg's decoder reads it (alac_set_info), after the 12
+        # bytes of its atom header: frameLength (32 bits, big-endian), compatibleVersion, bitDepth,
+        # pb, mb, kb, numChannels. FFmpeg accepts a frameLength up to 4096 x 4096.
+        samples, channels = int.from_bytes(extradata[12:16], "big"), extradata[21]
+    return samples, channels
+
+
+def guard_decoder(path, stream) -> None:
+    """Bound every frame `stream`'s decoder makes to MAX_FRAME_SAMPLES, before it allocates one:
+    AudioUnsupported (415) now when the header declares larger frames, and libavcodec's
+    `max_samples` for codecs whose frame size only the packets say (the decoder then fails that
+    packet with EINVAL, a DataError where it is decoded). Call before the first decode."""
+    codec_context = stream.codec_context
+    if codec_context is None:  # no decoder for this codec: nothing will be decoded
+        return
+    samples, channels = _declared_frame(codec_context)
+    if samples * max(channels, 1) > MAX_FRAME_SAMPLES:
+        raise AudioUnsupported(path, f"{codec_context.name.upper()} frames of {samples} samples x {channels} "
+                                     f"channels: over the limit of {MAX_FRAME_SAMPLES} samples per decoded frame")
+    codec_context.options = {**codec_context.options, **_DECODER_LIMITS}
 
 
 def _not_accepted(what: str) -> str:
