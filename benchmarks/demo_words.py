@@ -49,9 +49,9 @@ ROWS = {  # row -> the word source's settings, over the demo config
     "whisper": ["data.align=asr", "data.asr=whisper"],
 }
 DESCRIBE = {
-    "gold": "corpus transcripts, forced-aligned",
-    "pocketsphinx": "pocketsphinx (10k-word LM)",
-    "whisper": "Whisper tiny.en",
+    "gold": "the corpus transcripts, forced-aligned",
+    "pocketsphinx": "10k-word LM",
+    "whisper": "tiny.en",
 }
 MODEL = "h-mm-4"
 
@@ -130,32 +130,41 @@ def seed_summary(row: dict, seed: int, kinds: list[str]) -> dict:
     return out
 
 
-def markdown(args, result: dict) -> str:
+def over_seeds(result: dict) -> list[dict]:
+    """Per row: each seed's mean over its folds of UA, WA, UA by kind and gate z."""
+    keys = ("ua", "wa", "gate_mean", *[f"ua_{k}" for k in result["kinds"]])
+    rows = dict.fromkeys(r["row"] for r in result["runs"])
+    return [{"row": row, "seeds": [r["seed"] for r in result["runs"] if r["row"] == row],
+             **{key: [float(np.mean(r[key])) for r in result["runs"] if r["row"] == row and r[key]] for key in keys}}
+            for row in rows]
+
+
+def markdown(result: dict) -> str:
     kinds = result["kinds"]
     wers = result["wer"]
     runs = result["runs"]
+    balanced = all(np.allclose(r["ua"], r["wa"]) for r in runs)
     lines = [f"# {result['what']}", "", f"Command: `{result['command']}`", "",
              "The demo's H-MM-4 (`src/emofuse/demo/configs/h-mm-4.yaml`) on the demo corpus (288 clips, 8 voices), "
              "its 4-fold speaker-exclusive protocol; each row trains and tests on the same word source. "
-             f"Overrides: {' '.join(args.set) or '(none)'}. Test UA / WA: mean ± sample std over the folds of one seed; "
+             f"Overrides: {' '.join(result['overrides']) or '(none)'}. Test UA / WA: mean ± sample std over the folds of one seed; "
              "UA by kind: the fold's test clips of that kind (24 per fold), mean ± std over folds. Gate z: the GMU's "
              "acoustic share over the test words (1 = all acoustic). WER: the row's words on all 288 clips against "
-             "the normalised transcripts.", "",
+             "the normalised transcripts. s / fold: training seconds per fold "
+             "(a shared 2-CPU machine)." + (" WA equals UA in every fold: the demo's test parts hold every emotion "
+                                          "equally often." if balanced else ""), "",
              "## Per seed", ""]
-    header = ["words", "seed", "WER", "UA (%)", "WA (%)", *[f"UA {k} (%)" for k in kinds], "gate z", "folds"]
+    header = ["words", "seed", "WER", "UA (%)", "WA (%)", *[f"UA {k} (%)" for k in kinds], "gate z", "s / fold",
+              "folds"]
     lines.append(row_table(header, runs, lambda r: [
         r["row"], str(r["seed"]), f"{wers[r['row']]['wer']:.3f}" if r["row"] in wers else "-",
         mean_std(r["ua"]), mean_std(r["wa"]), *[mean_std(r[f"ua_{k}"]) for k in kinds],
-        mean_std(r["gate_mean"], percent=False), str(r["folds"])], text_columns=2))
-    seeds_done = {row: [r for r in runs if r["row"] == row] for row in dict.fromkeys(r["row"] for r in runs)}
-    if any(len(v) > 1 for v in seeds_done.values()):
+        mean_std(r["gate_mean"], percent=False), f"{np.mean(r['seconds']):.0f}" if r["seconds"] else "-",
+        str(r["folds"])], text_columns=2))
+    over = over_seeds(result)
+    if any(len(r["seeds"]) > 1 for r in over):
         lines += ["", "## Over seeds", "",
                   "Each seed's mean over its folds, then mean ± sample std over the seeds.", ""]
-        over = [{"row": row, "seeds": [r["seed"] for r in rs],
-                 **{key: [float(np.mean(r[key])) for r in rs if r[key]]
-                    for key in ("ua", "wa", "gate_mean", *[f"ua_{k}" for k in kinds])}}
-                for row, rs in seeds_done.items()]
-        result["over_seeds"] = over
         header = ["words", "seeds", "UA (%)", "WA (%)", *[f"UA {k} (%)" for k in kinds], "gate z"]
         lines.append(row_table(header, over, lambda r: [
             r["row"], ",".join(map(str, r["seeds"])), mean_std(r["ua"]), mean_std(r["wa"]),
@@ -169,6 +178,10 @@ def markdown(args, result: dict) -> str:
                      f"{w['substitutions']} / {w['deletions']} / {w['insertions']} | {w['empty']} | "
                      + " | ".join(f"{w['wer_by_kind'].get(k, float('nan')):.3f}" for k in kinds) + " | "
                      + ", ".join(f"{s} {n}" for s, n in sorted(w["align_sources"].items())) + " |")
+    if "gold" in wers:
+        fallback = wers["gold"]["align_sources"].get("asr", 0)
+        lines += ["", f"gold: the transcript's words on every clip; on {fallback} clips pocketsphinx could not align "
+                  "the transcript and the word times are Whisper's (the forced → asr fallback)."]
     lines += ["", f"Wall time: {result['seconds']:.0f} s on {result['machine']}; per-fold numbers, misheard "
               "examples and run directories in demo_words.json.", ""]
     return "\n".join(lines)
@@ -188,7 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = row_arguments(__doc__.split("\n")[0], list(ROWS), "/tmp/demo-words")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated; all rows of a seed run before the next seed")
     parser.add_argument("--results", default="benchmarks/results/demo_words", help="path without suffix (.json, .md)")
+    parser.add_argument("--render", action="store_true", help="only write the markdown again from RESULTS.json")
     args = parser.parse_args(argv)
+    results = Path(args.results)
+    if args.render:
+        from emofuse.io import read_json
+
+        text = markdown(read_json(results.with_suffix(".json")))
+        atomic_write_text(results.with_suffix(".md"), text)
+        print(text)
+        return 0
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
@@ -214,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
               "rows": {r: {"describe": DESCRIBE[r], "overrides": ROWS[r]} for r in rows},
               "overrides": args.set, "kinds": list(KINDS), "wer": {}, "runs": [], "seconds": 0.0}
     cache = DataCache(log)
-    results = Path(args.results)
     for seed in seeds:
         for row in rows:
             t = time.perf_counter()
@@ -229,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_config(config, overrides)
                 result["wer"][row] = word_error_rates(cfg, cache.get(cfg))
             result["seconds"] = round(time.perf_counter() - started, 1)
-            text = markdown(args, result)
+            result["over_seeds"] = over_seeds(result)
+            text = markdown(result)
             write_json(results.with_suffix(".json"), result)
             atomic_write_text(results.with_suffix(".md"), text)
             log(f"== {row} seed {seed}: UA {mean_std(summary['ua'])} ({summary['wall_s']:.0f} s)")
