@@ -139,6 +139,16 @@ def over_seeds(result: dict) -> list[dict]:
             for row in rows]
 
 
+def same_folds(result: dict) -> dict[str, bool]:
+    """seed -> whether every row of that seed was cut into the same folds (identical split.json
+    files), read from the run directories."""
+    def splits(run: dict) -> list[str]:
+        return [p.read_text(encoding="utf-8") for p in sorted(Path(run["run_dir"]).glob("fold-*/split.json"))]
+
+    seeds = dict.fromkeys(r["seed"] for r in result["runs"])
+    return {str(seed): len({tuple(splits(r)) for r in result["runs"] if r["seed"] == seed}) == 1 for seed in seeds}
+
+
 def markdown(result: dict) -> str:
     kinds = result["kinds"]
     wers = result["wer"]
@@ -178,6 +188,10 @@ def markdown(result: dict) -> str:
                      f"{w['substitutions']} / {w['deletions']} / {w['insertions']} | {w['empty']} | "
                      + " | ".join(f"{w['wer_by_kind'].get(k, float('nan')):.3f}" for k in kinds) + " | "
                      + ", ".join(f"{s} {n}" for s, n in sorted(w["align_sources"].items())) + " |")
+    same = result.get("same_folds", {})
+    if same:
+        lines += ["", "Same folds for every row of a seed (identical `split.json`): "
+                  + ", ".join(f"seed {s} {'yes' if v else 'NO'}" for s, v in same.items()) + "."]
     if "gold" in wers:
         fallback = wers["gold"]["align_sources"].get("asr", 0)
         lines += ["", f"gold: the transcript's words on every clip; on {fallback} clips pocketsphinx could not align "
@@ -201,13 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = row_arguments(__doc__.split("\n")[0], list(ROWS), "/tmp/demo-words")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated; all rows of a seed run before the next seed")
     parser.add_argument("--results", default="benchmarks/results/demo_words", help="path without suffix (.json, .md)")
-    parser.add_argument("--render", action="store_true", help="only write the markdown again from RESULTS.json")
+    parser.add_argument("--render", action="store_true", help="only write the markdown (and the same-folds check) again from RESULTS.json")
     args = parser.parse_args(argv)
     results = Path(args.results)
     if args.render:
         from emofuse.io import read_json
 
-        text = markdown(read_json(results.with_suffix(".json")))
+        result = read_json(results.with_suffix(".json"))
+        result["same_folds"] = same_folds(result)
+        text = markdown(result)
+        write_json(results.with_suffix(".json"), result)
         atomic_write_text(results.with_suffix(".md"), text)
         print(text)
         return 0
@@ -251,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["wer"][row] = word_error_rates(cfg, cache.get(cfg))
             result["seconds"] = round(time.perf_counter() - started, 1)
             result["over_seeds"] = over_seeds(result)
+            result["same_folds"] = same_folds(result)
             text = markdown(result)
             write_json(results.with_suffix(".json"), result)
             atomic_write_text(results.with_suffix(".md"), text)
