@@ -68,17 +68,18 @@ def config_path(name: str) -> Path:
     return Path(str(resources.files("emofuse.demo").joinpath("configs", f"{name}.yaml")))
 
 
+def demo_overrides(name: str, out_dir: Path) -> list[str]:
+    """The settings that point the packaged config `name` at a demo folder (its manifest, feature
+    store and run directory): what `demo_config` applies, for callers that run the config themselves."""
+    return [f"name={name}", "corpus=demo", f"data.manifest={out_dir / 'manifest.jsonl'}",
+            f"data.store={out_dir / 'features'}", f"run_dir={out_dir / 'runs' / name}"]
+
+
 def demo_config(name: str, out_dir: Path, overrides: list[str] = ()):
     """The packaged demo config for one model, pointed at this demo's folder."""
     from emofuse.training.config import load_config
 
-    return load_config(config_path(name), [
-        f"name={name}", "corpus=demo",
-        f"data.manifest={out_dir / 'manifest.jsonl'}",
-        f"data.store={out_dir / 'features'}",
-        f"run_dir={out_dir / 'runs' / name}",
-        *overrides,
-    ])
+    return load_config(config_path(name), [*demo_overrides(name, out_dir), *overrides])
 
 
 def word_count(transcript: str | None) -> int:
