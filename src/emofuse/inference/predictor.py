@@ -132,8 +132,8 @@ MAX_WORDS_EXTRA = 10  # and a short clip's transcript may hold a few more
 MAX_WORD_CHARS = 50  # longer than any English word a person says
 # Word error rate of a given transcript against the recogniser's hypothesis above which the
 # answer warns that the transcript is likely not what was said (over a third of its words).
-# On RAVDESS's true statements, Whisper tiny.en's clips over it are false alarms: 1.6 % of 629
-# clips (over 0.2: 4.8 %; over 0.5: 0.95 %), benchmarks/asr.py (`transcript_check_false_alarms`).
+# On RAVDESS's true statements, Whisper tiny.en's clips over it are false alarms: 1.46 % of all
+# 1440 (over 0.2: 5.6 %; over 0.5: 0.97 %), benchmarks/results/asr_full.md.
 # A transcript two words of six away from what was said (the other RAVDESS statement) passes.
 TRANSCRIPT_WER_LIMIT = 0.34
 
