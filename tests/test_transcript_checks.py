@@ -109,3 +109,15 @@ def test_random_noise_gets_no_words_from_whisper():
 
     noise = (np.random.default_rng(0).uniform(-0.5, 0.5, 6 * 16000)).astype(np.float32)
     assert make_recogniser("whisper").transcribe(noise).words == []
+
+
+@pytest.mark.data
+def test_a_model_reading_pocketsphinx_words_checks_transcripts_with_whisper(tmp_path, sad_clip):
+    """The limit was measured on Whisper's errors; pocketsphinx mishears 41 % of true RAVDESS
+    transcripts by more than it, so the check never uses pocketsphinx."""
+    from emofuse.inference.predictor import Predictor
+
+    sphinx_model = Predictor(registry_model_dir(tmp_path / "hmm4", "H-MM-4", word_layers=1), asr="sphinx")
+    assert sphinx_model.predict_file(sad_clip, transcript=STATEMENT_2).warnings == []
+    warned = sphinx_model.predict_file(sad_clip, transcript="banana").warnings
+    assert any("whisper tiny.en heard" in w for w in warned), warned
