@@ -1,5 +1,5 @@
 """The built-in demo corpus: synthetic emotional speech where words and voice matter to
-different degrees (issue 9).
+different degrees, so that fusion has something to show.
 
 Eight espeak-ng voices speak 288 short English utterances of four emotions (angry, happy,
 neutral, sad), 16 kHz mono FLAC, generated once by ``scripts/make_demo_corpus.py`` and

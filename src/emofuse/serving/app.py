@@ -11,7 +11,7 @@
 
 Limits: a request body over `max_upload_mb` is refused with 413 before it is parsed (the
 body is counted as it arrives, so a missing or false Content-Length does not get past).
-An upload is never decoded blind (issue 18, item 1): its header is read first, and a
+An upload is never decoded blind (a header can promise hours of audio): its header is read first, and a
 declared duration over `max_seconds` is 413, a sample rate outside 4-192 kHz, more than 8
 channels or a file that neither soundfile nor PyAV can read is 415; decoding then goes block
 by block and stops (413) as soon as it passes the limit, whatever the header said. Audio that
@@ -135,7 +135,7 @@ class UploadLimit:
 
 
 def probe_upload(path: str, name: str, max_seconds: float, whole_seconds: float | None):
-    """The header of an uploaded file, checked before anything is decoded (issue 18, item 1):
+    """The header of an uploaded file, checked before anything is decoded (a bomb is refused unread):
     HTTPException 415 for a rate, channel count or container that is not decoded, 413 for a
     declared duration over the limit. `whole_seconds`: the limit for files that cannot be read
     in blocks (only soundfile's containers are predicted per segment)."""
@@ -244,7 +244,7 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
     ) -> dict:
         """The emotion of one recording: label, class probabilities and per-word explanations;
         a recording longer than the server's segment length: one result per speech segment."""
-        if file is None and not (text_only and (transcript or "").strip()):  # text alone: issue 19, item 2
+        if file is None and not (text_only and (transcript or "").strip()):  # a text-only model may take a transcript alone
             raise HTTPException(status_code=422, detail="file: field required" + (
                 " (or a transcript alone: the model reads only words)" if text_only else ""))
         name = "<text>" if file is None else Path(file.filename or "upload").name or "upload"

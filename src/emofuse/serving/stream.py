@@ -1,5 +1,5 @@
 """Live audio over a WebSocket: `WS /stream` segments audio as it arrives and answers one JSON
-message per closed speech segment (issue 20, item 3).
+message per closed speech segment, so a live client sees each answer as soon as it exists.
 
     client ──bytes──► decode (PCM or WebM/Opus) ──► Segmenter ──► closed segment ──► engine ──► JSON
                       └──────── one thread per connection ────────┘   (the service's workers, queue)

@@ -34,7 +34,7 @@ Each worker builds the Predictor the in-process engine builds (`predictor_option
 No process outlives the server: on shutdown `close()` ends every worker (SIGTERM, then
 SIGKILL) and the Predictor's openSMILE worker; after `kill -9` of the server each worker is
 killed by the kernel (prctl PR_SET_PDEATHSIG, with a parent-pid watchdog), and each openSMILE
-worker by the same signal armed against its own parent (issue 18, item 5).
+worker by the same signal armed against its own parent: no process outlives the server.
 """
 
 from __future__ import annotations
