@@ -73,6 +73,7 @@ def _models():
     from emofuse.models.base import get_model, model_names
 
     return [n for n in model_names() if "acoustic" in get_model(n).needs
+            and not get_model(n).fitted  # the linear probe: a logistic back-end, no network to train
             and n not in ("MV-frozen", "teacher-student", "teacher-student+attn")]  # these three need a teacher
 
 
