@@ -108,3 +108,12 @@ def atomic_dir(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def file_in_the_way(folder: str | Path) -> Path | None:
+    """The file at `folder` or above it that keeps it from being (or becoming) a folder, else None."""
+    folder = Path(folder)
+    for where in (folder, *folder.parents):
+        if where.exists():
+            return None if where.is_dir() else where
+    return None

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from emofuse.errors import ConfigError
+from emofuse.io import file_in_the_way
 
 
 def output_file(option: str, path: Path | None) -> None:
@@ -25,12 +26,10 @@ def output_folder(option: str, path: Path | None) -> None:
     """`path` can become a folder: not an existing file, nor inside one."""
     if path is None:
         return
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ConfigError(f"{option} {path}: {'is a file' if p == path else f'{p} is a file'}; "
-                                  "give a folder")
-            return
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise ConfigError(f"{option} {path}: {'is a file' if blocker == path else f'{blocker} is a file'}; "
+                          "give a folder")
 
 
 def in_range(option: str, value: float | int, low: float | None = None, high: float | None = None,

@@ -690,12 +690,12 @@ def save_config(cfg: ExperimentConfig, run_dir: Path, write: bool = True) -> Pat
 
 def check_run_dir(run_dir: Path) -> None:
     """`run_dir` is a folder or can become one: a file there (or above it) is one ConfigError."""
-    for where in (run_dir, *run_dir.parents):
-        if where.exists():
-            if not where.is_dir():
-                raise ConfigError(f"run_dir={run_dir}: {'is a file' if where == run_dir else f'{where} is a file'}, "
-                                  "not a run directory")
-            return
+    from emofuse.io import file_in_the_way
+
+    blocker = file_in_the_way(run_dir)
+    if blocker is not None:
+        raise ConfigError(f"run_dir={run_dir}: {'is a file' if blocker == run_dir else f'{blocker} is a file'}, "
+                          "not a run directory")
 
 
 def _config_only(name: str) -> bool:
