@@ -13,8 +13,9 @@ import pytest
 import soundfile as sf
 
 from emofuse.features.audio import (
-    AudioTooLong, AudioUnsupported, load_audio, load_audio_bounded, probe_audio,
+    TooLong, Unsupported, load_audio, load_audio_bounded, probe_audio,
 )
+from emofuse.serving.app import http_status
 from helpers import set_flac_total_samples, silent_flac, tone
 
 LIMIT = 120.0  # seconds: the service's default --max-seconds
@@ -42,19 +43,20 @@ def test_the_header_is_read_without_decoding(bombs):
 
 
 @pytest.mark.parametrize("bomb, refusal, status", [
-    ("hour", AudioTooLong, 413), ("ten", AudioTooLong, 413), ("one_hz", AudioUnsupported, 415),
+    ("hour", TooLong, 413), ("ten", TooLong, 413), ("one_hz", Unsupported, 415),
 ])
 def test_each_bomb_is_refused_with_its_status(bombs, bomb, refusal, status):
     with pytest.raises(refusal) as caught:
         load_audio_bounded(bombs[bomb], 16_000, max_seconds=LIMIT)
-    assert caught.value.status == status
+    assert http_status(caught.value) == status
     assert str(bombs[bomb]) in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_refusing_the_three_bombs_costs_less_than_200_mb(bombs):
     script = """
 import json, resource, sys
-from emofuse.features.audio import AudioRefused, load_audio_bounded, probe_audio
+from emofuse.features.audio import Refused, load_audio_bounded, probe_audio
+from emofuse.serving.app import http_status
 paths = sys.argv[1:]
 probe_audio(paths[0])  # the readers' own imports and buffers are not the bombs' cost
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -63,8 +65,8 @@ for path in paths:
     try:
         load_audio_bounded(path, 16000, max_seconds=120.0)
         statuses.append(200)
-    except AudioRefused as exc:
-        statuses.append(exc.status)
+    except Refused as exc:
+        statuses.append(http_status(exc))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"statuses": statuses, "grew_mb": (after - before) / 1024}))
 """
@@ -82,9 +84,9 @@ def test_a_stream_whose_header_gives_no_length_is_stopped_while_decoding(tmp_pat
     stream = silent_flac(tmp_path / "stream.flac", 180, sr=16_000, channels=1)
     set_flac_total_samples(stream, 0)
     assert probe_audio(stream).duration is None
-    with pytest.raises(AudioTooLong, match="more than 120 s decoded") as caught:
+    with pytest.raises(TooLong, match="more than 120 s decoded") as caught:
         load_audio_bounded(stream, 16_000, max_seconds=LIMIT)
-    assert caught.value.status == 413
+    assert http_status(caught.value) == 413
     # The same stream within the limit is read whole.
     assert load_audio_bounded(stream, 16_000, max_seconds=200.0).size == 180 * 16_000
 
@@ -102,7 +104,7 @@ def test_a_wav_header_that_declares_no_samples_is_stopped_while_decoding(tmp_pat
 
     header = probe_audio(path)
     assert header.reader == "pyav"
-    with pytest.raises(AudioTooLong, match="more than 2 s decoded"):
+    with pytest.raises(TooLong, match="more than 2 s decoded"):
         decode_bounded(path, header, max_seconds=2.0)
     assert decode_bounded(path, header, max_seconds=10.0).size == 5 * 16_000
 
@@ -113,9 +115,9 @@ def test_a_wav_header_that_declares_no_samples_is_stopped_while_decoding(tmp_pat
 def test_rates_and_channel_counts_out_of_bounds_are_unsupported(tmp_path, rate, channels, problem):
     path = tmp_path / "odd.wav"
     sf.write(str(path), np.zeros((rate // 10, channels), np.int16), rate, subtype="PCM_16")
-    with pytest.raises(AudioUnsupported, match=problem) as caught:
+    with pytest.raises(Unsupported, match=problem) as caught:
         load_audio_bounded(path, 16_000, max_seconds=LIMIT)
-    assert caught.value.status == 415
+    assert http_status(caught.value) == 415
 
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg"])
@@ -171,7 +173,7 @@ def test_a_playlist_upload_is_unsupported_and_the_file_it_names_is_never_opened(
     playlist = _playlists(tmp_path)[kind]
     finished, refusal = _run_beside_a_fifo(tmp_path / "secret.fifo", lambda: probe_audio(playlist))
     assert finished, f"probing {playlist.name} opened the file it names"
-    assert isinstance(refusal, AudioUnsupported) and refusal.status == 415
+    assert isinstance(refusal, Unsupported) and http_status(refusal) == 415
     assert str(refusal).startswith(str(playlist))
     assert f"this '{playlist.suffix}' file is not a speech container (send one of: wav," in str(refusal)
     assert "\n" not in str(refusal)
@@ -186,7 +188,7 @@ def test_a_refused_container_is_named_without_turning_ffmpeg_logging_on(tmp_path
     monkeypatch.setattr(av.logging, "set_level", never)
     monkeypatch.setattr(av.logging, "Capture", never)
     playlist = _playlists(tmp_path)["hls"]
-    with pytest.raises(AudioUnsupported, match="not an audio file that is decoded here: this '.m3u8' file"):
+    with pytest.raises(Unsupported, match="not an audio file that is decoded here: this '.m3u8' file"):
         probe_audio(playlist)
 
 
@@ -367,9 +369,9 @@ def test_an_alac_bomb_is_refused_from_its_header_by_every_decoder(alac, name):
 
     for read in (probe_audio, lambda p: decode_bounded(p, AudioHeader(4000, 8, 1.0, "pyav"), LIMIT),
                  lambda p: load_audio(p, 16_000)):
-        with pytest.raises(AudioUnsupported) as caught:
+        with pytest.raises(Unsupported) as caught:
             read(alac[name])
-        assert str(caught.value) == f"{alac[name]}: {REFUSAL}" and caught.value.status == 415
+        assert str(caught.value) == f"{alac[name]}: {REFUSAL}" and http_status(caught.value) == 415
 
 
 @pytest.mark.parametrize("name", ["honest.m4a", "honest.mkv"])

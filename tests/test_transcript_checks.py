@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from emofuse.inference.predictor import MAX_WORD_CHARS, TranscriptTooLong, check_transcript_size
+from emofuse.serving.app import http_status
 from helpers import STATEMENT_1, STATEMENT_2, ravdess_files, registry_model_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +29,7 @@ def test_a_transcript_is_bounded_by_the_length_of_its_audio():
 def test_the_refusal_names_the_file_and_is_a_422():
     with pytest.raises(TranscriptTooLong) as info:
         check_transcript_size("x " * 1000, 1.0, "meeting.wav")
-    assert str(info.value).startswith("meeting.wav: ") and info.value.status == 422
+    assert str(info.value).startswith("meeting.wav: ") and http_status(info.value) == 422
 
 
 @pytest.fixture(scope="module")

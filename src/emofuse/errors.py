@@ -1,4 +1,24 @@
-"""Errors a user can act on: each names the file (when there is one) and the problem."""
+"""Errors a user can act on: each names the file (when there is one) and the problem.
+
+Every layer raises these types and nothing else for the outcomes a caller must tell apart;
+no layer below `emofuse.serving` knows HTTP. The service maps each type to its status code in
+one table (`emofuse.serving.app.HTTP_STATUS`); the CLI prints any of them as one line.
+
+    EmofuseError
+    ├── DataError             a file that cannot be used as it is (names it)
+    │   └── Refused           input refused before or while it is used: the request's own fault
+    │       ├── TooLong       longer than the caller's limit
+    │       ├── Unsupported   not audio we decode: a sample rate, channel count or codec outside the bounds
+    │       └── UnusableInput decodes, but gives no answer worth trusting
+    │           ├── NoSpeech            the speech detector finds no speech
+    │           ├── TranscriptMismatch  the transcript cannot be aligned to the recording
+    │           └── TranscriptTooLong   more words, or longer ones, than the recording could hold
+    ├── LabelError, ConfigError
+    └── JobFailed             a job that never got its answer, for a reason outside its input
+        ├── JobTimedOut       no progress within the per-job limit; its worker was replaced
+        ├── WorkerCrashed     its worker process died on it; a new worker was started
+        └── WorkersStopped    the pool gave up (too many crashes) or is shutting down
+"""
 
 from __future__ import annotations
 
@@ -18,9 +38,55 @@ class DataError(EmofuseError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+class Refused(DataError):
+    """Input refused before (or while) it is decoded or used: sending it again cannot help."""
+
+
+class TooLong(Refused):
+    """Audio longer than the caller's limit (or than a bounded decoder may produce)."""
+
+
+class Unsupported(Refused):
+    """A sample rate, channel count, codec or container outside what is decoded; no audio stream;
+    not audio at all."""
+
+
+class UnusableInput(Refused):
+    """A recording (and transcript) that decodes but cannot give an answer worth trusting."""
+
+
+class NoSpeech(UnusableInput):
+    """The recording holds no speech: any emotion would be a guess on silence or noise."""
+
+
+class TranscriptMismatch(UnusableInput):
+    """The transcript cannot be aligned to the recording: it is likely not what was said."""
+
+
+class TranscriptTooLong(UnusableInput):
+    """The transcript holds more words, or longer ones, than the recording could."""
+
+
 class LabelError(EmofuseError):
     """A label that the chosen label set does not know."""
 
 
 class ConfigError(EmofuseError):
     """An experiment config key or value that is not valid."""
+
+
+class JobFailed(EmofuseError):
+    """A job that got no answer for a reason outside its own input. The message is the line a
+    client may read: it names no server path, pid or other client's file."""
+
+
+class JobTimedOut(JobFailed):
+    """The job made no progress within the per-job limit; its worker was killed and replaced."""
+
+
+class WorkerCrashed(JobFailed):
+    """The worker process died while on the job (the OOM killer, a crash in a native library)."""
+
+
+class WorkersStopped(JobFailed):
+    """The pool takes no more jobs: it gave up after too many crashes, or it is shutting down."""

@@ -117,14 +117,14 @@ def _refused_by_header(files) -> list:
     4-192 kHz, too many channels: `features.audio.check_audio_header`), read without decoding: a
     1 Hz WAV's 20000 samples would otherwise be decoded and segmented as 20000 s of audio.
     Unreadable files are left to the decoder, which says why."""
-    from emofuse.features.audio import AudioRefused, check_audio_header, probe_audio
+    from emofuse.features.audio import Refused, check_audio_header, probe_audio
     from emofuse.inference.predictor import PredictionError
 
     refused = []
     for path in files:
         try:
             check_audio_header(path, probe_audio(path), None)
-        except AudioRefused as exc:
+        except Refused as exc:
             refused.append(PredictionError(str(path), str(exc)))
         except EmofuseError:
             pass

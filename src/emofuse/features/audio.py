@@ -32,7 +32,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from emofuse.corpora.base import Utterance
-from emofuse.errors import DataError
+from emofuse.errors import DataError, Refused, TooLong, Unsupported  # noqa: F401 -- Refused: callers catch it from here
 
 
 def resample(y: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -151,24 +151,6 @@ SPEECH_CONTAINERS = ("wav", "w64", "flac", "ogg", "mp3", "mov", "matroska", "aac
 _UNTRUSTED_OPEN = {"protocol_whitelist": "file", "format_whitelist": ",".join(SPEECH_CONTAINERS)}
 
 
-class AudioRefused(DataError):
-    """Audio refused before (or while) decoding; `status` is the HTTP status a service answers."""
-
-    status = 422
-
-
-class AudioTooLong(AudioRefused):
-    """Longer than the caller's limit (413 Payload Too Large)."""
-
-    status = 413
-
-
-class AudioUnsupported(AudioRefused):
-    """A sample rate or channel count outside what is decoded, or no audio stream (415)."""
-
-    status = 415
-
-
 @dataclass(frozen=True)
 class AudioHeader:
     """What a file says about itself, read without decoding."""
@@ -181,7 +163,7 @@ class AudioHeader:
 
 def open_untrusted(path, format: str | None = None, options: dict | None = None):
     """A PyAV input container for an untrusted file: read through the `file` protocol only and
-    demuxed only as one of SPEECH_CONTAINERS; AudioUnsupported (415) for any other format, and
+    demuxed only as one of SPEECH_CONTAINERS; Unsupported for any other format, and
     for an audio stream whose header declares frames over MAX_FRAME_SAMPLES (`guard_decoder`).
     `path` may be a file object (a live stream), which `format` then names; `options` are
     FFmpeg's (probesize, ...). Every frame decoded from it is bounded as `guard_decoder` says.
@@ -198,10 +180,10 @@ def open_untrusted(path, format: str | None = None, options: dict | None = None)
                             options={**(options or {}), **_DECODER_LIMITS})  # the limit holds while FFmpeg probes
     except av.error.ArgumentError:  # off the whitelist (or a listed demuxer's EINVAL: not audio either)
         suffix = Path(path).suffix.lower() if named else ""
-        raise AudioUnsupported(path, _not_accepted(f"this {suffix!r} file" if suffix else "this file")) from None
+        raise Unsupported(path, _not_accepted(f"this {suffix!r} file" if suffix else "this file")) from None
     try:
         if not set(container.format.name.split(",")) & set(SPEECH_CONTAINERS):  # FFmpeg checks this already
-            raise AudioUnsupported(path, _not_accepted(f"container format {container.format.name!r}"))
+            raise Unsupported(path, _not_accepted(f"container format {container.format.name!r}"))
         for stream in container.streams.audio:
             guard_decoder(path, stream)
     except BaseException:
@@ -225,7 +207,7 @@ def _declared_frame(codec_context) -> tuple[int, int]:
 
 def guard_decoder(path, stream) -> None:
     """Bound every frame `stream`'s decoder makes to MAX_FRAME_SAMPLES, before it allocates one:
-    AudioUnsupported (415) now when the header declares larger frames, and libavcodec's
+    Unsupported now when the header declares larger frames, and libavcodec's
     `max_samples` for codecs whose frame size only the packets say (the decoder then fails that
     packet with EINVAL, a DataError where it is decoded). Call before the first decode."""
     codec_context = stream.codec_context
@@ -233,7 +215,7 @@ def guard_decoder(path, stream) -> None:
         return
     samples, channels = _declared_frame(codec_context)
     if samples * max(channels, 1) > MAX_FRAME_SAMPLES:
-        raise AudioUnsupported(path, f"{codec_context.name.upper()} frames of {samples} samples x {channels} "
+        raise Unsupported(path, f"{codec_context.name.upper()} frames of {samples} samples x {channels} "
                                      f"channels: over the limit of {MAX_FRAME_SAMPLES} samples per decoded frame")
     codec_context.options = {**codec_context.options, **_DECODER_LIMITS}
 
@@ -269,7 +251,7 @@ def probe_audio(path: str | Path) -> AudioHeader:
     try:
         with open_untrusted(path) as container:
             if not container.streams.audio:
-                raise AudioUnsupported(path, "the file holds no audio stream")
+                raise Unsupported(path, "the file holds no audio stream")
             stream = container.streams.audio[0]
             rate = int(stream.codec_context.sample_rate or stream.rate or 0)
             channels = int(stream.codec_context.channels or 0)
@@ -287,19 +269,19 @@ def probe_audio(path: str | Path) -> AudioHeader:
 
 
 def check_audio_header(path: str | Path, header: AudioHeader, max_seconds: float | None) -> None:
-    """Refuse, before decoding, a rate outside 4-192 kHz, more than 8 channels (AudioUnsupported)
-    or a declared duration over `max_seconds` (AudioTooLong)."""
+    """Refuse, before decoding, a rate outside 4-192 kHz, more than 8 channels (Unsupported)
+    or a declared duration over `max_seconds` (TooLong)."""
     if not MIN_RATE <= header.sample_rate <= MAX_RATE:
-        raise AudioUnsupported(path, f"sample rate {header.sample_rate} Hz is outside "
+        raise Unsupported(path, f"sample rate {header.sample_rate} Hz is outside "
                                      f"{MIN_RATE // 1000}-{MAX_RATE // 1000} kHz")
     if not 1 <= header.channels <= MAX_CHANNELS:
-        raise AudioUnsupported(path, f"{header.channels} channels: at most {MAX_CHANNELS} are decoded")
+        raise Unsupported(path, f"{header.channels} channels: at most {MAX_CHANNELS} are decoded")
     if max_seconds is not None and header.duration is not None and header.duration > max_seconds:
-        raise AudioTooLong(path, f"the recording is {header.duration:.1f} s long; the limit is {max_seconds:g} s")
+        raise TooLong(path, f"the recording is {header.duration:.1f} s long; the limit is {max_seconds:g} s")
 
 
 def decode_bounded(path: str | Path, header: AudioHeader, max_seconds: float | None) -> np.ndarray:
-    """float32 mono samples at the header's rate, decoded block by block; AudioTooLong as soon as
+    """float32 mono samples at the header's rate, decoded block by block; TooLong as soon as
     more than `max_seconds` have been decoded, whatever the header said."""
     path = Path(path)
     limit = None if max_seconds is None else int(ceil(max_seconds * header.sample_rate))
@@ -310,7 +292,7 @@ def decode_bounded(path: str | Path, header: AudioHeader, max_seconds: float | N
         nonlocal decoded
         decoded += block.size
         if limit is not None and decoded > limit:
-            raise AudioTooLong(path, f"more than {max_seconds:g} s decoded (the limit); the header "
+            raise TooLong(path, f"more than {max_seconds:g} s decoded (the limit); the header "
                                      f"declared {'no length' if header.duration is None else f'{header.duration:.1f} s'}")
         chunks.append(block)
 
@@ -350,7 +332,7 @@ def load_audio_bounded(path: str | Path, sr: int = 16000, max_seconds: float | N
     """float32 mono samples at `sr` Hz of an untrusted file, refused before decoding when its
     header is out of bounds and while decoding when it runs past `max_seconds`.
 
-    AudioTooLong (status 413), AudioUnsupported (415), DataError for anything unreadable."""
+    TooLong, Unsupported, DataError for anything unreadable."""
     header = probe_audio(path)
     check_audio_header(path, header, max_seconds)
     return resample(decode_bounded(path, header, max_seconds), header.sample_rate, sr)

@@ -40,7 +40,7 @@ Broken inputs get an error or a plain warning, never a silent confident answer:
 - clipped audio (over `CLIPPED_SHARE` of its samples at full scale) is predicted with a
   warning in `Prediction.warnings`;
 - probabilities that are not finite are an error, never NaN or null in the output.
-Both errors carry `status` 422 for the service.
+Both are `UnusableInput` errors (`emofuse.errors`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from emofuse.align import check_asr, make_recogniser
-from emofuse.errors import DataError
+from emofuse.errors import DataError, NoSpeech, TranscriptMismatch, TranscriptTooLong, UnusableInput  # noqa: F401 -- callers catch them from here
 from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.features.normalise import Normalisation
 from emofuse.features.spans import trim, truncate
@@ -107,24 +107,6 @@ FRAME_MAPS = {"frame_attention": "attention over frames (B-ACO-1 + attention, Ag
 # worker process computes the frames while this process aligns and encodes the words.
 _WORKER_FRAME = None
 FRAMES_TIMEOUT = 120.0  # seconds before a silent worker is given up (its frames are computed here)
-
-
-class UnusableInput(DataError):
-    """A recording (and transcript) that decodes but cannot give an answer worth trusting."""
-
-    status = 422  # the service's answer (Unprocessable Content)
-
-
-class NoSpeech(UnusableInput):
-    """The recording holds no speech: any emotion would be a guess on silence."""
-
-
-class TranscriptMismatch(UnusableInput):
-    """The transcript cannot be aligned to the recording: it is likely not what was said."""
-
-
-class TranscriptTooLong(UnusableInput):
-    """The transcript holds more words, or longer ones, than the recording could."""
 
 
 MAX_WORDS_PER_SECOND = 10  # fast speech is ~4-5 words a second; twice that and more is not a transcript of it

@@ -47,7 +47,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
-from emofuse.errors import ConfigError, DataError
+from emofuse.errors import (ConfigError, DataError, JobTimedOut, Refused, TooLong, UnusableInput, Unsupported,
+                            WorkerCrashed, WorkersStopped)
 from emofuse.serving.workers import (DEFAULT_JOB_TIMEOUT, NOT_AUDIO, Admission, InProcessEngine, Job, ProcessEngine,
                                      WorkersBroken, too_long_note)
 
@@ -55,6 +56,25 @@ STATIC = Path(__file__).parent / "static"
 # Room for the multipart framing and the transcript field next to the file itself.
 FORM_OVERHEAD = 64 * 1024
 DEFAULT_QUEUE_PER_WORKER = 4  # --max-queue default: requests waiting per worker before 503
+# The one place an outcome becomes an HTTP status; the most specific type listed wins.
+HTTP_STATUS = {
+    TooLong: 413,  # Payload Too Large
+    Unsupported: 415,  # Unsupported Media Type
+    UnusableInput: 422,  # Unprocessable Content
+    Refused: 422,
+    DataError: 422,
+    WorkerCrashed: 500,
+    WorkersStopped: 503,
+    JobTimedOut: 504,
+}
+
+
+def http_status(exc: BaseException) -> int:
+    """The status a client reads for `exc`: its nearest type in HTTP_STATUS, else 500."""
+    for kind in type(exc).__mro__:
+        if kind in HTTP_STATUS:
+            return HTTP_STATUS[kind]
+    return 500
 
 
 class UploadLimit:
@@ -139,17 +159,17 @@ def probe_upload(path: str, name: str, max_seconds: float, whole_seconds: float 
     HTTPException 415 for a rate, channel count or container that is not decoded, 413 for a
     declared duration over the limit. `whole_seconds`: the limit for files that cannot be read
     in blocks (only soundfile's containers are predicted per segment)."""
-    from emofuse.features.audio import AudioRefused, check_audio_header, probe_audio
+    from emofuse.features.audio import Refused, check_audio_header, probe_audio
 
     limit = max_seconds
     try:
         header = probe_audio(path)
         limit = max_seconds if header.reader == "soundfile" or whole_seconds is None else min(max_seconds, whole_seconds)
         check_audio_header(path, header, limit)
-    except AudioRefused as exc:
+    except Refused as exc:
         problem = NOT_AUDIO if "no audio stream" in exc.problem else exc.problem
-        suffix = too_long_note(max_seconds, limit) if exc.status == 413 else ""
-        raise HTTPException(status_code=exc.status, detail=f"{name}: {problem}{suffix}") from None
+        suffix = too_long_note(max_seconds, limit) if isinstance(exc, TooLong) else ""
+        raise HTTPException(status_code=http_status(exc), detail=f"{name}: {problem}{suffix}") from None
     except DataError:
         raise HTTPException(status_code=415, detail=f"{name}: {NOT_AUDIO}") from None
     return header, limit

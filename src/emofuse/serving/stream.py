@@ -172,12 +172,12 @@ class LiveSegments:
     def _webm(self):
         import av
 
-        from emofuse.features.audio import AudioRefused, open_untrusted
+        from emofuse.features.audio import Refused, open_untrusted
 
         try:  # decoded frames bounded as an upload's are (features.audio.guard_decoder)
             container = open_untrusted(_ByteFeed(self.chunks), format="matroska",
                                        options={"probesize": "4096", "analyzeduration": "0"})
-        except AudioRefused as err:
+        except Refused as err:
             raise StreamClosed(1007, err.problem) from None
         except Exception as err:  # PyAV's errors say what the demuxer found
             raise StreamClosed(1007, f"not WebM/Opus audio: {err}") from None

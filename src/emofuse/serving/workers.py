@@ -101,7 +101,7 @@ def run_job(predictor, job: Job, progress=None) -> dict:
     """{"status": 200, "body": prediction JSON} or {"status": 4xx, "detail": one line}.
     progress(seconds_done, seconds_total): called after each batch of a recording predicted per segment."""
     from emofuse.errors import DataError
-    from emofuse.features.audio import AudioHeader, AudioRefused, decode_bounded, resample
+    from emofuse.features.audio import AudioHeader, Refused, TooLong, decode_bounded, resample
     from emofuse.inference.long import without_paths
     from emofuse.inference.predictor import SAMPLE_RATE
 
@@ -126,8 +126,10 @@ def run_job(predictor, job: Job, progress=None) -> dict:
         else:
             audio = resample(decode_bounded(job.path, header, job.max_seconds), job.sample_rate, SAMPLE_RATE)
             prediction = predictor.predict_audio(audio, job.transcript, label=job.name)
-    except AudioRefused as exc:
-        return _error(exc.status, job.name, exc.problem + (job.too_long_note if exc.status == 413 else ""))
+    except Refused as exc:
+        from emofuse.serving.app import http_status
+
+        return _error(http_status(exc), job.name, exc.problem + (job.too_long_note if isinstance(exc, TooLong) else ""))
     except DataError as exc:
         if any(p in exc.problem for p in UNDECODABLE):
             return _error(415, job.name, NOT_AUDIO)
