@@ -58,7 +58,7 @@ def test_a_size_whose_zero_means_derived_may_be_zero(tmp_path):
 
 
 def test_every_shipped_config_is_within_range():
-    configs = sorted((ROOT / "configs").rglob("*.yaml"))
+    configs = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not p.name.startswith("_"))  # not bases
     assert configs
     for path in configs:
         try:

@@ -18,8 +18,11 @@ from emofuse.models.base import get_model
 from emofuse.training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-RAVDESS4 = sorted((ROOT / "configs" / "ravdess4").rglob("*.yaml"))
+# A file whose name starts with "_" is a base the configs of its folder name in `defaults:`, not an
+# experiment: it is checked for machine paths as text, never loaded or trained on its own.
+BASES = sorted(p for p in (ROOT / "configs").rglob("_*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p not in BASES)
+RAVDESS4 = sorted(p for p in (ROOT / "configs" / "ravdess4").rglob("*.yaml") if p not in BASES)
 # Environment variables the configs may read; unset here, so that their defaults resolve.
 DATA_VARIABLES = ("EMOFUSE_DATA", "IEMOCAP", "MOSEI", "MELD")
 # A value naming a path from the root of one machine: /tmp/x, ~/x, C:\x.
@@ -59,12 +62,14 @@ def resolved_with_defaults(path: Path):
 
 
 def machine_paths(path: Path) -> list[str]:
-    """Absolute paths a config names other than through an environment variable, one line each."""
-    problems = []
-    cfg = resolved_with_defaults(path)
-    resolved = [(f"data.{key}", getattr(cfg.data, key)) for key in ("manifest", "path", "store")]
-    resolved += [("run_dir", cfg.run_dir)]
-    resolved += [(f"model.{key}", value) for key, value in cfg.model_settings.items() if isinstance(value, str)]
+    """Absolute paths a config names other than through an environment variable, one line each
+    (a base file: in its text only)."""
+    problems, resolved = [], []
+    if path not in BASES:
+        cfg = resolved_with_defaults(path)
+        resolved = [(f"data.{key}", getattr(cfg.data, key)) for key in ("manifest", "path", "store")]
+        resolved += [("run_dir", cfg.run_dir)]
+        resolved += [(f"model.{key}", value) for key, value in cfg.model_settings.items() if isinstance(value, str)]
     for key, value in resolved:
         if value is not None and ABSOLUTE.match(str(value).removeprefix("glove-file:")):
             problems.append(f"{key} resolves to the absolute path {value}")
@@ -78,12 +83,12 @@ def machine_paths(path: Path) -> list[str]:
 
 
 def test_there_are_configs_to_check():
-    assert len(CONFIGS) >= 60
+    assert len(CONFIGS) >= 60 and {label(p) for p in BASES} >= {"ravdess4/_base", "ravdess8/_base"}
     recipes = {f"ravdess4/recipe-r/{row}" for row in ("b-aco-1", "h-mm-4", "teacher-student", "fgcme")}
     assert recipes <= {label(p) for p in RAVDESS4}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=label)
+@pytest.mark.parametrize("path", CONFIGS + BASES, ids=label)
 def test_every_config_resolves_without_a_machine_specific_path(path):
     assert machine_paths(path) == [], label(path)
 
@@ -92,7 +97,8 @@ def test_a_store_under_tmp_is_caught(tmp_path):
     shipped = (ROOT / "configs" / "ravdess4" / "b-aco-1.yaml").read_text(encoding="utf-8")
     bad = tmp_path / "ravdess4" / "bad.yaml"
     bad.parent.mkdir()
-    bad.write_text(shipped.replace("store: features/ravdess", "store: /tmp/emofuse-features/ravdess"))
+    bad.write_text(shipped.replace("data:\n", "data:\n  store: /tmp/emofuse-features/ravdess\n", 1))
+    (tmp_path / "ravdess4" / "_base.yaml").write_text((ROOT / "configs" / "ravdess4" / "_base.yaml").read_text())
     problems = machine_paths(bad)
     assert "data.store resolves to the absolute path /tmp/emofuse-features/ravdess" in problems
     assert any(p.startswith("line ") and p.endswith("/tmp/emofuse-features/ravdess") for p in problems)

@@ -415,7 +415,9 @@ def key_table(cls: type) -> str:
 def _yaml_scalar(value: Any) -> str:
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
-    return repr(value).replace("e-0", "e-") if isinstance(value, float) else str(value)
+    if isinstance(value, float) and 0 < abs(value) < 1e-3:  # 1e-4, as configs write it, not 0.0001
+        return re.sub(r"\.?0*e-0*", "e-", f"{value:e}")
+    return str(value)
 
 
 TABLES = {"top level": ExperimentConfig, **SECTIONS}
