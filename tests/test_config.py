@@ -175,7 +175,7 @@ def test_a_refused_key_names_the_file_that_set_it(tmp_path):
     path = write(tmp_path, "defaults: [_base.yaml]\nmodel: {name: B-ACO-1}\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert str(caught.value).startswith(f"{base}: unknown config key protocol.folds; valid protocol keys: name, k")
+    assert str(caught.value).startswith(f"{base}: unknown config key 'protocol.folds'; valid protocol keys: name, k")
     write(tmp_path, BASE, name="_base")
     with pytest.raises(ConfigError) as caught:
         load_config(path, ["trainer.max_epochs=many"])

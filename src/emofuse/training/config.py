@@ -227,7 +227,7 @@ def _refusal(exc: ValidationError, prefix: tuple = ()) -> KeyRefused:
     if errors[0]["type"] == "unexpected_keyword_argument":
         section = key.split(".")[0] if "." in key else ""
         valid = ", ".join(f.name for f in fields(SECTIONS[section] if section else ExperimentConfig))
-        return KeyRefused(key, f"unknown config key {key}; valid{f' {section}' if section else ''} keys: {valid}")
+        return KeyRefused(key, f"unknown config key {key!r}; valid{f' {section}' if section else ''} keys: {valid}")
     expected = list(dict.fromkeys(
         _EXPECTED.get(e["type"].split("_")[0], e["msg"]) for e in errors if _key((*prefix, *e["loc"])) == key))
     return KeyRefused(key, f"{key}={errors[0]['input']!r}: expected {' or '.join(expected)}")
