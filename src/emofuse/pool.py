@@ -100,10 +100,13 @@ class Ready:
 
 
 # ------------------------------------------------------------------ inside a worker
-def _worker_main(conn, setup: Callable, args: tuple, handle: Callable, parent_pid: int) -> None:
+def _worker_main(conn, setup: Callable, args: tuple, handle: Callable, parent_pid: int, parents_end=None) -> None:
     """A worker process: run `setup(*args)` once, say so, then answer jobs from `conn` one at a
     time until None or EOF. Messages are pickled between two processes of the same program
-    (nothing from a client is unpickled)."""
+    (nothing from a client is unpickled). parents_end: the parent's end of the pipe, which a
+    forked worker inherits and drops."""
+    if parents_end is not None:
+        parents_end.close()
     exit_with_parent(parent_pid)  # armed before setup: a dead parent loads nothing
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     worker_pid = os.getpid()
@@ -183,8 +186,9 @@ class _Worker:
         self.conn, child = context.Pipe()
         # not a daemon: daemonic processes may not start children (the Predictor forks its
         # openSMILE worker); close() ends it instead
-        self.process = context.Process(target=_worker_main, args=(child, setup, args, handle, os.getpid()),
-                                       name=f"emofuse-{name}-worker")
+        forked = context.get_start_method() == "fork"  # (a spawned worker gets only what is passed)
+        self.process = context.Process(target=_worker_main, name=f"emofuse-{name}-worker",
+                                       args=(child, setup, args, handle, os.getpid(), self.conn if forked else None))
         self.process.start()
         child.close()  # only the worker holds its end (its forks drop theirs: `_worker_main`)
         self.pid = self.process.pid
