@@ -614,3 +614,31 @@ def hanging_answer(predictor, job, progress):
         (Path(tempfile.gettempdir()) / f"{job.name}.reached").write_text(str(os.getpid()))
         time.sleep(24 * 3600)
     return answer_job(predictor, job, progress)
+
+
+def hanging_chunk(cache_dir: str, jobs, progress):
+    """`extract._run_chunk` for tests: the chunk holding utterance u2 sleeps a day on its worker
+    (after writing the worker's pid to CACHE_DIR/hang.reached); any other is extracted."""
+    import os
+
+    from emofuse.features.store.extract import run_jobs
+
+    if any(job.utt["id"] == "u2" for job in jobs):
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cache_dir) / "hang.reached").write_text(str(os.getpid()))
+        time.sleep(24 * 3600)
+    return run_jobs(jobs, cache_dir)
+
+
+def hanging_batch(predictor, chunk, progress):
+    """`folder._predict_batch` for tests: a batch holding a file named hangs*.wav sleeps a day on
+    its worker (after writing the worker's pid beside it, as .reached); any other is predicted."""
+    import os
+
+    from emofuse.inference.folder import _predict_batch
+
+    for _, (path, _transcript) in chunk:
+        if Path(path).name.startswith("hangs"):
+            Path(path).with_suffix(".reached").write_text(str(os.getpid()))
+            time.sleep(24 * 3600)
+    return _predict_batch(predictor, chunk, progress)
