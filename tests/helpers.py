@@ -530,6 +530,17 @@ class ServeProcess:
         self.stop()
 
 
+def until(condition, seconds: float, step: float = 0.05):
+    """`condition()`'s first true value within `seconds`, else its last value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    return condition()
+
+
 def reaped(pid: int) -> bool:
     """Whether `pid` is gone from the process table: ended and reaped, not left a zombie."""
     return not Path(f"/proc/{pid}").exists()

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from helpers import alive, failing_setup, forking_setup, pool_handle, pool_setup, reaped
+from helpers import alive, failing_setup, forking_setup, pool_handle, pool_setup, reaped, until
 
 from emofuse import pool as pool_module
 from emofuse.errors import DataError, JobTimedOut, WorkerCrashed, WorkersStopped
@@ -25,30 +25,20 @@ from emofuse.pool import Pool
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux /proc")
 
 
-def _until(condition, seconds: float, step: float = 0.05):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return condition()
-
-
 def _hanging_pid(mark: Path) -> int:
     """The pid of the worker that took a ("hang", mark) job, once it has it."""
-    assert _until(lambda: mark.exists() and mark.read_text(), 60), "the job never reached a worker"
+    assert until(lambda: mark.exists() and mark.read_text(), 60), "the job never reached a worker"
     return int(mark.read_text())
 
 
-def _zombie_children() -> list[int]:
+def _our_children(zombies_only: bool = False) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         try:
             state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
         except (OSError, ValueError, IndexError):
             continue
-        if state == "Z" and int(ppid) == os.getpid():
+        if int(ppid) == os.getpid() and (state == "Z" or not zombies_only):
             found.append(int(entry.name))
     return found
 
@@ -66,7 +56,7 @@ def test_a_killed_workers_job_fails_alone_and_every_other_job_finishes(tmp_path)
         assert line.startswith("victim.wav: the test worker died while on this job (killed by SIGKILL")
         assert str(killed) not in line and "\n" not in line
         assert [f.result(60) for f in others] == [("state", k) for k in range(6)]
-        assert _until(lambda: pool.restarts == 1, 60) and killed not in pool.pids and reaped(killed)
+        assert until(lambda: pool.restarts == 1, 60) and killed not in pool.pids and reaped(killed)
         assert pool.submit(("echo", "after"), "after.wav").result(60) == ("state", "after")
 
 
@@ -80,7 +70,7 @@ def test_a_silent_job_times_out_and_its_worker_is_killed_reaped_and_replaced(tmp
         assert 1 <= time.monotonic() - started < 60
         hung = int(mark.read_text())
         assert reaped(hung), "the killed worker is left a zombie"
-        assert _zombie_children() == []
+        assert _our_children(zombies_only=True) == []
         fresh = pool.submit(("pid",), "next.wav").result(60)
         assert fresh != hung and pool.timeouts == 1 and pool.restarts == 1
 
@@ -103,23 +93,11 @@ def test_what_a_job_raises_is_its_answer_and_the_worker_serves_on():
 
 
 def test_a_setup_error_is_raised_as_itself_and_leaves_no_worker():
-    before = set(_children_pids())
+    before = set(_our_children())
     with pytest.raises(DataError, match="model.json is missing") as raised:
         Pool(failing_setup, pool_handle, (), 2)
     assert raised.value.path == "/srv/emofuse/models/secret-model"
-    assert _until(lambda: not set(_children_pids()) - before, 10)
-
-
-def _children_pids() -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, ValueError, IndexError):
-            continue
-        if int(ppid) == os.getpid():
-            found.append(int(entry.name))
-    return found
+    assert until(lambda: not set(_our_children()) - before, 10)
 
 
 def test_close_ends_every_worker_and_the_children_they_reported():
@@ -129,7 +107,7 @@ def test_close_ends_every_worker_and_the_children_they_reported():
     assert all(alive(pid) for pid in workers + forked)
     pool.close()
     assert all(reaped(pid) for pid in workers)  # ended and reaped by close() itself
-    assert _until(lambda: not any(alive(pid) for pid in forked), 10)
+    assert until(lambda: not any(alive(pid) for pid in forked), 10)
     with pytest.raises(WorkersStopped, match="^late.wav: the pool is shutting down$"):
         pool.submit(("pid",), "late.wav").result(10)
 
@@ -140,7 +118,7 @@ def test_a_timed_out_worker_takes_its_children_with_it(tmp_path):
         child = pool.info[0]["child"]
         with pytest.raises(JobTimedOut):
             pool.submit(("hang", str(mark)), "stuck.wav").result(60)
-        assert _until(lambda: not alive(child), 10)
+        assert until(lambda: not alive(child), 10)
 
 
 def test_the_workers_exit_with_their_parent():
@@ -155,7 +133,7 @@ def test_the_workers_exit_with_their_parent():
         assert len(workers) == 2 and all(alive(p) for p in workers)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        assert _until(lambda: not any(alive(p) for p in workers), 5), "workers outlived their parent by 5 s"
+        assert until(lambda: not any(alive(p) for p in workers), 5), "workers outlived their parent by 5 s"
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -174,7 +152,7 @@ def test_the_pool_gives_up_after_more_crashes_than_allowed(tmp_path, monkeypatch
             os.kill(_hanging_pid(mark), signal.SIGKILL)
             with pytest.raises(WorkerCrashed):
                 job.result(60)
-        assert _until(lambda: pool.broken, 60)
+        assert until(lambda: pool.broken, 60)
         assert pool.broken_reason == "2 worker crashes within 60 s"
         with pytest.raises(WorkersStopped, match=r"^next.wav: the test workers stopped \(2 worker crashes within 60 s\); "
                                                  "the run needs a restart$"):
@@ -244,7 +222,7 @@ def test_close_during_a_restart_starts_no_more_workers(monkeypatch):
     replaced = []
     restart = threading.Thread(target=lambda: replaced.append(pool._replace(0, "worker 1 died")))
     restart.start()
-    assert _until(lambda: len(_FakeWorker.started) == 2, 10)  # the first fake and its replacement
+    assert until(lambda: len(_FakeWorker.started) == 2, 10)  # the first fake and its replacement
     pool.close()
     closed.set()
     restart.join(10)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from helpers import ServeProcess, alive, exited_child, hanging_answer, reaped, registry_model_dir, tone
+from helpers import ServeProcess, alive, exited_child, hanging_answer, reaped, registry_model_dir, tone, until
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +28,6 @@ def clip(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("serve-restart-audio") / "tone.wav"
     sf.write(str(path), tone(1.0), 16000)
     return path
-
-
-def _until(condition, seconds: float, step: float = 0.1):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return condition()
 
 
 def _hanging_copy(clip: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -59,7 +49,7 @@ def test_a_worker_killed_mid_request_is_restarted_and_its_request_answered_in_on
         caller = threading.Thread(target=lambda: answers.append(server.post(hang)))
         caller.start()
         # killed only once the job is on the worker (it says so from inside), however slow the machine
-        assert _until(reached.exists, 120)
+        assert until(reached.exists, 120)
         reached.unlink()
         os.kill(dead, signal.SIGKILL)  # as the OOM killer would
         caller.join(timeout=120)
@@ -79,13 +69,13 @@ def test_a_worker_killed_mid_request_is_restarted_and_its_request_answered_in_on
 
         idle = workers["pids"][0]  # a worker that dies between requests is replaced without waiting for one
         os.kill(idle, signal.SIGKILL)
-        assert _until(lambda: server.get_health().json()["workers"]["restarts"] == 2, 120)
+        assert until(lambda: server.get_health().json()["workers"]["restarts"] == 2, 120)
         assert server.post(clip).status_code == 200
         restarted = server.get_health().json()["workers"]["pids"]
         assert restarted != [idle]
         server.proc.send_signal(signal.SIGTERM)  # the restarted worker ends with the server, as the first did
         server.proc.wait(timeout=30)
-        assert _until(lambda: not any(alive(p) for p in restarted), 10)
+        assert until(lambda: not any(alive(p) for p in restarted), 10)
 
 
 def test_the_service_gives_up_only_after_more_crashes_than_allowed_within_the_window(model_dir, clip, monkeypatch):
@@ -104,7 +94,7 @@ def test_the_service_gives_up_only_after_more_crashes_than_allowed_within_the_wi
     def crash() -> None:  # a worker dead before the next request arrives (a request on it gets 500 instead)
         pid = engine.pids[0]
         os.kill(pid, signal.SIGKILL)
-        assert _until(lambda: exited_child(pid), 10)
+        assert until(lambda: exited_child(pid), 10)
 
     with TestClient(app) as client:
         assert post().status_code == 200
@@ -112,7 +102,7 @@ def test_the_service_gives_up_only_after_more_crashes_than_allowed_within_the_wi
         assert post().status_code == 200  # one crash: restarted
         assert client.get("/health").json()["workers"]["restarts"] == 1
         crash()  # two crashes within the window: more than allowed
-        assert _until(lambda: client.get("/health").status_code == 503, 30)
+        assert until(lambda: client.get("/health").status_code == 503, 30)
         health = client.get("/health").json()
         assert health["status"] == "broken" and "2 worker crashes within 60 s" in health["detail"]
         refused = post()
@@ -139,7 +129,7 @@ def test_a_worker_that_never_answers_is_killed_at_the_job_limit_and_its_request_
         assert 2 <= waited < 120  # the limit, not the worker's sleep of a day (slack for a slow CI machine)
         reached.unlink()
         # reaped, not left a zombie until the server exits (as it was before the pool joined it)
-        assert _until(lambda: reaped(stuck), 10)
+        assert until(lambda: reaped(stuck), 10)
         again = server.post(clip)  # the replacement answers
         assert again.status_code == 200, again.text
         workers = server.get_health().json()["workers"]
