@@ -473,7 +473,9 @@ class ServeProcess:
     """`emofuse serve MODEL --port P ...` in its own process, ready once /health answers; use as a
     context manager (kill -9 on exit, so a failed test leaves no server behind)."""
 
-    def __init__(self, model_dir: Path, *options: str, start_timeout: float = 240.0):
+    def __init__(self, model_dir: Path, *options: str, start_timeout: float = 240.0, handle: str | None = None):
+        """handle: the name of a function in this module that the workers run on each job in place
+        of `ProcessEngine.handle` (e.g. `hanging_answer`)."""
         import os
         import subprocess
         import sys
@@ -483,9 +485,13 @@ class ServeProcess:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        code = "from emofuse.cli import main; main()"
+        if handle is not None:  # spawned workers inherit sys.path, so they import it from here too
+            code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import helpers; "
+                    "from emofuse.serving.workers import ProcessEngine; "
+                    f"ProcessEngine.handle = staticmethod(helpers.{handle}); {code}")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from emofuse.cli import main; main()", "serve", str(model_dir),
-             "--port", str(self.port), *options],
+            [sys.executable, "-c", code, "serve", str(model_dir), "--port", str(self.port), *options],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         deadline = time.monotonic() + start_timeout
         while True:
@@ -524,6 +530,22 @@ class ServeProcess:
         self.stop()
 
 
+def until(condition, seconds: float, step: float = 0.05):
+    """`condition()`'s first true value within `seconds`, else its last value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    return condition()
+
+
+def reaped(pid: int) -> bool:
+    """Whether `pid` is gone from the process table: ended and reaped, not left a zombie."""
+    return not Path(f"/proc/{pid}").exists()
+
+
 def exited_child(pid: int) -> bool:
     """Whether our child `pid` has exited and can be reaped (not reaping it). Stricter than `alive`:
     a killed multithreaded process shows 'Z' while its other threads still exit, and until then
@@ -534,3 +556,100 @@ def exited_child(pid: int) -> bool:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:  # already reaped
         return True
+
+
+# ---------------------------------------------------------------- pool workers
+# Spawned workers import these by name (they inherit sys.path): a test makes a worker hang,
+# die or fork here, never through production code.
+
+
+def pool_setup(tag: str = "ready") -> str:
+    return tag
+
+
+def pool_handle(state, job: tuple, progress):
+    """A test pool's job: ("echo", x) -> (state, x); ("pid",) -> the worker's pid; ("hang", mark)
+    writes the worker's pid to `mark` and sleeps a day, as a deadlocked worker would; ("steps", n,
+    pause) reports progress n times, `pause` s apart; ("raise", line) raises ValueError(line);
+    ("unpicklable",) returns what cannot be sent back."""
+    import os
+
+    what, *args = job
+    if what == "echo":
+        return state, args[0]
+    if what == "pid":
+        return os.getpid()
+    if what == "hang":
+        Path(args[0]).write_text(str(os.getpid()))
+        time.sleep(24 * 3600)
+    if what == "steps":
+        for step in range(args[0]):
+            time.sleep(args[1])
+            progress(step)
+        return args[0]
+    if what == "raise":
+        raise ValueError(args[0])
+    if what == "unpicklable":
+        return lambda: None
+    raise AssertionError(f"unknown test job {what!r}")
+
+
+def forking_setup():
+    """A worker that forks a child of its own (as the Predictor forks openSMILE's) and reports it."""
+    import os
+
+    from emofuse.pool import Ready
+
+    child = os.fork()
+    if child == 0:
+        time.sleep(3600)
+        os._exit(0)
+    return Ready("forked", info={"child": child}, children=(child,))
+
+
+def failing_setup():
+    from emofuse.errors import DataError
+
+    raise DataError("/srv/emofuse/models/secret-model", "model.json is missing")
+
+
+def hanging_answer(predictor, job, progress):
+    """`ProcessEngine.handle` for tests: a file named hangs*.wav sleeps a day on its worker (after
+    writing the worker's pid to TMP/NAME.reached); any other is answered as the service does."""
+    import os
+    import tempfile
+
+    from emofuse.serving.workers import answer_job
+
+    if job.name.startswith("hangs"):
+        (Path(tempfile.gettempdir()) / f"{job.name}.reached").write_text(str(os.getpid()))
+        time.sleep(24 * 3600)
+    return answer_job(predictor, job, progress)
+
+
+def hanging_chunk(cache_dir: str, jobs, progress):
+    """`extract._run_chunk` for tests: the chunk holding utterance u2 sleeps a day on its worker
+    (after writing the worker's pid to CACHE_DIR/hang.reached); any other is extracted."""
+    import os
+
+    from emofuse.features.store.extract import run_jobs
+
+    if any(job.utt["id"] == "u2" for job in jobs):
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cache_dir) / "hang.reached").write_text(str(os.getpid()))
+        time.sleep(24 * 3600)
+    return run_jobs(jobs, cache_dir)
+
+
+def hanging_batch(predictor, chunk, progress):
+    """`folder._predict_batch` for tests: a batch holding a file named hangs*.wav sleeps a day on
+    its worker (after writing the worker's pid beside it, as .reached); any other is predicted."""
+    import os
+
+    from emofuse.inference.folder import _predict_batch
+
+    for _, (path, _transcript) in chunk:
+        if Path(path).name.startswith("hangs"):
+            Path(path).with_suffix(".reached").write_text(str(os.getpid()))
+            time.sleep(24 * 3600)
+    return _predict_batch(predictor, chunk, progress)

@@ -16,7 +16,7 @@ import pytest
 from emofuse.corpora.base import Corpus, Utterance
 from emofuse.errors import ConfigError
 from emofuse.features.store import FeatureStore
-from emofuse.features.store.extract import in_shard, parse_shard, shard_of
+from emofuse.features.store.plan import in_shard, parse_shard, shard_of
 
 STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 
@@ -77,7 +77,7 @@ def test_shards_are_stable_across_runs_and_machines():
     ids = [f"03-01-0{e}-01-01-01-{a:02d}" for e in range(1, 9) for a in range(1, 25)]
     here = [shard_of(i, 4) for i in ids]
     # another interpreter with another string-hash seed (Python's hash() would differ)
-    code = ("import sys; from emofuse.features.store.extract import shard_of; "
+    code = ("import sys; from emofuse.features.store.plan import shard_of; "
             "print(' '.join(str(shard_of(i, 4)) for i in sys.argv[1:]))")
     other = subprocess.run([sys.executable, "-c", code, *ids], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"})
@@ -173,3 +173,33 @@ def test_an_unreachable_ray_cluster_is_one_clear_line(tmp_path, ravdess_root):
     with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
         FeatureStore(tmp_path / "s").extract(corpus, ["fbank40"], align="none", progress=False, engine="ray",
                                              address=f"127.0.0.1:{port}")
+
+
+def test_a_killed_extraction_worker_fails_its_own_chunk_alone_and_every_other_chunk_finishes(tmp_path, monkeypatch):
+    import signal
+    import threading
+
+    from helpers import hanging_chunk, make_corpus
+
+    from emofuse.features.store import extract as extract_module
+
+    monkeypatch.setattr(extract_module, "_run_chunk", hanging_chunk)  # the chunk of u2 hangs until killed
+    corpus = make_corpus(tmp_path, n=6)
+    store = FeatureStore(tmp_path / "store")
+    reports = []
+    run = threading.Thread(target=lambda: reports.append(
+        store.extract(corpus, ["fbank40"], align=None, workers=2, progress=False, chunk_size=1)))
+    run.start()
+    reached = store.root / "cache" / "hang.reached"
+    deadline = time.monotonic() + 120
+    while not (reached.exists() and reached.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(int(reached.read_text()), signal.SIGKILL)  # as the OOM killer would
+    run.join(120)
+    [report] = reports
+    assert report.computed == 6
+    assert [(f.id, f.stage) for f in report.failures] == [("u2", "worker")]  # before: every chunk in flight failed
+    assert report.failures[0].reason.startswith("utterances u2: the extraction worker died while on this job "
+                                                "(killed by SIGKILL")
+    done = {p.name.split("-")[0] for p in store.frames_dir("fbank40").glob("*.safetensors")}
+    assert done == {"u0", "u1", "u3", "u4", "u5"}

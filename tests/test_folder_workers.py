@@ -131,3 +131,34 @@ def test_results_files_always_hold_warnings(tmp_path):
     records = [json.loads(line) for line in write_results(tmp_path / "r.jsonl", results, CLASSES).read_text().splitlines()]
     assert [r["warnings"] for r in records] == [["clipped audio: 2.0 % of samples at full scale", "second"], [], []]
     assert records[2]["error"] == "cannot decode audio"
+
+
+def test_a_killed_folder_worker_fails_its_own_batch_alone_and_every_other_batch_finishes(tmp_path, monkeypatch):
+    import threading
+
+    import soundfile as sf
+    from helpers import hanging_batch, tone
+
+    from emofuse.inference import folder
+
+    monkeypatch.setattr(folder, "_predict_batch", hanging_batch)  # the batch of hangs.wav hangs until killed
+    model = registry_model_dir(tmp_path / "model", "B-ACO-1", "fbank40", None)
+    names = ["a.wav", "b.wav", "hangs.wav", "c.wav", "d.wav"]
+    for name in names:
+        sf.write(str(tmp_path / name), tone(1.0), 16000)
+    results = {}
+    run = threading.Thread(target=lambda: results.update(
+        predict_jobs(model, [(str(tmp_path / n), None) for n in names], workers=2, batch_size=1)))
+    run.start()
+    reached = tmp_path / "hangs.reached"
+    deadline = time.monotonic() + 120
+    while not (reached.exists() and reached.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(int(reached.read_text()), signal.SIGKILL)  # as the OOM killer would
+    run.join(180)
+    assert sorted(results) == [0, 1, 2, 3, 4]
+    failed = {i: r for i, r in results.items() if isinstance(r, PredictionError)}
+    assert list(failed) == [2]  # before: every batch in flight failed with the broken pool
+    assert failed[2].error.startswith("worker failed: hangs.wav: the prediction worker died while on this job "
+                                      "(killed by SIGKILL")
+    assert all(isinstance(results[i], Prediction) for i in (0, 1, 3, 4))

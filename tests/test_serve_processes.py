@@ -226,10 +226,10 @@ def test_a_workers_openSMILE_fork_holds_no_end_of_its_pipe_and_dies_with_it(mode
 
     engine = ProcessEngine(model_dir, 1, threads=1)
     try:
-        worker = engine._slots[0]
-        assert worker.frames_pid is not None
-        assert _sockets(worker.pid) and not _sockets(worker.pid) & _sockets(worker.frames_pid)
+        worker = engine.pool._slots[0]
+        [frames_pid] = worker.children  # reported by the worker's setup
+        assert _sockets(worker.pid) and not _sockets(worker.pid) & _sockets(frames_pid)
         os.kill(worker.pid, signal.SIGKILL)
-        assert _gone_within({worker.frames_pid}, 10) == set()
+        assert _gone_within({frames_pid}, 10) == set()
     finally:
         engine.close()

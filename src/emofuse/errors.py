@@ -37,6 +37,9 @@ class DataError(EmofuseError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
+    def __reduce__(self):  # rebuilt from its fields, so a worker process can send it back as itself
+        return type(self), (self.path, self.problem)
+
 
 class Refused(DataError):
     """Input refused before (or while) it is decoded or used: sending it again cannot help."""
@@ -77,7 +80,15 @@ class ConfigError(EmofuseError):
 
 class JobFailed(EmofuseError):
     """A job that got no answer for a reason outside its own input. The message is the line a
-    client may read: it names no server path, pid or other client's file."""
+    client may read, "label: problem": it names no server path, pid or other client's file."""
+
+    def __init__(self, label: str, problem: str):
+        self.label = label
+        self.problem = problem
+        super().__init__(f"{label}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.label, self.problem)
 
 
 class JobTimedOut(JobFailed):

@@ -77,7 +77,7 @@ def extract(
     """Extract features for every utterance of a manifest; finished entries are kept and
     skipped on the next run. Exit code 1 only when every utterance to process failed."""
     from emofuse.features.store import FeatureStore, split_features
-    from emofuse.features.store.extract import parse_shard
+    from emofuse.features.store.plan import parse_shard
 
     out, err = Console(highlight=False), Console(stderr=True, highlight=False, soft_wrap=True)
     if align not in MODES:

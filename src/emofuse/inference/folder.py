@@ -1,12 +1,13 @@
 """Predict a folder of recordings: files found recursively, transcripts from a CSV, batches
 spread over worker processes (each loads the model directory once), results as CSV or JSONL.
 
-Workers are spawned processes (`ProcessPoolExecutor`, one torch thread each) whose
-initializer builds the same `Predictor` as the single-process path, after arranging to die
-with the parent (`emofuse.processes`: `kill -9` of the run leaves no worker behind). Each
-task is a batch of files that goes through the model as one padded batch (padding never
-changes a result: models/layers.py). Results come back as they finish, with their index, so
-a caller can show progress and still write the output in the input order.
+Workers are spawned processes (`emofuse.pool.Pool`, one torch thread each) whose setup
+builds the same `Predictor` as the single-process path; `kill -9` of the run leaves no worker
+behind. Each task is a batch of files that goes through the model as one padded batch (padding
+never changes a result: models/layers.py). A worker killed on a batch (the OOM killer) fails
+that batch's files alone, each with a line naming the batch, and is replaced; every other
+batch still finishes. Results come back as they finish, with their index, so a caller can
+show progress and still write the output in the input order.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ import csv
 import io
 import json
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from emofuse.errors import DataError, EmofuseError
+from emofuse.errors import DataError, JobFailed
 from emofuse.inference.predictor import PredictionError, Predictor
 from emofuse.io import atomic_write_text
-from emofuse.processes import exit_with_parent
+from emofuse.pool import Pool
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".webm", ".aac",
                   ".aif", ".aiff", ".wma", ".mkv")
@@ -87,27 +87,22 @@ def read_transcripts(csv_path: str | Path, files: Sequence[Path], root: Path | N
 
 # ------------------------------------------------------------------------------ workers
 
-_PREDICTOR: Predictor | None = None
-_LOAD_ERROR: str | None = None  # a DataError does not cross the process boundary as itself
-
-
-def _init_worker(model_dir: str, parent_pid: int, options: dict) -> None:
-    exit_with_parent(parent_pid)  # armed before the model loads: kill -9 of the run ends its workers
+def _load_predictor(model_dir: str, options: dict) -> Predictor:
+    """A worker's setup: the model loaded once; a model that does not load raises its
+    EmofuseError in the caller (`Pool.started`), as it would in one process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    global _PREDICTOR, _LOAD_ERROR
-    try:
-        _PREDICTOR = Predictor(model_dir, **options)
-    except EmofuseError as exc:  # reported by the first task: the run fails as it would in one process
-        _LOAD_ERROR = str(exc)
+    return Predictor(model_dir, **options)
 
 
-def _work(chunk: list[tuple[int, Job]]) -> list[tuple[int, Result]]:
-    if _LOAD_ERROR is not None:
-        raise EmofuseError(_LOAD_ERROR)
-    assert _PREDICTOR is not None, "worker started without its predictor"
-    results = _PREDICTOR.predict_files([job for _, job in chunk])
+def _predict_batch(predictor: Predictor, chunk: list[tuple[int, Job]], _progress) -> list[tuple[int, Result]]:
+    results = predictor.predict_files([job for _, job in chunk])
     return [(i, r) for (i, _), r in zip(chunk, results)]
+
+
+def batch_name(chunk: list[tuple[int, Job]]) -> str:
+    """A batch in a worker's error line: its files' names."""
+    return ", ".join(Path(path).name for _, (path, _transcript) in chunk)
 
 
 def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, batch_size: int = 4,
@@ -128,30 +123,21 @@ def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, b
     if workers <= 1:
         predictor = predictor or Predictor(model_dir, threads=threads, **options)
         for chunk in chunks:
-            results = predictor.predict_files([job for _, job in chunk])
-            yield from ((i, r) for (i, _), r in zip(chunk, results))
+            yield from _predict_batch(predictor, chunk, None)
         return
     options |= {"threads": 1 if threads is None else threads, "frames_process": False}
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                               initializer=_init_worker, initargs=(str(model_dir), os.getpid(), options))
-    try:
-        pending = {pool.submit(_work, chunk): chunk for chunk in chunks}
+    with Pool(_load_predictor, _predict_batch, (str(model_dir), options), workers, name="prediction",
+              owner="the run") as pool:  # closed on Ctrl-C or an abandoned generator too
+        pending = {pool.submit(chunk, batch_name(chunk)): chunk for chunk in chunks}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 chunk = pending.pop(future)
                 try:
                     results = future.result()
-                except EmofuseError:
-                    raise
-                except Exception as exc:  # a worker died (memory)
-                    reason = str(exc) if str(exc) else type(exc).__name__
-                    results = [(i, PredictionError(job[0], f"worker failed: {reason}")) for i, job in chunk]
+                except JobFailed as exc:  # its worker died (memory) or the pool gave up: this batch alone
+                    results = [(i, PredictionError(job[0], f"worker failed: {exc}")) for i, job in chunk]
                 yield from results
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
 
 
 # ------------------------------------------------------------------------------ outputs

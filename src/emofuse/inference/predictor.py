@@ -105,7 +105,6 @@ FRAME_MAPS = {"frame_attention": "attention over frames (B-ACO-1 + attention, Ag
 # pocketsphinx holds the GIL for a whole decode and openSMILE's sink calls back into Python
 # per frame, so in one process the two run in turn (threads made it slower). A persistent
 # worker process computes the frames while this process aligns and encodes the words.
-_WORKER_FRAME = None
 FRAMES_TIMEOUT = 120.0  # seconds before a silent worker is given up (its frames are computed here)
 
 
@@ -148,21 +147,18 @@ def clipping_warning(audio: np.ndarray) -> str | None:
             "distorted (record at a lower gain)")
 
 
-def _frames_worker_init(name: str) -> None:
-    global _WORKER_FRAME
+def _frames_worker_setup(name: str):
+    """The openSMILE worker's setup (an `emofuse.pool` worker): the frame feature, warmed up."""
     from emofuse.features.frames import get_frame_feature
 
-    _WORKER_FRAME = get_frame_feature(name)
-    _WORKER_FRAME.extract((np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2) * 1e-3).astype(np.float32))
+    frame = get_frame_feature(name)
+    frame.extract((np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2) * 1e-3).astype(np.float32))
+    return frame
 
 
-def _frames_worker_ready() -> bool:
-    return _WORKER_FRAME is not None
-
-
-def _frames_worker_extract(audio: np.ndarray) -> tuple[np.ndarray, float]:
+def _frames_worker_extract(frame, audio: np.ndarray, _progress) -> tuple[np.ndarray, float]:
     t = time.perf_counter()
-    return _WORKER_FRAME.extract(audio, SAMPLE_RATE), time.perf_counter() - t
+    return frame.extract(audio, SAMPLE_RATE), time.perf_counter() - t
 
 
 @dataclass
@@ -338,17 +334,16 @@ class Predictor:
             frames_process = (self.frame is not None and self.frame.name == "compare_lld" and self.needs_words
                               and (os.cpu_count() or 1) >= 2 and sys.platform.startswith("linux"))
         self._frames_proc = None
-        self._frames_started = None
         if frames_process and self.frame is not None:
-            from concurrent.futures import ProcessPoolExecutor
-            from multiprocessing import get_context
+            from emofuse.pool import Pool
 
             # fork: the child starts at once with this process's modules (spawn re-imported
             # emofuse and torch: 4 s, past the load budget); it only runs openSMILE and numpy.
-            self._frames_proc = ProcessPoolExecutor(max_workers=1, mp_context=get_context("fork"),
-                                                    initializer=_frames_worker_init, initargs=(self.frame.name,))
-            self._frames_started = self._frames_proc.submit(_frames_worker_ready)
-            weakref.finalize(self, self._frames_proc.shutdown, wait=False, cancel_futures=True)
+            # It loads while this process opens the other tools (wait=False; warm_up waits).
+            self._frames_proc = Pool(_frames_worker_setup, _frames_worker_extract, (self.frame.name,),
+                                     context="fork", job_timeout=FRAMES_TIMEOUT, name="openSMILE",
+                                     start_timeout=FRAMES_TIMEOUT, wait=False)
+            weakref.finalize(self, self._frames_proc.close)
         if warm:
             self.warm_up()
         self.load_seconds = time.perf_counter() - started
@@ -371,11 +366,11 @@ class Predictor:
             t = time.perf_counter()
             step()
             self.load_timings[name] = self.load_timings.get(name, 0.0) + time.perf_counter() - t
-        if self._frames_started is not None:  # it started with the other tools; wait for what is left
+        if self._frames_proc is not None:  # it started with the other tools; wait for what is left
             t = time.perf_counter()
             try:
-                self._frames_started.result(timeout=FRAMES_TIMEOUT)
-            except Exception:  # could not start: frames are computed in this process
+                self._frames_proc.started(FRAMES_TIMEOUT)
+            except Exception:  # could not start (closed by `started`): frames are computed in this process
                 self._frames_proc = None
                 self.frame.extract(quiet, SAMPLE_RATE)
             self.load_timings["frames process (wait)"] = time.perf_counter() - t
@@ -479,10 +474,7 @@ class Predictor:
         clock = time.perf_counter
         frames = None
         if self._frames_proc is not None:
-            try:
-                frames = self._frames_proc.submit(_frames_worker_extract, audio)  # runs beside alignment
-            except Exception:  # the worker is gone (BrokenProcessPool): compute frames here from now on
-                self._frames_proc = None
+            frames = self._frames_proc.submit(audio, label)  # runs beside alignment
         t = clock()
         try:
             alignment = self._align(audio, transcript, label, force_transcript)
@@ -514,10 +506,11 @@ class Predictor:
                 timings["words"] = clock() - t
         if frames is not None:
             try:
-                acoustic, timings["frames"] = frames.result(timeout=FRAMES_TIMEOUT)  # (T, D)
-            except Exception as exc:  # the worker died or hangs: compute here and stop using it
+                acoustic, timings["frames"] = frames.result()  # (T, D); the pool's limit: FRAMES_TIMEOUT
+            except Exception as exc:  # the worker died, hangs or was closed: compute here and stop using it
                 if self._frames_proc is None or isinstance(exc, DataError):
                     raise
+                self._frames_proc.close()
                 self._frames_proc = None
                 acoustic, timings["frames"] = self._timed(self.frame.extract, audio, SAMPLE_RATE)
             if times is not None and len(times):

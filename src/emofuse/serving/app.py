@@ -47,10 +47,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
-from emofuse.errors import (ConfigError, DataError, JobTimedOut, Refused, TooLong, UnusableInput, Unsupported,
-                            WorkerCrashed, WorkersStopped)
+from emofuse.errors import (ConfigError, DataError, JobFailed, JobTimedOut, Refused, TooLong, UnusableInput,
+                            Unsupported, WorkerCrashed, WorkersStopped)
 from emofuse.serving.workers import (DEFAULT_JOB_TIMEOUT, NOT_AUDIO, Admission, InProcessEngine, Job, ProcessEngine,
-                                     WorkersBroken, too_long_note)
+                                     too_long_note)
 
 STATIC = Path(__file__).parent / "static"
 # Room for the multipart framing and the transcript field next to the file itself.
@@ -282,8 +282,10 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
                           too_long_note=too_long_note(max_seconds, limit))
             try:
                 answer = await asyncio.wrap_future(engine.submit(job))
-            except WorkersBroken as exc:  # workers crashed too often, or shutting down: its line names no path
-                raise HTTPException(status_code=503, headers={"Retry-After": "30"}, detail=f"{name}: {exc}") from None
+            except JobFailed as exc:  # its worker died or hung, or the workers stopped: its line names no path
+                status = http_status(exc)
+                raise HTTPException(status_code=status, headers={"Retry-After": "30"} if status == 503 else None,
+                                    detail=str(exc)) from None
             except (BrokenExecutor, RuntimeError):  # the in-process engine, shut down
                 raise HTTPException(status_code=503, headers={"Retry-After": "30"},
                                     detail=f"{name}: the server is shutting down") from None

@@ -54,7 +54,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
 
 from emofuse.align.segments import SAMPLE_RATE, Segment, SegmentSettings, Segmenter
-from emofuse.errors import ConfigError, EmofuseError
+from emofuse.errors import ConfigError, EmofuseError, JobFailed, WorkersStopped
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -300,9 +300,13 @@ async def predict_segment(app, segment: Segment, audio: np.ndarray) -> dict:
                                            "waiting): this segment was not predicted").to_json()
         future, tmp = submitted
         answer = await asyncio.wrap_future(future)  # cancelling this cancels a job that has not started
-    except (BrokenExecutor, RuntimeError) as exc:
+    except (BrokenExecutor, RuntimeError, WorkersStopped) as exc:
         raise StreamClosed(1011, f"the prediction worker stopped ({type(exc).__name__}); "
                                  "the server needs a restart") from None
+    except JobFailed as exc:  # this segment's worker died or hung: the segment's error
+        from emofuse.serving.app import http_status
+
+        answer = {"status": http_status(exc), "detail": str(exc)}
     return segment_message(segment, answer, tmp)
 
 

@@ -1,9 +1,10 @@
 """The on-disk feature store: extract once, in parallel and resumably; load as padded batches.
 
-Three jobs, one module each:
+One job per module:
 
     layout.py   where entries live: settings hashes, utterance keys, entry paths, atomic entries
-    extract.py  the extraction engine: plan missing entries, run them on workers (`run_pool`),
+    plan.py     which entries are missing (a job per utterance), and which utterances a shard takes
+    extract.py  the extraction engine: run the jobs on workers (`run_pool`; cluster.py: Ray),
                 collect failures, progress and timings into an `ExtractReport`
     load.py     reading entries back into `UtteranceFeatures` and padded batches
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 from emofuse.features.store import extract as _extract
 from emofuse.features.store import load as _load
-from emofuse.features.store.extract import ExtractReport, Failure
+from emofuse.features.store import plan as _plan
+from emofuse.features.store.extract import ExtractReport
+from emofuse.features.store.plan import Failure
 from emofuse.features.store.layout import (
     CODE_VERSION,
     STALE_TMP_SECONDS,
@@ -40,7 +43,7 @@ class FeatureStore(StoreLayout):
     `extract.extract(store, corpus, ["fbank40"], workers=2)`.
     """
 
-    plan = _extract.plan  # (corpus, features, align, force) -> (jobs, complete, failures)
+    plan = _plan.plan  # (corpus, features, align, force) -> (jobs, complete, failures)
     extract = _extract.extract  # (corpus, features, align, workers, ...) -> ExtractReport
     load = _load.load_features  # (corpus, acoustic, words, align, missing) -> [UtteranceFeatures]
     batches = _load.batches  # (corpus, classes, batch_size, ...) -> padded Batches

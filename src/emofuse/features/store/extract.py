@@ -1,8 +1,8 @@
 """The extraction engine: plan the missing entries, run them on worker processes, report.
 
-`plan` lists a job per utterance with entries missing; an engine is where jobs meet
-processes: `run_pool` (in this process, or a spawned pool on this machine) or `run_ray` (Ray
-tasks on a cluster, the optional `emofuse[cluster]` extra). Each worker runs `run_jobs` on a
+`plan` (plan.py) lists a job per utterance with entries missing; an engine is where jobs meet
+processes: `run_pool` (in this process, or an `emofuse.pool.Pool` on this machine) or
+`run_ray` (cluster.py: Ray tasks on a cluster, the optional `emofuse[cluster]` extra). Each worker runs `run_jobs` on a
 chunk and writes its entries atomically without a shared lock, so a new run only computes
 what is missing, and several runs (`--shard K/N`, one per machine or SLURM array task) can
 fill one store side by side. A failure on one utterance is recorded (stage and reason) and
@@ -17,46 +17,29 @@ key: a GPU's float32 kernels give the same values to about 1e-5.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
 import os
 import re
 import resource
-import socket
 import sys
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from emofuse.align import UNTIMED, Alignment, align_utterance
-from emofuse.align.vad import VAD_SETTINGS, energy_speech_mask
+from emofuse.align.vad import energy_speech_mask
 from emofuse.corpora.base import Corpus, Utterance
-from emofuse.errors import ConfigError, EmofuseError
+from emofuse.errors import ConfigError, EmofuseError, JobFailed
 from emofuse.features.frames import SAMPLE_RATE, get_frame_feature
-from emofuse.features.store.layout import (
-    StoreLayout,
-    align_mode_for,
-    read_alignment,
-    split_features,
-    utterance_key,
-    write_json_entry,
-    write_tensors,
-)
-from emofuse.features.words import get_word_encoder, word_encoder_settings
-from emofuse.processes import exit_with_parent
-
-@dataclass
-class Failure:
-    id: str
-    stage: str
-    reason: str
+from emofuse.features.store.layout import StoreLayout, read_alignment, write_json_entry, write_tensors
+from emofuse.features.store.plan import Failure, Job, in_shard, plan
+from emofuse.features.words import get_word_encoder
+from emofuse.pool import Pool
 
 
 @dataclass
@@ -138,24 +121,6 @@ def _one_thread() -> None:
         os.environ[name] = "1"
     if "torch" in sys.modules:  # imported already by the main module the worker re-imports
         sys.modules["torch"].set_num_threads(1)
-
-
-def _init_worker(parent_pid: int) -> None:
-    _one_thread()
-    exit_with_parent(parent_pid)  # kill -9 of the run ends its workers too
-
-
-@dataclass
-class Job:
-    utt: dict
-    align_mode: str | None
-    align_path: str | None
-    compute_align: bool
-    frames: list  # [(feature name, entry path)]
-    words: list  # [(encoder spec, entry path)]
-    vad_path: str | None = None  # energy speech mask entry to compute
-    device: str = "auto"  # where hf: encoders run (module docstring)
-    asr: str = "whisper"  # the recogniser (align.make_recogniser)
 
 
 @dataclass
@@ -355,159 +320,41 @@ def run_jobs(jobs: list[Job], cache_dir: str | None) -> list[Result]:
     return results
 
 
-def plan(
-    layout: StoreLayout, corpus: Corpus | Sequence[Utterance], features: Sequence[str], align: str | None = "auto",
-    force: bool = False, device: str = "auto",
-) -> tuple[list[Job], int, list[Failure]]:
-    """The jobs of missing entries, how many utterances are complete, and utterances that
-    cannot be planned (e.g. `--align corpus` without corpus word times)."""
-    frame_names, word_specs = split_features(features)
-    frame_dirs = {name: layout.frames_dir(name) for name in frame_names}
-    for name, folder in frame_dirs.items():
-        layout.write_settings(folder, layout.frames_settings(name))
-    vad_dir = layout.vad_dir() if frame_names else None
-    if vad_dir is not None:
-        layout.write_settings(vad_dir, dict(VAD_SETTINGS))
-    jobs, complete, failures = [], 0, []
-    align_dirs: dict[str, Path] = {}
-    words_dirs: dict[tuple[str, str], Path] = {}
-    for utt in corpus:
-        try:
-            mode = align_mode_for(utt, align, bool(word_specs))
-        except EmofuseError as exc:
-            failures.append(Failure(utt.id, "align", str(exc)))
-            continue
-        if mode is not None and mode not in align_dirs:
-            align_dirs[mode] = layout.align_dir(mode)
-            layout.write_settings(align_dirs[mode], layout.align_settings(mode))
-        frame_key = utterance_key(utt, with_text=False)
-        text_key = utterance_key(utt, with_text=True)
-        todo_frames = [(n, str(frame_dirs[n] / f"{frame_key}.safetensors")) for n in frame_names]
-        if not force:
-            todo_frames = [(n, p) for n, p in todo_frames if not os.path.exists(p)]
-        vad_path = None
-        if vad_dir is not None:
-            vad_path = str(vad_dir / f"{frame_key}.safetensors")
-            if not force and os.path.exists(vad_path):
-                vad_path = None
-        if utt.audio is None:
-            if todo_frames or vad_path:
-                failures.append(Failure(utt.id, "audio", "utterance has no audio file"))
-            todo_frames, vad_path = [], None
-        align_path = compute_align = None
-        todo_words = []
-        if mode is not None:
-            align_path = str(align_dirs[mode] / f"{text_key}.json")
-            compute_align = force or not os.path.exists(align_path)
-            for spec in word_specs:
-                if (spec, mode) not in words_dirs:
-                    words_dirs[(spec, mode)] = layout.words_dir(spec, mode)
-                    settings = word_encoder_settings(spec)
-                    layout.write_settings(words_dirs[(spec, mode)].parent, settings)
-                    words_dirs[(spec, mode)].mkdir(parents=True, exist_ok=True)
-                path = str(words_dirs[(spec, mode)] / f"{text_key}.safetensors")
-                if force or compute_align or not os.path.exists(path):
-                    todo_words.append((spec, path))
-        if todo_frames or compute_align or todo_words or vad_path:
-            jobs.append(Job(utt.to_json(), mode, align_path, bool(compute_align), todo_frames, todo_words, vad_path,
-                            device, layout.asr))
-        else:
-            complete += 1
-    for folder in [*frame_dirs.values(), *align_dirs.values(), *words_dirs.values(), *([vad_dir] if vad_dir else [])]:
-        layout.clean_stale(folder)
-    return jobs, complete, failures
+def _setup_worker(cache_dir: str) -> str:
+    _one_thread()
+    return cache_dir
+
+
+def _run_chunk(cache_dir: str, jobs: list[Job], _progress) -> list[Result]:
+    return run_jobs(jobs, cache_dir)
+
+
+def chunk_name(jobs: list[Job]) -> str:
+    """A chunk in a worker's error line: its utterance ids."""
+    return "utterances " + ", ".join(job.utt["id"] for job in jobs)
 
 
 def run_pool(chunks: list[list[Job]], workers: int, cache_dir: str) -> Iterator[list[Result]]:
     """Run each chunk of jobs and yield its results as chunks finish: in this process when
-    `workers` <= 1, else on that many spawned processes (one openSMILE / pocketsphinx /
-    MiniLM each, torch on one thread). A worker that dies fails its chunk's utterances
-    (stage "worker"); closing the generator (Ctrl-C) cancels what has not started."""
+    `workers` <= 1, else on that many spawned processes (an `emofuse.pool.Pool`: one openSMILE /
+    pocketsphinx / MiniLM each, torch on one thread). A worker that dies (killed for memory)
+    fails its own chunk's utterances alone (stage "worker", a line naming the chunk) and is
+    replaced; every other chunk still finishes. Closing the generator (Ctrl-C) ends the workers."""
     if workers <= 1:
         for chunk in chunks:
             yield run_jobs(chunk, cache_dir)
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(os.getpid(),))
-    try:
-        futures = {pool.submit(run_jobs, chunk, cache_dir): chunk for chunk in chunks}
-        remaining = set(futures)
+    with Pool(_setup_worker, _run_chunk, (cache_dir,), workers, name="extraction", owner="the run") as pool:
+        chunk_of = {pool.submit(chunk, chunk_name(chunk)): chunk for chunk in chunks}
+        remaining = set(chunk_of)
         while remaining:
             done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
             for future in done:
                 try:
                     results = future.result()
-                except Exception as exc:  # a worker died (e.g. killed for memory)
-                    results = [Result(job.utt["id"], errors=[("worker", _reason(exc))]) for job in futures[future]]
+                except JobFailed as exc:
+                    results = [Result(job.utt["id"], errors=[("worker", str(exc))]) for job in chunk_of[future]]
                 yield results
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _run_jobs_on_ray(jobs: list[Job], cache_dir: str) -> list[Result]:
-    """A Ray task: one chunk on one CPU of any node (Ray owns its worker processes)."""
-    _one_thread()
-    return run_jobs(jobs, cache_dir)
-
-
-def run_ray(chunks: list[list[Job]], workers: int, cache_dir: str, address: str | None = None) -> Iterator[list[Result]]:
-    """Run each chunk as a Ray task with one CPU and yield its results as tasks finish.
-
-    `address` is a running cluster ("auto", "HOST:6379", "ray://HOST:10001"); without one a
-    local Ray instance with `workers` CPUs is started and shut down afterwards. Every node
-    writes into the store itself, so the store must lie on a filesystem all nodes share, at
-    the same path. A task that fails as a whole fails its chunk's utterances (stage
-    "worker"), as a dead process worker does; closing the generator cancels the rest."""
-    if not chunks:
-        return  # nothing to compute: no cluster to reach
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--engine ray needs Ray: pip install 'emofuse[cluster]'") from None
-    started = not ray.is_initialized()
-    if started:
-        _check_reachable(address)
-        try:
-            if address:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-            else:
-                ray.init(num_cpus=max(1, workers), include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-            raise ConfigError(f"cannot start or reach {where}: {_reason(exc)}") from None
-    task = ray.remote(num_cpus=1)(_run_jobs_on_ray)
-    chunk_of = {task.remote(chunk, cache_dir): chunk for chunk in chunks}
-    remaining = list(chunk_of)
-    try:
-        while remaining:
-            done, remaining = ray.wait(remaining, num_returns=1)
-            for ref in done:
-                try:
-                    results = ray.get(ref)
-                except Exception as exc:  # the task's worker or node died
-                    results = [Result(job.utt["id"], errors=[("worker", _reason(exc))]) for job in chunk_of[ref]]
-                yield results
-    except BaseException:
-        for ref in remaining:
-            ray.cancel(ref, force=True)
-        raise
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
-    """One clear line for a cluster address nobody answers at (Ray itself retries for minutes)."""
-    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address or "")
-    if match is None:  # "auto" or no address: Ray finds or starts the cluster itself
-        return
-    try:
-        socket.create_connection((match[1], int(match[2])), timeout=timeout).close()
-    except OSError as exc:
-        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 ENGINES = ("process", "ray")
@@ -523,29 +370,6 @@ def check_device(device: str) -> None:
         from emofuse.features.hf import resolve_device
 
         resolve_device(device)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """`K/N` (1 <= K <= N): part K of N, e.g. `--shard $SLURM_ARRAY_TASK_ID/8` with `--array=1-8`."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise ConfigError(f"--shard {text!r} must be K/N with 1 <= K <= N, e.g. 2/8")
-    return int(match[1]), int(match[2])
-
-
-def shard_of(utterance_id: str, shards: int) -> int:
-    """The 1-based shard of an utterance: a SHA-256 of its id, the same on every machine and
-    run (Python's hash() of a string changes from one process to the next)."""
-    digest = hashlib.sha256(utterance_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % shards + 1
-
-
-def in_shard(utterances: Sequence[Utterance], shard: tuple[int, int] | None) -> list[Utterance]:
-    """The utterances of shard K of N; N runs, one per shard, cover each utterance exactly once."""
-    if shard is None:
-        return list(utterances)
-    k, n = shard
-    return [utt for utt in utterances if shard_of(utt.id, n) == k]
 
 
 def extract(
@@ -584,6 +408,8 @@ def extract(
     chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
     with _Progress(progress, len(utterances), complete) as bar:
         if engine == "ray":
+            from emofuse.features.store.cluster import run_ray  # the optional extra: imported only here
+
             running = run_ray(chunks, workers, cache_dir, address)
         else:
             running = run_pool(chunks, workers, cache_dir)
