@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from emofuse.demo import KINDS, load_demo_corpus
     from emofuse.demo.pipeline import config_path, demo_overrides
     from emofuse.training.config import load_config
-    from emofuse.training.loop import quiet_lightning
+    from emofuse.training.run import quiet_lightning
 
     parser = row_arguments(__doc__.split("\n")[0], list(ROWS), "/tmp/demo-words")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated; all rows of a seed run before the next seed")

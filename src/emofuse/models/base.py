@@ -50,7 +50,7 @@ class ModelEntry:
     summary: str
     # Fitted, not trained: the network has no trained weights and its output layer is a
     # logistic back-end fitted on its utterance vectors (`models.backend.Backend`), so the fold
-    # runner fits it instead of running Lightning (`training.loop.fit_fold`; models/linear_probe.py).
+    # runner fits it instead of running Lightning (`training.fold.fit_fold`; models/linear_probe.py).
     fitted: bool = False
 
 

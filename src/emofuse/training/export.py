@@ -32,7 +32,7 @@ def fold_dirs(run_dir: Path) -> list[Path]:
 
 
 def validation_score(fold_dir: Path) -> tuple[str, float | None]:
-    """(monitor, best validation score) of a finished fold, as `training.loop` records it in
+    """(monitor, best validation score) of a finished fold, as `training.fold` records it in
     metrics.json. With `protocol.backend` the back-end predicts, so its validation UA (the one
     its C was chosen on) is the fold's score."""
     metrics = read_json(fold_dir / "metrics.json")
