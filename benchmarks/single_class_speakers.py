@@ -115,7 +115,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from emofuse.io import atomic_write_text
     from emofuse.training.config import load_config
-    from emofuse.training.features import load_labelled
+    from emofuse.training.corpus import load_labelled
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--set", action="append", default=[], help="config override (repeatable)")

@@ -35,7 +35,7 @@ class DataCache:
         self._data: dict[str, LabelledData] = {}
 
     def get(self, cfg: ExperimentConfig) -> LabelledData:
-        from emofuse.training.features import load_labelled
+        from emofuse.training.corpus import load_labelled
 
         key = json.dumps(cfg.to_dict()["data"], sort_keys=True, default=str)
         if key not in self._data:

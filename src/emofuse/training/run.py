@@ -145,7 +145,7 @@ def write_run(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: P
 
 def run_experiment(cfg: ExperimentConfig, log: Log = print, progress=None) -> dict:
     """Read the corpus and its features (extracting what is missing), cut the folds, run them."""
-    from emofuse.training.features import load_labelled
+    from emofuse.training.corpus import load_labelled
 
     run_dir = cfg.resolved_run_dir()
     if rank_zero_only.rank == 0:
