@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import fold_values, report_text, row_arguments, row_table, run_rows
 from emofuse.features.batch import alignment_matrix
-from emofuse.training.experiments import fold_values, report_text, row_arguments, row_table, run_rows
 from emofuse.training.fold import eval_loader, load_fold_model
 from emofuse.training.metrics import mean_std
 

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import DataCache, row_arguments, row_table, run_row
 from emofuse.io import atomic_write_text, write_json
-from emofuse.training.experiments import DataCache, row_arguments, row_table, run_row
 from emofuse.training.metrics import classification_metrics, mean_std
 
 ROWS = {  # row -> the word source's settings, over the demo config

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.harness import DataCache, fold_values, report_text, row_arguments, row_table, run_rows
 from emofuse.training.config import load_config
 from emofuse.training.data import Collator
-from emofuse.training.experiments import DataCache, fold_values, report_text, row_arguments, row_table, run_rows
 from emofuse.training.fold import eval_loader, fold_inputs, load_fold_model
 from emofuse.training.run import protocol_folds, quiet_lightning
 from emofuse.training.metrics import mean_std
