@@ -57,7 +57,7 @@ def evaluate(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, corpus, normali
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-    from emofuse.models.backend import zscore_by_speaker
+    from emofuse.models.refitted_output import zscore_by_speaker
     from emofuse.training.metrics import summarise
     from emofuse.training.splits import make_folds
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emofuse.models.backend import zscore_by_speaker
+from emofuse.models.refitted_output import zscore_by_speaker
 from emofuse.training.metrics import mean_std, summarise
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -292,8 +292,8 @@ def test_utterance_normalisation_scores_each_utterance_on_its_own(tmp_path):
 
 
 def test_speaker_backend_replaces_the_networks_predictions_and_keeps_its_metrics(tmp_path):
-    from emofuse.models.backend import Backend
-    from emofuse.training.backend import utterance_vectors
+    from emofuse.models.refitted_output import Backend
+    from emofuse.training.refit_output import utterance_vectors
     from emofuse.training.fold import eval_loader, load_fold_model
     from emofuse.training.module import predict
 

@@ -64,7 +64,7 @@ from emofuse.errors import DataError, NoSpeech, TranscriptMismatch, TranscriptTo
 from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.features.normalise import Normalisation
 from emofuse.features.spans import trim, truncate
-from emofuse.models.backend import Backend
+from emofuse.models.refitted_output import Backend
 from emofuse.models.modeldir import ModelInfo, load_model_dir
 
 SAMPLE_RATE = 16000
@@ -89,7 +89,7 @@ NORMALISATION = {
                "of one speaker's recordings)",
     "none": "not normalised, as in training",
 }
-# The refitted output layer of a model trained with protocol.backend (models/backend.py).
+# The refitted output layer of a model trained with protocol.backend (models/refitted_output.py).
 BACKEND = {
     "lr": "a logistic regression on the network's utterance vector, z-scored with the training part's statistics",
     "speaker-lr": "a logistic regression on the network's utterance vector, trained on vectors z-scored per "
@@ -647,7 +647,7 @@ class Predictor:
         """Recordings of ONE speaker (file, transcript), predicted together as the model was
         cross-validated: with `data.normalise=speaker` their frames are z-scored with the statistics
         of all of them, and a `speaker-lr` back-end z-scores their utterance vectors with their own
-        statistics (given `models.backend.MIN_UTTERANCES` or more recordings; fewer get the training
+        statistics (given `models.refitted_output.MIN_UTTERANCES` or more recordings; fewer get the training
         speakers' mean statistics, as a lone recording does). Models normalised otherwise give what
         `predict_files` gives. The statistics assume the recordings span the speaker's emotions.
         An unreadable file gives a PredictionError in its place; none readable is a DataError."""

@@ -27,7 +27,7 @@ import yaml
 
 from emofuse.errors import ConfigError
 from emofuse.features.normalise import Normalisation
-from emofuse.models.backend import KINDS
+from emofuse.models.refitted_output import KINDS
 from emofuse.io import atomic_write_text
 from emofuse.corpora.labels import is_label_set_file
 

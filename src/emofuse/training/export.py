@@ -195,7 +195,7 @@ def _fitted_backend(path: Path, classes: list[str]) -> dict:
     if not path.is_file():
         raise DataError(path, "missing: the fold's metrics.json describes a back-end (protocol.backend), and the "
                               "network alone would not give the predictions those metrics describe")
-    from emofuse.models.backend import Backend
+    from emofuse.models.refitted_output import Backend
 
     backend = Backend.from_dict(read_json(path), source=path)
     if backend.classes != classes:

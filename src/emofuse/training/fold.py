@@ -11,7 +11,7 @@ Per fold (`train_fold`):
   3. the best checkpoint is evaluated ONCE on the test part, in a plain single-process pass
      over the whole part (under DDP every rank runs the same pass and rank 0 writes), giving
      `fold-K/metrics.json` and `fold-K/predictions.csv`. With `protocol.backend`, a logistic
-     regression refitted on the network's utterance vectors (`training/backend.py`,
+     regression refitted on the network's utterance vectors (`training/refit_output.py`,
      `fold-K/backend.json`) gives the test predictions; the network's own metrics are kept.
 
 A fitted model (`ModelEntry.fitted`: the linear probe, models/linear_probe.py) has nothing to
@@ -54,8 +54,8 @@ from torch.utils.data import DataLoader
 from emofuse.errors import ConfigError, EmofuseError
 from emofuse.models.base import InputSpec, get_model
 from emofuse.training.augment import FrameMasking
-from emofuse.models.backend import Backend
-from emofuse.training.backend import CS, fit_backend, utterance_vectors
+from emofuse.models.refitted_output import Backend
+from emofuse.training.refit_output import CS, fit_backend, utterance_vectors
 from emofuse.models.modeldir import best_checkpoint_of
 from emofuse.training.checkpoints import checkpoint_state, load_weights, read_checkpoint, state_of
 from emofuse.io import atomic_open, atomic_write_text
@@ -217,7 +217,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     module.to(device)
     ids, labels, probs = predict(module.model, eval_loader(cfg, collator, fold.test), device)
     backend = None
-    if cfg.protocol.backend:  # the refitted output layer's predictions are the fold's (training/backend.py)
+    if cfg.protocol.backend:  # the refitted output layer's predictions are the fold's (training/refit_output.py)
         network_metrics = classification_metrics(labels, probs.argmax(1), data.classes)
         backend, probs = fold_backend(cfg, data, fold, module.model, collator, device, ids)
         if rank_zero_only.rank == 0:
