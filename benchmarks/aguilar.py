@@ -1,7 +1,7 @@
 """Benchmark: Aguilar et al. 2019, Tables 2 and 3, on RAVDESS 4-class, 5-fold actor-exclusive CV.
 
 Runs the configs under `configs/ravdess4/` (or another folder) row by row through the one
-fold loop (`emofuse.training.loop.run_folds`, via `emofuse.training.experiments`) and prints the paper's two tables:
+fold loop (`emofuse.training.run.run_folds`, via `benchmarks/harness.py`) and prints the paper's two tables:
 Table 2 (B-ACO-1, H-ACO, H-MM-1..4) and Table 3 (multi-view variants: only the acoustic view
 is tested). For every GMU model it also reports the mean gate z over the real words of the
 test parts (the acoustic share; RAVDESS words are the same two statements for every emotion,
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import fold_values, report_text, row_arguments, row_table, run_rows, stem
 from emofuse.io import atomic_write_text
-from emofuse.training.experiments import fold_values, report_text, row_arguments, row_table, run_rows, stem
-from emofuse.training.loop import eval_loader, load_fold_model
+from emofuse.training.fold import eval_loader, load_fold_model
 from emofuse.training.metrics import mean_std
 from emofuse.training.report import write_json
 

@@ -1,6 +1,6 @@
 """Benchmark: `protocol.backend` on networks already trained by benchmarks.aguilar or benchmarks.fgcme.
 
-The back-end (`emofuse.training.backend`) only replaces the output layer of a fold's trained
+The back-end (`emofuse.training.refit_output`) only replaces the output layer of a fold's trained
 network, and training is deterministic for a given config, so the networks of a finished run
 with the same settings are the networks a from-scratch run with the back-end would train.
 This copies each fold's trained network (`trained.json`, its best checkpoint, `normaliser.json`,

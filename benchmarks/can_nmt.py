@@ -4,7 +4,7 @@ on RAVDESS 4-class, 5-fold actor-exclusive CV.
 
 Rows (configs under `configs/ravdess4/`): `can`, `can-shallow` (its concatenation baseline),
 `nmt-global`, `nmt-local`, `nmt-forced`. Each row runs through the one fold loop
-(`emofuse.training.loop.run_folds`: fold-local normalisation, model selection on validation
+(`emofuse.training.run.run_folds`: fold-local normalisation, model selection on validation
 actors carved from the training part, one test pass per fold) and the table reports test UA
 and WA (mean ± sample std over the folds run) and seconds per fold. From the best checkpoint
 of every fold it also measures, over the test part's real words:
@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import fold_values, report_text, row_arguments, row_table, run_rows
 from emofuse.features.batch import alignment_matrix
-from emofuse.training.experiments import fold_values, report_text, row_arguments, row_table, run_rows
-from emofuse.training.loop import eval_loader, load_fold_model
+from emofuse.training.fold import eval_loader, load_fold_model
 from emofuse.training.metrics import mean_std
 
 ROWS = ["can", "can-shallow", "nmt-global", "nmt-local", "nmt-forced"]

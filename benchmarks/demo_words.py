@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import DataCache, row_arguments, row_table, run_row
 from emofuse.io import atomic_write_text, write_json
-from emofuse.training.experiments import DataCache, row_arguments, row_table, run_row
 from emofuse.training.metrics import classification_metrics, mean_std
 
 ROWS = {  # row -> the word source's settings, over the demo config
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from emofuse.demo import KINDS, load_demo_corpus
     from emofuse.demo.pipeline import config_path, demo_overrides
     from emofuse.training.config import load_config
-    from emofuse.training.loop import quiet_lightning
+    from emofuse.training.run import quiet_lightning
 
     parser = row_arguments(__doc__.split("\n")[0], list(ROWS), "/tmp/demo-words")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated; all rows of a seed run before the next seed")

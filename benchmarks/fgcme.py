@@ -4,7 +4,7 @@
 Rows (configs under `configs/ravdess4/`), in the order of Table 1: cnn-lstm,
 lstm-attn-acoustic, lstm-attn-semantic, uttconcat, attnfusion, mha, fgcme-no-acoustic-excite,
 fgcme-no-semantic-excite, fgcme-no-excite, fgcme-ctc-align, fgcme. Each runs through the one
-fold loop (`emofuse.training.loop.run_folds`: fold-local normalisation, best epoch on
+fold loop (`emofuse.training.run.run_folds`: fold-local normalisation, best epoch on
 validation actors carved from the training part, one test pass per fold). The table gives
 test WA and UA (mean ± sample std over the folds run), the paper's numbers (which picked the
 best epoch on the test fold), seconds per fold and best epochs. From the best checkpoint of
@@ -35,10 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.harness import DataCache, fold_values, report_text, row_arguments, row_table, run_rows
 from emofuse.training.config import load_config
 from emofuse.training.data import Collator
-from emofuse.training.experiments import DataCache, fold_values, report_text, row_arguments, row_table, run_rows
-from emofuse.training.loop import eval_loader, fold_inputs, load_fold_model, protocol_folds, quiet_lightning
+from emofuse.training.fold import eval_loader, fold_inputs, load_fold_model
+from emofuse.training.run import protocol_folds, quiet_lightning
 from emofuse.training.metrics import mean_std
 from emofuse.training.module import EmotionModule
 from emofuse.training.report import write_json

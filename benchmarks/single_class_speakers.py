@@ -57,7 +57,7 @@ def evaluate(x: np.ndarray, y: np.ndarray, speakers: np.ndarray, corpus, normali
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-    from emofuse.models.backend import zscore_by_speaker
+    from emofuse.models.refitted_output import zscore_by_speaker
     from emofuse.training.metrics import summarise
     from emofuse.training.splits import make_folds
 
@@ -115,7 +115,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from emofuse.io import atomic_write_text
     from emofuse.training.config import load_config
-    from emofuse.training.features import load_labelled
+    from emofuse.training.corpus import load_labelled
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--set", action="append", default=[], help="config override (repeatable)")

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from emofuse.io import atomic_write_text
     from emofuse.training.config import load_config
-    from emofuse.training.loop import quiet_lightning, run_experiment
+    from emofuse.training.run import quiet_lightning, run_experiment
     from emofuse.training.metrics import HEADLINE, mean_std
 
     quiet_lightning()

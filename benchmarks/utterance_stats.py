@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emofuse.models.backend import zscore_by_speaker
+from emofuse.models.refitted_output import zscore_by_speaker
 from emofuse.training.metrics import mean_std, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def run(feature: str, normalise: str, overrides: list[str], val_speakers: int) -
     from sklearn.svm import SVC
 
     from emofuse.training.config import load_config
-    from emofuse.training.features import load_labelled
+    from emofuse.training.corpus import load_labelled
     from emofuse.training.splits import make_folds
 
     cfg = load_config(ROOT / "configs/ravdess4/b-aco-1.yaml", [*overrides, f"data.acoustic={feature}"])

@@ -174,7 +174,7 @@ def _train(root: Path, work: Path, model: dict, name: str, folds: tuple[int, ...
     from emofuse.features.store import FeatureStore
     from emofuse.training.config import load_config
     from emofuse.training.data import LabelledData
-    from emofuse.training.loop import run_folds
+    from emofuse.training.run import run_folds
     from emofuse.training.splits import make_folds
 
     corpus = _tiny_corpus(root)
@@ -209,7 +209,7 @@ def trained_runs(ravdess: str) -> dict[str, Path]:
     B-ACO-1 + H-MM-4 (fold 0). Trained once per test process, whichever module asks first."""
     import torch
 
-    from emofuse.training.loop import quiet_lightning
+    from emofuse.training.run import quiet_lightning
 
     quiet_lightning()
     work = Path(tempfile.mkdtemp(prefix="emofuse-inference-tests-"))

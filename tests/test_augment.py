@@ -11,7 +11,8 @@ from emofuse.errors import ConfigError
 from emofuse.training.augment import FrameMasking
 from emofuse.training.config import AugmentConfig, save_config
 from emofuse.training.data import Collator
-from emofuse.training.loop import FoldDataModule, run_folds
+from emofuse.training.fold import FoldDataModule
+from emofuse.training.run import run_folds
 from helpers import folds_for, synthetic_data, tiny_config
 
 

@@ -7,8 +7,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from emofuse.errors import ConfigError, DataError
-from emofuse.models.backend import MIN_UTTERANCES, Backend, zscore_by_speaker
-from emofuse.training.backend import CS, fit_backend
+from emofuse.models.refitted_output import MIN_UTTERANCES, Backend, zscore_by_speaker
+from emofuse.training.refit_output import CS, fit_backend
 from emofuse.training.config import load_config
 
 CLASSES = ["angry", "happy", "neutral", "sad"]

@@ -14,7 +14,7 @@ import torch
 
 from emofuse.errors import DataError
 from emofuse.training.checkpoints import SAFE_TYPES, read_checkpoint
-from emofuse.training.loop import run_folds
+from emofuse.training.run import run_folds
 from helpers import folds_for, synthetic_data, tiny_config
 
 SETTINGS = ("fold=0", "trainer.max_epochs=2", "trainer.patience=1")

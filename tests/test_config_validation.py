@@ -112,7 +112,7 @@ def _started_run(tmp_path: Path):
 
 
 def test_a_fold_outside_the_protocol_is_refused_without_writing_config_yaml(tmp_path):
-    from emofuse.training.loop import run_folds
+    from emofuse.training.run import run_folds
     from helpers import folds_for, synthetic_data
 
     run_dir, before = _started_run(tmp_path)

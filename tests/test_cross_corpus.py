@@ -15,7 +15,7 @@ from emofuse.features.batch import UtteranceFeatures
 from emofuse.training.checks import data_checks
 from emofuse.training.config import load_config
 from emofuse.training.data import LabelledData
-from emofuse.training.features import append_test_corpus
+from emofuse.training.corpus import append_test_corpus
 from emofuse.training.splits import make_folds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_ravdess_to_demo_runs_one_epoch_and_reports_train_to_test(ravdess_root, 
 
 def test_a_test_corpus_holding_training_recordings_is_refused(tmp_path):
     from emofuse.errors import DataError
-    from emofuse.training.features import refuse_shared_recordings
+    from emofuse.training.corpus import refuse_shared_recordings
 
     clip = tmp_path / "a.wav"
     clip.write_bytes(b"")

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     import lightning as L
     import torch
     from helpers import folds_for, synthetic_data, tiny_config
-    from emofuse.training.loop import run_folds
+    from emofuse.training.run import run_folds
 
     out = Path({out!r})
 

@@ -43,7 +43,7 @@ TABLE = {
 
 
 def write_fold(run_dir, fold: int, test_ids, probabilities: dict[str, float], train=("s02_a",), val=("s03_a",)):
-    """A fold folder as `training.loop` writes it: split.json and predictions.csv."""
+    """A fold folder as `training.fold` writes it: split.json and predictions.csv."""
     folder = run_dir / f"fold-{fold}"
     folder.mkdir(parents=True)
     (folder / "split.json").write_text(json.dumps(

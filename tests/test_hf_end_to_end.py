@@ -353,7 +353,7 @@ def test_cuda_without_a_gpu_is_one_clear_line(tmp_path, monkeypatch, capsys):
 def test_train_passes_data_device_to_extraction(tmp_path):
     from emofuse.errors import ConfigError
     from emofuse.training.config import load_config
-    from emofuse.training.features import load_features
+    from emofuse.training.corpus import load_features
 
     raw = {"data": {"manifest": str(tmp_path / "clips.jsonl"), "acoustic": "fbank40", "align": "none",
                     "device": "cuda"}, "model": {"name": "B-ACO-1"}}

@@ -249,7 +249,7 @@ def test_a_model_with_a_refitted_output_layer_answers_through_it_and_says_so(tmp
 
     from emofuse.features.audio import load_audio
     from emofuse.features.batch import collate
-    from emofuse.models.backend import Backend
+    from emofuse.models.refitted_output import Backend
 
     model_dir = registry_model_dir(tmp_path / "m", "B-ACO-1", words=None)
     predictor = Predictor(model_dir, warm=False)
@@ -278,7 +278,7 @@ def test_one_speakers_recordings_are_normalised_together_as_in_cross_validation(
     from emofuse.features.audio import load_audio
     from emofuse.features.batch import collate
     from emofuse.features.normalise import Normaliser
-    from emofuse.models.backend import Backend
+    from emofuse.models.refitted_output import Backend
 
     model_dir = registry_model_dir(tmp_path / "m", "B-ACO-1", words=None, normaliser={"mode": "speaker"})
     predictor = Predictor(model_dir, warm=False)

@@ -119,7 +119,7 @@ def test_inline_classes_with_a_map_train_export_and_predict(ravdess_root, tmp_pa
 
 @pytest.mark.data
 def test_an_unknown_label_names_the_label_the_manifest_and_the_known_labels(ravdess_root, tmp_path):
-    from emofuse.training.features import load_labelled
+    from emofuse.training.corpus import load_labelled
 
     manifest = made_up_manifest(ravdess_root, tmp_path / "m.jsonl")
     cfg = load_config(train_config(tmp_path, manifest, label_set=None, classes=["yay", "meh"]))

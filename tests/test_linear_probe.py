@@ -17,7 +17,7 @@ from emofuse.errors import ConfigError, DataError
 from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.models.base import InputSpec, get_model
 from emofuse.training.config import load_config
-from emofuse.training.loop import run_folds
+from emofuse.training.run import run_folds
 
 from helpers import EMOTION_CODES, folds_for, ravdess_files, synthetic_data
 

@@ -13,7 +13,7 @@ from emofuse.corpora.base import Corpus, Utterance
 from emofuse.features.batch import UtteranceFeatures
 from emofuse.training.config import load_config
 from emofuse.training.data import LabelledData
-from emofuse.training.loop import run_folds
+from emofuse.training.run import run_folds
 from emofuse.training.splits import make_folds
 
 CLASSES = ("angry", "happy", "neutral", "sad")

@@ -14,7 +14,8 @@ import torch
 from emofuse.corpora.base import Corpus
 from emofuse.errors import DataError
 from emofuse.training.data import LabelledData
-from emofuse.training.loop import load_fold_model, run_folds
+from emofuse.training.fold import load_fold_model
+from emofuse.training.run import run_folds
 from helpers import folds_for, synthetic_data, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

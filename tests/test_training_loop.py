@@ -15,7 +15,8 @@ import yaml
 
 from emofuse.errors import ConfigError, EmofuseError
 from emofuse.training.data import LabelledData
-from emofuse.training.loop import AtomicCheckpointIO, fold_config, run_folds
+from emofuse.training.fold import AtomicCheckpointIO
+from emofuse.training.run import fold_config, run_folds
 from helpers import CLASSES, folds_for, synthetic_data, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -175,7 +176,7 @@ def _csv(path: Path) -> list[dict]:
 
 
 def test_load_fold_model_gives_back_the_tested_network(tmp_path):
-    from emofuse.training.loop import eval_loader, load_fold_model
+    from emofuse.training.fold import eval_loader, load_fold_model
     from emofuse.training.module import predict
 
     data = synthetic_data()
@@ -193,7 +194,7 @@ def test_load_fold_model_gives_back_the_tested_network(tmp_path):
 
 
 def test_refit_trains_on_training_and_validation_speakers_for_the_selected_epochs(tmp_path):
-    from emofuse.training.loop import eval_loader, load_fold_model
+    from emofuse.training.fold import eval_loader, load_fold_model
     from emofuse.training.module import predict
 
     class Record(L.Callback):
@@ -291,9 +292,9 @@ def test_utterance_normalisation_scores_each_utterance_on_its_own(tmp_path):
 
 
 def test_speaker_backend_replaces_the_networks_predictions_and_keeps_its_metrics(tmp_path):
-    from emofuse.models.backend import Backend
-    from emofuse.training.backend import utterance_vectors
-    from emofuse.training.loop import eval_loader, load_fold_model
+    from emofuse.models.refitted_output import Backend
+    from emofuse.training.refit_output import utterance_vectors
+    from emofuse.training.fold import eval_loader, load_fold_model
     from emofuse.training.module import predict
 
     data = synthetic_data()
@@ -350,7 +351,7 @@ def test_a_backend_travels_into_the_model_directory_and_keeps_it_out_of_onnx(tmp
 
 
 def test_weight_averaging_is_the_network_validated_checkpointed_and_tested(tmp_path):
-    from emofuse.training.loop import eval_loader, load_fold_model
+    from emofuse.training.fold import eval_loader, load_fold_model
     from emofuse.training.module import predict
 
     class RawWeights(L.Callback):

@@ -312,7 +312,7 @@ def word_frame_matrix(times: np.ndarray, num_frames: int, hop: float = HOP, cent
     """Binary words x frames matrix A (W, T): A[w, t] = 1 when frame t lies in word w.
 
     Frame t stands for [t * hop, (t + 1) * hop) shifted by `centre_offset` seconds: an
-    encoder's real frame centre minus the hop grid's (`features.hf.FrameGeometry`: +2.5 ms for
+    encoder's real frame centre minus the hop grid's (`features.frame_grid.FrameGeometry`: +2.5 ms for
     wav2vec2, -10 ms for Whisper, 0 for the 10 ms features). The same rounding as
     `features.batch.collate` (floor start, ceil end, at least one frame per word), so A
     matches `features.batch.alignment_matrix` on the batch.

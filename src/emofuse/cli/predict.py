@@ -295,7 +295,7 @@ def predict(
         task = bar.add_task("predict", total=len(jobs))
         if one_speaker:  # two passes over the folder (statistics, then the model): one process
             from emofuse.inference.predictor import Predictor
-            from emofuse.models.backend import MIN_UTTERANCES
+            from emofuse.models.refitted_output import MIN_UTTERANCES
 
             if (info.backend or {}).get("kind") == "speaker-lr" and len(jobs) < MIN_UTTERANCES:
                 err.print(f"[yellow]note[/]: {len(jobs)} recording(s): the back-end takes a speaker's statistics "

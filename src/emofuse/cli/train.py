@@ -19,7 +19,7 @@ def train(
 ) -> None:
     """Train and test every fold of the config's protocol (or fold=K); resumes an interrupted run."""
     from emofuse.training.config import check_run_dir, load_config
-    from emofuse.training.loop import is_rank_zero, quiet_lightning, run_experiment
+    from emofuse.training.run import is_rank_zero, quiet_lightning, run_experiment
 
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     cfg = load_config(config, list(overrides or []))  # every key and name checked before any work

@@ -10,7 +10,7 @@ manifest's folder without its suffix (plus `@start` for segments).
 
 A row with an empty `path` (or a table without a `path` column) but with a `transcript` is a
 text-only utterance (`audio` None): lexical models train on it, models that read audio refuse
-it before any work (`training.features.check_audio`). Its `id` defaults to
+it before any work (`training.corpus.check_audio`). Its `id` defaults to
 `{manifest file stem}-{line}`. Other columns go to
 `meta`. JSON Lines rows may also carry `words` as [{"text", "start", "end"}, ...] with
 times relative to the utterance. Labels are kept as given unless a label set is chosen.

@@ -123,7 +123,7 @@ def rank_showcases(candidates: Sequence, p_fused: Mapping[str, float],
 
 
 def true_class_probabilities(path: Path) -> dict[str, float]:
-    """id -> probability of its true class, from a fold's `predictions.csv` (`training.loop`:
+    """id -> probability of its true class, from a fold's `predictions.csv` (`training.fold`:
     columns id, speaker, label, prediction, p_<class>...)."""
     with open(path, newline="", encoding="utf-8") as f:
         return {row["id"]: float(row[f"p_{row['label']}"]) for row in csv.DictReader(f)}
@@ -172,7 +172,7 @@ def run_demo(out_dir: str | Path = "emofuse-demo", overrides: list[str] = (), wo
     from emofuse.training.export import export_run
     from emofuse.inference.predictor import Predictor
     from emofuse.models.modeldir import read_info
-    from emofuse.training.loop import quiet_lightning, run_experiment
+    from emofuse.training.run import quiet_lightning, run_experiment
 
     out_dir = Path(out_dir).resolve()
     models = MODELS + ((WHISPER_MODEL,) if whisper_frames else ())

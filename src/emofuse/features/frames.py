@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -46,38 +45,11 @@ from emofuse.align import word_frame_matrix
 from emofuse.align.vad import energy_speech_mask, frame_signal
 from emofuse.errors import ConfigError
 from emofuse.features.audio import resample
+from emofuse.features.frame_feature import FrameFeature
 from emofuse.io import atomic_write_text
 
 SAMPLE_RATE = 16000
 HOP = 0.01
-
-
-@dataclass
-class FrameFeature:
-    """A frame-level feature: `extract(y16k) -> (T, dim)` float32 with T = max(1, N // 160)."""
-
-    name: str
-    dim: int
-    hop: float
-    settings: dict
-    compute: Callable[[np.ndarray], np.ndarray] = field(repr=False)
-    prepare: Callable[[], object] | None = field(default=None, repr=False)  # load heavy parts now
-
-    def warm(self) -> "FrameFeature":
-        if self.prepare is not None:
-            self.prepare()
-        return self
-
-    def num_frames(self, num_samples: int) -> int:
-        return max(1, num_samples // int(round(self.hop * SAMPLE_RATE)))
-
-    def extract(self, y: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
-        y = resample(y, sr, SAMPLE_RATE)
-        out = np.asarray(self.compute(y), dtype=np.float32)
-        if out.ndim != 2 or out.shape[1] != self.dim:
-            raise AssertionError(f"{self.name} gave shape {out.shape}, expected (T, {self.dim})")
-        # Log-domain features of digital silence can come out as -inf; openSMILE can give NaN.
-        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 # ---------------------------------------------------------------------------- compare_lld
@@ -274,7 +246,7 @@ def is_frame_feature(name: str) -> bool:
     if _is_whisper(name):
         return True
     if name.startswith("hf:"):
-        from emofuse.features.hf import is_speech_encoder
+        from emofuse.features.hf_folder import is_speech_encoder
 
         return is_speech_encoder(name)
     return name in _BUILDERS
@@ -284,7 +256,7 @@ def frame_layers(name: str | None) -> int:
     """Encoder layers stacked in each frame of `name` (hf:PATH#layers=all), else 0."""
     if name is None or not name.startswith("hf:"):
         return 0
-    from emofuse.features.hf import stacked_layers
+    from emofuse.features.hf_folder import stacked_layers
 
     return stacked_layers(name)
 

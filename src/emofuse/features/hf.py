@@ -1,23 +1,11 @@
 """Pretrained Hugging Face encoders from a local folder: speech frames and word vectors.
 
-Spelling (``data.acoustic`` or ``data.words``)::
-
-    hf:PATH                 the last hidden state
-    hf:PATH#layer=9         hidden_states[9] (0 = the input embeddings, N = the last layer)
-    hf:PATH#layers=last     the same as no option
-    hf:PATH#layers=all      every hidden state, (T, N + 1, D) flattened to (T, (N + 1) * D),
-                            for a softmax-weighted sum over layers (`models.layer_weights`,
-                            as in SUPERB, Yang et al. 2021)
-
-PATH is a folder written by `save_pretrained` or a hub cache snapshot (``models--org--name``
-itself is accepted: its ``refs/main`` snapshot is used); ``${VAR}`` and ``~`` are expanded.
-Weights are never downloaded (``local_files_only=True``). The feature's settings carry a
-sha256 of the folder's weight, config and tokenizer files, so a changed folder is a new store
-key; the path itself is not part of the key.
+The spelling of ``hf:PATH[#layer=K|#layers=all]`` and how its folder is found and hashed:
+`features.hf_folder`.
 
 Speech (wav2vec2, HuBERT, WavLM, data2vec-audio through `AutoModel`; the Whisper encoder
 through `WhisperModel.encoder` on `WhisperFeatureExtractor` log-mels). Frame times come from
-the conv stack, not assumed: `FrameGeometry` composes the kernels, strides and paddings
+the conv stack, not assumed: `FrameGeometry` (`features.frame_grid`) composes the kernels, strides and paddings
 (``conv_kernel``/``conv_stride`` of the config; Whisper's two convs read off the loaded module
 and checked) into the hop and each frame's receptive field, so frame t covers
 ``frame_times(n)[0][t] .. frame_times(n)[1][t]`` seconds: wav2vec2-style 20 ms hop, 25 ms
@@ -58,32 +46,23 @@ A word that yields no piece gets zeros and is counted as out-of-vocabulary.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from emofuse.errors import ConfigError, DataError, EmofuseError
 from emofuse.features.audio import resample
-from emofuse.features.frames import FrameFeature
+from emofuse.features.frame_feature import FrameFeature
+from emofuse.features.frame_grid import _WHISPER_CONVS, FrameGeometry, chunk_plan, speech_geometry  # noqa: F401 -- FrameGeometry: callers read it here
+from emofuse.features.hf_folder import (  # noqa: F401 -- callers import the spec and folder helpers from here
+    PREFIX, SPEECH_TYPES, TEXT_TYPES, HFSpec, _check_layer, _hidden_size, _layer_count, identity, is_hf,
+    is_speech_encoder, is_text_encoder, parse_spec, read_config, resolve_folder, stacked_layers, weights_hash,
+)
 from emofuse.features.hf_weights import require_safetensors
 
 SAMPLE_RATE = 16000
-PREFIX = "hf:"
-SPEECH_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
-TEXT_TYPES = ("bert", "roberta", "deberta", "deberta-v2", "electra", "xlm-roberta", "distilbert")
 _PREFIX_SPACE_TYPES = ("roberta", "deberta", "longformer")  # byte-level BPE: words need a leading space
-_HASHED = re.compile(
-    r"(config\.json|preprocessor_config\.json|.*\.safetensors|.*\.safetensors\.index\.json|.*\.bin|.*\.bin\.index\.json"
-    r"|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|vocab\.txt|vocab\.json|merges\.txt|.*\.model)"
-)
-# Whisper's encoder convs (kernel, stride, padding) in mel frames; checked against the loaded module.
-_WHISPER_CONVS = ((3, 1, 1), (3, 2, 1))
 _MISSING = 'hf: features need the transformers library: pip install "emofuse[hf]"'
 
 
@@ -93,118 +72,6 @@ def _transformers():
     except ImportError:
         raise EmofuseError(_MISSING) from None
     return transformers
-
-
-# ------------------------------------------------------------------------------- the spec
-
-
-@dataclass(frozen=True)
-class HFSpec:
-    """A parsed ``hf:PATH[#layer=K | #layers=all | #layers=last]``; layer None = layers."""
-
-    spec: str
-    path: Path
-    layers: str  # "last", "all" or "one"
-    layer: int | None = None
-
-
-def is_hf(spec: str) -> bool:
-    return spec.startswith(PREFIX)
-
-
-def parse_spec(spec: str) -> HFSpec:
-    """The folder and layer choice of an hf: spec; ConfigError naming what is wrong."""
-    if not is_hf(spec):
-        raise ConfigError(f"{spec!r} is not an hf: feature (hf:PATH, hf:PATH#layer=9, hf:PATH#layers=all)")
-    body = spec[len(PREFIX):]
-    raw_path, _, options = body.partition("#")
-    if not raw_path.strip():
-        raise ConfigError(f"{spec!r}: hf: needs a folder, e.g. hf:/models/wavlm-base-plus#layer=9")
-    for braced, bare in re.findall(r"\$\{(\w+)\}|\$(\w+)", raw_path):
-        if (braced or bare) not in os.environ:
-            raise ConfigError(f"{spec!r}: environment variable {braced or bare} is not set")
-    path = Path(os.path.expanduser(os.path.expandvars(raw_path.strip())))
-    layers, layer = "last", None
-    if options:
-        key, eq, value = options.partition("=")
-        key, value = key.strip(), value.strip()
-        if not eq or "," in value or "#" in value:
-            raise ConfigError(f"{spec!r}: one option after '#': layer=K, layers=all or layers=last")
-        if key == "layer":
-            if not value.isdigit():
-                raise ConfigError(f"{spec!r}: layer must be a whole number >= 0, not {value!r}")
-            layers, layer = "one", int(value)
-        elif key == "layers":
-            if value not in ("all", "last"):
-                raise ConfigError(f"{spec!r}: layers must be 'all' or 'last', not {value!r}")
-            layers = value
-        else:
-            raise ConfigError(f"{spec!r}: unknown option {key!r}; use layer=K, layers=all or layers=last")
-    return HFSpec(spec, path, layers, layer)
-
-
-# ------------------------------------------------------------------------------ the folder
-
-
-def resolve_folder(path: str | Path) -> Path:
-    """The folder holding config.json: PATH itself, or a hub cache repo's refs/main snapshot."""
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        raise DataError(path, "encoder folder not found (hf: reads a folder saved with save_pretrained)")
-    if (path / "config.json").is_file():
-        return path.resolve()
-    snapshots = path / "snapshots"
-    if snapshots.is_dir():
-        ref = path / "refs" / "main"
-        chosen = snapshots / ref.read_text().strip() if ref.is_file() else None
-        if chosen is None or not chosen.is_dir():
-            found = sorted(p for p in snapshots.iterdir() if p.is_dir())
-            chosen = found[0] if len(found) == 1 else None
-        if chosen is not None and (chosen / "config.json").is_file():
-            return chosen.resolve()
-    raise DataError(path, "no config.json: not a folder saved with save_pretrained or a hub cache snapshot")
-
-
-def read_config(folder: Path) -> dict:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(folder / "config.json", f"unreadable: {exc}") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise DataError(folder / "config.json", "no model_type: not a transformers config")
-    return config
-
-
-def weights_hash(folder: str | Path) -> str:
-    """sha256 over the names and bytes of the folder's weight, config and tokenizer files."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _HASHED.fullmatch(p.name))
-    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    return _hash_files(str(folder), stamp)
-
-
-@lru_cache(maxsize=32)
-def _hash_files(folder: str, stamp: tuple) -> str:
-    digest = hashlib.sha256()
-    for name, _, _ in stamp:
-        digest.update(name.encode() + b"\0")
-        with open(Path(folder) / name, "rb") as f:  # follows hub-cache symlinks to the blobs
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def _layer_count(config: dict) -> int:
-    return int(config.get("encoder_layers") if config["model_type"] == "whisper" else config["num_hidden_layers"])
-
-
-def _hidden_size(config: dict) -> int:
-    return int(config.get("d_model") if config["model_type"] == "whisper" else config["hidden_size"])
-
-
-def _check_layer(spec: HFSpec, num_layers: int) -> None:
-    if spec.layer is not None and not 0 <= spec.layer <= num_layers:
-        raise ConfigError(f"{spec.spec!r}: layer {spec.layer} does not exist; this encoder has layers 0..{num_layers}")
 
 
 def _select(hidden_states, spec: HFSpec):
@@ -226,71 +93,6 @@ def resolve_device(device: str | None) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device")
     return device
-
-
-# ------------------------------------------------------------------------------ frame times
-
-
-@dataclass(frozen=True)
-class FrameGeometry:
-    """Where each output frame of a conv stack sits in the audio, in samples at `sr`.
-
-    Frame t covers samples [first + t * hop, first + t * hop + width). Built by composing
-    (kernel, stride, padding) layers over an input grid of `unit` samples whose element m
-    covers [m * unit + unit_first, + unit_width) (raw samples: unit 1, first 0, width 1;
-    Whisper's centred STFT: unit 160, first -200, width 400).
-    """
-
-    hop: int
-    first: int
-    width: int
-    convs: tuple  # ((kernel, stride, padding), ...) in input-grid steps
-    unit: int = 1
-    sr: int = SAMPLE_RATE
-
-    @classmethod
-    def compose(cls, convs, unit: int = 1, unit_first: int = 0, unit_width: int = 1, sr: int = SAMPLE_RATE):
-        jump, first, span = 1, 0, 1  # in input-grid steps
-        for kernel, stride, padding in convs:
-            first -= padding * jump
-            span += (kernel - 1) * jump
-            jump *= stride
-        return cls(jump * unit, first * unit + unit_first, (span - 1) * unit + unit_width, tuple(convs), unit, sr)
-
-    @property
-    def hop_seconds(self) -> float:
-        return self.hop / self.sr
-
-    @property
-    def receptive_field(self) -> float:
-        return self.width / self.sr
-
-    @property
-    def centre_offset(self) -> float:
-        """Seconds from the hop grid's frame centre ((t + 0.5) * hop) to the real one."""
-        return (self.first + self.width / 2 - self.hop / 2) / self.sr
-
-    def frame_times(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(starts, ends) in seconds of frames 0..n-1 (starts can be < 0 for padded convs)."""
-        starts = (self.first + self.hop * np.arange(n, dtype=np.float64)) / self.sr
-        return starts, starts + self.width / self.sr
-
-    def num_frames(self, num_samples: int) -> int:
-        """Output frames of the conv stack for `num_samples` samples (torch's Conv1d formula)."""
-        length = num_samples // self.unit
-        for kernel, stride, padding in self.convs:
-            length = (length + 2 * padding - kernel) // stride + 1
-        return max(1, length)
-
-
-def speech_geometry(config: dict, unit: int = 160, unit_width: int = 400) -> FrameGeometry:
-    """FrameGeometry of a speech encoder's config (wav2vec2 family) or Whisper's encoder."""
-    if config["model_type"] == "whisper":
-        return FrameGeometry.compose(_WHISPER_CONVS, unit=unit, unit_first=-(unit_width // 2), unit_width=unit_width)
-    kernels, strides = config.get("conv_kernel"), config.get("conv_stride")
-    if not kernels or not strides or len(kernels) != len(strides):
-        raise DataError(None, f"config of model_type {config['model_type']!r} has no conv_kernel/conv_stride")
-    return FrameGeometry.compose([(int(k), int(s), 0) for k, s in zip(kernels, strides)])
 
 
 # --------------------------------------------------------------------------- speech frames
@@ -472,23 +274,6 @@ class HFSpeechEncoder:
         return [selected[row, :n] for row, n in enumerate(frames)]
 
 
-def chunk_plan(total: int, size: int, overlap: int) -> list[tuple[int, int, int]]:
-    """How `total` frames are cut into chunks of `size` frames overlapping by `overlap`: per
-    chunk (first global frame, owned local frames [lo, hi)). Each frame is owned by the chunk
-    in which it sits furthest from an edge (the overlap split in half); one chunk when it fits."""
-    if total <= size:
-        return [(0, 0, total)]
-    step, chunks, first = size - overlap, [], 0
-    while True:
-        last = first + size >= total
-        lo = 0 if first == 0 else overlap // 2
-        hi = total - first if last else step + overlap // 2
-        chunks.append((first, lo, hi))
-        if last:
-            return chunks
-        first += step
-
-
 def _read_preprocessor(folder: Path) -> dict:
     path = folder / "preprocessor_config.json"
     if not path.is_file():
@@ -531,7 +316,7 @@ class HFFrameFeature(FrameFeature):
 
 
 def speech_frame_feature(spec: str, device: str | None = "cpu", **options) -> HFFrameFeature:
-    """The `features.frames.FrameFeature` of an hf: speech encoder (values flattened to 2-D)."""
+    """The `features.frame_feature.FrameFeature` of an hf: speech encoder (values flattened to 2-D)."""
     return HFFrameFeature(spec, HFSpeechEncoder(spec, device=device, **options))
 
 
@@ -634,33 +419,6 @@ def text_settings(spec: str | HFSpec, folder: Path | None = None, config: dict |
         "pooling": "mean of word pieces", "window": max_pieces or _max_pieces(config), "long": "windows restart at the cut word",
     }
 
-
-def identity(spec: str) -> str | None:
-    """The weights hash behind an hf: spec (None for other names): a long-lived process keys
-    its opened encoders by it, so a folder changed in place is loaded again, not reused."""
-    if not is_hf(spec):
-        return None
-    return weights_hash(resolve_folder(parse_spec(spec).path))
-
-
-def stacked_layers(spec: str) -> int:
-    """Hidden states stacked per frame or word by an hf: spec (N + 1 with layers=all, else 0);
-    reads config.json only."""
-    parsed = parse_spec(spec)
-    if parsed.layers != "all":
-        return 0
-    return _layer_count(read_config(resolve_folder(parsed.path))) + 1
-
-
-def is_text_encoder(spec: str) -> bool:
-    """True when an hf: spec's folder holds a text encoder (reads config.json only)."""
-    config = read_config(resolve_folder(parse_spec(spec).path))
-    return config["model_type"] not in SPEECH_TYPES
-
-
-def is_speech_encoder(spec: str) -> bool:
-    config = read_config(resolve_folder(parse_spec(spec).path))
-    return config["model_type"] in SPEECH_TYPES
 
 
 __all__ = [

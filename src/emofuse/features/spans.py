@@ -1,6 +1,6 @@
 """Which frames and words of an utterance a model reads: the speech span (`trim`, data.trim)
 and the first frames and words (`truncate`, data.max_frames / data.max_words). Training
-(`training.data.Collator`, `training.features`) and prediction (`inference.predictor`) cut
+(`training.data.Collator`, `training.corpus`) and prediction (`inference.predictor`) cut
 an utterance with these same functions, so both feed a model the same span.
 """
 

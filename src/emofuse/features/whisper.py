@@ -9,7 +9,7 @@ Spelling (``data.acoustic``)::
                             default encodes the clip at its own length
 
 Frames are 20 ms apart with a 65 ms receptive field centred on t * 20 ms (Whisper's two convs
-over its centred STFT, `features.hf.FrameGeometry`): 10 ms before the hop grid's centre,
+over its centred STFT, `features.frame_grid.FrameGeometry`): 10 ms before the hop grid's centre,
 carried as `centre_offset` to word spans, trim and the speech mask.
 
 Own length versus 30 s: the mel frames of the clip, rounded up to an even count (the second
@@ -20,7 +20,7 @@ encoding the clip alone costs about a tenth as much. ``#pad=30`` gives the padde
 `benchmarks/RESULTS.md` reports both.
 
 Audio longer than 30 s is cut into 30 s chunks overlapping by 3 s on the encoder's frame grid
-(`features.hf.chunk_plan`: each frame from the chunk in which it sits furthest from an edge),
+(`features.frame_grid.chunk_plan`: each frame from the chunk in which it sits furthest from an edge),
 from one log-mel computation over the whole recording. A frame then differs from what one
 longer window would give by more than the context its chunk lacks: Whisper's encoder adds a
 positional embedding to every frame, so a frame placed elsewhere in its window comes out
@@ -38,8 +38,8 @@ import numpy as np
 
 from emofuse.align import whisper as asr
 from emofuse.errors import ConfigError
-from emofuse.features.frames import FrameFeature
-from emofuse.features.hf import chunk_plan, speech_geometry
+from emofuse.features.frame_feature import FrameFeature
+from emofuse.features.frame_grid import chunk_plan, speech_geometry
 
 SAMPLE_RATE = 16000
 CHUNK_SECONDS = 30.0
@@ -138,7 +138,7 @@ class WhisperEncoder:
 
 
 class WhisperFrameFeature(FrameFeature):
-    """The `features.frames.FrameFeature` of Whisper's encoder (module docstring)."""
+    """The `features.frame_feature.FrameFeature` of Whisper's encoder (module docstring)."""
 
     def __init__(self, spec: str, encoder: WhisperEncoder | None = None):
         encoder = encoder or WhisperEncoder(spec)

@@ -231,7 +231,7 @@ WORD_FEATURES = ("minilm", "glove50", "glove-file:PATH", "hf:PATH")
 
 def is_word_feature(spec: str) -> bool:
     if spec.startswith("hf:"):  # reads the folder's config.json: text encoder or speech?
-        from emofuse.features.hf import is_text_encoder
+        from emofuse.features.hf_folder import is_text_encoder
 
         return is_text_encoder(spec)
     return spec in ("minilm", "glove50") or spec.startswith("glove-file:")

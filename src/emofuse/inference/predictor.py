@@ -29,16 +29,12 @@ Broken inputs get an error or a plain warning, never a silent confident answer:
   words would drive the lexical side although nobody said them. Leave the transcript out to
   use the recogniser's words, or pass `force_transcript=True` (`--force-transcript`) to use
   it anyway, with the recogniser's times and a warning;
-- a transcript longer than the audio could hold (over MAX_WORDS_PER_SECOND words a second
-  plus MAX_WORDS_EXTRA, or a word over MAX_WORD_CHARS characters) is `TranscriptTooLong` at
-  once: aligning it would take a worker for minutes (alignment time grows with its square);
-- a transcript that aligns but is not what the recogniser hears (word error rate over
-  TRANSCRIPT_WER_LIMIT against its hypothesis) is predicted with a warning that quotes what
-  was heard (`check_transcript=False`, `--trust-transcript`, skips the second decode); a
+- a transcript too long for the audio is `TranscriptTooLong` at once, and one that is not
+  what the recogniser hears is predicted with a warning (`inference.transcript_checks`;
+  `check_transcript=False`, `--trust-transcript`, skips the second decode); a
   transcript with no readable word (only punctuation, or a script the aligner cannot
   pronounce) is replaced by the recogniser's words, with a warning that says so;
-- clipped audio (over `CLIPPED_SHARE` of its samples at full scale) is predicted with a
-  warning in `Prediction.warnings`;
+- clipped audio is predicted with a warning in `Prediction.warnings` (`inference.recording`);
 - probabilities that are not finite are an error, never NaN or null in the output.
 Both are `UnusableInput` errors (`emofuse.errors`).
 """
@@ -52,7 +48,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -64,41 +60,19 @@ from emofuse.errors import DataError, NoSpeech, TranscriptMismatch, TranscriptTo
 from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.features.normalise import Normalisation
 from emofuse.features.spans import trim, truncate
-from emofuse.models.backend import Backend
+from emofuse.inference.description import describe
+from emofuse.inference.recording import SAMPLE_RATE, checked_audio, clipping_warning, envelope
+from emofuse.inference.results import (  # noqa: F401 -- callers import the result types from here
+    Prediction, PredictionError, PreparedInput, WordExplanation, frame_maps, word_explanations,
+)
+from emofuse.inference.speaker import predict_one_speaker
+from emofuse.inference.transcript_checks import (  # noqa: F401 -- callers read the limit here
+    MAX_WORD_CHARS, check_transcript_size, compare_with_recogniser,
+)
+from emofuse.models.refitted_output import Backend
 from emofuse.models.modeldir import ModelInfo, load_model_dir
 
-SAMPLE_RATE = 16000
-CLIPPED_SHARE = 0.01  # more than this share of samples at full scale: a clipping warning
-FULL_SCALE = 0.99  # |sample| at or above this counts as full scale (resampling rings around 1.0)
 DEFAULT_THREADS = 1  # torch threads of a Predictor (see its docstring)
-# Per-word maps a model may put in Output.explain, with what they mean.
-WORD_MAPS = {
-    "gate": "acoustic share of the word (GMU z, Aguilar et al. 2019 Eq. 1); 1 - gate is the lexical share",
-    "attention": "context attention weight over words (Aguilar et al. 2019 §3.3)",
-    "acoustic_gate": "FG_CME acoustic excitation E^a (Li et al. 2021 §3.3), mean over channels",
-    "semantic_gate": "FG_CME semantic excitation E^s (Li et al. 2021 §3.3), mean over channels",
-    "attention_center": "expected time (s) of the word's attention over the audio (NMT-style attention)",
-}
-# How a recording's frames are normalised, per the model's training mode (data.normalise).
-NORMALISATION = {
-    "fold": "z-scored with the training part's statistics, as in training",
-    "utterance": "z-scored with the recording's own statistics, as in training",
-    "speaker": "z-scored with the recording's own statistics: the model was trained with per-speaker "
-               "statistics, which a lone recording's speaker does not have (expect lower accuracy than "
-               "the cross-validation figures; `predict_speaker` / `--one-speaker` uses the joint statistics "
-               "of one speaker's recordings)",
-    "none": "not normalised, as in training",
-}
-# The refitted output layer of a model trained with protocol.backend (models/backend.py).
-BACKEND = {
-    "lr": "a logistic regression on the network's utterance vector, z-scored with the training part's statistics",
-    "speaker-lr": "a logistic regression on the network's utterance vector, trained on vectors z-scored per "
-                  "speaker; a lone recording's speaker has no statistics, so the training speakers' mean "
-                  "statistics stand in (expect lower accuracy than the cross-validation figures; "
-                  "`predict_speaker` / `--one-speaker` uses one speaker's recordings' own statistics)",
-}
-# Per-frame maps (B, T) on the acoustic grid.
-FRAME_MAPS = {"frame_attention": "attention over frames (B-ACO-1 + attention, Aguilar et al. 2019 Table 3)"}
 
 
 # ------------------------------------------------------------------ openSMILE worker process
@@ -106,45 +80,6 @@ FRAME_MAPS = {"frame_attention": "attention over frames (B-ACO-1 + attention, Ag
 # per frame, so in one process the two run in turn (threads made it slower). A persistent
 # worker process computes the frames while this process aligns and encodes the words.
 FRAMES_TIMEOUT = 120.0  # seconds before a silent worker is given up (its frames are computed here)
-
-
-MAX_WORDS_PER_SECOND = 10  # fast speech is ~4-5 words a second; twice that and more is not a transcript of it
-MAX_WORDS_EXTRA = 10  # and a short clip's transcript may hold a few more
-MAX_WORD_CHARS = 50  # longer than any English word a person says
-# Word error rate of a given transcript against the recogniser's hypothesis above which the
-# answer warns that the transcript is likely not what was said (over a third of its words).
-# On RAVDESS's true statements, Whisper tiny.en's clips over it are false alarms: 1.46 % of all
-# 1440 (over 0.2: 5.6 %; over 0.5: 0.97 %), benchmarks/results/asr_full.md.
-# A transcript two words of six away from what was said (the other RAVDESS statement) passes.
-TRANSCRIPT_WER_LIMIT = 0.34
-
-
-def check_transcript_size(transcript: str, seconds: float, label: str) -> None:
-    """TranscriptTooLong unless `transcript` fits `seconds` of audio (module docstring); checked
-    on the raw text before anything costly reads it."""
-    limit = int(MAX_WORDS_PER_SECOND * seconds) + MAX_WORDS_EXTRA
-    if len(transcript) > limit * (MAX_WORD_CHARS + 1):
-        raise TranscriptTooLong(label, f"the transcript has {len(transcript)} characters: more than {seconds:.1f} s "
-                                       f"of audio could hold (at most {limit} words of {MAX_WORD_CHARS} characters)")
-    words = transcript.split()
-    if len(words) > limit:
-        raise TranscriptTooLong(label, f"the transcript has {len(words)} words: more than {seconds:.1f} s of audio "
-                                       f"could hold (at most {MAX_WORDS_PER_SECOND} a second + {MAX_WORDS_EXTRA} = {limit})")
-    longest = max(words, key=len, default="")
-    if len(longest) > MAX_WORD_CHARS:
-        raise TranscriptTooLong(label, f"the transcript has a word of {len(longest)} characters "
-                                       f"('{longest[:20]}...'); at most {MAX_WORD_CHARS} are accepted")
-
-
-def clipping_warning(audio: np.ndarray) -> str | None:
-    """A warning when more than CLIPPED_SHARE of the samples sit at full scale."""
-    if audio.size == 0:
-        return None
-    share = float(np.mean(np.abs(audio) >= FULL_SCALE))
-    if share <= CLIPPED_SHARE:
-        return None
-    return (f"clipped audio: {100 * share:.1f}% of samples at full scale; the acoustic features are "
-            "distorted (record at a lower gain)")
 
 
 def _frames_worker_setup(name: str):
@@ -159,106 +94,6 @@ def _frames_worker_setup(name: str):
 def _frames_worker_extract(frame, audio: np.ndarray, _progress) -> tuple[np.ndarray, float]:
     t = time.perf_counter()
     return frame.extract(audio, SAMPLE_RATE), time.perf_counter() - t
-
-
-@dataclass
-class WordExplanation:
-    text: str
-    start: float  # seconds from the start of the recording
-    end: float
-    values: dict[str, float] = field(default_factory=dict)  # WORD_MAPS keys the model gives
-    used: bool = True  # False: beyond the model's max_words / max_frames, not seen by the model
-
-    @property
-    def timed(self) -> bool:
-        """False for words without times (a text-only model reading the written transcript)."""
-        return not (math.isnan(self.start) or math.isnan(self.end))
-
-    def span(self, unit: str = "") -> str:
-        return f"{self.start:.2f}–{self.end:.2f}{unit}" if self.timed else "-"
-
-    def to_json(self) -> dict:
-        timed = self.timed
-        return {"text": self.text, "start": round(self.start, 3) if timed else None,
-                "end": round(self.end, 3) if timed else None,
-                **{k: round(v, 6) for k, v in self.values.items()},
-                **({} if self.used else {"used": False})}
-
-
-@dataclass
-class Prediction:
-    file: str
-    label: str
-    probabilities: dict[str, float]
-    words: list[WordExplanation]
-    duration: float  # seconds of audio
-    align_source: str  # forced, asr, proportional, none
-    fallbacks: list[str] = field(default_factory=list)
-    transcript: str | None = None
-    frame_maps: dict[str, list[float]] = field(default_factory=dict)  # FRAME_MAPS, one value per frame
-    hop: float = 0.01
-    truncated: bool = False
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    envelope: np.ndarray | None = None  # (N, 2) min/max of the waveform per 10 ms, for the pictures
-    model: str = ""
-    warnings: list[str] = field(default_factory=list)  # what makes this answer less trustworthy
-    recogniser: str | None = None  # whose hypothesis gave the words or their times ("whisper tiny.en")
-
-    @property
-    def word_source(self) -> str:
-        """How the words got their times, for people: "asr (whisper tiny.en)", "forced", ..."""
-        return f"{self.align_source} ({self.recogniser})" if self.recogniser else self.align_source
-
-    def to_json(self) -> dict:
-        """What `emofuse predict --json` prints and `POST /predict` returns."""
-        record = {
-            "file": self.file,
-            "label": self.label,
-            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
-            "words": [w.to_json() for w in self.words],
-            "duration": round(self.duration, 3),
-            "align_source": self.align_source,
-            "recogniser": self.recogniser,  # null unless a recogniser's hypothesis was read
-            "model": self.model,
-            "warnings": list(self.warnings),  # always present: an empty list when all is well
-        }
-        if self.fallbacks:
-            record["fallbacks"] = self.fallbacks
-        if self.truncated:
-            record["truncated"] = True
-        return record
-
-
-@dataclass
-class PredictionError:
-    """A file of a folder that could not be predicted, and why."""
-
-    file: str
-    error: str
-
-    def to_json(self) -> dict:
-        return {"file": self.file, "error": self.error}
-
-
-def envelope(audio: np.ndarray, sr: int = SAMPLE_RATE, hop: float = 0.01) -> np.ndarray:
-    """(N, 2) float32 min and max of each `hop` of audio: enough to draw the waveform."""
-    step = max(1, int(round(hop * sr)))
-    n = max(1, int(np.ceil(len(audio) / step)))
-    padded = np.pad(np.asarray(audio, dtype=np.float32), (0, n * step - len(audio)))
-    blocks = padded.reshape(n, step)
-    return np.stack([blocks.min(1), blocks.max(1)], axis=1).astype(np.float32)
-
-
-def _checked_audio(audio: np.ndarray, sr: int, label: str) -> np.ndarray:
-    """Mono float32 samples at 16 kHz; empty or non-finite audio is a DataError naming `label`."""
-    from emofuse.features.audio import resample
-
-    audio = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sr, SAMPLE_RATE)
-    if audio.size == 0:
-        raise DataError(label, "audio is empty (0 samples)")
-    if not np.all(np.isfinite(audio)):
-        raise DataError(label, "audio holds NaN or infinite samples")
-    return audio
 
 
 class Predictor:
@@ -380,26 +215,7 @@ class Predictor:
         return self.info.name
 
     def describe(self) -> dict:
-        info = self.info
-        return {
-            "model": info.name, "classes": self.classes, "label_set": info.label_set,
-            "acoustic": info.acoustic, "words": info.words,
-            "alignment": "none (acoustic only)" if not self.needs_words
-            else "the transcript as written (trained so); ASR words without one" if info.align == "written"
-            else "forced with a transcript, ASR without",
-            "recogniser": self.recogniser.name if self.recogniser is not None else None,
-            "needs_transcript": False,
-            "normalisation": NORMALISATION[self.normalisation.mode] if self.frame is not None else None,
-            "output_layer": BACKEND[self.backend.kind] if self.backend is not None else "the network's own classifier",
-            "metrics": {
-                **{k: info.metrics.get(k) for k in ("fold", "monitor", "val_score", "val_ua", "best_epoch")},
-                "test": {k: v for k, v in (info.metrics.get("test") or {}).items()
-                         if k in ("ua", "wa", "macro_f1", "weighted_f1")},
-                "cross_validation": {k: v for k, v in (info.metrics.get("run_summary") or {}).items()
-                                     if k in ("ua", "wa", "macro_f1", "weighted_f1")},
-            },
-            "emofuse_version": info.emofuse_version,
-        }
+        return describe(self)  # inference.description
 
     # ------------------------------------------------------------------------------ stages
     def _align(self, audio: np.ndarray, transcript: str | None, label: str, force_transcript: bool = False):
@@ -424,7 +240,7 @@ class Predictor:
             alignment.warnings.append("the transcript has no word that can be read (only punctuation, or a script "
                                       f"the aligner cannot pronounce): the words {who} heard were used instead")
         elif mode == "forced" and alignment.source == "forced" and self.check_transcript:
-            self._compare_with_recogniser(audio, alignment)
+            compare_with_recogniser(self._transcript_checker(), audio, alignment)
         if not alignment.words:
             why = "the recogniser found no words in it" if mode == "asr" else "no words could be aligned"
             raise DataError(label, f"{why}; model {self.info.name} reads words: give a transcript "
@@ -440,21 +256,6 @@ class Predictor:
         if self._checker is None:
             self._checker = make_recogniser("whisper")
         return self._checker
-
-    def _compare_with_recogniser(self, audio: np.ndarray, alignment) -> None:
-        """Warn (in `alignment.warnings`) when the transcript is far from what the recogniser hears."""
-        from emofuse.align.text import word_error_rate
-
-        checker = self._transcript_checker()
-        heard = checker.transcribe(audio)
-        said = [w.text for w in alignment.words]
-        wer = word_error_rate(said, [w.text for w in heard.words])
-        if wer > TRANSCRIPT_WER_LIMIT:
-            quoted = " ".join(w.text for w in heard.words[:12]) + (" ..." if len(heard.words) > 12 else "")
-            alignment.warnings.append(
-                f"the transcript is likely not what was said: {checker.name} heard "
-                f"{repr(quoted) if heard.words else 'no words'} (word error rate {wer:.2f} > {TRANSCRIPT_WER_LIMIT}); "
-                "check it, or leave it out to use the recogniser's words (--trust-transcript skips this check)")
 
     def features(self, audio: np.ndarray, transcript: str | None = None, label: str = "<audio>",
                  timings: dict | None = None, normalise: bool = True,
@@ -528,7 +329,8 @@ class Predictor:
 
     def _normalised(self, item: UtteranceFeatures, normalisation: Normalisation | None = None) -> UtteranceFeatures:
         """Frames normalised as in training; `normalisation`: one speaker's recordings' joint one
-        (`predict_speaker`). A lone recording's speaker has no statistics: its own stand in (NORMALISATION)."""
+        (`predict_speaker`). A lone recording's speaker has no statistics: its own stand in
+        (`description.NORMALISATION`)."""
         if item.acoustic is None:
             return item
         return replace(item, acoustic=(normalisation or self.normalisation).apply(item.acoustic))
@@ -547,7 +349,7 @@ class Predictor:
 
     def _run(self, items: Sequence[UtteranceFeatures]):
         out = self._forward(items)
-        if self.backend is not None:  # each recording alone: its speaker has no statistics here (BACKEND)
+        if self.backend is not None:  # alone: its speaker has no statistics here (description.BACKEND)
             probs = torch.from_numpy(self.backend.probabilities(out.utterance_vector.float().numpy())).float()
         else:
             probs = torch.softmax(out.logits.float(), -1)  # (B, C)
@@ -598,10 +400,10 @@ class Predictor:
             for audio, transcript, label in inputs:
                 timings: dict[str, float] = {}
                 try:
-                    audio = _checked_audio(audio, sr, label)
+                    audio = checked_audio(audio, sr, label)
                     item, alignment, truncated = self.features(audio, transcript, label, timings,
                                                                force_transcript=force_transcript)
-                    prepared.append((audio, transcript, label, item, alignment, truncated, timings))
+                    prepared.append(PreparedInput(audio, transcript, label, item, alignment, truncated, timings))
                 except DataError as exc:
                     if strict:
                         raise
@@ -609,10 +411,10 @@ class Predictor:
             return self._predict_prepared(prepared, strict)
 
     def _predict_prepared(self, prepared: list, strict: bool) -> list[Prediction | PredictionError]:
-        """Run the model once over the prepared inputs, (audio, transcript, label, item, alignment,
-        truncated, timings) each, and build their predictions; a PredictionError stays in its
-        place. The caller holds `self._lock`. strict: raise the first DataError."""
-        items = [p[3] for p in prepared if not isinstance(p, PredictionError)]
+        """Run the model once over the prepared inputs (`PreparedInput`) and build their
+        predictions; a PredictionError stays in its place. The caller holds `self._lock`.
+        strict: raise the first DataError."""
+        items = [p.item for p in prepared if not isinstance(p, PredictionError)]
         results: list = []
         if items:
             t = time.perf_counter()
@@ -640,57 +442,11 @@ class Predictor:
         """Recordings of ONE speaker (file, transcript), predicted together as the model was
         cross-validated: with `data.normalise=speaker` their frames are z-scored with the statistics
         of all of them, and a `speaker-lr` back-end z-scores their utterance vectors with their own
-        statistics (given `models.backend.MIN_UTTERANCES` or more recordings; fewer get the training
+        statistics (given `models.refitted_output.MIN_UTTERANCES` or more recordings; fewer get the training
         speakers' mean statistics, as a lone recording does). Models normalised otherwise give what
         `predict_files` gives. The statistics assume the recordings span the speaker's emotions.
         An unreadable file gives a PredictionError in its place; none readable is a DataError."""
-        from emofuse.features.audio import load_audio
-
-        batch_size = max(1, int(batch_size))
-        with self._lock:
-            prepared: list = []
-            for path, transcript in jobs:
-                timings: dict[str, float] = {}
-                try:
-                    t = time.perf_counter()
-                    audio = _checked_audio(load_audio(path, SAMPLE_RATE), SAMPLE_RATE, str(path))
-                    timings["audio"] = time.perf_counter() - t
-                    item, alignment, truncated = self.features(audio, transcript, str(path), timings, normalise=False)
-                    prepared.append((audio, transcript, str(path), item, alignment, truncated, timings))
-                except DataError as exc:
-                    prepared.append(PredictionError(str(path), str(exc)))
-            good = [p for p in prepared if not isinstance(p, PredictionError)]
-            if not good:
-                raise DataError(None, f"none of the {len(prepared)} recording(s) could be read")
-            speaker = self.normalisation.for_one_speaker(p[3].acoustic for p in good)
-            items = [self._normalised(p[3], speaker) for p in good]
-            outputs, seconds = [], []
-            for start in range(0, len(items), batch_size):
-                t = time.perf_counter()
-                outputs.append(self._forward(items[start:start + batch_size]))
-                seconds.append((time.perf_counter() - t) / len(outputs[-1].logits))
-            if self.backend is not None:
-                vectors = torch.cat([out.utterance_vector.float() for out in outputs]).numpy()
-                probs = torch.from_numpy(self.backend.probabilities(vectors, own_statistics=True)).float()
-            else:
-                probs = torch.cat([torch.softmax(out.logits.float(), -1) for out in outputs])  # (N, C)
-            results = []
-            readable = iter(range(len(good)))
-            for p in prepared:
-                if isinstance(p, PredictionError):
-                    results.append(p)
-                    continue
-                row = next(readable)
-                chunk, within = divmod(row, batch_size)
-                audio, transcript, label, _, alignment, truncated, timings = p
-                timings["model"] = seconds[chunk]
-                rows = probs[chunk * batch_size:(chunk + 1) * batch_size]
-                try:
-                    results.append(self._prediction(within, rows, outputs[chunk].explain, audio, transcript,
-                                                    label, items[row], alignment, truncated, timings))
-                except DataError as exc:
-                    results.append(PredictionError(label, str(exc)))
-            return results
+        return predict_one_speaker(self, jobs, batch_size)  # inference.speaker
 
     def _prediction(self, row, probs, explain, audio, transcript, label, item, alignment, truncated, timings):
         p = probs[row].tolist()
@@ -707,22 +463,7 @@ class Predictor:
             warnings.append(clipped)
         n_used = len(item.words or [])
         n_frames = len(item.acoustic) if item.acoustic is not None else 0
-        words = []
-        for w_index, word in enumerate(alignment.words):
-            values: dict[str, float] = {}
-            used = w_index < n_used
-            if used:
-                for key in WORD_MAPS:
-                    v = explain.get(key)
-                    if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] > w_index:
-                        values[key] = float(v[row, w_index])
-            words.append(WordExplanation(word.text, float(word.start), float(word.end), values, used))
-        frame_maps = {}
-        for key in FRAME_MAPS:
-            v = explain.get(key)
-            if isinstance(v, torch.Tensor) and v.dim() == 2 and n_frames:
-                # frames trimmed off the start (data.trim) get 0: the map stays on the recording's grid
-                frame_maps[key] = [0.0] * item.frame_offset + [round(float(x), 6) for x in v[row, :n_frames]]
+        words = word_explanations(alignment.words, explain, row, n_used)
         return Prediction(
             file=label,
             label=self.classes[int(np.argmax(p))],
@@ -732,7 +473,7 @@ class Predictor:
             align_source=alignment.source,
             fallbacks=list(alignment.fallbacks),
             transcript=transcript,
-            frame_maps=frame_maps,
+            frame_maps=frame_maps(explain, row, n_frames, item.frame_offset),
             hop=item.acoustic_hop,
             truncated=truncated,
             timings=timings,

@@ -24,7 +24,7 @@ import numpy as np
 from emofuse.errors import ConfigError, DataError
 from emofuse.features.batch import UtteranceFeatures
 from emofuse.features.spans import truncate
-from emofuse.inference.predictor import Prediction, PredictionError, Predictor
+from emofuse.inference.predictor import Prediction, PredictionError, Predictor, PreparedInput
 from emofuse.models.modeldir import ModelInfo
 
 AUDIO_NEEDS = ("acoustic", "word_frames")  # inputs that come from a recording
@@ -111,6 +111,7 @@ def predict_texts(predictor: Predictor, texts: Sequence[tuple[str, str]],
                     raise
                 prepared.append(PredictionError(label, str(exc)))
                 continue
-            prepared.append((silence, text, label, item, alignment, truncated, {"words": time.perf_counter() - t}))
+            prepared.append(PreparedInput(silence, text, label, item, alignment, truncated,
+                                          {"words": time.perf_counter() - t}))
         results = predictor._predict_prepared(prepared, strict)
     return [r if isinstance(r, PredictionError) else replace(r, envelope=None) for r in results]

@@ -49,8 +49,8 @@ class ModelEntry:
     needs: tuple[str, ...]  # inputs it reads: "acoustic", "words", "word_frames", "token_ids"
     summary: str
     # Fitted, not trained: the network has no trained weights and its output layer is a
-    # logistic back-end fitted on its utterance vectors (`models.backend.Backend`), so the fold
-    # runner fits it instead of running Lightning (`training.loop.fit_fold`; models/linear_probe.py).
+    # logistic back-end fitted on its utterance vectors (`models.refitted_output.Backend`), so the fold
+    # runner fits it instead of running Lightning (`training.fold.fit_fold`; models/linear_probe.py).
     fitted: bool = False
 
 

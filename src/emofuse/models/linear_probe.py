@@ -25,8 +25,8 @@ compare_lld, fbank40, hf:PATH, ...), on their own hop and dimension.
    validation speakers chose C and are not refitted on, so the reported validation UA is the
    one the chosen model earned. The test part is never looked at for either choice.
 
-Steps 2 and 3 are `training.backend.fit_backend` (the fold runner calls it from
-`training.loop.fit_fold`); the fitted regression is a `models.backend.Backend`, stored as JSON
+Steps 2 and 3 are `training.refit_output.fit_backend` (the fold runner calls it from
+`training.fold.fit_fold`); the fitted regression is a `models.refitted_output.Backend`, stored as JSON
 in `fold-K/backend.json` and in an exported model directory's model.json, and prediction reads
 it as it reads any back-end. The network itself has no weights: its logits are zeros, never
 read, since a linear-probe model directory without its back-end is refused on loading.

@@ -70,7 +70,7 @@ class ModelInfo:
     normaliser: dict | None = None  # emofuse.features.normalise.Normalisation.to_dict() (portable)
     vocabulary: dict | None = None
     # protocol.backend: the logistic regression that replaces the network's classifier on its
-    # utterance vector (emofuse.models.backend.Backend.to_dict()); None: the network's own
+    # utterance vector (emofuse.models.refitted_output.Backend.to_dict()); None: the network's own
     backend: dict | None = None
     metrics: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)  # run dir, fold, checkpoint, trained model name

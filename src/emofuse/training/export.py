@@ -32,7 +32,7 @@ def fold_dirs(run_dir: Path) -> list[Path]:
 
 
 def validation_score(fold_dir: Path) -> tuple[str, float | None]:
-    """(monitor, best validation score) of a finished fold, as `training.loop` records it in
+    """(monitor, best validation score) of a finished fold, as `training.fold` records it in
     metrics.json. With `protocol.backend` the back-end predicts, so its validation UA (the one
     its C was chosen on) is the fold's score."""
     metrics = read_json(fold_dir / "metrics.json")
@@ -195,7 +195,7 @@ def _fitted_backend(path: Path, classes: list[str]) -> dict:
     if not path.is_file():
         raise DataError(path, "missing: the fold's metrics.json describes a back-end (protocol.backend), and the "
                               "network alone would not give the predictions those metrics describe")
-    from emofuse.models.backend import Backend
+    from emofuse.models.refitted_output import Backend
 
     backend = Backend.from_dict(read_json(path), source=path)
     if backend.classes != classes:

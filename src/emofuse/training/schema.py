@@ -21,7 +21,7 @@ from pydantic.dataclasses import dataclass
 
 from emofuse.errors import ConfigError
 from emofuse.features.normalise import Normalisation
-from emofuse.models.backend import KINDS
+from emofuse.models.refitted_output import KINDS
 from emofuse.training.splits import PROTOCOLS
 
 # lax types, but a number where a string belongs is its text (`name: 2024`), and no unknown key
@@ -344,7 +344,7 @@ def validate(cfg: ExperimentConfig) -> None:
 def validate_fitted(cfg: ExperimentConfig, name: str) -> None:
     """A fitted model (the linear probe, `ModelEntry.fitted`) trains nothing by gradient: what
     would change a trained network's result but not its fit is refused here, not ignored.
-    trainer.* and optim.* are not read at all (training.loop.fit_fold)."""
+    trainer.* and optim.* are not read at all (training.fold.fit_fold)."""
     mode = Normalisation.mode_of(cfg.data.normalise)
     if mode not in ("speaker", "fold"):
         raise ConfigError(f"model {name!r} z-scores its pooled vectors as data.normalise says: speaker or fold "

@@ -10,7 +10,7 @@ Protocols (`make_folds(corpus, protocol)`):
   - "official": the corpus's own split in `meta["split"]` (train / dev / test), e.g. MELD.
     MELD's characters recur across its splits, so this one protocol is not speaker-exclusive.
   - "cross-corpus": one fold: train and validate on the training corpus, test on another
-    corpus (the utterances `training.features` marked `meta["cross_corpus"] = "test"`);
+    corpus (the utterances `training.corpus` marked `meta["cross_corpus"] = "test"`);
     validation speakers come from the training corpus only.
 
 Model selection never sees test speakers: where a protocol has no validation part of its
@@ -174,7 +174,7 @@ def official_split(corpus) -> list[Fold]:
 
 
 def is_test_corpus(u: Utterance) -> bool:
-    """An utterance of the cross-corpus protocol's test corpus (training.features marks them)."""
+    """An utterance of the cross-corpus protocol's test corpus (training.corpus marks them)."""
     return u.meta.get("cross_corpus") == "test"
 
 

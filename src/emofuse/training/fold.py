@@ -1,4 +1,5 @@
-"""Run an experiment: every fold of the protocol, each trained with Lightning and tested once.
+"""One fold of an experiment: trained with Lightning and tested once (the run over every fold
+is training/run.py).
 
 Per fold (`train_fold`):
   1. the acoustic normaliser (and a vocabulary for token-id models) is fitted on the
@@ -10,7 +11,7 @@ Per fold (`train_fold`):
   3. the best checkpoint is evaluated ONCE on the test part, in a plain single-process pass
      over the whole part (under DDP every rank runs the same pass and rank 0 writes), giving
      `fold-K/metrics.json` and `fold-K/predictions.csv`. With `protocol.backend`, a logistic
-     regression refitted on the network's utterance vectors (`training/backend.py`,
+     regression refitted on the network's utterance vectors (`training/refit_output.py`,
      `fold-K/backend.json`) gives the test predictions; the network's own metrics are kept.
 
 A fitted model (`ModelEntry.fitted`: the linear probe, models/linear_probe.py) has nothing to
@@ -23,12 +24,9 @@ from `fold-K/checkpoints/last.ckpt` at the epoch after the last finished one. Ch
 are written to a temporary file and moved into place (`AtomicCheckpointIO`), so a kill
 during a save leaves the previous good checkpoint intact.
 
-Run directory:
-    run_dir/config.yaml            resolved config
+Fold directory:
     run_dir/fold-K/                checkpoints/{best-*.ckpt,last.ckpt}, logs/{csv,tensorboard}/,
                                    normaliser.json, split.json, metrics.json, predictions.csv
-    run_dir/metrics.json           every finished fold + mean ± std
-    run_dir/report.md, confusion.png
 """
 
 from __future__ import annotations
@@ -37,12 +35,11 @@ import copy
 import csv
 import io
 import os
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable
 
 import lightning as L
 import numpy as np
@@ -54,26 +51,26 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from emofuse.errors import ConfigError, DataError, EmofuseError
+from emofuse.errors import ConfigError, EmofuseError
 from emofuse.models.base import InputSpec, get_model
 from emofuse.training.augment import FrameMasking
-from emofuse.models.backend import Backend
-from emofuse.training.backend import CS, fit_backend, utterance_vectors
-from emofuse.models.modeldir import best_checkpoint_of, weights_sha256
+from emofuse.models.refitted_output import Backend
+from emofuse.training.refit_output import CS, fit_backend, utterance_vectors
+from emofuse.models.modeldir import best_checkpoint_of
 from emofuse.training.checkpoints import checkpoint_state, load_weights, read_checkpoint, state_of
 from emofuse.io import atomic_open, atomic_write_text
-from emofuse.training.config import ExperimentConfig, save_config
+from emofuse.training.config import ExperimentConfig
 from emofuse.features.normalise import Normalisation
 from emofuse.training.data import (
     BucketBatchSampler, Collator, IndexDataset, LabelledData, class_weights, lengths_of,
 )
+from emofuse.training.integrity import check_teacher_split
 from emofuse.training.metrics import classification_metrics
 from emofuse.training.module import EmotionModule, predict
-from emofuse.training.report import read_json, run_summary, write_json, write_run_report
+from emofuse.training.report import read_json, write_json
 
 Log = Callable[[str], None]
-# after_fold(cfg, data, fold, fold_dir, result) -> statistics of a finished fold (see run_folds)
-AfterFold = Callable[[ExperimentConfig, LabelledData, Any, Path, dict], "dict | None"]
+
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -129,9 +126,6 @@ def eval_loader(cfg: ExperimentConfig, collator: Collator, indices) -> DataLoade
     sampler = BucketBatchSampler(lengths, cfg.trainer.eval_batch_size or cfg.trainer.batch_size, shuffle=False)
     return DataLoader(IndexDataset(indices), batch_sampler=sampler, collate_fn=collator)
 
-
-# ---------------------------------------------------------------------------------------
-# One fold
 
 
 def fold_inputs(cfg: ExperimentConfig, data: LabelledData, train_idx) -> tuple[dict, Any, Any]:
@@ -223,7 +217,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     module.to(device)
     ids, labels, probs = predict(module.model, eval_loader(cfg, collator, fold.test), device)
     backend = None
-    if cfg.protocol.backend:  # the refitted output layer's predictions are the fold's (training/backend.py)
+    if cfg.protocol.backend:  # the refitted output layer's predictions are the fold's (training/refit_output.py)
         network_metrics = classification_metrics(labels, probs.argmax(1), data.classes)
         backend, probs = fold_backend(cfg, data, fold, module.model, collator, device, ids)
         if rank_zero_only.rank == 0:
@@ -255,7 +249,7 @@ def train_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, 
     if rank_zero_only.rank == 0:
         write_predictions(fold_dir / "predictions.csv", data, ids, labels, probs)
         write_json(fold_dir / "metrics.json", result)  # last: its presence marks the fold done
-    _barrier()
+    barrier()
     return result
 
 
@@ -312,7 +306,7 @@ def fit_fold(cfg: ExperimentConfig, data: LabelledData, fold, fold_dir: Path, lo
         write_json(fold_dir / "backend.json", backend.to_dict())
         write_predictions(fold_dir / "predictions.csv", data, test_ids, labels, probs)
         write_json(fold_dir / "metrics.json", result)  # last: its presence marks the fold done
-    _barrier()
+    barrier()
     return result
 
 
@@ -437,7 +431,7 @@ def _fit(cfg: ExperimentConfig, data: LabelledData, fold, train_idx, val_idx, st
                                         "epochs_run": trainer.current_epoch,
                                         "monitor": monitor if selecting else None,
                                         "best_score": _float(checkpoint.best_model_score) if checkpoint else None})
-        _barrier()
+        barrier()
     return Stage(module, collator, best_path, read_json(trained_marker) if trained_marker.is_file() else {})
 
 
@@ -478,7 +472,7 @@ def _float(value) -> float | None:
     return float(value.item() if hasattr(value, "item") else value)
 
 
-def _barrier() -> None:
+def barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
 
@@ -488,246 +482,3 @@ def _eval_device(cfg: ExperimentConfig) -> torch.device:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
-
-# ---------------------------------------------------------------------------------------
-# All folds
-
-
-def run_folds(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: Path | None = None,
-              log: Log = print, extra_callbacks: tuple = (), *, only: Collection[int] | None = None,
-              after_fold: AfterFold | None = None, after_fold_name: str = "explain", quiet: bool = False) -> dict:
-    """Train and test every fold (or `cfg.fold`, or those in `only`), skipping finished ones;
-    write the run report.
-
-    - `{fold}` in a model setting (the teacher checkpoint of a teacher-student row,
-      `model.teacher_checkpoint=runs/h-mm-4/fold-{fold}`) becomes the fold's index.
-    - A finished fold (its `metrics.json` exists) is read, not retrained.
-    - Every fold folder holding results must have been cut from the same utterances and
-      classes as `data` and `folds` (`check_fold_matches`), else nothing runs.
-    - `after_fold(cfg, data, fold, fold_dir, result)` measures something on a finished fold
-      (a benchmark's gate or attention statistics); its dict is cached in
-      `fold-K/<after_fold_name>.json`, read back instead of measured again unless the fold's
-      tested checkpoint is another than it was measured on (`cached_measurement`),
-      and merged into the fold's result under `after_fold_name`.
-    - `quiet`: one line per fold trained (its test scores), nothing else.
-
-    Returns the run summary over every finished fold of `run_dir` (`run_summary`, plus
-    `run_dir`) and `selected`: the results of the folds asked for, in fold order.
-    """
-    run_dir = Path(run_dir) if run_dir else cfg.resolved_run_dir()
-    # before anything in run_dir is written: a refused command leaves config.yaml as it was
-    # (a fold=7 written there would make every later plain resume fail)
-    if cfg.fold is not None and not 0 <= cfg.fold < len(folds):
-        raise ConfigError(f"fold={cfg.fold}: the protocol gives folds 0..{len(folds) - 1}")
-    for fold in folds:
-        check_fold_matches(run_dir / f"fold-{fold.index}", data, fold)
-    if rank_zero_only.rank == 0:
-        save_config(cfg, run_dir)
-        # the resolved label set, train -> test corpora and warnings (single-class speakers): data.json
-        from emofuse.training.checks import write_data_checks
-
-        write_data_checks(cfg.to_dict(), data, folds, run_dir, log)
-    chosen = folds if cfg.fold is None else [folds[cfg.fold]]
-    if only is not None:
-        unknown = sorted(set(only) - {f.index for f in folds})
-        if unknown:
-            raise ConfigError(f"folds {unknown}: the protocol gives folds 0..{len(folds) - 1}")
-        chosen = [f for f in chosen if f.index in only]
-    extra = after_fold_name if after_fold is not None else None
-    selected = []
-    for fold in chosen:
-        fold_dir = run_dir / f"fold-{fold.index}"
-        fold_cfg = fold_config(cfg, fold.index)
-        changed = False
-        if (fold_dir / "metrics.json").is_file():
-            if not quiet:
-                log(f"fold {fold.index}: done before, skipped ({fold_dir / 'metrics.json'})")
-        else:
-            if not quiet:
-                log(f"fold {fold.index} ({fold.name}): train {len(fold.train)}, val {len(fold.val)}, "
-                    f"test {len(fold.test)}")
-            result = train_fold(fold_cfg, data, fold, fold_dir, (lambda s: None) if quiet else log, extra_callbacks)
-            t = result["test"]
-            chosen_by = f"best epoch {result['best_epoch']}" if result["best_epoch"] is not None \
-                else f"C {result['backend']['C']:g}, val UA {result['backend']['val_ua']:.3f}"  # a fitted model
-            log(f"fold {fold.index}: test UA {t['ua']:.3f}  WA {t['wa']:.3f}  macro-F1 {t['macro_f1']:.3f} "
-                f"({chosen_by}, {result['seconds']:.0f} s)")
-            changed = True
-        if after_fold is not None and not (not changed and cached_measurement(fold_dir, extra)):
-            measured = after_fold(fold_cfg, data, fold, fold_dir, read_json(fold_dir / "metrics.json")) or {}
-            if rank_zero_only.rank == 0:  # the measurement first: a kill between the two means measure again
-                write_json(fold_dir / f"{extra}.json", measured)
-                write_json(fold_dir / f"{extra}.checkpoint.json", tested_checkpoint(fold_dir))
-            _barrier()
-            changed = True
-        selected.append(read_fold(fold_dir, extra))
-        if changed:
-            write_run(cfg, data, folds, run_dir, extra)  # the report grows fold by fold
-    run = write_run(cfg, data, folds, run_dir, extra)
-    run["selected"] = selected
-    return run
-
-
-def cached_measurement(fold_dir: Path, extra: str) -> bool:
-    """Whether `fold-K/<extra>.json` may be read instead of measured again: it exists and was
-    measured on the checkpoint the fold is tested with now (`<extra>.checkpoint.json`). A
-    cache from before that record existed, or whose checkpoint was deleted since (pruned to save
-    space), is all there is and is read as it is."""
-    if not (fold_dir / f"{extra}.json").is_file():
-        return False
-    measured_on = fold_dir / f"{extra}.checkpoint.json"
-    if not measured_on.is_file() or not best_checkpoint_of(fold_dir / "metrics.json").is_file():
-        return True
-    return read_json(measured_on) == tested_checkpoint(fold_dir)
-
-
-def tested_checkpoint(fold_dir: Path) -> dict:
-    """The checkpoint a finished fold was tested with (named in its metrics.json) and its
-    SHA-256: what an `after_fold` measurement is tied to, so that a fold trained again (a new
-    checkpoint) is measured again."""
-    path = best_checkpoint_of(fold_dir / "metrics.json")
-    if not path.is_file():
-        raise DataError(path, f"checkpoint not found (named in {fold_dir / 'metrics.json'})")
-    digest = weights_sha256(path)
-    return {"checkpoint": os.path.relpath(path, fold_dir), "sha256": digest}
-
-
-def check_fold_matches(fold_dir: Path, data: LabelledData, fold) -> None:
-    """Refuse a fold folder holding results (finished, or a checkpoint to resume from) that was
-    cut from other utterances or classes than `fold` of `data`: resumed, its results would be
-    merged with folds of another dataset (a manifest, label set or protocol changed since).
-
-    Compares the stored `split.json` (train, val, test ids; classes, in runs that record them
-    there, else `normaliser.json`'s) of the fold and of its refit selection stage with the
-    current ones, as sets of ids; an older file is compared on the parts it holds."""
-    stages = [d for d in (fold_dir, fold_dir / "selection")
-              if (d / "trained.json").is_file() or (d / "checkpoints" / "last.ckpt").is_file()]
-    if (fold_dir / "metrics.json").is_file() and fold_dir not in stages:
-        stages.insert(0, fold_dir)
-    hint = f"start a new run_dir or delete {fold_dir.name}"
-    current = fold.to_json(data.corpus)
-    for stage in stages:
-        split_path, stored = stage / "split.json", {}
-        if split_path.is_file():
-            stored = read_json(split_path)
-            if not isinstance(stored, dict):
-                raise DataError(split_path, f"not a fold's split (a JSON object of train, val and test ids); {hint}")
-            differing, first = [], None
-            for part, name in (("test", "test"), ("val", "validation"), ("train", "training")):
-                ids = stored.get(part)
-                if ids is None:
-                    continue
-                if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                    raise DataError(split_path, f'"{part}" is not a list of utterance ids; {hint}')
-                differ = set(ids) ^ set(current[part])
-                if differ:
-                    differing.append(f"{len(differ)} {name}")
-                    if first is None:
-                        uid = sorted(differ)[0]
-                        first = f"{uid!r}, {'only in this file' if uid in set(ids) else 'only in the current data'}"
-            if differing:
-                raise DataError(split_path, f"{' and '.join(differing)} utterances differ from the current data "
-                                            f"(first: {first}); {hint}")
-        classes_path, record = split_path, stored
-        if "classes" not in stored and (stage / "normaliser.json").is_file():  # runs before split.json held them
-            classes_path, record = stage / "normaliser.json", read_json(stage / "normaliser.json")
-        classes = record.get("classes") if isinstance(record, dict) else None
-        if classes is not None and classes != list(data.classes):
-            raise DataError(classes_path, f"classes {classes} differ from the current {list(data.classes)}; {hint}")
-
-
-def check_teacher_split(cfg: ExperimentConfig, data: LabelledData, fold) -> None:
-    """A teacher fold read through `model.teacher_checkpoint` must not have trained on this
-    fold's test or validation utterances (a teacher run with another seed, k or refit cuts other
-    folds): its `split.json` is compared with this fold before any training."""
-    path = cfg.model.get("teacher_checkpoint") if isinstance(cfg.model, dict) else None
-    if not isinstance(path, str) or not path:
-        return
-    here = Path(path)
-    split = next((d / "split.json" for d in (here, here.parent, here.parent.parent) if (d / "split.json").is_file()),
-                 None)
-    if split is None:
-        return
-    teacher = read_json(split)
-    trained_on = set(teacher.get("train", [])) | set(teacher.get("val", []))
-    ids = lambda part: {data.corpus[int(i)].id for i in part}  # noqa: E731
-    for part, name in ((fold.test, "test"), (fold.val, "validation")):
-        seen = trained_on & ids(part) if name == "test" else set(teacher.get("train", [])) & ids(part)
-        if seen:
-            raise ConfigError(f"{split}: the teacher of fold {fold.index} trained on {len(seen)} of this fold's "
-                              f"{name} utterances (first: {sorted(seen)[0]!r}); train the teacher with the same "
-                              "seed and protocol as the student")
-
-
-def fold_config(cfg: ExperimentConfig, index: int) -> ExperimentConfig:
-    """`cfg` for fold `index`: `{fold}` in the model settings (paths to a fold of another run,
-    such as a teacher checkpoint) replaced by the index."""
-
-    def fill(value):
-        if isinstance(value, str):
-            return value.replace("{fold}", str(index))
-        if isinstance(value, dict):
-            return {k: fill(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [fill(v) for v in value]
-        return value
-
-    out = copy.deepcopy(cfg)
-    out.model = fill(out.model)
-    return out
-
-
-def read_fold(fold_dir: Path, extra: str | None = None) -> dict:
-    """A finished fold's metrics.json, with its `<extra>.json` (an `after_fold` output) under `extra`."""
-    result = read_json(fold_dir / "metrics.json")
-    if extra and (fold_dir / f"{extra}.json").is_file():
-        result[extra] = read_json(fold_dir / f"{extra}.json")
-    return result
-
-
-def write_run(cfg: ExperimentConfig, data: LabelledData, folds: list, run_dir: Path, extra: str | None = None) -> dict:
-    """Summarise every finished fold of the run into metrics.json, report.md, confusion.png."""
-    done = [read_fold(run_dir / f"fold-{f.index}", extra) for f in folds
-            if (run_dir / f"fold-{f.index}" / "metrics.json").is_file()]
-    run = run_summary(cfg.to_dict(), data.classes, done, len(folds))
-    if rank_zero_only.rank == 0:
-        write_run_report(run_dir, run, cfg.to_dict())
-    _barrier()
-    run["run_dir"] = str(run_dir)
-    return run
-
-
-def run_experiment(cfg: ExperimentConfig, log: Log = print, progress=None) -> dict:
-    """Read the corpus and its features (extracting what is missing), cut the folds, run them."""
-    from emofuse.training.features import load_labelled
-
-    run_dir = cfg.resolved_run_dir()
-    if rank_zero_only.rank == 0:
-        # fail early on a run_dir that holds another experiment; written by run_folds once the
-        # finished folds are known to match the data (a refused resume leaves config.yaml as it was)
-        save_config(cfg, run_dir, write=False)
-    data = load_labelled(cfg, log=log, progress=progress)
-    return run_folds(cfg, data, protocol_folds(cfg, data), run_dir, log)
-
-
-def protocol_folds(cfg: ExperimentConfig, data: LabelledData) -> list:
-    """The folds of `cfg.protocol` over the corpus of `data` (drawn with `cfg.seed`)."""
-    from emofuse.training.splits import make_folds
-
-    p = cfg.protocol
-    return make_folds(data.corpus, p.name, k=p.k, seed=cfg.seed, val_fraction=p.val_fraction,
-                      val_speakers=p.val_speakers)
-
-
-def is_rank_zero() -> bool:
-    return rank_zero_only.rank == 0
-
-
-def quiet_lightning() -> None:
-    """Lightning's info lines (GPU available, ...) add noise to a CLI run."""
-    import logging
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if not sys.warnoptions:
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")

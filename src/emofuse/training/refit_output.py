@@ -18,7 +18,7 @@ network must therefore not have seen them, so a back-end cannot be combined with
 `predictions.csv`; the network's own test metrics stay in `metrics.json` under `network_test`.
 
 The fitted layer itself (`Backend`, with its z-scoring and what prediction does with a lone
-recording) lives in `emofuse.models.backend`, so that prediction reads it without this package.
+recording) lives in `emofuse.models.refitted_output`, so that prediction reads it without this package.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from emofuse.errors import EmofuseError
-from emofuse.models.backend import EPS, KINDS, MIN_UTTERANCES, Backend, zscore_by_speaker
+from emofuse.models.refitted_output import EPS, KINDS, MIN_UTTERANCES, Backend, zscore_by_speaker
 
 CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strength, chosen on validation UA
 

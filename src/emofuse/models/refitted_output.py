@@ -1,6 +1,6 @@
 """The fitted linear back-end of `protocol.backend`: a logistic regression on a trained
 network's utterance vector that replaces the network's classifier (fitted by
-`emofuse.training.backend.fit_backend`; stored in a model directory's model.json).
+`emofuse.training.refit_output.fit_backend`; stored in a model directory's model.json).
 
 - ``lr``: the vectors z-scored with the statistics of the training part.
 - ``speaker-lr``: every speaker's vectors z-scored with that speaker's own statistics.

@@ -1,4 +1,4 @@
-"""Benchmarks as recipes: rows (config files) run by the one fold loop, `loop.run_folds`.
+"""Benchmarks as recipes: rows (config files) run by the one fold loop, `training.run.run_folds`.
 
 A benchmark (`benchmarks/aguilar.py`, `fgcme.py`, `can_nmt.py`) is a list of rows, a function
 that measures statistics on each finished fold (`after_fold`, cached in `fold-K/explain.json`
@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 from emofuse.io import atomic_write_text, write_json
 from emofuse.training.config import ExperimentConfig, load_config
 from emofuse.training.data import LabelledData
-from emofuse.training.loop import AfterFold, Log, protocol_folds, quiet_lightning, run_folds
+from emofuse.training.fold import Log
+from emofuse.training.run import AfterFold, protocol_folds, quiet_lightning, run_folds
 from emofuse.training.metrics import summarise
 
 
@@ -34,7 +35,7 @@ class DataCache:
         self._data: dict[str, LabelledData] = {}
 
     def get(self, cfg: ExperimentConfig) -> LabelledData:
-        from emofuse.training.features import load_labelled
+        from emofuse.training.corpus import load_labelled
 
         key = json.dumps(cfg.to_dict()["data"], sort_keys=True, default=str)
         if key not in self._data:
