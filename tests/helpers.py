@@ -653,3 +653,16 @@ def hanging_batch(predictor, chunk, progress):
             Path(path).with_suffix(".reached").write_text(str(os.getpid()))
             time.sleep(24 * 3600)
     return _predict_batch(predictor, chunk, progress)
+
+
+def end_all(parent, pids) -> None:
+    """Test cleanup: the parent process (a Popen) and every pid still alive, killed."""
+    import os
+    import signal
+
+    if parent.poll() is None:
+        parent.kill()
+        parent.wait()
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import alive, children
+from helpers import end_all, alive, children
 
 from emofuse.corpora.base import Corpus, Utterance
 
@@ -53,12 +53,7 @@ def test_workers_die_with_a_killed_extract_and_stop_writing(tmp_path, ravdess_ro
         assert entries(store) == written  # nothing more arrives
         assert len(written) < 2 * len(paths)  # the run was really cut short (frames + speech mask each)
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        end_all(parent, workers)
 
 
 def test_the_parent_watchdog_alone_ends_a_worker_where_prctl_is_missing():

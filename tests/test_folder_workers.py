@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    end_all,
     CLASSES,
     STATEMENT_1,
     alive,
@@ -66,12 +67,7 @@ def test_folder_workers_die_within_seconds_of_a_killed_predict(words_model, ravd
         assert not [pid for pid in workers if alive(pid)], "folder workers outlived their parent by 5 s"
         assert not (tmp_path / "r.csv").exists()  # the run was really cut short
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        end_all(parent, workers)
 
 
 def test_a_folder_worker_honours_force_transcript(words_model, ravdess_root, tmp_path):

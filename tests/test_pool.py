@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from helpers import alive, failing_setup, forking_setup, pool_handle, pool_setup, reaped, until
+from helpers import end_all, alive, failing_setup, forking_setup, pool_handle, pool_setup, reaped, until
 
 from emofuse import pool as pool_module
 from emofuse.errors import DataError, JobTimedOut, WorkerCrashed, WorkersStopped
@@ -135,12 +135,7 @@ def test_the_workers_exit_with_their_parent():
         parent.wait()
         assert until(lambda: not any(alive(p) for p in workers), 5), "workers outlived their parent by 5 s"
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        end_all(parent, workers)
 
 
 def test_the_pool_gives_up_after_more_crashes_than_allowed(tmp_path, monkeypatch):

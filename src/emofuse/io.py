@@ -117,3 +117,12 @@ def file_in_the_way(folder: str | Path) -> Path | None:
         if where.exists():
             return None if where.is_dir() else where
     return None
+
+
+def plain(value):
+    """A JSON-ready copy of nested dicts, lists and tuples (tuples become lists, keys strings)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

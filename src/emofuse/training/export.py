@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +22,7 @@ from emofuse.errors import ConfigError, DataError
 from emofuse.models.modeldir import best_checkpoint_of
 from emofuse.training.checkpoints import checkpoint_state, load_weights
 from emofuse.features.normalise import Normalisation
-from emofuse.io import read_json
+from emofuse.io import plain, read_json
 from emofuse.models.modeldir import ModelInfo, write_model_dir
 
 def fold_dirs(run_dir: Path) -> list[Path]:
@@ -146,7 +145,7 @@ def export_fold(fold_dir: str | Path, out_dir: str | Path, run_config: dict | No
     label_info = read_json(run_dir / "data.json").get("label_set") or {} if (run_dir / "data.json").is_file() else {}
     info = ModelInfo(
         name=name,
-        settings=_plain(settings),
+        settings=plain(settings),
         spec=spec,
         needs=needs,
         classes=list(fitted["classes"]),
@@ -220,11 +219,3 @@ def export_run(run_dir: str | Path, out_dir: str | Path, fold: int | None = None
             raise ConfigError(f"{run_dir}: fold {fold} has not been trained (folds present: {done})")
     return export_fold(chosen, out_dir)
 
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy (tuples become lists)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

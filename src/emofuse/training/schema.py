@@ -20,6 +20,7 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 from emofuse.errors import ConfigError
+from emofuse.io import plain
 from emofuse.features.normalise import Normalisation
 from emofuse.models.refitted_output import KINDS
 from emofuse.training.splits import PROTOCOLS
@@ -190,7 +191,7 @@ class ExperimentConfig:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.corpus / self.name
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
 
 SECTIONS = {"data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig, "protocol": ProtocolConfig,
@@ -213,13 +214,6 @@ RESUMABLE_KEYS = frozenset(
     f"{prefix}{name}" for prefix, cls in (("", ExperimentConfig), *((f"{s}.", c) for s, c in SECTIONS.items()))
     for name, info in schema_fields(cls).items() if (info.json_schema_extra or {}).get("resumable"))
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------------------------
