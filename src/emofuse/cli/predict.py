@@ -112,23 +112,27 @@ def _predict_long_files(model_dir, jobs, settings, detector, cues, threads, as_j
     return results
 
 
-def _refused_by_header(files) -> list:
-    """PredictionErrors for the files whose header the service would refuse (a sample rate outside
-    4-192 kHz, too many channels: `features.audio.check_audio_header`), read without decoding: a
-    1 Hz WAV's 20000 samples would otherwise be decoded and segmented as 20000 s of audio.
-    Unreadable files are left to the decoder, which says why."""
+def _read_headers(files) -> tuple[dict, list]:
+    """Each file's header, read without decoding (`features.audio.probe_audio`), and
+    PredictionErrors for the files whose header the service would refuse (a sample rate outside
+    4-192 kHz, too many channels: `features.audio.check_audio_header`): a 1 Hz WAV's 20000
+    samples would otherwise be decoded and segmented as 20000 s of audio. Unreadable files are
+    left to the decoder, which says why."""
     from emofuse.features.audio import Refused, check_audio_header, probe_audio
     from emofuse.inference.predictor import PredictionError
 
-    refused = []
+    headers, refused = {}, []
     for path in files:
         try:
-            check_audio_header(path, probe_audio(path), None)
+            header = probe_audio(path)
+            check_audio_header(path, header, None)
         except Refused as exc:
             refused.append(PredictionError(str(path), str(exc)))
         except EmofuseError:
             pass
-    return refused
+        else:
+            headers[path] = header
+    return headers, refused
 
 
 def _predict_texts(model_dir, info, source, text, texts_file, as_json, results_out, html_out, png_out,
@@ -237,7 +241,7 @@ def predict(
         raise ConfigError("give an audio file or folder to predict, or --text / --texts for a text-only model")
     files = find_audio(source)
     single = source.is_file()
-    refused = _refused_by_header(files)  # what the service answers 415/413, before anything is decoded
+    headers, refused = _read_headers(files)  # what the service refuses, before anything is decoded
     if single and refused:
         err.print(f"[bold red]error:[/] {escape(refused[0].error)}", soft_wrap=True)
         sys.exit(1)
@@ -281,7 +285,8 @@ def predict(
         if not single:
             raise ConfigError("--segments-from gives the segments of one file; give a file, not a folder")
         cues = read_timed_transcript(segments_from)
-    long_jobs = [j for j in jobs if segments or cues is not None or is_long(j[0], segment_over)]
+    long_jobs = [j for j in jobs if segments or cues is not None
+                 or (Path(j[0]) in headers and is_long(headers[Path(j[0])], segment_over))]
     if long_jobs and (one_speaker or png_out is not None):
         raise ConfigError("--one-speaker and --png take whole recordings; files predicted per segment "
                           f"(over --segment-over {segment_over:g} s, or --segments) use --html for their timeline")
