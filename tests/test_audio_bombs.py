@@ -280,9 +280,10 @@ def server(path):  # POST /predict: the header probe, before the upload is queue
 
 
 def worker(path):  # the job as the old header probe let it through
-    from emofuse.serving.workers import Job, run_job
+    from emofuse.serving.app import outcome_status
+    from emofuse.serving.jobs import Job, run_job
     answer = run_job(None, Job(path, Path(path).name, None, False, "pyav", 4000, 8, 1.0, 120.0, None))
-    return f"{answer['status']} {answer.get('detail')}"
+    return f"{outcome_status(answer)} {answer.get('detail')}"
 
 
 def stream(path):  # WS /stream: the file's bytes as one message, no format said

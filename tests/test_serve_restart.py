@@ -329,6 +329,7 @@ def test_a_worker_whose_pipe_a_grandchild_still_holds_is_seen_dead():
 def test_an_answer_that_cannot_be_written_out_or_sent_leaves_the_worker_serving(tmp_path, monkeypatch):
     import multiprocessing
 
+    from emofuse.serving.app import outcome_status
     from emofuse.serving.workers import Job, _answer_jobs
 
     clip = tmp_path / "a.wav"
@@ -369,14 +370,15 @@ def test_an_answer_that_cannot_be_written_out_or_sent_leaves_the_worker_serving(
         answers.append(server_end.recv())
     server_end.send(None)
     loop.join(10)
-    assert [a["status"] for a in answers] == [500, 500, 200] and not loop.is_alive()
+    assert [outcome_status(a) for a in answers] == [500, 500, 200] and not loop.is_alive()
     assert answers[0]["detail"].startswith("client.wav: the prediction could not be written out (ValueError: ")
     assert "/srv" not in answers[0]["detail"] and "model.json" in answers[0]["detail"]
     assert answers[1]["detail"].startswith("client.wav: the prediction could not be sent back (")
 
 
 def test_a_failure_line_is_cleaned_of_server_paths_before_it_is_cut(tmp_path):
-    from emofuse.serving.workers import Job, run_job
+    from emofuse.serving.app import outcome_status
+    from emofuse.serving.jobs import Job, run_job
 
     clip = tmp_path / "a.wav"
     sf.write(str(clip), tone(0.5), 16000)
@@ -388,7 +390,7 @@ def test_a_failure_line_is_cleaned_of_server_paths_before_it_is_cut(tmp_path):
     job = Job(path=str(clip), name="client.wav", transcript=None, html=False, reader="soundfile", sample_rate=16000,
               channels=1, duration=0.5, max_seconds=60.0, segment_over=None)
     answer = run_job(Predictor(), job)
-    assert answer["status"] == 500 and "srv" not in answer["detail"]  # before: cut to " /srv", then kept whole
+    assert outcome_status(answer) == 500 and "srv" not in answer["detail"]  # before: cut to " /srv", then kept whole
 
 
 def test_a_model_that_no_longer_loads_breaks_the_pool_without_naming_its_path(monkeypatch):

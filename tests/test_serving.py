@@ -247,7 +247,8 @@ def test_a_trickled_upload_is_answered_408_and_gives_its_queue_place_back():
 def test_an_unexpected_model_error_is_a_500_with_one_line_not_a_dead_worker():
     """A failure inside one prediction (not a bad input) answers that request 500 in the usual
     {"detail": ...} form; it is not mistaken for a dead worker (503) and the worker lives on."""
-    from emofuse.serving.workers import Job, run_job
+    from emofuse.serving.app import outcome_status
+    from emofuse.serving.jobs import Job, run_job
 
     class Failing:
         def predict_audio(self, *args, **kwargs):
@@ -264,7 +265,7 @@ def test_an_unexpected_model_error_is_a_500_with_one_line_not_a_dead_worker():
     job = Job(path=path, name="clip.wav", transcript=None, html=False, reader="soundfile", sample_rate=16000,
               channels=1, duration=1.0, max_seconds=60.0, segment_over=None)
     answer = run_job(Failing(), job)
-    assert answer["status"] == 500
+    assert outcome_status(answer) == 500
     assert answer["detail"] == "clip.wav: prediction failed (RuntimeError: shape mismatch in the model)"
 
 
@@ -275,7 +276,8 @@ def test_a_500_or_422_line_never_shows_a_server_path(tmp_path):
     import soundfile as sf
 
     from emofuse.errors import DataError
-    from emofuse.serving.workers import Job, run_job
+    from emofuse.serving.app import outcome_status
+    from emofuse.serving.jobs import Job, run_job
 
     path = tmp_path / "emofuse-upload-x1y2.wav"
     sf.write(path, np.zeros(16000, np.float32), 16000)
@@ -290,7 +292,51 @@ def test_a_500_or_422_line_never_shows_a_server_path(tmp_path):
             raise self.exc
 
     answer = run_job(Failing(OSError(f"cannot read {path} via /usr/lib/python3/site-packages/lib.so")), job)
-    assert answer["status"] == 500 and str(tmp_path) not in answer["detail"] and "/usr/lib" not in answer["detail"]
+    assert outcome_status(answer) == 500 and str(tmp_path) not in answer["detail"] and "/usr/lib" not in answer["detail"]
     assert "cannot read call.wav via lib.so" in answer["detail"]
     answer = run_job(Failing(DataError(path, f"the aligner could not read {path}")), job)
-    assert answer["status"] == 422 and answer["detail"] == "call.wav: the aligner could not read call.wav"
+    assert outcome_status(answer) == 422 and answer["detail"] == "call.wav: the aligner could not read call.wav"
+
+
+@pytest.mark.parametrize("failure, status", [("WorkerCrashed", 500), ("JobTimedOut", 504), ("WorkersStopped", 503)])
+def test_a_job_that_got_no_answer_is_its_errors_status_with_the_files_name(model_dir, files, monkeypatch, failure,
+                                                                        status):
+    """The engine's futures raise `errors.JobFailed`'s kinds; the service answers each with its
+    status from the one table (serving.app.HTTP_STATUS) and the line after the file's name."""
+    from concurrent.futures import Future
+
+    from emofuse import errors
+
+    app = create_app(model_dir)
+
+    def fails(_job):
+        future = Future()
+        future.set_exception(getattr(errors, failure)("what happened to the job"))
+        return future
+
+    monkeypatch.setattr(app.state.engine, "submit", fails)
+    with TestClient(app) as c:
+        response = _post(c, files[0], name="mine.wav")
+    assert response.status_code == status, response.text
+    assert response.json()["detail"] == "mine.wav: what happened to the job"
+    assert ("Retry-After" in response.headers) == (status == 503)
+
+
+def test_a_file_no_decoder_reads_is_undecodable_by_its_type(tmp_path):
+    """Not audio is told apart by the error's type, never by its message's words."""
+    from emofuse.errors import Undecodable
+    from emofuse.features.audio import AudioHeader, decode_bounded, load_audio, probe_audio
+    from emofuse.serving.app import http_status, outcome_status
+    from emofuse.serving.jobs import NOT_AUDIO, Job, run_job
+
+    notes = tmp_path / "notes.wav"
+    notes.write_bytes(b"these are meeting notes, not a recording\n" * 40)
+    for read in (probe_audio, lambda p: load_audio(p, 16000),
+                 lambda p: decode_bounded(p, AudioHeader(16000, 1, 1.0, "pyav"), 60.0)):
+        with pytest.raises(Undecodable) as caught:
+            read(notes)
+        assert http_status(caught.value) == 415
+    job = Job(path=str(notes), name="notes.wav", transcript=None, html=False, reader="pyav", sample_rate=16000,
+              channels=1, duration=1.0, max_seconds=60.0, segment_over=None)
+    outcome = run_job(None, job)
+    assert outcome == {"error": "Undecodable", "detail": f"notes.wav: {NOT_AUDIO}"} and outcome_status(outcome) == 415

@@ -105,10 +105,10 @@ def test_a_message_is_the_long_recording_segment_of_the_engines_answer_warnings_
     prediction = Prediction("x.wav", "sad", {"sad": 0.7, "angry": 0.3}, [WordExplanation("dogs", 0.1, 0.4, {"gate": 0.5})],
                             1.0, "asr", fallbacks=["forced->asr"], warnings=["the recording clips"])
     segment = Segment(3.0, 4.0)
-    message = segment_message(segment, {"status": 200, "body": prediction.to_json()})
+    message = segment_message(segment, {"body": prediction.to_json()})
     assert message == segment_result(segment, prediction).to_json()
     assert message["warnings"] == ["forced->asr", "the recording clips"] and message["words"][0]["start"] == 3.1
-    refused = segment_message(segment, {"status": 422, "detail": "x.wav: no speech"})
+    refused = segment_message(segment, {"error": "NoSpeech", "detail": "x.wav: no speech"})
     assert (refused["label"], refused["warnings"]) == (None, ["x.wav: no speech"])
 
 

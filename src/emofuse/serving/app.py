@@ -38,7 +38,6 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import BrokenExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -47,10 +46,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
-from emofuse.errors import (ConfigError, DataError, JobTimedOut, Refused, TooLong, UnusableInput, Unsupported,
-                            WorkerCrashed, WorkersStopped)
-from emofuse.serving.workers import (DEFAULT_JOB_TIMEOUT, NOT_AUDIO, Admission, InProcessEngine, Job, ProcessEngine,
-                                     WorkersBroken, too_long_note)
+from emofuse.errors import (ConfigError, DataError, JobFailed, JobTimedOut, Refused, TooLong, Undecodable,
+                            UnusableInput, Unsupported, WorkerCrashed, WorkersStopped)
+from emofuse.serving.jobs import NOT_AUDIO, Job, Outcome, error_type, too_long_note
+from emofuse.serving.workers import DEFAULT_JOB_TIMEOUT, Admission, InProcessEngine, ProcessEngine
 
 STATIC = Path(__file__).parent / "static"
 # Room for the multipart framing and the transcript field next to the file itself.
@@ -63,15 +62,17 @@ HTTP_STATUS = {
     UnusableInput: 422,  # Unprocessable Content
     Refused: 422,
     DataError: 422,
+    JobFailed: 500,  # the prediction itself failed (a bug, not the input): the job's line says how
     WorkerCrashed: 500,
     WorkersStopped: 503,
     JobTimedOut: 504,
 }
 
 
-def http_status(exc: BaseException) -> int:
-    """The status a client reads for `exc`: its nearest type in HTTP_STATUS, else 500."""
-    for kind in type(exc).__mro__:
+def http_status(exc: BaseException | type[BaseException]) -> int:
+    """The status a client reads for `exc` (an error or its type): its nearest type in
+    HTTP_STATUS, else 500."""
+    for kind in (exc if isinstance(exc, type) else type(exc)).__mro__:
         if kind in HTTP_STATUS:
             return HTTP_STATUS[kind]
     return 500
@@ -158,21 +159,43 @@ def probe_upload(path: str, name: str, max_seconds: float, whole_seconds: float 
     """The header of an uploaded file, checked before anything is decoded (a bomb is refused unread):
     HTTPException 415 for a rate, channel count or container that is not decoded, 413 for a
     declared duration over the limit. `whole_seconds`: the limit for files that cannot be read
-    in blocks (only soundfile's containers are predicted per segment)."""
-    from emofuse.features.audio import Refused, check_audio_header, probe_audio
+    in blocks (`inference.long.can_segment`: only those are predicted per segment)."""
+    from emofuse.features.audio import check_audio_header, probe_audio
+    from emofuse.inference.long import can_segment, without_paths
 
     limit = max_seconds
     try:
         header = probe_audio(path)
-        limit = max_seconds if header.reader == "soundfile" or whole_seconds is None else min(max_seconds, whole_seconds)
+        limit = max_seconds if whole_seconds is None or can_segment(header) else min(max_seconds, whole_seconds)
         check_audio_header(path, header, limit)
-    except Refused as exc:
-        problem = NOT_AUDIO if "no audio stream" in exc.problem else exc.problem
-        suffix = too_long_note(max_seconds, limit) if isinstance(exc, TooLong) else ""
-        raise HTTPException(status_code=http_status(exc), detail=f"{name}: {problem}{suffix}") from None
-    except DataError:
-        raise HTTPException(status_code=415, detail=f"{name}: {NOT_AUDIO}") from None
+    except DataError as exc:
+        if isinstance(exc, Undecodable):  # the decoders' own words may name files: say what to send
+            problem = NOT_AUDIO
+        else:
+            problem = without_paths(exc.problem, path, name)
+            problem += too_long_note(max_seconds, limit) if isinstance(exc, TooLong) else ""
+        raise HTTPException(status_code=http_status(exc), detail=f"{name}: {problem}") from None
     return header, limit
+
+
+def outcome_status(outcome: Outcome) -> int:
+    """The status a client reads for a job's outcome: 200, or its error's (HTTP_STATUS)."""
+    return http_status(error_type(outcome)) if "error" in outcome else 200
+
+
+def answer(outcome: Outcome) -> dict:
+    """A job's outcome as the response body; HTTPException with its error's status otherwise."""
+    if "error" in outcome:
+        raise HTTPException(status_code=outcome_status(outcome), detail=outcome["detail"])
+    return outcome["body"]
+
+
+def job_failed(name: str, exc: JobFailed) -> HTTPException:
+    """A job that never got its answer (its worker died or fell silent, the pool stopped): its
+    status and its line after the file's name; 503 says when to retry."""
+    status = http_status(exc)
+    return HTTPException(status_code=status, detail=f"{name}: {exc}",
+                         headers={"Retry-After": "30"} if status == 503 else None)
 
 
 def _one_line(errors) -> str:
@@ -281,18 +304,15 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
                           duration=header.duration, max_seconds=limit, segment_over=segment_over,
                           too_long_note=too_long_note(max_seconds, limit))
             try:
-                answer = await asyncio.wrap_future(engine.submit(job))
-            except WorkersBroken as exc:  # workers crashed too often, or shutting down: its line names no path
-                raise HTTPException(status_code=503, headers={"Retry-After": "30"}, detail=f"{name}: {exc}") from None
-            except (BrokenExecutor, RuntimeError):  # the in-process engine, shut down
-                raise HTTPException(status_code=503, headers={"Retry-After": "30"},
-                                    detail=f"{name}: the server is shutting down") from None
+                outcome = await asyncio.wrap_future(engine.submit(job))
+            except JobFailed as exc:  # its worker died or fell silent, or the pool stopped: its line names no path
+                raise job_failed(name, exc) from None
+            except RuntimeError:  # the in-process engine, shut down
+                raise job_failed(name, WorkersStopped("the server is shutting down")) from None
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
-        if answer["status"] != 200:
-            raise HTTPException(status_code=answer["status"], detail=answer["detail"])
-        return answer["body"]
+        return answer(outcome)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
