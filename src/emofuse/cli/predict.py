@@ -118,6 +118,7 @@ def _read_headers(files) -> tuple[dict, list]:
     4-192 kHz, too many channels: `features.audio.check_audio_header`): a 1 Hz WAV's 20000
     samples would otherwise be decoded and segmented as 20000 s of audio. Unreadable files are
     left to the decoder, which says why."""
+    from emofuse.errors import Undecodable
     from emofuse.features.audio import Refused, check_audio_header, probe_audio
     from emofuse.inference.predictor import PredictionError
 
@@ -126,6 +127,8 @@ def _read_headers(files) -> tuple[dict, list]:
         try:
             header = probe_audio(path)
             check_audio_header(path, header, None)
+        except Undecodable:  # unreadable: the decoder says why, in the file's place
+            pass
         except Refused as exc:
             refused.append(PredictionError(str(path), str(exc)))
         except EmofuseError:
