@@ -94,11 +94,11 @@ SERVE_PATH = """
 import json, sys
 from pathlib import Path
 from emofuse.cli import app  # what `emofuse serve` loads: every command module registers itself
-import emofuse.cli.predict, emofuse.inference.predictor, emofuse.inference.onnx_export, emofuse.inference.folder
-from emofuse.serving.app import create_app
+import emofuse.cli.predict, emofuse.cli.serve, emofuse.inference.predictor, emofuse.inference.onnx_export, emofuse.inference.folder
+from emofuse.serving.app import ServeSettings, create_app
 model_dir = sys.argv[1]
 if model_dir:
-    application = create_app(model_dir, threads=1)
+    application = create_app(model_dir, ServeSettings(workers=0, threads=1))
     assert application.state.predictor.name
 print(json.dumps(sorted(m for m in sys.modules if m == "lightning" or m.startswith(("lightning.", "emofuse.training")))))
 """

@@ -89,10 +89,10 @@ def test_the_service_gives_up_only_after_more_crashes_than_allowed_within_the_wi
     from fastapi.testclient import TestClient
 
     from emofuse.serving import workers
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
 
     monkeypatch.setattr(workers, "MAX_CRASHES", 1)  # the real pool, with a smaller allowance: two loads, not six
-    app = create_app(model_dir, workers=1)
+    app = create_app(model_dir, ServeSettings(workers=1))
     engine = app.state.engine
 
     def post():
@@ -149,13 +149,13 @@ def test_a_timeout_is_not_a_crash_toward_giving_up(model_dir, clip, tmp_path, mo
     from fastapi.testclient import TestClient
 
     from emofuse.serving import workers
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
 
     hang = tmp_path / "hangs.wav"
     hang.write_bytes(clip.read_bytes())
     monkeypatch.setenv(workers.HANG_FOR_TESTS, hang.name)
     monkeypatch.setattr(workers, "MAX_CRASHES", 0)  # any crash would break the pool at once
-    app = create_app(model_dir, workers=1, job_timeout=1)
+    app = create_app(model_dir, ServeSettings(workers=1, job_timeout=1))
     with TestClient(app) as client:
         assert client.post("/predict", files={"file": (hang.name, hang.read_bytes())}).status_code == 504
         assert client.post("/predict", files={"file": (clip.name, clip.read_bytes())}).status_code == 200

@@ -12,7 +12,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 import emofuse.inference.predictor as predictor_module
-from emofuse.serving.app import create_app
+from emofuse.serving.app import ServeSettings, create_app
 from helpers import CLASSES, STATEMENT_1, ravdess_files, registry_model_dir
 
 
@@ -23,7 +23,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(model_dir):
-    app = create_app(model_dir, max_upload_mb=1.0, max_seconds=5.0)
+    app = create_app(model_dir, ServeSettings(workers=0, max_upload_mb=1.0, max_seconds=5.0))
     with TestClient(app) as c:
         yield c
 
@@ -142,7 +142,7 @@ def test_the_model_is_loaded_once_not_per_request(model_dir, files, monkeypatch)
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(predictor_module, "load_model_dir", counting)
-    app = create_app(model_dir)
+    app = create_app(model_dir, ServeSettings(workers=0))
     with TestClient(app) as c:
         for f in files[:2]:
             assert _post(c, f, STATEMENT_1).status_code == 200
@@ -172,7 +172,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_answers_never_mix(model_d
     tests/test_serve_processes.py.)"""
     sixty = ravdess_files(ravdess_root, actors=range(1, 25))[:60]
     assert len(sixty) == 60
-    app = create_app(model_dir, max_queue=10)
+    app = create_app(model_dir, ServeSettings(workers=0, max_queue=10))
     with TestClient(app) as c:
         start = threading.Event()
 
@@ -204,7 +204,7 @@ def test_a_long_recording_answers_per_speech_segment(model_dir, ravdess_root, tm
     pause = np.zeros(16000 * 2, np.float32)
     path = tmp_path / "call.flac"
     sf.write(path, np.concatenate([pause] + [x for u in utterances for x in (u, pause)]), 16000)
-    app = create_app(model_dir, max_seconds=60.0, segment_over=5.0)
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0, segment_over=5.0))
     with TestClient(app) as c:
         body = _post(c, path).json()
         assert body["file"] == "call.flac" and body["duration"] == pytest.approx(sf.info(path).duration, abs=0.01)
@@ -307,7 +307,7 @@ def test_a_job_that_got_no_answer_is_its_errors_status_with_the_files_name(model
 
     from emofuse import errors
 
-    app = create_app(model_dir)
+    app = create_app(model_dir, ServeSettings(workers=0))
 
     def fails(_job):
         future = Future()
@@ -340,3 +340,30 @@ def test_a_file_no_decoder_reads_is_undecodable_by_its_type(tmp_path):
               channels=1, duration=1.0, max_seconds=60.0, segment_over=None)
     outcome = run_job(None, job)
     assert outcome == {"error": "Undecodable", "detail": f"notes.wav: {NOT_AUDIO}"} and outcome_status(outcome) == 415
+
+
+def test_the_service_and_emofuse_serve_share_one_set_of_defaults():
+    """create_app without settings and `emofuse serve` without options run the same service."""
+    import inspect
+
+    from emofuse.cli.serve import serve
+    from emofuse.serving.app import ServeSettings
+
+    defaults = ServeSettings()
+    options = {name: p.default.default for name, p in inspect.signature(serve).parameters.items()
+               if name in ServeSettings.model_fields}
+    assert set(options) == set(ServeSettings.model_fields) - {"body_seconds"}
+    assert options == {name: getattr(defaults, name) for name in options}
+    assert defaults.max_seconds == 3600.0 and defaults.workers == 1
+
+
+@pytest.mark.parametrize("field, value", [("max_upload_mb", -5), ("max_upload_mb", 0), ("port", 0), ("port", 65536),
+                                          ("max_seconds", float("inf")), ("workers", -1), ("job_timeout", -1)])
+def test_settings_out_of_bounds_are_refused_before_anything_loads(field, value):
+    from pydantic import ValidationError
+
+    from emofuse.serving.app import ServeSettings
+
+    with pytest.raises(ValidationError, match=field):
+        ServeSettings(**{field: value})
+    assert ServeSettings(port=65535, max_upload_mb=0.5, segment_over=None, job_timeout=0).port == 65535

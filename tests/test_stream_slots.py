@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from emofuse.errors import DataError
-from emofuse.serving.app import create_app
+from emofuse.serving.app import ServeSettings, create_app
 from emofuse.serving.stream import segment_message
 from emofuse.align.segments import Segment
 from helpers import CLASSES, joined_speech, ravdess_files, registry_model_dir
@@ -73,7 +73,7 @@ def wait_for(condition, seconds: float = 60.0) -> None:
 def test_clients_that_leave_mid_prediction_never_put_more_jobs_on_the_workers_than_the_queue_allows(
         model_dir, utterance, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the segments' temporary files land here
-    app = create_app(model_dir, max_seconds=60.0, max_queue=0)  # one place: the in-process worker's job
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0, max_queue=0))  # one place: the in-process worker's job
     engine, admission = app.state.engine, app.state.admission
     jobs = JobsOnTheEngine(engine, admission)
     monkeypatch.setattr(engine, "submit", jobs)
@@ -126,7 +126,7 @@ def test_clients_that_leave_mid_prediction_never_put_more_jobs_on_the_workers_th
 def test_a_failed_segment_is_named_by_its_time_span_never_by_the_servers_file(model_dir, utterance, monkeypatch):
     """The warning the client reads: `segment START-END s: why`, from a real app whose worker
     fails the segment (a simulated alignment failure), with no temporary path in it."""
-    app = create_app(model_dir, max_seconds=60.0)
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0))
     predictor = app.state.predictor
 
     def failing(audio, transcript=None, label="<audio>", **kwargs):
@@ -158,7 +158,7 @@ def test_a_segment_reaches_the_worker_as_its_samples_never_as_a_file(model_dir, 
     """The segment's float32 16 kHz samples go in the job: nothing is written for the worker to
     decode again, and the prediction is that of the same samples predicted directly."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    app = create_app(model_dir, max_seconds=60.0)
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0))
     engine, jobs = app.state.engine, []
     submit = engine.submit
     monkeypatch.setattr(engine, "submit", lambda job: (jobs.append(job), submit(job))[1])
@@ -185,7 +185,7 @@ def test_a_segment_whose_job_failed_says_so_and_only_a_stopped_pool_ends_the_str
 
     from emofuse import errors
 
-    app = create_app(model_dir, max_seconds=60.0)
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0))
 
     def fails(_job):
         future = Future()

@@ -1,5 +1,5 @@
-"""`emofuse predict`, `emofuse serve` and `emofuse export`: thin wrappers over emofuse.inference,
-emofuse.serving and emofuse.training.export (`predict` and `serve` never import emofuse.training)."""
+"""`emofuse predict` and `emofuse export`: thin wrappers over emofuse.inference and
+emofuse.training.export (`predict` never imports emofuse.training)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from emofuse.cli.options import in_range, output_file
+from emofuse.cli.options import asr_option, consoles, in_range, output_file
 from emofuse.errors import ConfigError, EmofuseError
 
 
 DAY = 86400.0  # seconds
-
-
-def _consoles() -> tuple[Console, Console]:
-    return Console(highlight=False), Console(stderr=True, highlight=False)
 
 
 def _word_table(prediction) -> Table | None:
@@ -178,15 +174,6 @@ def _predict_texts(model_dir, info, source, text, texts_file, as_json, results_o
         sys.exit(1)
 
 
-def _asr_option(asr: str | None, language: str | None, info) -> dict:
-    """The Predictor's `asr` for --asr/--language (checked now, before any file is read)."""
-    if asr is None and language is None:
-        return {}
-    from emofuse.align import with_language
-
-    return {"asr": with_language(asr or info.asr or "whisper", language)}
-
-
 def predict(
     model_dir: Path = typer.Argument(..., help="Model directory (from `emofuse export` or `emofuse train`)."),
     source: Optional[Path] = typer.Argument(None, help="An audio file, or a folder searched recursively for audio files (none with --text/--texts)."),
@@ -223,7 +210,7 @@ def predict(
     from emofuse.inference.predictor import PredictionError
     from emofuse.models.modeldir import read_info
 
-    out, err = _consoles()
+    out, err = consoles()
     for option, path in (("--html", html_out), ("--png", png_out), ("--out", results_out)):
         output_file(option, path)
     # seconds: a day at most, so sample counts stay integers (1e308 s overflowed in the segmenter)
@@ -235,7 +222,7 @@ def predict(
     predictor_options = {**({"verify": False} if no_verify else {}),  # only what differs from the defaults
                          **({"force_transcript": True} if force_transcript else {}),
                          **({"check_transcript": False} if trust_transcript else {}),
-                         **_asr_option(asr, language, info)}
+                         **asr_option(asr, language, info)}
     if text is not None or texts_file is not None:
         _predict_texts(model_dir, info, source, text, texts_file, as_json, results_out, html_out, png_out,
                        {**predictor_options, "threads": threads}, out, err)
@@ -363,52 +350,6 @@ def predict(
         sys.exit(1)
 
 
-def serve(
-    model_dir: Path = typer.Argument(..., help="Model directory to serve."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
-    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload (413 above)."),
-    max_seconds: float = typer.Option(3600.0, "--max-seconds", min=0.0, help="Longest accepted recording (413 above); recordings over --segment-over are predicted per speech segment."),
-    segment_over: float = typer.Option(30.0, "--segment-over", min=0.0, help="Recordings (WAV/FLAC/OGG) longer than this many seconds answer per speech segment; other containers are limited to this length."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine)."),
-    workers: int = typer.Option(1, "--workers", min=0, help="Worker processes, each with the model loaded once (0: run the model in the server process)."),
-    max_queue: Optional[int] = typer.Option(None, "--max-queue", min=0, help="Requests that may wait beyond those running (default 4 per worker); more are answered 503 with Retry-After."),
-    no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose); every worker process loads them so."),
-    asr: Optional[str] = typer.Option(None, "--asr", help="Recogniser for files without a transcript: whisper (the packaged tiny.en), whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx). Default: the one the model was trained with, else whisper."),
-    language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
-    trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.34 against it adds a warning)."),
-    job_timeout: float = typer.Option(300.0, "--job-timeout", min=0.0, help="Seconds a request may run in a worker without an answer (a recording predicted per segment: without finishing a batch of segments) before it is answered 504 and its worker killed and replaced, counted in /health workers.timeouts; 0: no limit. Needs --workers 1 or more (a thread of the server cannot be stopped)."),  # = serving.workers.DEFAULT_JOB_TIMEOUT
-) -> None:
-    """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,
-    and a web page at / to upload or record audio and see the explanation."""
-    import uvicorn
-
-    from emofuse.serving.app import create_app
-
-    _, err = _consoles()
-    in_range("--port", port, 0, 65535)
-    in_range("--max-upload-mb", max_upload_mb, 0, above=True)
-    in_range("--max-seconds", max_seconds, 0)
-    in_range("--segment-over", segment_over, 0)
-    in_range("--job-timeout", job_timeout, 0)
-    if job_timeout and not workers:
-        err.print("[yellow]note[/]: --job-timeout applies to worker processes; with --workers 0 a request has no limit")
-    from emofuse.models.modeldir import read_info
-
-    options = {**({"verify": False} if no_verify else {}), **({"check_transcript": False} if trust_transcript else {}),
-               **_asr_option(asr, language, read_info(model_dir))}
-    app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds, threads=threads,
-                     workers=workers, max_queue=max_queue, segment_over=segment_over, job_timeout=job_timeout,
-                     predictor_options=options or None)
-    engine, admission = app.state.engine, app.state.admission
-    err.print(f"model {escape(engine.description['model'])} loaded in {app.state.load_seconds:.1f} s "
-              f"{f'by {workers} worker process(es)' if workers else 'in the server process'}, "
-              f"{admission.max_queue} may wait; "
-              f"serving on http://{host}:{port}/")
-    # Graceful shutdown waits at most a few seconds for requests in flight; the lifespan then ends the workers.
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
-
-
 def export(
     source: Path = typer.Argument(..., help="A run directory of `emofuse train` (with --out), or a model directory (with --onnx)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Model directory to write from a run directory."),
@@ -419,7 +360,7 @@ def export(
     from emofuse.models.modeldir import is_model_dir, read_info
     from emofuse.training.export import export_run
 
-    out, _ = _consoles()
+    out, _ = consoles()
     if out_dir is None and onnx_out is None:
         raise ConfigError("nothing to do: give --out MODEL_DIR (from a run directory) and/or --onnx OUT.onnx")
     model_dir = source
@@ -447,5 +388,4 @@ def export(
 
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict)
-    app.command("serve")(serve)
     app.command("export")(export)
