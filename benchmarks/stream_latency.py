@@ -51,9 +51,9 @@ def measure(model_dir: Path, audio: np.ndarray, speed: float) -> dict:
     import uvicorn
     import websocket
 
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
 
-    app = create_app(model_dir, max_seconds=len(audio) / SR + 60)
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=len(audio) / SR + 60))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="wsproto"))
     thread = threading.Thread(target=server.run, daemon=True)

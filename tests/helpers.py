@@ -320,9 +320,9 @@ def serve_page(model_dir):
     """uvicorn in a thread on a free port; yields the page's URL (use with `yield from` in a fixture)."""
     import uvicorn
 
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
 
-    app = create_app(model_dir, max_upload_mb=5, max_seconds=30)
+    app = create_app(model_dir, ServeSettings(workers=0, max_upload_mb=5, max_seconds=30))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

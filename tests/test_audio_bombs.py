@@ -218,7 +218,7 @@ def test_the_service_answers_a_playlist_upload_415_without_opening_what_it_names
 
     from fastapi.testclient import TestClient
 
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
     from helpers import registry_model_dir
 
     model_dir = registry_model_dir(tmp_path / "model", "B-ACO-1", acoustic="fbank40", words=None)
@@ -226,7 +226,7 @@ def test_the_service_answers_a_playlist_upload_415_without_opening_what_it_names
     uploads.mkdir()
     playlist = _playlists(uploads)["hls"]
     monkeypatch.setattr(tempfile, "tempdir", str(uploads))  # the server's copy lies beside secret.fifo
-    with TestClient(create_app(model_dir, workers=0)) as client:
+    with TestClient(create_app(model_dir, ServeSettings(workers=0))) as client:
         finished, response = _run_beside_a_fifo(uploads / "secret.fifo", lambda: client.post(
             "/predict", files={"file": (playlist.name, playlist.read_bytes())}))
     assert finished, "the service opened the file the playlist names"
@@ -241,14 +241,14 @@ def test_a_decode_time_413_names_the_option_whose_limit_applied(tmp_path):
     # its header gives no length, so only decoding finds it too long.
     from fastapi.testclient import TestClient
 
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
     from helpers import registry_model_dir
 
     stream = silent_flac(tmp_path / "stream.flac", 8, sr=16_000, channels=1)
     set_flac_total_samples(stream, 0)
     assert probe_audio(stream).duration is None
     model_dir = registry_model_dir(tmp_path / "model", "B-ACO-1", acoustic="fbank40", words=None)
-    with TestClient(create_app(model_dir, workers=0, max_seconds=120, segment_over=5)) as client:
+    with TestClient(create_app(model_dir, ServeSettings(workers=0, max_seconds=120, segment_over=5))) as client:
         response = client.post("/predict", files={"file": ("stream.flac", stream.read_bytes())})
     assert response.status_code == 413
     detail = response.json()["detail"]
@@ -280,9 +280,10 @@ def server(path):  # POST /predict: the header probe, before the upload is queue
 
 
 def worker(path):  # the job as the old header probe let it through
-    from emofuse.serving.workers import Job, run_job
+    from emofuse.serving.app import outcome_status
+    from emofuse.serving.jobs import Job, run_job
     answer = run_job(None, Job(path, Path(path).name, None, False, "pyav", 4000, 8, 1.0, 120.0, None))
-    return f"{answer['status']} {answer.get('detail')}"
+    return f"{outcome_status(answer)} {answer.get('detail')}"
 
 
 def stream(path):  # WS /stream: the file's bytes as one message, no format said

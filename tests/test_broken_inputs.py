@@ -317,12 +317,12 @@ def test_the_service_answers_422_for_silence_and_an_unrelated_transcript(words_m
 
     from fastapi.testclient import TestClient
 
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
 
     path, _ = speech
     silent = io.BytesIO()
     sf.write(silent, np.zeros(16000 * 5, np.float32), 16000, format="WAV")
-    with TestClient(create_app(words_model, workers=0)) as client:
+    with TestClient(create_app(words_model, ServeSettings(workers=0))) as client:
         quiet = client.post("/predict", files={"file": ("silence.wav", silent.getvalue(), "audio/wav")},
                             data={"transcript": STATEMENT_1})
         unrelated = client.post("/predict", files={"file": (path.name, path.read_bytes(), "audio/flac")},

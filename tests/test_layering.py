@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,26 @@ def training_imports(package: str) -> list[str]:
             if module == "emofuse.training" or module.startswith("emofuse.training.")]
 
 
+# An HTTP status where only the service may know one: `status = 413`, `"status": 415`, "(status
+# 413)" in a docstring, `status_code`, `HTTPException`. Below `emofuse.serving` a layer raises an
+# `emofuse.errors` type; `serving.app.HTTP_STATUS` alone turns it into a status.
+HTTP_STATUS_IN_TEXT = re.compile(r"(?i)\b(?:status|http)\w*\W{1,6}[45]\d\d\b|\b[45]\d\d\W{1,6}(?:status|http)\b"
+                                 r"|\bstatus_code\b|\bHTTPException\b")
+WEB_FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "httpx")
+
+
+def http_statuses(path: Path, imports: bool = True) -> list[str]:
+    """`file:line: text` for every line that carries an HTTP status, or (`imports`) imports a web
+    framework (the CLI may: `emofuse serve` starts uvicorn)."""
+    where = path.relative_to(PACKAGE.parent) if path.is_relative_to(PACKAGE.parent) else path
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found = [f"{where}:{n}: {line.strip()}" for n, line in enumerate(lines, 1) if HTTP_STATUS_IN_TEXT.search(line)]
+    if imports:
+        found += [f"{where}:{n}: imports {module}" for n, module in imported_modules(path)
+                  if module.split(".")[0] in WEB_FRAMEWORKS]
+    return found
+
+
 def test_the_import_finder_sees_imports_inside_functions(tmp_path):
     probe = PACKAGE / "inference" / "predictor.py"  # a real file, so relative paths resolve
     modules = {m for _, m in imported_modules(probe)}
@@ -49,6 +70,21 @@ def test_prediction_and_serving_never_import_the_training_package():
     assert not bad, "\n".join(bad)
 
 
+def test_no_http_status_below_the_serving_package():
+    bad = [hit for path in sorted(PACKAGE.rglob("*.py")) if path.relative_to(PACKAGE).parts[0] != "serving"
+           for hit in http_statuses(path, imports=path.relative_to(PACKAGE).parts[0] != "cli")]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_http_status_check_catches_a_status_set_below_serving(tmp_path):
+    lower = tmp_path / "audio.py"
+    lower.write_text('class TooLong(Refused):\n    """Longer than the limit (status 413)."""\n\n    status = 413\n\n\n'
+                     'def answer():\n    return {"status": 415}\n\n\n'
+                     'def refuse():\n    from fastapi import HTTPException\n    raise HTTPException(status_code=422)\n')
+    assert {int(hit.split(": ", 1)[0].rsplit(":", 1)[1]) for hit in http_statuses(lower)} == {2, 4, 8, 12, 13}
+    assert http_statuses(PACKAGE / "serving" / "app.py"), "the service's own table is what it would flag"
+
+
 def test_the_training_package_is_what_the_check_would_catch():
     # the same finder flags the training loop's own imports: the check is not vacuous
     assert any("emofuse.training.refit_output" in hit for hit in training_imports("training"))
@@ -58,11 +94,11 @@ SERVE_PATH = """
 import json, sys
 from pathlib import Path
 from emofuse.cli import app  # what `emofuse serve` loads: every command module registers itself
-import emofuse.cli.predict, emofuse.inference.predictor, emofuse.inference.onnx_export, emofuse.inference.folder
-from emofuse.serving.app import create_app
+import emofuse.cli.predict, emofuse.cli.serve, emofuse.inference.predictor, emofuse.inference.onnx_export, emofuse.inference.folder
+from emofuse.serving.app import ServeSettings, create_app
 model_dir = sys.argv[1]
 if model_dir:
-    application = create_app(model_dir, threads=1)
+    application = create_app(model_dir, ServeSettings(workers=0, threads=1))
     assert application.state.predictor.name
 print(json.dumps(sorted(m for m in sys.modules if m == "lightning" or m.startswith(("lightning.", "emofuse.training")))))
 """

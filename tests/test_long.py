@@ -285,10 +285,10 @@ def test_a_long_upload_answers_its_failed_segments_without_the_servers_temporary
     from fastapi.testclient import TestClient
 
     from emofuse.errors import DataError
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
 
     path, truth = joined
-    app = create_app(acoustic_dir, max_seconds=60.0, segment_over=5.0)
+    app = create_app(acoustic_dir, ServeSettings(workers=0, max_seconds=60.0, segment_over=5.0))
     predictor = app.state.predictor
     features, calls = predictor.features, []
 
@@ -323,3 +323,34 @@ def test_without_paths_leaves_no_server_path(text, expected):
     from emofuse.inference.long import without_paths
 
     assert without_paths(text, "/tmp/emofuse-upload-x1.flac", "call.flac") == expected
+
+
+def test_whether_a_recording_is_long_is_decided_from_its_header_in_one_place():
+    from emofuse.features.audio import AudioHeader
+    from emofuse.inference.long import is_long
+
+    assert is_long(AudioHeader(16000, 1, 31.0, "soundfile"), 30.0)
+    assert not is_long(AudioHeader(16000, 1, 30.0, "soundfile"), 30.0)
+    assert not is_long(AudioHeader(16000, 1, 3600.0, "pyav"), 30.0)  # decoded whole: never per segment
+    assert not is_long(AudioHeader(16000, 1, None, "soundfile"), 30.0)
+    assert not is_long(AudioHeader(16000, 1, 3600.0, "soundfile"), None)
+
+
+def test_the_cli_the_service_and_its_jobs_all_ask_is_long(ravdess_root, acoustic_dir, tmp_path, monkeypatch):
+    """A short file that the one decision calls long is predicted per segment by every entry point."""
+    from fastapi.testclient import TestClient
+
+    from emofuse.inference import long
+    from emofuse.serving.app import ServeSettings, create_app
+
+    short = ravdess_files(ravdess_root)[0]  # ~3.5 s, under every --segment-over here
+    asked = []
+    monkeypatch.setattr(long, "is_long", lambda header, over: asked.append(header.duration) or True)
+    result = runner.invoke(app, ["predict", str(acoustic_dir), str(short), "--json", "--vad", "energy"])
+    assert result.exit_code == 0, result.output
+    assert "segments" in json.loads(next(l for l in result.stdout.splitlines() if l.startswith("{")))
+    with TestClient(create_app(acoustic_dir, ServeSettings(workers=0, segment_over=30.0))) as client:
+        answer = client.post("/predict", files={"file": (short.name, short.read_bytes(), "audio/wav")})
+    assert answer.status_code == 200, answer.text
+    assert "segments" in answer.json()
+    assert len(asked) == 2 and all(0 < d < 30 for d in asked)

@@ -82,10 +82,10 @@ def test_the_service_gives_up_only_after_more_crashes_than_allowed_within_the_wi
     from fastapi.testclient import TestClient
 
     from emofuse import pool
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
 
     monkeypatch.setattr(pool, "MAX_CRASHES", 1)  # the real pool, with a smaller allowance: two loads, not six
-    app = create_app(model_dir, workers=1)
+    app = create_app(model_dir, ServeSettings(workers=1))
     engine = app.state.engine
 
     def post():
@@ -140,13 +140,13 @@ def test_a_timeout_is_not_a_crash_toward_giving_up(model_dir, clip, tmp_path, mo
     from fastapi.testclient import TestClient
 
     from emofuse import pool
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
     from emofuse.serving.workers import ProcessEngine
 
     hang, reached = _hanging_copy(clip, tmp_path)
     monkeypatch.setattr(ProcessEngine, "handle", staticmethod(hanging_answer))
     monkeypatch.setattr(pool, "MAX_CRASHES", 0)  # any crash would break the pool at once
-    app = create_app(model_dir, workers=1, job_timeout=1)
+    app = create_app(model_dir, ServeSettings(workers=1, job_timeout=1))
     with TestClient(app) as client:
         assert client.post("/predict", files={"file": (hang.name, hang.read_bytes())}).status_code == 504
         assert client.post("/predict", files={"file": (clip.name, clip.read_bytes())}).status_code == 200
@@ -177,7 +177,9 @@ def test_no_verify_reaches_the_worker_processes(model_dir, clip, tmp_path):
 
 
 def test_an_answer_that_cannot_be_written_out_or_sent_is_a_500_line_not_the_workers_end(tmp_path):
-    from emofuse.serving.workers import Job, answer_job
+    from emofuse.serving.app import outcome_status
+    from emofuse.serving.jobs import Job
+    from emofuse.serving.workers import answer_job
 
     clip = tmp_path / "a.wav"
     sf.write(str(clip), tone(0.5), 16000)
@@ -209,14 +211,15 @@ def test_an_answer_that_cannot_be_written_out_or_sent_is_a_500_line_not_the_work
     job = Job(path=str(clip), name="client.wav", transcript=None, html=False, reader="soundfile", sample_rate=16000,
               channels=1, duration=0.5, max_seconds=60.0, segment_over=None)
     answers = [answer_job(Predictor(), job, progress=None) for _ in range(3)]
-    assert [a["status"] for a in answers] == [500, 500, 200]
+    assert [outcome_status(a) for a in answers] == [500, 500, 200]
     assert answers[0]["detail"].startswith("client.wav: the prediction could not be written out (ValueError: ")
     assert "/srv" not in answers[0]["detail"] and "model.json" in answers[0]["detail"]
     assert answers[1]["detail"].startswith("client.wav: the prediction could not be sent back (")
 
 
 def test_a_failure_line_is_cleaned_of_server_paths_before_it_is_cut(tmp_path):
-    from emofuse.serving.workers import Job, run_job
+    from emofuse.serving.app import outcome_status
+    from emofuse.serving.jobs import Job, run_job
 
     clip = tmp_path / "a.wav"
     sf.write(str(clip), tone(0.5), 16000)
@@ -228,4 +231,4 @@ def test_a_failure_line_is_cleaned_of_server_paths_before_it_is_cut(tmp_path):
     job = Job(path=str(clip), name="client.wav", transcript=None, html=False, reader="soundfile", sample_rate=16000,
               channels=1, duration=0.5, max_seconds=60.0, segment_over=None)
     answer = run_job(Predictor(), job)
-    assert answer["status"] == 500 and "srv" not in answer["detail"]  # before: cut to " /srv", then kept whole
+    assert outcome_status(answer) == 500 and "srv" not in answer["detail"]  # before: cut to " /srv", then kept whole

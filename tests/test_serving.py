@@ -12,7 +12,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 import emofuse.inference.predictor as predictor_module
-from emofuse.serving.app import create_app
+from emofuse.serving.app import ServeSettings, create_app
 from helpers import CLASSES, STATEMENT_1, ravdess_files, registry_model_dir
 
 
@@ -23,7 +23,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(model_dir):
-    app = create_app(model_dir, max_upload_mb=1.0, max_seconds=5.0)
+    app = create_app(model_dir, ServeSettings(workers=0, max_upload_mb=1.0, max_seconds=5.0))
     with TestClient(app) as c:
         yield c
 
@@ -142,7 +142,7 @@ def test_the_model_is_loaded_once_not_per_request(model_dir, files, monkeypatch)
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(predictor_module, "load_model_dir", counting)
-    app = create_app(model_dir)
+    app = create_app(model_dir, ServeSettings(workers=0))
     with TestClient(app) as c:
         for f in files[:2]:
             assert _post(c, f, STATEMENT_1).status_code == 200
@@ -172,7 +172,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_answers_never_mix(model_d
     tests/test_serve_processes.py.)"""
     sixty = ravdess_files(ravdess_root, actors=range(1, 25))[:60]
     assert len(sixty) == 60
-    app = create_app(model_dir, max_queue=10)
+    app = create_app(model_dir, ServeSettings(workers=0, max_queue=10))
     with TestClient(app) as c:
         start = threading.Event()
 
@@ -204,7 +204,7 @@ def test_a_long_recording_answers_per_speech_segment(model_dir, ravdess_root, tm
     pause = np.zeros(16000 * 2, np.float32)
     path = tmp_path / "call.flac"
     sf.write(path, np.concatenate([pause] + [x for u in utterances for x in (u, pause)]), 16000)
-    app = create_app(model_dir, max_seconds=60.0, segment_over=5.0)
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0, segment_over=5.0))
     with TestClient(app) as c:
         body = _post(c, path).json()
         assert body["file"] == "call.flac" and body["duration"] == pytest.approx(sf.info(path).duration, abs=0.01)
@@ -247,7 +247,8 @@ def test_a_trickled_upload_is_answered_408_and_gives_its_queue_place_back():
 def test_an_unexpected_model_error_is_a_500_with_one_line_not_a_dead_worker():
     """A failure inside one prediction (not a bad input) answers that request 500 in the usual
     {"detail": ...} form; it is not mistaken for a dead worker (503) and the worker lives on."""
-    from emofuse.serving.workers import Job, run_job
+    from emofuse.serving.app import outcome_status
+    from emofuse.serving.jobs import Job, run_job
 
     class Failing:
         def predict_audio(self, *args, **kwargs):
@@ -264,7 +265,7 @@ def test_an_unexpected_model_error_is_a_500_with_one_line_not_a_dead_worker():
     job = Job(path=path, name="clip.wav", transcript=None, html=False, reader="soundfile", sample_rate=16000,
               channels=1, duration=1.0, max_seconds=60.0, segment_over=None)
     answer = run_job(Failing(), job)
-    assert answer["status"] == 500
+    assert outcome_status(answer) == 500
     assert answer["detail"] == "clip.wav: prediction failed (RuntimeError: shape mismatch in the model)"
 
 
@@ -275,7 +276,8 @@ def test_a_500_or_422_line_never_shows_a_server_path(tmp_path):
     import soundfile as sf
 
     from emofuse.errors import DataError
-    from emofuse.serving.workers import Job, run_job
+    from emofuse.serving.app import outcome_status
+    from emofuse.serving.jobs import Job, run_job
 
     path = tmp_path / "emofuse-upload-x1y2.wav"
     sf.write(path, np.zeros(16000, np.float32), 16000)
@@ -290,7 +292,78 @@ def test_a_500_or_422_line_never_shows_a_server_path(tmp_path):
             raise self.exc
 
     answer = run_job(Failing(OSError(f"cannot read {path} via /usr/lib/python3/site-packages/lib.so")), job)
-    assert answer["status"] == 500 and str(tmp_path) not in answer["detail"] and "/usr/lib" not in answer["detail"]
+    assert outcome_status(answer) == 500 and str(tmp_path) not in answer["detail"] and "/usr/lib" not in answer["detail"]
     assert "cannot read call.wav via lib.so" in answer["detail"]
     answer = run_job(Failing(DataError(path, f"the aligner could not read {path}")), job)
-    assert answer["status"] == 422 and answer["detail"] == "call.wav: the aligner could not read call.wav"
+    assert outcome_status(answer) == 422 and answer["detail"] == "call.wav: the aligner could not read call.wav"
+
+
+@pytest.mark.parametrize("failure, status", [("WorkerCrashed", 500), ("JobTimedOut", 504), ("WorkersStopped", 503)])
+def test_a_job_that_got_no_answer_is_its_errors_status_with_the_files_name(model_dir, files, monkeypatch, failure,
+                                                                        status):
+    """The engine's futures raise `errors.JobFailed`'s kinds; the service answers each with its
+    status from the one table (serving.app.HTTP_STATUS) and the line after the file's name."""
+    from concurrent.futures import Future
+
+    from emofuse import errors
+
+    app = create_app(model_dir, ServeSettings(workers=0))
+
+    def fails(_job):
+        future = Future()
+        future.set_exception(getattr(errors, failure)("what happened to the job"))
+        return future
+
+    monkeypatch.setattr(app.state.engine, "submit", fails)
+    with TestClient(app) as c:
+        response = _post(c, files[0], name="mine.wav")
+    assert response.status_code == status, response.text
+    assert response.json()["detail"] == "mine.wav: what happened to the job"
+    assert ("Retry-After" in response.headers) == (status == 503)
+
+
+def test_a_file_no_decoder_reads_is_undecodable_by_its_type(tmp_path):
+    """Not audio is told apart by the error's type, never by its message's words."""
+    from emofuse.errors import Undecodable
+    from emofuse.features.audio import AudioHeader, decode_bounded, load_audio, probe_audio
+    from emofuse.serving.app import http_status, outcome_status
+    from emofuse.serving.jobs import NOT_AUDIO, Job, run_job
+
+    notes = tmp_path / "notes.wav"
+    notes.write_bytes(b"these are meeting notes, not a recording\n" * 40)
+    for read in (probe_audio, lambda p: load_audio(p, 16000),
+                 lambda p: decode_bounded(p, AudioHeader(16000, 1, 1.0, "pyav"), 60.0)):
+        with pytest.raises(Undecodable) as caught:
+            read(notes)
+        assert http_status(caught.value) == 415
+    job = Job(path=str(notes), name="notes.wav", transcript=None, html=False, reader="pyav", sample_rate=16000,
+              channels=1, duration=1.0, max_seconds=60.0, segment_over=None)
+    outcome = run_job(None, job)
+    assert outcome == {"error": "Undecodable", "detail": f"notes.wav: {NOT_AUDIO}"} and outcome_status(outcome) == 415
+
+
+def test_the_service_and_emofuse_serve_share_one_set_of_defaults():
+    """create_app without settings and `emofuse serve` without options run the same service."""
+    import inspect
+
+    from emofuse.cli.serve import serve
+    from emofuse.serving.app import ServeSettings
+
+    defaults = ServeSettings()
+    options = {name: p.default.default for name, p in inspect.signature(serve).parameters.items()
+               if name in ServeSettings.model_fields}
+    assert set(options) == set(ServeSettings.model_fields) - {"body_seconds"}
+    assert options == {name: getattr(defaults, name) for name in options}
+    assert defaults.max_seconds == 3600.0 and defaults.workers == 1
+
+
+@pytest.mark.parametrize("field, value", [("max_upload_mb", -5), ("max_upload_mb", 0), ("port", 0), ("port", 65536),
+                                          ("max_seconds", float("inf")), ("workers", -1), ("job_timeout", -1)])
+def test_settings_out_of_bounds_are_refused_before_anything_loads(field, value):
+    from pydantic import ValidationError
+
+    from emofuse.serving.app import ServeSettings
+
+    with pytest.raises(ValidationError, match=field):
+        ServeSettings(**{field: value})
+    assert ServeSettings(port=65535, max_upload_mb=0.5, segment_over=None, job_timeout=0).port == 65535

@@ -13,7 +13,7 @@ from starlette.websockets import WebSocketDisconnect
 from emofuse.align.segments import Segment
 from emofuse.inference.long import segment_result
 from emofuse.inference.predictor import Prediction, WordExplanation
-from emofuse.serving.app import create_app
+from emofuse.serving.app import ServeSettings, create_app
 from emofuse.serving.stream import StreamLimits, segment_message
 from helpers import CLASSES, joined_speech, ravdess_files, registry_model_dir
 
@@ -37,7 +37,7 @@ def joined(ravdess_root):
 @pytest.fixture(scope="module")
 def acoustic_app(tmp_path_factory):
     return create_app(registry_model_dir(tmp_path_factory.mktemp("aco") / "model", "B-ACO-1+attn", words=None),
-                      max_seconds=60.0)
+                      ServeSettings(workers=0, max_seconds=60.0))
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +105,10 @@ def test_a_message_is_the_long_recording_segment_of_the_engines_answer_warnings_
     prediction = Prediction("x.wav", "sad", {"sad": 0.7, "angry": 0.3}, [WordExplanation("dogs", 0.1, 0.4, {"gate": 0.5})],
                             1.0, "asr", fallbacks=["forced->asr"], warnings=["the recording clips"])
     segment = Segment(3.0, 4.0)
-    message = segment_message(segment, {"status": 200, "body": prediction.to_json()})
+    message = segment_message(segment, {"body": prediction.to_json()})
     assert message == segment_result(segment, prediction).to_json()
     assert message["warnings"] == ["forced->asr", "the recording clips"] and message["words"][0]["start"] == 3.1
-    refused = segment_message(segment, {"status": 422, "detail": "x.wav: no speech"})
+    refused = segment_message(segment, {"error": "NoSpeech", "detail": "x.wav: no speech"})
     assert (refused["label"], refused["warnings"]) == (None, ["x.wav: no speech"])
 
 
@@ -156,7 +156,7 @@ def test_words_carry_gates_and_attention_on_the_streams_clock(tmp_path, joined):
     the model directory names none) and its words are timed on the stream's clock, inside their
     segment; the message names the recogniser."""
     audio, truth = joined
-    app = create_app(registry_model_dir(tmp_path / "hmm4", "H-MM-4", word_layers=1), max_seconds=60.0)
+    app = create_app(registry_model_dir(tmp_path / "hmm4", "H-MM-4", word_layers=1), ServeSettings(workers=0, max_seconds=60.0))
     part = audio[: int((truth[1][1] + 1.0) * SR)]  # the first two utterances
     pcm = s16le(part)
     with TestClient(app) as c, c.websocket_connect("/stream?format=s16le") as ws:

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from emofuse.errors import DataError
-from emofuse.serving.app import create_app
+from emofuse.serving.app import ServeSettings, create_app
 from emofuse.serving.stream import segment_message
 from emofuse.align.segments import Segment
 from helpers import CLASSES, joined_speech, ravdess_files, registry_model_dir
@@ -73,7 +73,7 @@ def wait_for(condition, seconds: float = 60.0) -> None:
 def test_clients_that_leave_mid_prediction_never_put_more_jobs_on_the_workers_than_the_queue_allows(
         model_dir, utterance, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the segments' temporary files land here
-    app = create_app(model_dir, max_seconds=60.0, max_queue=0)  # one place: the in-process worker's job
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0, max_queue=0))  # one place: the in-process worker's job
     engine, admission = app.state.engine, app.state.admission
     jobs = JobsOnTheEngine(engine, admission)
     monkeypatch.setattr(engine, "submit", jobs)
@@ -126,7 +126,7 @@ def test_clients_that_leave_mid_prediction_never_put_more_jobs_on_the_workers_th
 def test_a_failed_segment_is_named_by_its_time_span_never_by_the_servers_file(model_dir, utterance, monkeypatch):
     """The warning the client reads: `segment START-END s: why`, from a real app whose worker
     fails the segment (a simulated alignment failure), with no temporary path in it."""
-    app = create_app(model_dir, max_seconds=60.0)
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0))
     predictor = app.state.predictor
 
     def failing(audio, transcript=None, label="<audio>", **kwargs):
@@ -145,10 +145,66 @@ def test_a_failed_segment_is_named_by_its_time_span_never_by_the_servers_file(mo
 
 def test_a_workers_error_line_that_repeats_a_server_path_reaches_the_client_without_it():
     tmp = "/tmp/emofuse-stream-ab12cd.wav"
-    answer = {"status": 500, "detail": f"segment 1.00-2.50 s: prediction failed (LibsndfileError: Error opening "
+    answer = {"error": "JobFailed", "detail": f"segment 1.00-2.50 s: prediction failed (LibsndfileError: Error opening "
                                        f"'{tmp}': System error; model /srv/models/h-mm-4/model.json)"}
     message = segment_message(Segment(1.0, 2.5), answer, tmp)
     (warning,) = message["warnings"]
     assert "/tmp" not in warning and "/srv" not in warning and "emofuse-stream-" not in warning
     assert warning == ("segment 1.00-2.50 s: prediction failed (LibsndfileError: Error opening 'segment 1.00-2.50 s': "
                        "System error; model model.json)")
+
+
+def test_a_segment_reaches_the_worker_as_its_samples_never_as_a_file(model_dir, utterance, tmp_path, monkeypatch):
+    """The segment's float32 16 kHz samples go in the job: nothing is written for the worker to
+    decode again, and the prediction is that of the same samples predicted directly."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0))
+    engine, jobs = app.state.engine, []
+    submit = engine.submit
+    monkeypatch.setattr(engine, "submit", lambda job: (jobs.append(job), submit(job))[1])
+    with TestClient(app) as client, client.websocket_connect("/stream?format=s16le") as ws:
+        ws.send_bytes(utterance)
+        ws.send_text("end")
+        message = ws.receive_json()
+        assert ws.receive_json()["done"]
+    (job,) = jobs
+    assert job.path == "" and job.reader == "samples" and job.sample_rate == SR
+    assert job.samples.dtype == np.float32 and job.samples.ndim == 1
+    assert len(job.samples) == pytest.approx((message["end"] - message["start"]) * SR, abs=2)
+    assert not list(tmp_path.iterdir()), "a file was written for the segment"
+    alone = app.state.predictor.predict_audio(job.samples)
+    assert message["label"] == alone.label
+
+
+@pytest.mark.parametrize("failure, kept", [("WorkerCrashed", True), ("JobTimedOut", True), ("WorkersStopped", False)])
+def test_a_segment_whose_job_failed_says_so_and_only_a_stopped_pool_ends_the_stream(model_dir, utterance, monkeypatch,
+                                                                                   failure, kept):
+    """The engine's futures raise `errors.JobFailed`'s kinds: a dead or silent worker fails its
+    segment (the segment says why, the stream goes on); a stopped pool closes the stream 1011."""
+    from concurrent.futures import Future
+
+    from emofuse import errors
+
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0))
+
+    def fails(_job):
+        future = Future()
+        future.set_exception(getattr(errors, failure)("the prediction worker died on /srv/emofuse/w.bin"))
+        return future
+
+    monkeypatch.setattr(app.state.engine, "submit", fails)
+    with TestClient(app) as client, client.websocket_connect("/stream?format=s16le") as ws:
+        ws.send_bytes(utterance)
+        ws.send_text("end")
+        if kept:
+            message = ws.receive_json()
+            assert message["label"] is None and message["warnings"] == [
+                f"segment {message['start']:.2f}-{message['end']:.2f} s: the prediction worker died on w.bin"]
+            assert ws.receive_json()["done"]
+        else:
+            from starlette.websockets import WebSocketDisconnect
+
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == 1011 and "the server needs a restart" in closed.value.reason
+    assert app.state.admission.in_system == 0

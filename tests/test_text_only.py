@@ -185,9 +185,9 @@ def test_acoustic_model_given_text_says_it_needs_audio(text_model, tmp_path):
 def test_service_answers_a_transcript_without_a_file(text_model):
     from fastapi.testclient import TestClient
 
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
 
-    with TestClient(create_app(text_model, workers=0)) as client:
+    with TestClient(create_app(text_model, ServeSettings(workers=0))) as client:
         answer = client.post("/predict", data={"transcript": "you never listen to me"})
         assert answer.status_code == 200, answer.text
         assert answer.json()["label"] in CLASSES

@@ -122,3 +122,30 @@ def test_a_model_reading_pocketsphinx_words_checks_transcripts_with_whisper(tmp_
     assert sphinx_model.predict_file(sad_clip, transcript=STATEMENT_2).warnings == []
     warned = sphinx_model.predict_file(sad_clip, transcript="banana").warnings
     assert any("whisper tiny.en heard" in w for w in warned), warned
+
+
+@pytest.mark.data
+def test_a_prediction_checks_for_silence_once(predictor, sad_clip, monkeypatch):
+    """The Predictor refuses silence (NoSpeech) before it aligns; the aligner, told so, does not
+    look again. Extraction, which aligns without the Predictor, still checks there."""
+    import emofuse.align
+    import emofuse.align.vad
+
+    spans = []
+    speech_span = emofuse.align.vad.speech_span
+
+    def counted(mask, *args, **kwargs):
+        spans.append(len(mask))
+        return speech_span(mask, *args, **kwargs)
+
+    monkeypatch.setattr(emofuse.align.vad, "speech_span", counted)  # the Predictor imports it when it runs
+    monkeypatch.setattr(emofuse.align, "speech_span", counted)  # the aligner's own name for it
+    prediction = predictor.predict_file(sad_clip, transcript=STATEMENT_2)
+    assert prediction.align_source == "forced" and len(spans) == 1, spans
+    spans.clear()
+    from emofuse.align import align_utterance
+    from emofuse.corpora.base import Utterance
+
+    silence = np.zeros(16000, np.float32)
+    utt = Utterance(id="s", audio="s.wav", speaker="", label="", original_label="", transcript=STATEMENT_2)
+    assert align_utterance(utt, silence, "forced").source == "proportional" and len(spans) >= 1

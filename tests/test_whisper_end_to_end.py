@@ -95,11 +95,11 @@ def test_predict_with_sphinx_names_pocketsphinx(whisper_run, ravdess_root):
 
 
 def test_the_service_answers_with_whisper_words(whisper_run, ravdess_root):
-    from emofuse.serving.app import create_app
+    from emofuse.serving.app import ServeSettings, create_app
 
     _, model_dir = whisper_run
     clip = ravdess_files(ravdess_root, actors=[6], statement="01")[0]
-    service = create_app(model_dir, workers=0, max_seconds=60.0)
+    service = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0))
     with TestClient(service) as client:
         response = client.post("/predict", files={"file": (clip.name, clip.read_bytes(), "audio/flac")})
     assert response.status_code == 200, response.text

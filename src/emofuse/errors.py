@@ -9,6 +9,7 @@ one table (`emofuse.serving.app.HTTP_STATUS`); the CLI prints any of them as one
     │   └── Refused           input refused before or while it is used: the request's own fault
     │       ├── TooLong       longer than the caller's limit
     │       ├── Unsupported   not audio we decode: a sample rate, channel count or codec outside the bounds
+    │       │   └── Undecodable   neither soundfile nor FFmpeg reads it: not audio, or damaged
     │       └── UnusableInput decodes, but gives no answer worth trusting
     │           ├── NoSpeech            the speech detector finds no speech
     │           ├── TranscriptMismatch  the transcript cannot be aligned to the recording
@@ -52,6 +53,12 @@ class TooLong(Refused):
 class Unsupported(Refused):
     """A sample rate, channel count, codec or container outside what is decoded; no audio stream;
     not audio at all."""
+
+
+class Undecodable(Unsupported):
+    """Neither soundfile nor FFmpeg can read it (no audio stream, a header or stream they cannot
+    parse): not audio, or damaged. Its problem carries the decoders' own words, which may name
+    files; a service's client reads a fixed line instead (`serving.jobs.NOT_AUDIO`)."""
 
 
 class UnusableInput(Refused):

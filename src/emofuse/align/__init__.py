@@ -251,14 +251,15 @@ def transfer_times(words: list[str], hypothesis: list[Word], duration: float) ->
 
 
 def align_utterance(utt: Utterance, audio: np.ndarray | None, mode: str = "auto", sphinx=None,
-                    recogniser=None) -> Alignment:
+                    recogniser=None, speech: bool | None = None) -> Alignment:
     """Words with times for one utterance (module docstring); never raises for bad audio or
     a transcript that does not fit: it falls back and says so in `fallbacks`.
 
     audio: 16 kHz mono float32 of the utterance (from `features.audio.load_audio`); may be
     None for modes that do not read it. `sphinx`: a reusable `align.sphinx.Sphinx` (forced
     alignment); `recogniser`: a reusable `make_recogniser(...)` (default: DEFAULT_ASR, built
-    only when recognition is needed).
+    only when recognition is needed). `speech`: whether `audio` holds speech, when the caller
+    has checked already (the Predictor refuses silence before it aligns); None: checked here.
     """
     resolved = resolve_mode(utt, mode)
     if resolved is None:
@@ -283,7 +284,9 @@ def align_utterance(utt: Utterance, audio: np.ndarray | None, mode: str = "auto"
 
         sphinx = Sphinx()
     duration = len(audio) / SAMPLE_RATE
-    if speech_span(energy_speech_mask(audio, SAMPLE_RATE)) is None:
+    if speech is None:
+        speech = speech_span(energy_speech_mask(audio, SAMPLE_RATE)) is not None
+    if not speech:
         # Silence: the decoder would happily place any words on it; there is nothing to find.
         if resolved == "asr":
             return Alignment([], "none", resolved, fallbacks + ["asr: no speech in the audio"])

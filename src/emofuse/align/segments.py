@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from emofuse.align.vad import HOP, VAD_SETTINGS, WINDOW
-from emofuse.errors import ConfigError, DataError, EmofuseError
+from emofuse.errors import ConfigError, DataError, EmofuseError, Undecodable
 
 SAMPLE_RATE = 16000
 DETECTORS = ("auto", "silero", "energy")
@@ -296,7 +296,7 @@ def read_blocks(path: str | Path, block_seconds: float = 4.0):
             try:
                 y = audio.read(block, dtype="float32", always_2d=True)  # (n, channels)
             except Exception as err:
-                raise DataError(path, f"cannot decode audio at {audio.tell() / audio.samplerate:.2f} s: {err}") from err
+                raise Undecodable(path, f"cannot decode audio at {audio.tell() / audio.samplerate:.2f} s: {err}") from err
             last = len(y) < block
             y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]  # (n,)
             if resampler is not None:

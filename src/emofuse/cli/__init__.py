@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-COMMAND_MODULES = ("data", "extract", "train", "predict", "demo")
+COMMAND_MODULES = ("data", "extract", "train", "predict", "serve", "export", "demo")
 
 for _name in COMMAND_MODULES:
     try:

@@ -1,6 +1,7 @@
 """Checks of command-line values that the option types cannot express: a path that must be a
 file or a folder, a number within its range. Each refusal is a ConfigError naming the option,
-printed by `emofuse.cli.main` as one line, before the command writes or decodes anything."""
+printed by `emofuse.cli.main` as one line, before the command writes or decodes anything.
+Also what the commands share: their consoles, and --asr/--language read into a Predictor option."""
 
 from __future__ import annotations
 
@@ -40,3 +41,19 @@ def in_range(option: str, value: float | int, low: float | None = None, high: fl
         bounds = ([f"> {low:g}" if above else f">= {low:g}"] if low is not None else []) \
             + ([f"<= {high:g}"] if high is not None else [])
         raise ConfigError(f"{option} {value:g}: must be {' and '.join(bounds) or 'a finite number'}")
+
+
+def consoles():
+    """(stdout, stderr) consoles for a command's output and its notes."""
+    from rich.console import Console
+
+    return Console(highlight=False), Console(stderr=True, highlight=False)
+
+
+def asr_option(asr: str | None, language: str | None, info) -> dict:
+    """The Predictor's `asr` for --asr/--language (checked now, before any file is read)."""
+    if asr is None and language is None:
+        return {}
+    from emofuse.align import with_language
+
+    return {"asr": with_language(asr or info.asr or "whisper", language)}

@@ -1,5 +1,4 @@
-"""`emofuse predict`, `emofuse serve` and `emofuse export`: thin wrappers over emofuse.inference,
-emofuse.serving and emofuse.training.export (`predict` and `serve` never import emofuse.training)."""
+"""`emofuse predict`: a thin wrapper over emofuse.inference (it never imports emofuse.training)."""
 
 from __future__ import annotations
 
@@ -14,15 +13,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from emofuse.cli.options import in_range, output_file
+from emofuse.cli.options import asr_option, consoles, in_range, output_file
 from emofuse.errors import ConfigError, EmofuseError
 
 
 DAY = 86400.0  # seconds
-
-
-def _consoles() -> tuple[Console, Console]:
-    return Console(highlight=False), Console(stderr=True, highlight=False)
 
 
 def _word_table(prediction) -> Table | None:
@@ -112,23 +107,30 @@ def _predict_long_files(model_dir, jobs, settings, detector, cues, threads, as_j
     return results
 
 
-def _refused_by_header(files) -> list:
-    """PredictionErrors for the files whose header the service would refuse (a sample rate outside
-    4-192 kHz, too many channels: `features.audio.check_audio_header`), read without decoding: a
-    1 Hz WAV's 20000 samples would otherwise be decoded and segmented as 20000 s of audio.
-    Unreadable files are left to the decoder, which says why."""
+def _read_headers(files) -> tuple[dict, list]:
+    """Each file's header, read without decoding (`features.audio.probe_audio`), and
+    PredictionErrors for the files whose header the service would refuse (a sample rate outside
+    4-192 kHz, too many channels: `features.audio.check_audio_header`): a 1 Hz WAV's 20000
+    samples would otherwise be decoded and segmented as 20000 s of audio. Unreadable files are
+    left to the decoder, which says why."""
+    from emofuse.errors import Undecodable
     from emofuse.features.audio import Refused, check_audio_header, probe_audio
     from emofuse.inference.predictor import PredictionError
 
-    refused = []
+    headers, refused = {}, []
     for path in files:
         try:
-            check_audio_header(path, probe_audio(path), None)
+            header = probe_audio(path)
+            check_audio_header(path, header, None)
+        except Undecodable:  # unreadable: the decoder says why, in the file's place
+            pass
         except Refused as exc:
             refused.append(PredictionError(str(path), str(exc)))
         except EmofuseError:
             pass
-    return refused
+        else:
+            headers[path] = header
+    return headers, refused
 
 
 def _predict_texts(model_dir, info, source, text, texts_file, as_json, results_out, html_out, png_out,
@@ -171,15 +173,6 @@ def _predict_texts(model_dir, info, source, text, texts_file, as_json, results_o
         sys.exit(1)
 
 
-def _asr_option(asr: str | None, language: str | None, info) -> dict:
-    """The Predictor's `asr` for --asr/--language (checked now, before any file is read)."""
-    if asr is None and language is None:
-        return {}
-    from emofuse.align import with_language
-
-    return {"asr": with_language(asr or info.asr or "whisper", language)}
-
-
 def predict(
     model_dir: Path = typer.Argument(..., help="Model directory (from `emofuse export` or `emofuse train`)."),
     source: Optional[Path] = typer.Argument(None, help="An audio file, or a folder searched recursively for audio files (none with --text/--texts)."),
@@ -216,7 +209,7 @@ def predict(
     from emofuse.inference.predictor import PredictionError
     from emofuse.models.modeldir import read_info
 
-    out, err = _consoles()
+    out, err = consoles()
     for option, path in (("--html", html_out), ("--png", png_out), ("--out", results_out)):
         output_file(option, path)
     # seconds: a day at most, so sample counts stay integers (1e308 s overflowed in the segmenter)
@@ -228,7 +221,7 @@ def predict(
     predictor_options = {**({"verify": False} if no_verify else {}),  # only what differs from the defaults
                          **({"force_transcript": True} if force_transcript else {}),
                          **({"check_transcript": False} if trust_transcript else {}),
-                         **_asr_option(asr, language, info)}
+                         **asr_option(asr, language, info)}
     if text is not None or texts_file is not None:
         _predict_texts(model_dir, info, source, text, texts_file, as_json, results_out, html_out, png_out,
                        {**predictor_options, "threads": threads}, out, err)
@@ -237,7 +230,7 @@ def predict(
         raise ConfigError("give an audio file or folder to predict, or --text / --texts for a text-only model")
     files = find_audio(source)
     single = source.is_file()
-    refused = _refused_by_header(files)  # what the service answers 415/413, before anything is decoded
+    headers, refused = _read_headers(files)  # what the service refuses, before anything is decoded
     if single and refused:
         err.print(f"[bold red]error:[/] {escape(refused[0].error)}", soft_wrap=True)
         sys.exit(1)
@@ -281,7 +274,8 @@ def predict(
         if not single:
             raise ConfigError("--segments-from gives the segments of one file; give a file, not a folder")
         cues = read_timed_transcript(segments_from)
-    long_jobs = [j for j in jobs if segments or cues is not None or is_long(j[0], segment_over)]
+    long_jobs = [j for j in jobs if segments or cues is not None
+                 or (Path(j[0]) in headers and is_long(headers[Path(j[0])], segment_over))]
     if long_jobs and (one_speaker or png_out is not None):
         raise ConfigError("--one-speaker and --png take whole recordings; files predicted per segment "
                           f"(over --segment-over {segment_over:g} s, or --segments) use --html for their timeline")
@@ -355,89 +349,5 @@ def predict(
         sys.exit(1)
 
 
-def serve(
-    model_dir: Path = typer.Argument(..., help="Model directory to serve."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
-    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload (413 above)."),
-    max_seconds: float = typer.Option(3600.0, "--max-seconds", min=0.0, help="Longest accepted recording (413 above); recordings over --segment-over are predicted per speech segment."),
-    segment_over: float = typer.Option(30.0, "--segment-over", min=0.0, help="Recordings (WAV/FLAC/OGG) longer than this many seconds answer per speech segment; other containers are limited to this length."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads for the model (default 1: the alignment and openSMILE stages run single-threaded beside it; 2 can help long recordings on an idle machine)."),
-    workers: int = typer.Option(1, "--workers", min=0, help="Worker processes, each with the model loaded once (0: run the model in the server process)."),
-    max_queue: Optional[int] = typer.Option(None, "--max-queue", min=0, help="Requests that may wait beyond those running (default 4 per worker); more are answered 503 with Retry-After."),
-    no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose); every worker process loads them so."),
-    asr: Optional[str] = typer.Option(None, "--asr", help="Recogniser for files without a transcript: whisper (the packaged tiny.en), whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx). Default: the one the model was trained with, else whisper."),
-    language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
-    trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.34 against it adds a warning)."),
-    job_timeout: float = typer.Option(300.0, "--job-timeout", min=0.0, help="Seconds a request may run in a worker without an answer (a recording predicted per segment: without finishing a batch of segments) before it is answered 504 and its worker killed and replaced, counted in /health workers.timeouts; 0: no limit. Needs --workers 1 or more (a thread of the server cannot be stopped)."),  # = serving.workers.DEFAULT_JOB_TIMEOUT
-) -> None:
-    """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,
-    and a web page at / to upload or record audio and see the explanation."""
-    import uvicorn
-
-    from emofuse.serving.app import create_app
-
-    _, err = _consoles()
-    in_range("--port", port, 0, 65535)
-    in_range("--max-upload-mb", max_upload_mb, 0, above=True)
-    in_range("--max-seconds", max_seconds, 0)
-    in_range("--segment-over", segment_over, 0)
-    in_range("--job-timeout", job_timeout, 0)
-    if job_timeout and not workers:
-        err.print("[yellow]note[/]: --job-timeout applies to worker processes; with --workers 0 a request has no limit")
-    from emofuse.models.modeldir import read_info
-
-    options = {**({"verify": False} if no_verify else {}), **({"check_transcript": False} if trust_transcript else {}),
-               **_asr_option(asr, language, read_info(model_dir))}
-    app = create_app(model_dir, max_upload_mb=max_upload_mb, max_seconds=max_seconds, threads=threads,
-                     workers=workers, max_queue=max_queue, segment_over=segment_over, job_timeout=job_timeout,
-                     predictor_options=options or None)
-    engine, admission = app.state.engine, app.state.admission
-    err.print(f"model {escape(engine.description['model'])} loaded in {app.state.load_seconds:.1f} s "
-              f"{f'by {workers} worker process(es)' if workers else 'in the server process'}, "
-              f"{admission.max_queue} may wait; "
-              f"serving on http://{host}:{port}/")
-    # Graceful shutdown waits at most a few seconds for requests in flight; the lifespan then ends the workers.
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
-
-
-def export(
-    source: Path = typer.Argument(..., help="A run directory of `emofuse train` (with --out), or a model directory (with --onnx)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Model directory to write from a run directory."),
-    fold: Optional[int] = typer.Option(None, "--fold", help="Export this fold instead of the best one by validation UA."),
-    onnx_out: Optional[Path] = typer.Option(None, "--onnx", help="Also write the model as ONNX (acoustic-only models), checked with onnxruntime."),
-) -> None:
-    """Package a trained run as a model directory, and/or a model directory as ONNX."""
-    from emofuse.models.modeldir import is_model_dir, read_info
-    from emofuse.training.export import export_run
-
-    out, _ = _consoles()
-    if out_dir is None and onnx_out is None:
-        raise ConfigError("nothing to do: give --out MODEL_DIR (from a run directory) and/or --onnx OUT.onnx")
-    model_dir = source
-    if out_dir is not None:
-        if is_model_dir(source):
-            raise ConfigError(f"{source} is already a model directory; --out packages a run directory")
-        model_dir = export_run(source, out_dir, fold=fold)
-        info = read_info(model_dir)
-        val = info.metrics.get("val_ua")
-        test = (info.metrics.get("test") or {}).get("ua")
-        out.print(f"[bold green]wrote[/] {escape(str(model_dir))}: {escape(info.name)}, fold {info.metrics.get('fold')}"
-                  + (f", validation UA {val:.3f}" if val is not None else "")
-                  + (f", test UA {test:.3f}" if test is not None else "")
-                  + (" (acoustic only: no transcript needed)" if info.acoustic_only else ""))
-    elif fold is not None:
-        raise ConfigError("--fold applies when exporting a run directory with --out")
-    if onnx_out is not None:
-        from emofuse.inference.onnx_export import export_onnx
-
-        report = export_onnx(model_dir, onnx_out)
-        diffs = ", ".join(f"{k} {v:.1e}" for k, v in report["max_abs_diff"].items())
-        out.print(f"[bold green]wrote[/] {escape(str(onnx_out))}: input features (1, frames, "
-                  f"{report['inputs']['features'][2]}) of {report['feature']}; onnxruntime vs PyTorch max |diff|: {diffs}")
-
-
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict)
-    app.command("serve")(serve)
-    app.command("export")(export)

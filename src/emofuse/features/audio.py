@@ -32,7 +32,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from emofuse.corpora.base import Utterance
-from emofuse.errors import DataError, Refused, TooLong, Unsupported  # noqa: F401 -- Refused: callers catch it from here
+from emofuse.errors import DataError, Refused, TooLong, Undecodable, Unsupported  # noqa: F401 -- Refused: callers catch it from here
 
 
 def resample(y: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -74,7 +74,7 @@ def _read_av(path: Path, start: float | None, end: float | None) -> tuple[np.nda
     with av.open(str(path), options=_DECODER_LIMITS) as container:  # the limit holds while FFmpeg probes
         streams = container.streams.audio
         if not streams:
-            raise DataError(path, "the file holds no audio stream")
+            raise Undecodable(path, "the file holds no audio stream")
         stream = streams[0]
         guard_decoder(path, stream)
         sr = stream.codec_context.sample_rate or stream.rate
@@ -120,7 +120,7 @@ def load_audio(
         except DataError:
             raise
         except Exception as av_exc:
-            raise DataError(path, f"cannot decode audio (soundfile: {sf_exc}; PyAV: {av_exc})") from av_exc
+            raise Undecodable(path, f"cannot decode audio (soundfile: {sf_exc}; PyAV: {av_exc})") from av_exc
     if not np.all(np.isfinite(y)):
         raise DataError(path, "audio holds NaN or infinite samples")
     return resample(y, native, sr)
@@ -251,7 +251,7 @@ def probe_audio(path: str | Path) -> AudioHeader:
     try:
         with open_untrusted(path) as container:
             if not container.streams.audio:
-                raise Unsupported(path, "the file holds no audio stream")
+                raise Undecodable(path, "the file holds no audio stream")
             stream = container.streams.audio[0]
             rate = int(stream.codec_context.sample_rate or stream.rate or 0)
             channels = int(stream.codec_context.channels or 0)
@@ -264,7 +264,7 @@ def probe_audio(path: str | Path) -> AudioHeader:
     except DataError:
         raise
     except Exception as av_exc:  # noqa: BLE001
-        raise DataError(path, f"cannot read the audio header (soundfile: {sf_problem}; PyAV: {av_exc})") from None
+        raise Undecodable(path, f"cannot read the audio header (soundfile: {sf_problem}; PyAV: {av_exc})") from None
     return AudioHeader(rate, channels, duration, "pyav")
 
 
@@ -319,7 +319,7 @@ def decode_bounded(path: str | Path, header: AudioHeader, max_seconds: float | N
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged stream is a data problem
-        raise DataError(path, f"cannot decode audio ({type(exc).__name__}: {exc})") from None
+        raise Undecodable(path, f"cannot decode audio ({type(exc).__name__}: {exc})") from None
     y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if y.size == 0:
         raise DataError(path, "audio is empty (0 samples)")

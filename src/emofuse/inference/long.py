@@ -37,6 +37,7 @@ import numpy as np
 
 from emofuse.align.segments import SAMPLE_RATE, Segment, SegmentSettings, Segmenter, read_blocks
 from emofuse.errors import DataError
+from emofuse.features.audio import AudioHeader
 from emofuse.inference.predictor import Prediction, PredictionError, Predictor, WordExplanation
 from emofuse.io import atomic_write_text
 
@@ -172,13 +173,18 @@ def _audio_samples(path: Path) -> int:
     return int(round(info.frames * SAMPLE_RATE / info.samplerate))
 
 
-def is_long(path: str | Path, over: float) -> bool:
-    """Whether a file lasts more than `over` seconds (read from its header); unreadable files
-    are not long: the whole-file path reports them."""
-    try:
-        return _audio_samples(Path(path)) / SAMPLE_RATE > over
-    except DataError:
-        return False
+def can_segment(header: AudioHeader) -> bool:
+    """Whether a recording can be predicted per segment: read in blocks (`align.segments.read_blocks`,
+    soundfile's containers: WAV, FLAC, OGG), so memory stays flat whatever its length. Others
+    are decoded whole, so the service limits them to its segment length."""
+    return header.reader == "soundfile"
+
+
+def is_long(header: AudioHeader, over: float | None) -> bool:
+    """Whether a recording is predicted per speech segment rather than whole: one that can be
+    (`can_segment`) whose header declares more than `over` seconds (None: never). The one
+    decision for `emofuse predict`, the service's uploads and its worker jobs."""
+    return over is not None and can_segment(header) and header.duration is not None and header.duration > over
 
 
 # An absolute path inside a message (a temporary file, a library's file in its error line),
@@ -358,7 +364,7 @@ def predict_long(predictor: Predictor, path: str | Path, settings: SegmentSettin
         return _predict_long(predictor, Path(path), name, settings, detector, cues, batch_size, progress,
                              block_seconds, lambda text: without_paths(text, path, name))
     except DataError as exc:  # unreadable audio: libsndfile's line repeats the temporary path
-        raise DataError(name, without_paths(exc.problem, path, name)) from None
+        raise type(exc)(name, without_paths(exc.problem, path, name)) from None
 
 
 def _predict_long(predictor: Predictor, path: Path, name: str, settings: SegmentSettings | None, detector: str,

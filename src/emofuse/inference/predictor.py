@@ -230,7 +230,8 @@ class Predictor:
                         transcript=transcript or None)
         # A text-only model trained on written transcripts (punctuation kept) reads them so.
         mode = ("written" if self.info.align == "written" else "forced") if transcript_words(utt) else "asr"
-        alignment = align_utterance(utt, audio, mode, sphinx=self.sphinx, recogniser=self.recogniser)
+        # speech=True: `features`, the only caller, has refused silence (NoSpeech) already
+        alignment = align_utterance(utt, audio, mode, sphinx=self.sphinx, recogniser=self.recogniser, speech=True)
         if mode == "forced" and alignment.source != "forced" and not force_transcript:
             raise TranscriptMismatch(label, "the transcript could not be aligned to the audio: it is likely not "
                                             "what was said. Check it, leave it out to use speech recognition, or "

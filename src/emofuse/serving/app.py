@@ -9,14 +9,17 @@
     GET  /          a web page to upload or record audio and see the explanation.
     GET  /docs      OpenAPI documentation (FastAPI).
 
-Limits: a request body over `max_upload_mb` is refused with 413 before it is parsed (the
+Settings (`serving.settings.ServeSettings`, the same for `emofuse serve` and `create_app`):
+a request body over `max_upload_mb` is refused with 413 before it is parsed (the
 body is counted as it arrives, so a missing or false Content-Length does not get past).
 An upload is never decoded blind (a header can promise hours of audio): its header is read first, and a
 declared duration over `max_seconds` is 413, a sample rate outside 4-192 kHz, more than 8
 channels or a file that neither soundfile nor PyAV can read is 415; decoding then goes block
 by block and stops (413) as soon as it passes the limit, whatever the header said. Audio that
 decodes but cannot be used (empty, NaN, no words for a model that needs them) is 422, a
-missing field too. Every error body is {"detail": "<one clear line>"}.
+missing field too. Every error body is {"detail": "<one clear line>"}: a job's outcome names
+an `emofuse.errors` type (`serving.jobs`), and HTTP_STATUS below is the one table from types
+to statuses.
 
 Recordings longer than `segment_over` seconds (WAV/FLAC/OGG, read in blocks) are predicted
 per speech segment (`inference.long`) and answer with `segments` and a `summary`.
@@ -38,7 +41,6 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import BrokenExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -47,10 +49,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
-from emofuse.errors import (ConfigError, DataError, JobFailed, JobTimedOut, Refused, TooLong, UnusableInput,
-                            Unsupported, WorkerCrashed, WorkersStopped)
-from emofuse.serving.workers import (DEFAULT_JOB_TIMEOUT, NOT_AUDIO, Admission, InProcessEngine, Job, ProcessEngine,
-                                     too_long_note)
+from emofuse.errors import (ConfigError, DataError, JobFailed, JobTimedOut, Refused, TooLong, Undecodable,
+                            UnusableInput, Unsupported, WorkerCrashed, WorkersStopped)
+from emofuse.serving.jobs import NOT_AUDIO, Job, Outcome, error_type, too_long_note
+from emofuse.serving.settings import ServeSettings
+from emofuse.serving.workers import Admission, InProcessEngine, ProcessEngine
 
 STATIC = Path(__file__).parent / "static"
 # Room for the multipart framing and the transcript field next to the file itself.
@@ -63,15 +66,17 @@ HTTP_STATUS = {
     UnusableInput: 422,  # Unprocessable Content
     Refused: 422,
     DataError: 422,
+    JobFailed: 500,  # the prediction itself failed (a bug, not the input): the job's line says how
     WorkerCrashed: 500,
     WorkersStopped: 503,
     JobTimedOut: 504,
 }
 
 
-def http_status(exc: BaseException) -> int:
-    """The status a client reads for `exc`: its nearest type in HTTP_STATUS, else 500."""
-    for kind in type(exc).__mro__:
+def http_status(exc: BaseException | type[BaseException]) -> int:
+    """The status a client reads for `exc` (an error or its type): its nearest type in
+    HTTP_STATUS, else 500."""
+    for kind in (exc if isinstance(exc, type) else type(exc)).__mro__:
         if kind in HTTP_STATUS:
             return HTTP_STATUS[kind]
     return 500
@@ -158,21 +163,43 @@ def probe_upload(path: str, name: str, max_seconds: float, whole_seconds: float 
     """The header of an uploaded file, checked before anything is decoded (a bomb is refused unread):
     HTTPException 415 for a rate, channel count or container that is not decoded, 413 for a
     declared duration over the limit. `whole_seconds`: the limit for files that cannot be read
-    in blocks (only soundfile's containers are predicted per segment)."""
-    from emofuse.features.audio import Refused, check_audio_header, probe_audio
+    in blocks (`inference.long.can_segment`: only those are predicted per segment)."""
+    from emofuse.features.audio import check_audio_header, probe_audio
+    from emofuse.inference.long import can_segment, without_paths
 
     limit = max_seconds
     try:
         header = probe_audio(path)
-        limit = max_seconds if header.reader == "soundfile" or whole_seconds is None else min(max_seconds, whole_seconds)
+        limit = max_seconds if whole_seconds is None or can_segment(header) else min(max_seconds, whole_seconds)
         check_audio_header(path, header, limit)
-    except Refused as exc:
-        problem = NOT_AUDIO if "no audio stream" in exc.problem else exc.problem
-        suffix = too_long_note(max_seconds, limit) if isinstance(exc, TooLong) else ""
-        raise HTTPException(status_code=http_status(exc), detail=f"{name}: {problem}{suffix}") from None
-    except DataError:
-        raise HTTPException(status_code=415, detail=f"{name}: {NOT_AUDIO}") from None
+    except DataError as exc:
+        if isinstance(exc, Undecodable):  # the decoders' own words may name files: say what to send
+            problem = NOT_AUDIO
+        else:
+            problem = without_paths(exc.problem, path, name)
+            problem += too_long_note(max_seconds, limit) if isinstance(exc, TooLong) else ""
+        raise HTTPException(status_code=http_status(exc), detail=f"{name}: {problem}") from None
     return header, limit
+
+
+def outcome_status(outcome: Outcome) -> int:
+    """The status a client reads for a job's outcome: 200, or its error's (HTTP_STATUS)."""
+    return http_status(error_type(outcome)) if "error" in outcome else 200
+
+
+def answer(outcome: Outcome) -> dict:
+    """A job's outcome as the response body; HTTPException with its error's status otherwise."""
+    if "error" in outcome:
+        raise HTTPException(status_code=outcome_status(outcome), detail=outcome["detail"])
+    return outcome["body"]
+
+
+def job_failed(name: str, exc: JobFailed) -> HTTPException:
+    """A job that never got its answer (its worker died or fell silent, the pool stopped): its
+    status and its line after the file's name; 503 says when to retry."""
+    status = http_status(exc)  # its message already starts with the job's label, the client's file name
+    return HTTPException(status_code=status, detail=str(exc),
+                         headers={"Retry-After": "30"} if status == 503 else None)
 
 
 def _one_line(errors) -> str:
@@ -184,27 +211,27 @@ def _one_line(errors) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: float = 120.0,
-               predictor=None, threads: int | None = None, workers: int = 0, max_queue: int | None = None,
-               segment_over: float | None = 30.0, body_seconds: float = 60.0, predictor_options: dict | None = None,
-               job_timeout: float | None = DEFAULT_JOB_TIMEOUT) -> FastAPI:
+def create_app(model_dir: str | Path, settings: ServeSettings | None = None, predictor=None,
+               predictor_options: dict | None = None) -> FastAPI:
     """The service for one model directory; the model is loaded here, once per worker (module docstring).
 
-    workers: 0 runs the model in this process (one prediction at a time); N >= 1 starts N
-    worker processes. max_queue: requests waiting beyond those running (default 4 per worker).
-    segment_over: recordings longer than this are predicted per speech segment (None: never).
+    settings: limits, workers and queue (`serving.settings.ServeSettings`; its defaults are
+    `emofuse serve`'s). With `settings.workers` 0 the model runs in this process, one prediction
+    at a time (`predictor`: one already loaded, for tests); N >= 1 starts N worker processes.
     predictor_options: Predictor keyword arguments, in this process or in every worker
-    (`{"verify": False}`). job_timeout: seconds a job may go without progress in a worker
-    before it is answered 504 and the worker replaced (0 or None: no limit; workers only)."""
+    (`{"verify": False}`)."""
     from emofuse import __version__
 
+    settings = ServeSettings() if settings is None else settings
+    workers, max_upload_mb, max_seconds = settings.workers, settings.max_upload_mb, settings.max_seconds
+    segment_over = settings.segment_over
+    if predictor is not None and workers:
+        raise ConfigError("a loaded predictor runs in this process: give it with workers=0")
     started = time.perf_counter()
-    if workers < 0:
-        raise ConfigError(f"workers must be 0 (in this process) or more, not {workers}")
-    engine = ProcessEngine(model_dir, workers, threads, predictor_options, job_timeout) if workers \
-        else InProcessEngine(model_dir, threads, predictor, predictor_options)
+    engine = ProcessEngine(model_dir, workers, settings.threads, predictor_options, settings.job_timeout) if workers \
+        else InProcessEngine(model_dir, settings.threads, predictor, predictor_options)
     load_seconds = time.perf_counter() - started
-    max_queue = DEFAULT_QUEUE_PER_WORKER * engine.workers if max_queue is None else max_queue
+    max_queue = DEFAULT_QUEUE_PER_WORKER * engine.workers if settings.max_queue is None else settings.max_queue
     admission = Admission(engine.workers, max_queue)
     from emofuse.inference.text import is_text_only
     from emofuse.models.modeldir import read_info
@@ -225,13 +252,14 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
                     "with per-word explanations (acoustic share, attention).",
         lifespan=lifespan,
     )
+    app.state.settings = settings
     app.state.engine = engine
     app.state.admission = admission
     app.state.predictor = getattr(engine, "predictor", None)
     app.state.load_seconds = load_seconds
     app.state.limits = {"max_upload_mb": max_upload_mb, "max_seconds": max_seconds}
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6) + FORM_OVERHEAD, limit_mb=max_upload_mb,
-                       admission=admission, body_seconds=body_seconds)
+                       admission=admission, body_seconds=settings.body_seconds)
 
     @app.exception_handler(RequestValidationError)
     async def one_line_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -281,20 +309,15 @@ def create_app(model_dir: str | Path, max_upload_mb: float = 20.0, max_seconds: 
                           duration=header.duration, max_seconds=limit, segment_over=segment_over,
                           too_long_note=too_long_note(max_seconds, limit))
             try:
-                answer = await asyncio.wrap_future(engine.submit(job))
-            except JobFailed as exc:  # its worker died or hung, or the workers stopped: its line names no path
-                status = http_status(exc)
-                raise HTTPException(status_code=status, headers={"Retry-After": "30"} if status == 503 else None,
-                                    detail=str(exc)) from None
-            except (BrokenExecutor, RuntimeError):  # the in-process engine, shut down
-                raise HTTPException(status_code=503, headers={"Retry-After": "30"},
-                                    detail=f"{name}: the server is shutting down") from None
+                outcome = await asyncio.wrap_future(engine.submit(job))
+            except JobFailed as exc:  # its worker died or fell silent, or the pool stopped: its line names no path
+                raise job_failed(name, exc) from None
+            except RuntimeError:  # the in-process engine, shut down
+                raise job_failed(name, WorkersStopped(name, "the server is shutting down")) from None
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
-        if answer["status"] != 200:
-            raise HTTPException(status_code=answer["status"], detail=answer["detail"])
-        return answer["body"]
+        return answer(outcome)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -30,10 +30,11 @@ Limits, each closing the connection with a code and a one-line reason:
     1009  a message over `max_chunk_bytes`
     1011  the prediction worker stopped, or the server failed (its log has why)
 
-A segment holds its place in the bounded queue until its worker job has ended, even when the
+A segment goes to the worker as its samples (`serving.jobs.Job.samples`), never through a
+file. It holds its place in the bounded queue until its worker job has ended, even when the
 client has left (the answer is then discarded); nothing the client reads names a file of the
 server: a segment is named by its time span (`segment 3.20-5.10 s`), other paths by their
-file name alone (`inference.long.without_paths`).
+file name alone (`inference.long.without_paths`, applied to every line a segment carries).
 """
 
 from __future__ import annotations
@@ -43,11 +44,9 @@ import io
 import json
 import logging
 import queue
-import tempfile
 import threading
-from concurrent.futures import BrokenExecutor, Future
+from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -234,55 +233,40 @@ def segment_name(segment: Segment) -> str:
     return f"segment {segment.start:.2f}-{segment.end:.2f} s"
 
 
-def segment_message(segment: Segment, answer: dict, path: str | None = None) -> dict:
-    """An engine's answer for one segment as a segment of long-recording prediction (its keys).
-    `path`: the segment's temporary file, written as the segment's name wherever a worker's
-    error line repeats it; any other path of the server is cut to its file name."""
+def segment_message(segment: Segment, outcome: dict, path: str | None = None) -> dict:
+    """An engine's outcome for one segment (`serving.jobs.Outcome`) as a segment of
+    long-recording prediction (its keys). Its error line reaches the client with no server
+    path: `path` (a server file the line may repeat) written as the segment's name, any other
+    path cut to its file name."""
     from emofuse.inference.long import segment_result, without_paths
 
-    if answer["status"] == 200:
-        return segment_result(segment, answer["body"]).to_json()
-    return segment_result(segment, without_paths(answer["detail"], path, segment_name(segment))).to_json()
+    if "error" not in outcome:
+        return segment_result(segment, outcome["body"]).to_json()
+    return segment_result(segment, without_paths(outcome["detail"], path, segment_name(segment))).to_json()
 
 
-def _write_segment(audio: np.ndarray) -> str:
-    import soundfile as sf
-
-    with tempfile.NamedTemporaryFile(prefix="emofuse-stream-", suffix=".wav", delete=False) as f:
-        sf.write(f, audio, SAMPLE_RATE, format="WAV", subtype="FLOAT")
-        return f.name
-
-
-def _submit_segment(engine, admission, segment: Segment, audio: np.ndarray) -> tuple[Future, str] | None:
-    """Run in a thread: take a place in the bounded queue, write the segment to a temporary file
-    and hand it to the engine; None when the queue is full. The place and the file are given
-    back when the worker job has ended (or was cancelled before it ran), never earlier: a client
-    that disconnects mid-prediction leaves its job's answer to be discarded, not a free place
-    beside a job still on the workers. Everything is settled here, in one thread, so a
-    cancellation of the connection's task at any await cannot lose the place or the file."""
-    from emofuse.serving.workers import Job
+def _submit_segment(engine, admission, segment: Segment, audio: np.ndarray) -> Future | None:
+    """Run in a thread: take a place in the bounded queue and hand the segment's samples to the
+    engine; None when the queue is full. The place is given back when the worker job has ended
+    (or was cancelled before it ran), never earlier: a client that disconnects mid-prediction
+    leaves its job's answer to be discarded, not a free place beside a job still on the workers.
+    Everything is settled here, in one thread, so a cancellation of the connection's task at any
+    await cannot lose the place."""
+    from emofuse.serving.jobs import Job
 
     if not admission.admit():
         return None
-    tmp = None
     try:
-        tmp = _write_segment(audio)
         duration = len(audio) / SAMPLE_RATE
-        job = Job(path=tmp, name=segment_name(segment), transcript=None, html=False, reader="soundfile",
+        job = Job(path="", name=segment_name(segment), transcript=None, html=False, reader="samples",
                   sample_rate=SAMPLE_RATE, channels=1, duration=duration, max_seconds=duration + 1.0,
-                  segment_over=None)
+                  segment_over=None, samples=np.ascontiguousarray(audio, dtype=np.float32))
         future = engine.submit(job)
     except BaseException:
-        _job_ended(admission, tmp)
+        admission.release()
         raise
-    future.add_done_callback(lambda _: _job_ended(admission, tmp))  # at once if it has already ended
-    return future, tmp
-
-
-def _job_ended(admission, tmp: str | None) -> None:
-    admission.release()
-    if tmp is not None:
-        Path(tmp).unlink(missing_ok=True)
+    future.add_done_callback(lambda _: admission.release())  # at once if it has already ended
+    return future
 
 
 async def predict_segment(app, segment: Segment, audio: np.ndarray) -> dict:
@@ -291,23 +275,21 @@ async def predict_segment(app, segment: Segment, audio: np.ndarray) -> dict:
     Cancelled (the client left), the job is cancelled if it has not started; one already on
     a worker runs to its end and holds its queue place until then (`_submit_segment`)."""
     from emofuse.inference.long import segment_result
+    from emofuse.serving.jobs import failed
 
     engine, admission = app.state.engine, app.state.admission
     try:
-        submitted = await run_in_threadpool(_submit_segment, engine, admission, segment, audio)
-        if submitted is None:
+        future = await run_in_threadpool(_submit_segment, engine, admission, segment, audio)
+        if future is None:
             return segment_result(segment, f"the server is busy ({admission.workers} running, {admission.max_queue} "
                                            "waiting): this segment was not predicted").to_json()
-        future, tmp = submitted
-        answer = await asyncio.wrap_future(future)  # cancelling this cancels a job that has not started
-    except (BrokenExecutor, RuntimeError, WorkersStopped) as exc:
+        outcome = await asyncio.wrap_future(future)  # cancelling this cancels a job that has not started
+    except (WorkersStopped, RuntimeError) as exc:  # RuntimeError: the in-process engine, shut down
         raise StreamClosed(1011, f"the prediction worker stopped ({type(exc).__name__}); "
                                  "the server needs a restart") from None
-    except JobFailed as exc:  # this segment's worker died or hung: the segment's error
-        from emofuse.serving.app import http_status
-
-        answer = {"status": http_status(exc), "detail": str(exc)}
-    return segment_message(segment, answer, tmp)
+    except JobFailed as exc:  # its worker died or fell silent on this segment: the segment says so
+        outcome = failed(type(exc), exc.label, exc.problem)  # its label is the segment's name
+    return segment_message(segment, outcome)
 
 
 def _stream_format(fmt: str | None, rate: int | None) -> tuple[str, int]:

@@ -7,9 +7,10 @@ each load the model once; and the bounded queue in front of them.
                   ProcessEngine:   N 'spawn' processes, each with its own Predictor (and its own
                                    openSMILE worker, forked by the Predictor)
 
-A job is a temporary file whose header the server has already checked, plus its name and
-transcript; `run_job` decodes it (bounded, `features.audio.decode_bounded`), predicts and
-returns plain JSON-able data, so a worker never sends Python objects back. Decoding happens
+A job (`serving.jobs`) is a temporary file whose header the server has already checked, or a
+live segment's samples, plus its name and transcript; `run_job` decodes it (bounded,
+`features.audio.decode_bounded`), predicts and returns an outcome of plain data, so a worker
+never sends Python objects back. Decoding happens
 inside the engine, so at most `workers` decodes run at once, whatever the number of requests.
 
 The worker processes are an `emofuse.pool.Pool` (setup: build the Predictor; handle: `run_job`).
@@ -43,103 +44,12 @@ import os
 import pickle
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from emofuse.pool import Pool, Ready
+from emofuse.serving.jobs import Job, Outcome, failed, one_line, run_job
 
 DEFAULT_JOB_TIMEOUT = 300.0  # --job-timeout: seconds a job may go without progress before 504
-UNDECODABLE = ("cannot decode audio", "holds no audio stream", "cannot read the audio header")
-NOT_AUDIO = "not an audio file that soundfile or FFmpeg can decode (send WAV, FLAC, OGG, MP3, WebM, MP4 ...)"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One upload to predict: a temporary file the server owns and deletes afterwards."""
-
-    path: str
-    name: str  # the client's file name, used in answers and error lines
-    transcript: str | None
-    html: bool
-    reader: str  # "soundfile" or "pyav", from the header probe; "text": a transcript alone, no file
-    sample_rate: int
-    channels: int
-    duration: float | None
-    max_seconds: float
-    segment_over: float | None  # longer recordings are predicted per segment; None: never
-    too_long_note: str = " (server option --max-seconds)"  # which option set max_seconds, for a 413
-
-
-def too_long_note(max_seconds: float, limit: float) -> str:
-    """What a 413 adds to name the option whose limit applied: `--max-seconds`, or, for a
-    container that cannot be read in blocks (so is never predicted per segment), `--segment-over`."""
-    if limit >= max_seconds:
-        return " (server option --max-seconds)"
-    return f" for this container (server option --segment-over); WAV, FLAC or OGG may run to {max_seconds:g} s"
-
-
-def _error(status: int, name: str, problem: str) -> dict:
-    return {"status": status, "detail": f"{name}: {problem}"}
-
-
-def run_job(predictor, job: Job, progress=None) -> dict:
-    """{"status": 200, "body": prediction JSON} or {"status": 4xx, "detail": one line}.
-    progress(seconds_done, seconds_total): called after each batch of a recording predicted per segment."""
-    from emofuse.errors import DataError
-    from emofuse.features.audio import AudioHeader, Refused, TooLong, decode_bounded, resample
-    from emofuse.inference.long import without_paths
-    from emofuse.inference.predictor import SAMPLE_RATE
-
-    header = AudioHeader(job.sample_rate, job.channels, job.duration, job.reader)
-    try:
-        if job.segment_over is not None and job.reader == "soundfile" and job.duration is not None \
-                and job.duration > job.segment_over:
-            from emofuse.inference.long import predict_long  # read in blocks: memory stays flat
-
-            if job.transcript is not None:
-                return _error(422, job.name, f"the recording is {job.duration:.1f} s long: over {job.segment_over:g} s "
-                                             "it is predicted per speech segment with each segment's recognised "
-                                             "words, so send it without a transcript")
-            result = predict_long(predictor, job.path, name=job.name, progress=progress)  # no temp path in it
-            record = result.to_json()
-            record["file"] = job.name
-            return {"status": 200, "body": record}
-        if job.reader == "text":  # a transcript without audio, for a text-only model
-            from emofuse.inference.text import predict_texts
-
-            prediction = predict_texts(predictor, [(job.name, job.transcript)], strict=True)[0]
-        else:
-            audio = resample(decode_bounded(job.path, header, job.max_seconds), job.sample_rate, SAMPLE_RATE)
-            prediction = predictor.predict_audio(audio, job.transcript, label=job.name)
-    except Refused as exc:
-        from emofuse.serving.app import http_status
-
-        return _error(http_status(exc), job.name, exc.problem + (job.too_long_note if isinstance(exc, TooLong) else ""))
-    except DataError as exc:
-        if any(p in exc.problem for p in UNDECODABLE):
-            return _error(415, job.name, NOT_AUDIO)
-        return _error(422, job.name, without_paths(exc.problem, job.path, job.name))
-    except Exception as exc:  # noqa: BLE001 -- one request's failure is its answer, never the worker's end
-        return _error(500, job.name, f"prediction failed ({_one_line(exc, job)})")
-    try:
-        record = prediction.to_json()
-        record["timings"] = {k: round(v, 4) for k, v in prediction.timings.items()}
-        if job.html:
-            from emofuse.inference.explain import render_fragment
-
-            record["html"] = render_fragment(prediction)
-    except Exception as exc:  # noqa: BLE001 -- as above: this request's answer, never the worker's end
-        return _error(500, job.name, f"the prediction could not be written out ({_one_line(exc, job)})")
-    return {"status": 200, "body": record}
-
-
-def _one_line(exc: BaseException, job: Job) -> str:
-    """An exception as its type and first line, with no server path in it: sanitised, then cut
-    (cutting first could leave half a path that `without_paths` no longer recognises)."""
-    from emofuse.inference.long import without_paths
-
-    reason = without_paths((str(exc).strip().splitlines() or [""])[0], job.path, job.name)
-    return f"{type(exc).__name__}: {reason[:200]}"
 
 
 class InProcessEngine:
@@ -181,18 +91,18 @@ def load_predictor(model_dir: str, threads: int | None, options: dict) -> Ready:
                  children=tuple(frames.pids) if frames is not None else ())
 
 
-def answer_job(predictor, job: Job, progress) -> dict:
+def answer_job(predictor, job: Job, progress) -> Outcome:
     """A worker's handle: `run_job`'s answer, always one that can be sent back. Nothing one job
     does (an answer that cannot be rendered or pickled) ends the worker: it and its loaded
     model serve the next request."""
     try:
         answer = run_job(predictor, job, progress=lambda done, _total: progress(done))
     except Exception as exc:  # noqa: BLE001 -- run_job answers its own errors; this is a last resort
-        answer = _error(500, job.name, f"prediction failed ({_one_line(exc, job)})")
+        answer = failed("JobFailed", job.name, f"prediction failed ({one_line(exc, job)})")
     try:
         pickle.dumps(answer)
     except Exception as exc:  # noqa: BLE001 -- an answer that does not pickle
-        answer = _error(500, job.name, f"the prediction could not be sent back ({_one_line(exc, job)})")
+        answer = failed("JobFailed", job.name, f"the prediction could not be sent back ({one_line(exc, job)})")
     return answer
 
 
