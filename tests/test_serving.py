@@ -309,9 +309,9 @@ def test_a_job_that_got_no_answer_is_its_errors_status_with_the_files_name(model
 
     app = create_app(model_dir, ServeSettings(workers=0))
 
-    def fails(_job):
+    def fails(job):
         future = Future()
-        future.set_exception(getattr(errors, failure)("what happened to the job"))
+        future.set_exception(getattr(errors, failure)(job.name, "what happened to the job"))
         return future
 
     monkeypatch.setattr(app.state.engine, "submit", fails)

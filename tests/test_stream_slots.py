@@ -187,9 +187,9 @@ def test_a_segment_whose_job_failed_says_so_and_only_a_stopped_pool_ends_the_str
 
     app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0))
 
-    def fails(_job):
+    def fails(job):
         future = Future()
-        future.set_exception(getattr(errors, failure)("the prediction worker died on /srv/emofuse/w.bin"))
+        future.set_exception(getattr(errors, failure)(job.name, "the prediction worker died on /srv/emofuse/w.bin"))
         return future
 
     monkeypatch.setattr(app.state.engine, "submit", fails)
