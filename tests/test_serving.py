@@ -352,7 +352,7 @@ def test_the_service_and_emofuse_serve_share_one_set_of_defaults():
     defaults = ServeSettings()
     options = {name: p.default.default for name, p in inspect.signature(serve).parameters.items()
                if name in ServeSettings.model_fields}
-    assert set(options) == set(ServeSettings.model_fields) - {"body_seconds"}
+    assert set(options) == set(ServeSettings.model_fields)
     assert options == {name: getattr(defaults, name) for name in options}
     assert defaults.max_seconds == 3600.0 and defaults.workers == 1
 

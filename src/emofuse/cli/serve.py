@@ -45,16 +45,30 @@ def serve(
     language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
     trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.34 against it adds a warning)."),
     job_timeout: float = typer.Option(DEFAULTS.job_timeout, "--job-timeout", help="Seconds a request may run in a worker without an answer (a recording predicted per segment: without finishing a batch of segments) before it is answered 504 and its worker killed and replaced, counted in /health workers.timeouts; 0: no limit. Needs --workers 1 or more (a thread of the server cannot be stopped)."),
+    header_seconds: float = typer.Option(DEFAULTS.header_seconds, "--header-seconds", help="Seconds a connection may take to send a complete request head, from its opening or the previous response; then it is closed (408 if part of a head came)."),
+    keep_alive_seconds: float = typer.Option(DEFAULTS.keep_alive_seconds, "--keep-alive-seconds", help="Seconds an idle keep-alive connection stays open after a response."),
+    body_seconds: float = typer.Option(DEFAULTS.body_seconds, "--body-seconds", help="Seconds an upload may take to arrive whole (408 after)."),
+    body_grace: float = typer.Option(DEFAULTS.body_grace, "--body-grace", help="Seconds an upload may arrive at any rate before --body-rate-kb applies."),
+    body_rate_kb: float = typer.Option(DEFAULTS.body_rate_kb, "--body-rate-kb", help="Average kB per second an upload must have arrived at once --body-grace has passed (408 below; 0: no minimum)."),
+    max_readers: int = typer.Option(DEFAULTS.max_readers, "--max-readers", help="Uploads read at once (503 beyond); memory held by bodies is at most (max-readers + workers + max-queue) x max-upload-mb."),
 ) -> None:
     """HTTP service: POST /predict (multipart `file`, optional `transcript`), GET /health, docs at /docs,
-    and a web page at / to upload or record audio and see the explanation."""
+    and a web page at / to upload or record audio and see the explanation.
+
+    Slow clients hold a connection, never a queue place: a request head must arrive within
+    --header-seconds (10 s) and an idle keep-alive connection closes after --keep-alive-seconds (5 s);
+    an upload is read whole before it queues, at most --max-readers (16) at once, at --body-rate-kb
+    (8 kB/s on average) once --body-grace (5 s) has passed and within --body-seconds (60 s), else 408."""
     settings = settings_from_options(host=host, port=port, max_upload_mb=max_upload_mb, max_seconds=max_seconds,
                                      segment_over=segment_over, threads=threads, workers=workers,
-                                     max_queue=max_queue, job_timeout=job_timeout)
+                                     max_queue=max_queue, job_timeout=job_timeout, header_seconds=header_seconds,
+                                     keep_alive_seconds=keep_alive_seconds, body_seconds=body_seconds,
+                                     body_grace=body_grace, body_rate_kb=body_rate_kb, max_readers=max_readers)
     import uvicorn
 
     from emofuse.models.modeldir import read_info
     from emofuse.serving.app import create_app
+    from emofuse.serving.connections import guarded_protocol
 
     _, err = consoles()
     if settings.job_timeout and not settings.workers:
@@ -68,7 +82,9 @@ def serve(
               f"{admission.max_queue} may wait; "
               f"serving on http://{settings.host}:{settings.port}/")
     # Graceful shutdown waits at most a few seconds for requests in flight; the lifespan then ends the workers.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+    # The h11 protocol with a request-head timer and JSON 400s (serving.connections).
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5,
+                http=guarded_protocol(settings.header_seconds), timeout_keep_alive=settings.keep_alive_seconds)
 
 
 def register(app: typer.Typer) -> None:

@@ -40,4 +40,20 @@ class ServeSettings(BaseModel):
                                                                              "without progress before it is cut off "
                                                                              "and its worker replaced; 0 or None: "
                                                                              "no limit (worker processes only).")
-    body_seconds: float = Field(60.0, gt=0, description="Seconds an upload's body may take to arrive.")
+    # Slow clients (slowloris): a connection is held by its head and body, never a queue place.
+    header_seconds: float = Field(10.0, gt=0, le=3600, description="Seconds a connection may take to send a "
+                                                                   "complete request head (from its opening, or "
+                                                                   "from the previous response); then it is "
+                                                                   "closed (408 if part of a head came).")
+    keep_alive_seconds: float = Field(5.0, gt=0, le=3600, description="Seconds an idle keep-alive connection "
+                                                                      "stays open after a response (uvicorn's "
+                                                                      "timeout_keep_alive).")
+    body_seconds: float = Field(60.0, gt=0, le=3600, description="Seconds an upload's body may take to arrive "
+                                                                 "(408 after).")
+    body_grace: float = Field(5.0, ge=0, le=3600, description="Seconds an upload may arrive at any rate before "
+                                                              "body_rate_kb applies.")
+    body_rate_kb: float = Field(8.0, ge=0, description="Average kB (1000 bytes) per second an upload must have "
+                                                       "arrived at, since its request began, once body_grace has "
+                                                       "passed (408 below); 0: no minimum.")
+    max_readers: int = Field(16, ge=1, description="Uploads read at once (503 beyond); memory held by bodies is at "
+                                                   "most (max_readers + workers + max_queue) x max_upload_mb.")
