@@ -27,7 +27,12 @@ per speech segment (`inference.long`) and answer with `segments` and a `summary`
 Concurrency (`serving.workers`): predictions run in `workers` processes, each with the model
 loaded once (0: in this process, one at a time); decoding runs there too, so at most that many
 decodes run at once. At most `max_queue` more requests wait; beyond that the answer is 503
-with Retry-After. Each request has its own temporary file and job, so answers never mix. A
+with Retry-After. A request takes its place only once its body has arrived whole (UploadLimit):
+bodies are read first, at most `max_readers` at once, at `body_rate_kb` on average once
+`body_grace` has passed and within `body_seconds` (408 otherwise), so clients trickling bytes
+(slowloris) hold connections, never queue places; request heads must arrive within
+`header_seconds` and idle keep-alive connections close after `keep_alive_seconds`
+(`serving.connections`, the protocol `emofuse serve` runs). Each request has its own temporary file and job, so answers never mix. A
 worker that dies is restarted (its request answered 500); repeated crashes make the service 503.
 A worker that goes `job_timeout` seconds without answering (or, per segment, without progress)
 is killed and restarted, its request answered 504 (worker processes only: a thread cannot be
@@ -53,7 +58,7 @@ from emofuse.errors import (ConfigError, DataError, JobFailed, JobTimedOut, Refu
                             UnusableInput, Unsupported, WorkerCrashed, WorkersStopped)
 from emofuse.serving.jobs import NOT_AUDIO, Job, Outcome, error_type, too_long_note
 from emofuse.serving.settings import ServeSettings
-from emofuse.serving.workers import Admission, InProcessEngine, ProcessEngine
+from emofuse.serving.workers import Admission, InProcessEngine, ProcessEngine, Readers
 
 STATIC = Path(__file__).parent / "static"
 # Room for the multipart framing and the transcript field next to the file itself.
@@ -83,80 +88,125 @@ def http_status(exc: BaseException | type[BaseException]) -> int:
 
 
 class UploadLimit:
-    """ASGI middleware: read POST bodies to `path` up to `max_bytes`; beyond, answer 413 at once.
-    With `admission`, a request past the bounded queue is answered 503 before its body is read.
-    A body that has not fully arrived `body_seconds` after the request started is answered 408:
-    an admitted request holds a queue place, and a client trickling bytes must not keep it."""
+    """ASGI middleware in front of POST `path`: the body is read whole, under its own limits, before
+    the request takes a place in the bounded queue (`admission`), so that a client trickling
+    its body holds a reader's place for a few seconds, never a worker's.
+
+    - over `max_bytes` (declared, or counted as it arrives): 413 at once;
+    - `max_readers` bodies are read at once (memory held by bodies being read is at most
+      max_readers x max_bytes); one more is answered 503 at once;
+    - after `body_grace` seconds a body must have arrived at `body_rate` bytes per second on
+      average since its request began, and whole within `body_seconds`: else 408;
+    - a complete body takes a queue place (503 with Retry-After when the queue is full; a
+      request is also refused before its body is read while the queue is full).
+    Answers sent before the body was read whole close the connection (`Connection: close`):
+    the rest of a refused body is never read."""
 
     def __init__(self, app, max_bytes: int, limit_mb: float, path: str = "/predict",
-                 admission: Admission | None = None, body_seconds: float = 60.0):
+                 admission: Admission | None = None, body_seconds: float = 60.0, body_grace: float = 5.0,
+                 body_rate: float = 0.0, readers: Readers | None = None):
         self.app = app
         self.max_bytes = max_bytes
         self.limit_mb = limit_mb
         self.path = path
         self.admission = admission
         self.body_seconds = body_seconds
+        self.body_grace = body_grace
+        self.body_rate = body_rate
+        self.readers = readers
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
-        if self.admission is None:
-            await self._bounded(scope, receive, send)
+        if self.admission is not None and self.admission.refuse_if_full():  # no body read for what cannot wait
+            await self._busy(send)
             return
-        # The queue is checked before the body is read: a refused request costs no parsing.
-        if not self.admission.admit():
-            a = self.admission
-            retry = max(1, round(a.waiting / max(1, a.workers)))
-            response = JSONResponse(status_code=503, headers={"Retry-After": str(retry)}, content={
-                "detail": f"the server is busy ({a.workers} running, {a.max_queue} waiting; server options "
-                          f"--workers, --max-queue); retry in {retry} s"})
-            await response(scope, receive, send)
+        if self.readers is not None and not self.readers.start():
+            await _closing(send, 503, f"the server is busy: {self.readers.reading} uploads are arriving (server "
+                                      f"option --max-readers); retry in 1 s", {"Retry-After": "1"})
             return
         try:
-            await self._bounded(scope, receive, send)
+            body = await self._read(scope, receive, send)
         finally:
-            self.admission.release()
+            if self.readers is not None:
+                self.readers.done()
+        if body is None:  # answered (408, 413) or the client went away
+            return
+        if self.admission is not None and not self.admission.admit():
+            await self._busy(send)
+            return
+        try:
+            await self.app(scope, _replay(bytes(body), receive), send)
+        finally:
+            if self.admission is not None:
+                self.admission.release()
 
-    async def _bounded(self, scope, receive, send):
+    async def _read(self, scope, receive, send) -> bytearray | None:
+        """The whole body, or None once it has been answered (413, 408) or the client left."""
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send, int(declared))
-            return
+            return None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.body_seconds
         body = bytearray()
         more = True
-        deadline = asyncio.get_running_loop().time() + self.body_seconds
         while more:
+            # The rate is an average since the request began: it falls behind at `started + len(body) / rate`.
+            behind = started + max(self.body_grace, len(body) / self.body_rate) if self.body_rate else deadline
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+                message = await asyncio.wait_for(receive(), max(0.0, min(deadline, behind) - loop.time()))
             except asyncio.TimeoutError:
-                response = JSONResponse(status_code=408, content={
-                    "detail": f"the upload did not arrive within {self.body_seconds:g} s"})
-                await response(scope={"type": "http"}, receive=None, send=send)
-                return
+                if behind < deadline:
+                    detail = (f"the upload arrived too slowly: {len(body)} bytes in {loop.time() - started:.1f} s; "
+                              f"at least {self.body_rate / 1000:g} kB/s is needed after {self.body_grace:g} s "
+                              f"(server option --body-rate-kb)")
+                else:
+                    detail = f"the upload did not arrive within {self.body_seconds:g} s (server option --body-seconds)"
+                await _closing(send, 408, detail)
+                return None
             if message["type"] == "http.disconnect":
-                return
+                return None
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
                 await self._reject(send, None)
-                return
-        delivered = False
+                return None
+        return body
 
-        async def replay():
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+    async def _busy(self, send) -> None:
+        a = self.admission
+        retry = max(1, round(a.waiting / max(1, a.workers)))
+        await _closing(send, 503, f"the server is busy ({a.workers} running, {a.max_queue} waiting; server options "
+                                  f"--workers, --max-queue); retry in {retry} s", {"Retry-After": str(retry)})
 
     async def _reject(self, send, size: int | None) -> None:
         what = f"{size / 1e6:.1f} MB" if size is not None else f"more than {self.limit_mb:g} MB"
-        response = JSONResponse(status_code=413, content={
-            "detail": f"upload too large: {what}; the limit is {self.limit_mb:g} MB (server option --max-upload-mb)"})
-        await response(scope={"type": "http"}, receive=None, send=send)
+        await _closing(send, 413, f"upload too large: {what}; the limit is {self.limit_mb:g} MB "
+                                  f"(server option --max-upload-mb)")
+
+
+async def _closing(send, status: int, detail: str, headers: dict | None = None) -> None:
+    """An error answered before the body was read whole: the connection closes after it."""
+    response = JSONResponse(status_code=status, content={"detail": detail},
+                            headers={**(headers or {}), "Connection": "close"})
+    await response(scope={"type": "http"}, receive=None, send=send)
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives the app the body already read, then the connection's own events."""
+    delivered = False
+
+    async def replay():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def probe_upload(path: str, name: str, max_seconds: float, whole_seconds: float | None):
@@ -233,6 +283,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
     load_seconds = time.perf_counter() - started
     max_queue = DEFAULT_QUEUE_PER_WORKER * engine.workers if settings.max_queue is None else settings.max_queue
     admission = Admission(engine.workers, max_queue)
+    readers = Readers(settings.max_readers)
     from emofuse.inference.text import is_text_only
     from emofuse.models.modeldir import read_info
 
@@ -255,11 +306,13 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
     app.state.settings = settings
     app.state.engine = engine
     app.state.admission = admission
+    app.state.readers = readers
     app.state.predictor = getattr(engine, "predictor", None)
     app.state.load_seconds = load_seconds
     app.state.limits = {"max_upload_mb": max_upload_mb, "max_seconds": max_seconds}
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6) + FORM_OVERHEAD, limit_mb=max_upload_mb,
-                       admission=admission, body_seconds=settings.body_seconds)
+                       admission=admission, body_seconds=settings.body_seconds, body_grace=settings.body_grace,
+                       body_rate=settings.body_rate_kb * 1000, readers=readers)
 
     @app.exception_handler(RequestValidationError)
     async def one_line_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -281,7 +334,8 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
                 "workers": {"count": engine.workers, "mode": "processes" if workers else "in-process",
                             "pids": engine.pids, "busy": admission.running, "restarts": restarts,
                             "timeouts": timeouts, "job_timeout": engine.job_timeout},
-                "queue": {"length": admission.waiting, "max": admission.max_queue, "refused": admission.refused}}
+                "queue": {"length": admission.waiting, "max": admission.max_queue, "refused": admission.refused},
+                "uploads": {"arriving": readers.reading, "max": readers.max_readers, "refused": readers.refused}}
 
     @app.post("/predict")
     async def predict(
@@ -296,7 +350,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
             raise HTTPException(status_code=422, detail="file: field required" + (
                 " (or a transcript alone: the model reads only words)" if text_only else ""))
         name = "<text>" if file is None else Path(file.filename or "upload").name or "upload"
-        tmp = None  # admitted to the bounded queue by UploadLimit, before the body was read
+        tmp = None  # admitted to the bounded queue by UploadLimit, once the body was read whole
         try:
             if file is None:
                 job = Job(path="", name=name, transcript=transcript.strip(), html=html, reader="text",

@@ -1,7 +1,8 @@
 """Where the service's predictions run: in the server process, or in N worker processes that
 each load the model once; and the bounded queue in front of them.
 
-    request ──► Admission (workers running + max_queue waiting, else 503) ──► Engine.submit(job)
+    request, its body read whole (app.UploadLimit)
+        ──► Admission (workers running + max_queue waiting, else 503) ──► Engine.submit(job)
                                                                      │
                   InProcessEngine: one thread, the server's own Predictor
                   ProcessEngine:   N 'spawn' processes, each with its own Predictor (and its own
@@ -160,8 +161,8 @@ class ProcessEngine:
 class Admission:
     """The bounded queue: `workers` predictions run and `max_queue` wait; the rest are refused.
 
-    Admitted requests include those whose header is being probed; `waiting` is what /health
-    reports as the queue length."""
+    Admitted requests include those whose header is being probed (never those whose body is
+    still arriving); `waiting` is what /health reports as the queue length."""
 
     def __init__(self, workers: int, max_queue: int):
         self.workers = workers
@@ -182,6 +183,15 @@ class Admission:
         with self._lock:
             self.in_system -= 1
 
+    def refuse_if_full(self) -> bool:
+        """Whether admit() would refuse now (counted as refused): a request is turned away before
+        its body is read, and admitted only once it has been."""
+        with self._lock:
+            if self.in_system >= self.workers + self.max_queue:
+                self.refused += 1
+                return True
+            return False
+
     @property
     def running(self) -> int:
         return min(self.in_system, self.workers)
@@ -189,3 +199,24 @@ class Admission:
     @property
     def waiting(self) -> int:
         return max(0, self.in_system - self.workers)
+
+
+class Readers:
+    """Uploads being read before they queue (`app.UploadLimit`): at most `max_readers` at once, so
+    the memory bodies hold while they arrive is bounded; the rest are refused. Counted on the
+    event loop only (the middleware's), so no lock."""
+
+    def __init__(self, max_readers: int):
+        self.max_readers = max_readers
+        self.reading = 0
+        self.refused = 0
+
+    def start(self) -> bool:
+        if self.reading >= self.max_readers:
+            self.refused += 1
+            return False
+        self.reading += 1
+        return True
+
+    def done(self) -> None:
+        self.reading -= 1
