@@ -229,3 +229,15 @@ def test_uploads_past_the_readers_cap_are_answered_503_at_once():
     assert sent[0]["status"] == 503 and (b"retry-after", b"1") in sent[0]["headers"]
     assert b"server is busy" in sent[1]["body"] and b"--max-readers" in sent[1]["body"]
     assert readers.refused == 1 and readers.reading == 2
+
+
+def test_a_live_stream_outlives_the_header_timeout(server):
+    """The head timer stops at the WebSocket upgrade: `WS /stream` has its own idle limit."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        sock.settimeout(10)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+        sock.settimeout(HEADER_SECONDS + 1.0)
+        with pytest.raises(socket.timeout):  # neither a close frame nor the end of the connection
+            sock.recv(4096)
