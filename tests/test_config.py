@@ -194,6 +194,13 @@ def test_an_override_keeps_braces_and_text_where_the_key_holds_a_string(tmp_path
     assert load_config(path, ["model.teacher_checkpoint={fold}"]).model["teacher_checkpoint"] == "{fold}"
 
 
+def test_an_override_of_a_mapping_setting_is_read_as_a_mapping(tmp_path):
+    """A setting typed dict[str, ...] holds str among its type arguments, but is no string."""
+    path = write(tmp_path, BASIC.replace("B-ACO-1, hidden: 32", "MV-B-ACO-1+H-MM-4").replace("compare_lld", "compare_lld, words: minilm"), name="mv")
+    cfg = load_config(path, ["model.view_m_settings={word_layers: 1}"])
+    assert cfg.model["view_m_settings"] == {"word_layers": 1}
+
+
 def test_the_saved_config_is_flat_and_reruns_without_its_base_files(tmp_path):
     base = write(tmp_path, BASE, name="_base")
     cfg = load_config(write(tmp_path, "defaults: [_base.yaml]\nmodel: {name: B-ACO-1}\n"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import types
 import typing
 from dataclasses import fields
 from functools import lru_cache
@@ -152,7 +153,8 @@ class _Override(str):
 def _read_override(text: str, tp: Any) -> Any:
     """Kept as written where the key takes a string (`run_dir=runs/x/fold-{fold}`), `null`
     clearing an optional one; otherwise read as YAML (`[64, 128]`, `{a: b}`, `5e-4`, `true`)."""
-    args = typing.get_args(tp) or (tp,)
+    # the alternatives of `str | None`; a container's arguments (`dict[str, Any]`) are not alternatives
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     if type(None) in args and text.strip().lower() in ("null", "none", "~", ""):
         return None
     if str in args:
