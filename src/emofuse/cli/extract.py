@@ -79,7 +79,7 @@ def extract(
     from emofuse.features.store import FeatureStore, split_features
     from emofuse.features.store.plan import parse_shard
 
-    out, err = Console(highlight=False), Console(stderr=True, highlight=False, soft_wrap=True)
+    out, err = Console(highlight=False, soft_wrap=True), Console(stderr=True, highlight=False, soft_wrap=True)  # a summary line stays one line in a log
     if align not in MODES:
         raise ConfigError(f"unknown --align {align!r}; known: {', '.join(MODES)}")
     names = [f.strip() for f in features.split(",") if f.strip()]
