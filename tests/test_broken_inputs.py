@@ -1,5 +1,5 @@
 """Broken inputs give an error or a plain warning, never a silent confident answer (issue 18,
-items 3 and 6): silence, a transcript nobody said, clipped audio, a model directory whose
+items 3 and 6; issue 27 item 2): silence, noise, a transcript nobody said, clipped audio, a model directory whose
 class list, needs, field types, normaliser or weights do not fit, a stored feature entry of
 the wrong shape, and a folder or CSV given where a manifest belongs."""
 
@@ -115,6 +115,92 @@ def test_predict_cli_refuses_an_unrelated_transcript_and_forces_it_on_request(wo
     assert forced.exit_code == 0, forced.output
     record = json.loads(next(line for line in forced.stdout.splitlines() if line.startswith("{")))
     assert record["warnings"] and "NaN" not in forced.stdout
+
+
+# ------------------------------------------------------------------ noise (the Silero speech check)
+
+# Shouted clips of actor 6 on which Silero peaks lowest in all of RAVDESS (0.21-0.32, under its
+# usual 0.5; align.segments.SILERO_FLOOR is 0.1): still speech.
+SHOUTED = ["Actor_06/03-01-06-02-02-01-06.flac", "Actor_06/03-01-03-02-02-02-06.flac",
+           "Actor_06/03-01-06-02-02-02-06.flac", "Actor_06/03-01-05-02-02-01-06.flac"]
+
+
+@pytest.fixture
+def ulaw_noise(tmp_path) -> Path:
+    """Six seconds of random samples stored as u-law: an acoustic model called it "angry 0.997"."""
+    path = tmp_path / "noise.wav"
+    noise = np.random.default_rng(0).uniform(-0.9, 0.9, 6 * 16000).astype(np.float32)
+    sf.write(path, noise, 16000, subtype="ULAW")
+    return path
+
+
+def test_an_acoustic_model_refuses_random_u_law_noise(acoustic_model, ulaw_noise):
+    from emofuse.inference.predictor import NoSpeech, Predictor
+
+    with pytest.raises(NoSpeech, match=r"no speech found by the voice activity detector \(Silero peak 0\.0\d < 0\.1\)") as exc:
+        Predictor(acoustic_model, warm=False).predict_file(ulaw_noise)
+    assert http_status(exc.value) == 422 and str(ulaw_noise) in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.data
+def test_an_acoustic_model_still_predicts_speech_and_shouting(acoustic_model, speech, ravdess_root):
+    from emofuse.inference.predictor import Predictor
+
+    predictor = Predictor(acoustic_model, warm=False)
+    for path in [speech[0], *(ravdess_root / name for name in SHOUTED)]:
+        prediction = predictor.predict_file(path)
+        assert prediction.label in CLASSES and prediction.warnings == [], path
+        assert prediction.timings["vad"] < 1.0  # stops at the first speech frame
+
+
+def test_the_speech_check_can_be_turned_off(acoustic_model, ulaw_noise):
+    from emofuse.inference.predictor import Predictor
+
+    predictor = Predictor(acoustic_model, warm=False, speech_check=False)
+    assert predictor.silero is None and predictor.predict_file(ulaw_noise).label in CLASSES
+
+
+def test_predict_cli_refuses_noise_in_one_line_unless_told_not_to_check(acoustic_model, ulaw_noise):
+    from emofuse.cli import app
+
+    refused = CliRunner().invoke(app, ["predict", str(acoustic_model), str(ulaw_noise), "--json"])
+    assert refused.exit_code == 1 and "no speech found by the voice activity detector" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not refused.stdout.strip()
+    forced = CliRunner().invoke(app, ["predict", str(acoustic_model), str(ulaw_noise), "--json", "--no-speech-check"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(forced.stdout.strip().splitlines()[-1])["label"] in CLASSES
+
+
+def test_a_folder_run_refuses_the_noise_and_predicts_the_speech(acoustic_model, ulaw_noise, speech):
+    from emofuse.inference.folder import predict_jobs
+    from emofuse.inference.predictor import Prediction, PredictionError
+
+    results = dict(predict_jobs(acoustic_model, [(str(ulaw_noise), None), (str(speech[0]), None)]))
+    assert isinstance(results[0], PredictionError) and "no speech found" in results[0].error
+    assert isinstance(results[1], Prediction)
+
+
+def test_the_service_answers_422_for_noise(acoustic_model, ulaw_noise):
+    from fastapi.testclient import TestClient
+
+    from emofuse.serving.app import ServeSettings, create_app
+
+    with TestClient(create_app(acoustic_model, ServeSettings(workers=0))) as client:
+        answer = client.post("/predict", files={"file": ("noise.wav", ulaw_noise.read_bytes(), "audio/wav")})
+    assert answer.status_code == 422 and "no speech found by the voice activity detector" in answer.json()["detail"]
+
+
+def test_whisper_and_the_speech_check_score_a_clip_once(words_predictor, speech, monkeypatch):
+    """The check stops at the first speech frame; Whisper's speech span (for the words without
+    a transcript, or to compare a given transcript with) carries on from there."""
+    detector = words_predictor.silero
+    scored = []
+    score = detector.score
+    monkeypatch.setattr(detector, "score", lambda frames: scored.append(len(frames)) or score(frames))
+    for audio, transcript in ((speech[1] * 0.5, None), (speech[1] * 0.7, STATEMENT_1)):
+        scored.clear()
+        words_predictor.predict_audio(audio, transcript)
+        assert sum(scored) == len(audio) // detector.frame_samples
 
 
 def test_predict_cli_says_no_speech_in_one_line(words_model, tmp_path):

@@ -1,7 +1,8 @@
 """A broken command line is one line and a non-zero exit, never a traceback, and it is refused
 before anything is written or decoded ("Trust, second round", item B): an output path of the
-wrong kind, a number out of range, a recording whose header the service refuses too, an
-unknown demo key, an hf: folder holding only a pickle checkpoint."""
+wrong kind, a number out of range (checked by us or by an option's `min=`), a missing
+argument, an unknown option, a recording whose header the service refuses too, an unknown demo
+key, an hf: folder holding only a pickle checkpoint."""
 
 from __future__ import annotations
 
@@ -71,6 +72,15 @@ def _cases(p: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "serve --max-upload-mb -5": (["serve", model, "--max-upload-mb", "-5"], "--max-upload-mb -5"),
         "demo --out FILE": (["demo", "--out", file], "is a file"),
         "demo bogus.key=1": (["demo", "--out", str(root / "demo"), "bogus.key=1"], "'bogus'"),
+        # usage errors click finds (typer's min=): one line too, never its boxed panel
+        "predict --workers 0": (["predict", model, clip, "--workers", "0"], "'--workers'"),
+        "predict --batch-size 0": (["predict", model, clip, "--batch-size", "0"], "'--batch-size'"),
+        "predict --threads two": (["predict", model, clip, "--threads", "two"], "'--threads'"),
+        "demo --workers 0": (["demo", "--out", str(root / "demo"), "--workers", "0"], "'--workers'"),
+        "extract --workers -1": (["extract", manifest, "--features", "fbank40", "--align", "none",
+                                  "--out", str(root / "store"), "--workers", "-1"], "'--workers'"),
+        "predict without a model": (["predict"], "Missing argument"),
+        "predict --bogus": (["predict", model, clip, "--bogus"], "--bogus"),
     }
 
 
@@ -90,7 +100,7 @@ def test_a_broken_invocation_is_one_line_and_a_non_zero_exit(paths, case, monkey
     lines = [line for line in (out + err).splitlines() if line.strip()]
     assert stop.value.code not in (0, None), lines
     assert len(lines) == 1 and "Traceback" not in lines[0], lines
-    assert says in lines[0], lines
+    assert says in lines[0] and not set("│╭╰─") & set(lines[0]), lines
 
 
 def test_the_refusals_write_nothing(paths, monkeypatch, capsys):
@@ -106,3 +116,14 @@ def test_the_refusals_write_nothing(paths, monkeypatch, capsys):
     root = paths["root"]
     assert not (root / "demo").exists() and not (root / "m.jsonl").exists() and not (root / "store").exists()
     assert list((root / "folder").iterdir()) == [] and (root / "file").read_text() == "not a folder\n"
+
+
+def test_a_usage_error_is_one_line_through_the_test_runner_too(paths):
+    """Click's test runner calls the command group's `main` as the console script does."""
+    from typer.testing import CliRunner
+
+    from emofuse.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(paths["model"]), "--workers", "0"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "'--workers'" in result.stderr and "╭" not in result.stderr

@@ -202,3 +202,19 @@ def test_memory_stays_flat_on_a_20_minute_recording(tmp_path):
     assert figures["segments"] >= minutes * 20  # every 2 s burst, cut nowhere else
     assert figures["growth_kb"] < 50 * 1024, figures
     print(f"segment_file on {minutes} min: peak RSS growth {figures['growth_kb'] / 1024:.1f} MB")
+
+
+@pytest.mark.data
+def test_a_recording_scored_in_two_steps_gets_the_scores_of_one_pass(ravdess_root):
+    """The speech check stops at the first speech frame and Whisper's span carries on from there:
+    together they give what one pass from a fresh state gives; other audio starts afresh."""
+    from emofuse.features.audio import load_audio
+
+    audio = load_audio(ravdess_root / RAVDESS_CLIPS[0], SR)
+    whole = seg_module.SileroDetector().recording(audio)
+    detector = seg_module.SileroDetector()
+    first = detector.recording(audio, stop_at=seg_module.SILERO_FLOOR)
+    assert first[-1] >= seg_module.SILERO_FLOOR > first[:-1].max(initial=0.0) and len(first) < len(whole)
+    np.testing.assert_array_equal(detector.recording(audio.copy()), whole)
+    backwards = np.ascontiguousarray(audio[::-1])
+    np.testing.assert_array_equal(detector.recording(backwards), seg_module.SileroDetector().recording(backwards))

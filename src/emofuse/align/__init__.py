@@ -81,8 +81,9 @@ def with_language(spec: str | None, language: str | None) -> str:
     return check_asr(f"{spec}#language={language}")
 
 
-def make_recogniser(spec: str | None = None, language: str | None = None):
-    """An object with `transcribe(audio) -> Hypothesis`, `name` and `settings()` for `spec`."""
+def make_recogniser(spec: str | None = None, language: str | None = None, detector=None):
+    """An object with `transcribe(audio) -> Hypothesis`, `name` and `settings()` for `spec`.
+    `detector`: a Silero detector Whisper shares with its caller (`align.whisper.WhisperASR`)."""
     spec = check_asr(spec)
     if spec == "sphinx":
         from emofuse.align.sphinx import Sphinx
@@ -90,7 +91,7 @@ def make_recogniser(spec: str | None = None, language: str | None = None):
         return Sphinx()
     from emofuse.align.whisper import WhisperASR
 
-    return WhisperASR(spec, language=language)
+    return WhisperASR(spec, language=language, detector=detector)
 
 
 def asr_settings(spec: str | None, language: str | None = None) -> dict:

@@ -22,8 +22,9 @@ text, word timestamps from the cross-attention alignment heads (faster-whisper's
   not decoded: Whisper writes fluent text on silence and noise ("I'm going to go to the ground"
   on 6 s of random u-law bytes). Silero's usual threshold (0.5) misses shouting: four shouted
   RAVDESS clips of actor 6 peak at 0.21-0.32, so audio counts as speech when any 32 ms frame
-  reaches SILERO_FLOOR (0.1); random, u-law, white and brown noise peak at 0.01-0.04. Only the stretch from the
-  first to the last speech frame, SPAN_PAD seconds either side, is decoded: with leading and
+  reaches `align.segments.SILERO_FLOOR` (0.1); random, u-law, white and brown noise peak at
+  0.01-0.04. The Predictor refuses such audio for every model (`NoSpeech`), scoring it with the
+  same detector, so a clip is scored once. Only the stretch from the first to the last speech frame, SPAN_PAD seconds either side, is decoded: with leading and
   trailing silence in the window, the word-time alignment heads put first words at 0 s and
   pinned the last word, zero-length, to the end of the clip (RAVDESS clips are ~46 % silence;
   measured in tests/test_whisper.py);
@@ -53,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from emofuse.align import Hypothesis
+from emofuse.align.segments import SILERO_FLOOR  # noqa: F401 -- also read from here
 from emofuse.align.text import normalise_word
 from emofuse.corpora.base import Word
 from emofuse.errors import ConfigError, DataError
@@ -68,7 +70,6 @@ COMPUTE_TYPE = "int8"  # weights quantised at load: 2-3x faster on a CPU than fl
 WINDOW_FRAMES = 3000  # Whisper's input window: 30 s of 10 ms mel frames
 PAD_SECONDS = 8.0  # padding after the audio in the encoder window (module docstring)
 SPAN_PAD = 0.3  # seconds of audio kept around the speech Silero VAD finds (module docstring)
-SILERO_FLOOR = 0.1  # below this speech probability in every frame, the audio holds no speech (module docstring)
 REPEAT_LIMIT = 3  # a word or phrase said more than this many times in a row is flagged
 MIN_AVG_LOGPROB = -1.0  # Whisper's log_prob_threshold: below it a decode counts as failed
 TOKENS_PER_SECOND = 12  # decoder budget: ~3 tokens a word at up to 4 words a second
@@ -229,17 +230,19 @@ def repetition(words: list[str], limit: int = REPEAT_LIMIT, longest: int = 4) ->
 class WhisperASR:
     """Speech recognition with word times (module docstring); one instance per worker process.
 
-    `language`: None = English for an English-only (``.en``) model, else Whisper's detection."""
+    `language`: None = English for an English-only (``.en``) model, else Whisper's detection.
+    `detector`: the `align.segments.SileroDetector` to score recordings with, shared with the
+    Predictor's speech check (default: one of its own, loaded when first needed)."""
 
     def __init__(self, spec: str = PREFIX, language: str | None = None, threads: int | None = None,
-                 vad: bool = True):
+                 vad: bool = True, detector=None):
         self.spec, spec_language = split_spec(spec)
         self.folder = resolve_folder(self.spec)
         self.language = language or spec_language
         self.threads = threads
         self.vad = vad
         self._model = None
-        self._detector = None
+        self._detector = detector
         self._tokenizer_ = None
 
     @property
@@ -276,13 +279,8 @@ class WhisperASR:
         if self._detector is None:
             self._detector = SileroDetector()
         det = self._detector
-        det.state[:] = 0.0  # each recording from a fresh recurrent state: results depend on it alone
-        det.context[:] = 0.0
-        n = len(audio) // det.frame_samples
-        if n == 0:
-            return None
-        probs = det.score(np.asarray(audio[: n * det.frame_samples], dtype=np.float32).reshape(n, det.frame_samples))
-        if probs.max() < SILERO_FLOOR:
+        probs = det.recording(audio)  # (N,) from a fresh state; kept for the same audio (the Predictor's check)
+        if len(probs) == 0 or probs.max() < SILERO_FLOOR:
             return None
         if probs.max() < 0.5:  # speech Silero is unsure of (shouting): its frames are no guide to the span
             return 0, len(audio)

@@ -198,6 +198,7 @@ def predict(
     pad: float = typer.Option(0.1, "--pad", help="Segments: seconds added before and after each (at most --min-pause / 2)."),
     force_transcript: bool = typer.Option(False, "--force-transcript", help="Use a transcript even when it cannot be aligned to the audio (by default that is refused: it is likely not what was said), with the recogniser's word times and a warning."),
     trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.34 against it adds a warning; the check costs one more decode)."),
+    no_speech_check: bool = typer.Option(False, "--no-speech-check", help="Predict recordings in which the Silero voice activity detector finds no speech (by default they are refused: any answer would be a guess on noise)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Do not check the weights against the sha256 in model.json (for weights edited on purpose)."),
     asr: Optional[str] = typer.Option(None, "--asr", help="Recogniser for files without a transcript: whisper (the packaged tiny.en), whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx). Default: the one the model was trained with, else whisper."),
     language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
@@ -221,6 +222,7 @@ def predict(
     predictor_options = {**({"verify": False} if no_verify else {}),  # only what differs from the defaults
                          **({"force_transcript": True} if force_transcript else {}),
                          **({"check_transcript": False} if trust_transcript else {}),
+                         **({"speech_check": False} if no_speech_check else {}),
                          **asr_option(asr, language, info)}
     if text is not None or texts_file is not None:
         _predict_texts(model_dir, info, source, text, texts_file, as_json, results_out, html_out, png_out,

@@ -44,6 +44,7 @@ def serve(
     asr: Optional[str] = typer.Option(None, "--asr", help="Recogniser for files without a transcript: whisper (the packaged tiny.en), whisper:PATH (a CTranslate2 Whisper folder), sphinx (pocketsphinx). Default: the one the model was trained with, else whisper."),
     language: Optional[str] = typer.Option(None, "--language", help="Whisper's language (default: English for .en models)."),
     trust_transcript: bool = typer.Option(False, "--trust-transcript", help="Do not compare a given transcript with what the recogniser hears (by default a word error rate over 0.34 against it adds a warning)."),
+    no_speech_check: bool = typer.Option(False, "--no-speech-check", help="Predict recordings in which the Silero voice activity detector finds no speech (by default they are refused, 422: any answer would be a guess on noise)."),
     job_timeout: float = typer.Option(DEFAULTS.job_timeout, "--job-timeout", help="Seconds a request may run in a worker without an answer (a recording predicted per segment: without finishing a batch of segments) before it is answered 504 and its worker killed and replaced, counted in /health workers.timeouts; 0: no limit. Needs --workers 1 or more (a thread of the server cannot be stopped)."),
     header_seconds: float = typer.Option(DEFAULTS.header_seconds, "--header-seconds", help="Seconds a connection may take to send a complete request head, from its opening or the previous response; then it is closed (408 if part of a head came)."),
     keep_alive_seconds: float = typer.Option(DEFAULTS.keep_alive_seconds, "--keep-alive-seconds", help="Seconds an idle keep-alive connection stays open after a response."),
@@ -74,6 +75,7 @@ def serve(
     if settings.job_timeout and not settings.workers:
         err.print("[yellow]note[/]: --job-timeout applies to worker processes; with --workers 0 a request has no limit")
     options = {**({"verify": False} if no_verify else {}), **({"check_transcript": False} if trust_transcript else {}),
+               **({"speech_check": False} if no_speech_check else {}),
                **asr_option(asr, language, read_info(model_dir))}
     app = create_app(model_dir, settings, predictor_options=options or None)
     engine, admission = app.state.engine, app.state.admission

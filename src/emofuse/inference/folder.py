@@ -108,16 +108,17 @@ def batch_name(chunk: list[tuple[int, Job]]) -> str:
 def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, batch_size: int = 4,
                  predictor: Predictor | None = None, threads: int | None = None, verify: bool = True,
                  force_transcript: bool = False, asr: str | None = None,
-                 check_transcript: bool = True) -> Iterator[tuple[int, Result]]:
+                 check_transcript: bool = True, speech_check: bool = True) -> Iterator[tuple[int, Result]]:
     """(index, Prediction | PredictionError) for every job, in the order they finish.
 
     Every worker builds the Predictor the single-process path builds (`verify`,
-    `force_transcript`, `asr`), so a result does not depend on `workers`. threads: torch threads
+    `force_transcript`, `asr`, `check_transcript`, `speech_check`), so a result does not depend on `workers`. threads: torch threads
     of each Predictor; default `predictor.DEFAULT_THREADS` in this process, 1 in each of
     several worker processes (together they fill the cores). A model that cannot be loaded
     raises its EmofuseError here, whether it was loaded here or in a worker.
     """
-    options = {"verify": verify, "force_transcript": force_transcript, "asr": asr, "check_transcript": check_transcript}
+    options = {"verify": verify, "force_transcript": force_transcript, "asr": asr, "check_transcript": check_transcript,
+               "speech_check": speech_check}
     indexed = list(enumerate(jobs))
     chunks = [indexed[i:i + batch_size] for i in range(0, len(indexed), max(1, batch_size))]
     if workers <= 1:

@@ -24,7 +24,12 @@ Broken inputs get an error or a plain warning, never a silent confident answer:
 - loading refuses weights whose sha256 differs from model.json (`verify=False` skips it),
   a class list that does not fit the output layer, and a normaliser of the wrong length or
   with a zero std (`models.modeldir`, `features.normalise`);
-- a recording without speech is `NoSpeech`, whatever the transcript says;
+- a recording without speech is `NoSpeech`, whatever the transcript says and whatever the
+  model reads: silence by its energy (`align.vad`), noise because the Silero VAD finds no frame
+  of speech in it (`align.segments.SILERO_FLOOR`; a model that reads only acoustics answered
+  six seconds of random u-law noise "angry 0.997"). The check scores frames until the first
+  speech frame, on the detector a Whisper recogniser uses too, so a clip is scored once
+  (`speech_check=False`, `--no-speech-check`, skips it);
 - a transcript that forced alignment cannot fit to the audio is `TranscriptMismatch`: the
   words would drive the lexical side although nobody said them. Leave the transcript out to
   use the recogniser's words, or pass `force_transcript=True` (`--force-transcript`) to use
@@ -111,7 +116,7 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, warm: bool = True, threads: int | None = None,
                  frames_process: bool | None = None, verify: bool = True, force_transcript: bool = False,
-                 asr: str | None = None, check_transcript: bool = True):
+                 asr: str | None = None, check_transcript: bool = True, speech_check: bool = True):
         started = time.perf_counter()
         torch.set_num_threads(DEFAULT_THREADS if threads is None else threads)
         loaded = load_model_dir(model_dir, verify=verify)
@@ -119,6 +124,13 @@ class Predictor:
         self.check_transcript = check_transcript  # compare a given transcript with the recogniser's words
         self._checker = None  # the Whisper recogniser of that check, when the model's is pocketsphinx
         self.load_timings: dict[str, float] = {"model": time.perf_counter() - started}
+        self.silero = None  # the speech check's Silero detector (module docstring), shared with Whisper
+        if speech_check:
+            from emofuse.align.segments import SileroDetector
+
+            t = time.perf_counter()
+            self.silero = SileroDetector()
+            self.load_timings["vad:silero"] = time.perf_counter() - t
         self.info: ModelInfo = loaded.info
         self.model = loaded.model
         self.model_dir = loaded.path
@@ -161,7 +173,7 @@ class Predictor:
 
             self.sphinx = Sphinx()  # forced alignment of a given transcript
             t = time.perf_counter()
-            self.recogniser = make_recogniser(self.asr)
+            self.recogniser = make_recogniser(self.asr, detector=self.silero)
             self.load_timings[f"asr:{self.asr}"] = time.perf_counter() - t
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emofuse-frames")
@@ -197,6 +209,8 @@ class Predictor:
             steps.append(("sphinx:aligner", lambda: self.sphinx.aligner))
         if self.recogniser is not None:
             steps.append((f"asr:{self.asr}", self.recogniser.warm))
+        if self.silero is not None:
+            steps.append(("vad:silero", lambda: self.silero.recording(quiet)))
         for name, step in steps:
             t = time.perf_counter()
             step()
@@ -255,7 +269,7 @@ class Predictor:
         if getattr(self.recogniser, "spec", "").startswith("whisper"):
             return self.recogniser
         if self._checker is None:
-            self._checker = make_recogniser("whisper")
+            self._checker = make_recogniser("whisper", detector=self.silero)
         return self._checker
 
     def features(self, audio: np.ndarray, transcript: str | None = None, label: str = "<audio>",
@@ -271,8 +285,12 @@ class Predictor:
         if speech_span(energy_speech_mask(audio, SAMPLE_RATE)) is None:
             raise NoSpeech(label, f"no speech in the audio ({len(audio) / SAMPLE_RATE:.1f} s of silence or "
                                   "near-silence): there is nothing to recognise an emotion in")
-        force_transcript = self.force_transcript if force_transcript is None else force_transcript
         timings = {} if timings is None else timings
+        if self.silero is not None:
+            t = time.perf_counter()
+            self._check_speech(audio, label)
+            timings["vad"] = time.perf_counter() - t
+        force_transcript = self.force_transcript if force_transcript is None else force_transcript
         clock = time.perf_counter
         frames = None
         if self._frames_proc is not None:
@@ -327,6 +345,17 @@ class Predictor:
         truncated = len(item.words or []) < full_words or (
             item.acoustic is not None and len(item.acoustic) < full_frames)
         return (self._normalised(item) if normalise else item), alignment, truncated
+
+    def _check_speech(self, audio: np.ndarray, label: str) -> None:
+        """NoSpeech unless a 32 ms frame reaches SILERO_FLOOR (module docstring); scoring stops at
+        the first that does, and Whisper carries on from there for its speech span."""
+        from emofuse.align.segments import SILERO_FLOOR
+
+        peak = float(self.silero.recording(audio, stop_at=SILERO_FLOOR).max(initial=0.0))
+        if peak < SILERO_FLOOR:
+            raise NoSpeech(label, f"no speech found by the voice activity detector (Silero peak {peak:.2f} < "
+                                  f"{SILERO_FLOOR}): noise or silence, nothing to recognise an emotion in "
+                                  "(--no-speech-check predicts it anyway)")
 
     def _normalised(self, item: UtteranceFeatures, normalisation: Normalisation | None = None) -> UtteranceFeatures:
         """Frames normalised as in training; `normalisation`: one speaker's recordings' joint one
