@@ -265,7 +265,7 @@ def test_a_normaliser_the_weights_were_not_trained_with_is_refused(acoustic_mode
         load_model_dir(acoustic_model)
 
 
-def test_weights_exported_before_the_binding_load_with_a_note(acoustic_model):
+def test_weights_exported_before_the_binding_load_with_a_note_every_answer_carries(acoustic_model, speech):
     from safetensors.torch import load_file, save_file
 
     from emofuse.models.modeldir import weights_sha256
@@ -276,6 +276,11 @@ def test_weights_exported_before_the_binding_load_with_a_note(acoustic_model):
     _edit_json(acoustic_model, weights={**record["weights"], "sha256": weights_sha256(weights)})
     loaded = load_model_dir(acoustic_model)
     assert len(loaded.notes) == 1 and "taken on trust" in loaded.notes[0]
+    assert str(acoustic_model) not in loaded.notes[0]  # a client of the service reads it: no server path
+    from emofuse.inference.predictor import Predictor
+
+    prediction = Predictor(acoustic_model, warm=False).predict_audio(speech[1], None, label="clip.wav")
+    assert any("taken on trust" in w for w in prediction.warnings)  # the answer says what was not checked
     assert load_model_dir(registry_model_dir(acoustic_model.parent / "new", "B-ACO-1", "fbank40", None)).notes == []
 
 

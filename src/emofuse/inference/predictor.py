@@ -483,7 +483,7 @@ class Predictor:
         if not all(math.isfinite(x) for x in p):  # never NaN in JSON, nor null next to a label
             raise UnusableInput(label, "the model gave non-finite probabilities (NaN or infinity) for this "
                                        "recording; its frames or the model directory's normaliser are broken")
-        warnings = []
+        warnings = list(self.notes)  # what the model directory could not be checked for: every answer says so
         if any(f.startswith("forced->") for f in alignment.fallbacks):  # only with force_transcript
             warnings.append("the transcript could not be aligned to the audio; used anyway (--force-transcript) "
                             f"with {alignment.source} word times")

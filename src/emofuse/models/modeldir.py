@@ -187,7 +187,7 @@ def check_binding(info: ModelInfo, metadata: dict | None, manifest: Path) -> lis
 
     metadata = metadata or {}
     if "classes" not in metadata or "normalisation" not in metadata:
-        return [f"{manifest.parent / WEIGHTS} records no class order or normalisation (exported before "
+        return [f"the model's {WEIGHTS} records no class order or normalisation (exported before "
                 "emofuse bound them to the weights): model.json's classes and normaliser are taken on trust; "
                 "export again to check them"]
     try:
