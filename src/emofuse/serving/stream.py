@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 FORMATS = ("s16le", "f32le", "webm")
 WEBM_MAGIC = b"\x1a\x45\xdf\xa3"  # the EBML header every WebM/Matroska stream starts with
 MAX_FLOAT = 8.0  # float32 PCM beyond this is not audio in [-1, 1] (a little clipping overshoot is)
+MAX_QUEUED_CHUNKS = 32  # messages waiting for the decoding thread before a client ahead of real time is held
+MAX_WAITING_SEGMENTS = 8  # closed segments waiting for prediction (module docstring, "Falling behind")
+LIVE_SLACK_SECONDS = 2.0  # audio a live client may send ahead of the clock (a recorder's first buffer)
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,7 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
     loop = asyncio.get_running_loop()
     out: asyncio.Queue = asyncio.Queue()
     session: LiveSegments | None = None
+    first_audio: float | None = None  # the loop's time when the first audio arrived
 
     def emit(segment, audio_or_error) -> None:  # from the session's thread
         loop.call_soon_threadsafe(out.put_nowait, (segment, audio_or_error))
@@ -355,8 +359,13 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
         live.start()
         return live
 
+    def ahead_of_real_time() -> bool:
+        """The client has sent more audio than time has passed since its first (a file sent
+        fast, not a microphone): holding it back costs it nothing but time."""
+        return session.segmenter.duration > loop.time() - first_audio + LIVE_SLACK_SECONDS
+
     async def receive() -> None:
-        nonlocal session
+        nonlocal session, first_audio
         if format is not None:
             session = await open_session(format, rate)
         while True:
@@ -377,7 +386,15 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
                                                  'or a text message {"format": ...}')
                     session = await open_session("webm", None)
                 if data:
-                    while session.chunks.qsize() > 32 or out.qsize() > 8:  # faster than real time: wait
+                    if first_audio is None:
+                        first_audio = loop.time()
+                    # Only a client ahead of real time is held back while decoding or prediction
+                    # lags. A live client never is: uvicorn reads nothing more of a connection, its
+                    # pings included, until this loop asks for the next message, so its keepalive
+                    # closes it 1011 once a hold passes its ping timeout (issue 27); holding it
+                    # would not slow its audio either, only move the queue into TCP's buffers.
+                    while ahead_of_real_time() and (session.chunks.qsize() > MAX_QUEUED_CHUNKS
+                                                    or out.qsize() > MAX_WAITING_SEGMENTS):
                         await asyncio.sleep(0.01)
                     session.feed(data)
             elif text is not None:
@@ -392,7 +409,8 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
                 session = await open_session(request.get("format"), request.get("rate"))
 
     async def send() -> None:
-        from emofuse.inference.long import without_paths  # a fallback's reason may name the detector's file
+        # without_paths: a fallback's reason may name the detector's file
+        from emofuse.inference.long import segment_result, without_paths
 
         sent = 0
         while True:
@@ -405,7 +423,15 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
                                            "fallbacks": [without_paths(f) for f in session.segmenter.fallbacks]})
                 await websocket.close(1000)
                 return
-            await websocket.send_json(await predict_segment(app, segment, item))
+            waiting = out.qsize()
+            if waiting >= MAX_WAITING_SEGMENTS and not ahead_of_real_time():
+                # A live stream the predictions fell behind: answer its oldest segments at once,
+                # unpredicted, so that the answers stay near the live edge instead of ever later.
+                message = segment_result(segment, f"the server is behind this live stream ({waiting} "
+                                                  "segments waiting): this segment was not predicted").to_json()
+            else:
+                message = await predict_segment(app, segment, item)
+            await websocket.send_json(message)
             sent += 1
 
     receiver = asyncio.create_task(receive())
