@@ -30,6 +30,29 @@ Limits, each closing the connection with a code and a one-line reason:
     1009  a message over `max_chunk_bytes`
     1011  the prediction worker stopped, or the server failed (its log has why)
 
+Falling behind. A live client (one that has sent no more audio than time has passed since its
+first message, give or take `LIVE_SLACK_SECONDS`) is read without pause whatever the load:
+uvicorn answers a connection's pings only while its handler reads it, so holding a live client
+while its segments waited let its keepalive (the `websockets` client pings every 20 s and gives
+up 20 s later) close it 1011 "keepalive ping timeout" (issue 27). When the predictions fall
+`MAX_WAITING_SEGMENTS` (8) segments behind a live stream, its oldest waiting segments are answered
+at once, unpredicted ("the server is behind this live stream"), so its answers stay near the
+live edge. A client ahead of real time (a file sent fast) is held back instead, so its audio
+waits in TCP's buffers and its pings behind it: it should send in real time, or keep alive with
+a ping timeout longer than the server takes to catch up (websockets: `ping_timeout=None`).
+
+How many live streams a server handles: each closed segment takes a place in the bounded queue
+(`--workers` running + `--max-queue` waiting, 1 + 4 by default), one per stream at a time, so up
+to that many streams of live speech (5) have every segment predicted; beyond, a segment that
+finds the queue full is answered "the server is busy" (label null), and the stream goes on.
+Measured (`benchmarks.stream_latency`, 60 s of RAVDESS speech per stream in real time, random
+weights, this project's loaded 2-core machine, the model in the server process): 5 streams had
+every segment predicted, p95 0.71 s (B-ACO-1) and 1.92 s (H-MM-4 with pocketsphinx words); 8 had
+26 % and 38 % of their segments answered busy; none was closed. With `--workers 0`, H-MM-4's
+prediction (pocketsphinx words, MiniLM vectors) keeps Python's GIL for most of each segment,
+and so the event loop (late by up to 1.3 s with 8 streams, against 0.03 s for B-ACO-1);
+`--workers 1` (the default) runs it in a process of its own (at most 0.015 s late with 5).
+
 A segment goes to the worker as its samples (`serving.jobs.Job.samples`), never through a
 file. It holds its place in the bounded queue until its worker job has ended, even when the
 client has left (the answer is then discarded); nothing the client reads names a file of the
