@@ -30,6 +30,29 @@ Limits, each closing the connection with a code and a one-line reason:
     1009  a message over `max_chunk_bytes`
     1011  the prediction worker stopped, or the server failed (its log has why)
 
+Falling behind. A live client (one that has sent no more audio than time has passed since its
+first message, give or take `LIVE_SLACK_SECONDS`) is read without pause whatever the load:
+uvicorn answers a connection's pings only while its handler reads it, so holding a live client
+while its segments waited let its keepalive (the `websockets` client pings every 20 s and gives
+up 20 s later) close it 1011 "keepalive ping timeout" (issue 27). When the predictions fall
+`MAX_WAITING_SEGMENTS` (8) segments behind a live stream, its oldest waiting segments are answered
+at once, unpredicted ("the server is behind this live stream"), so its answers stay near the
+live edge. A client ahead of real time (a file sent fast) is held back instead, so its audio
+waits in TCP's buffers and its pings behind it: it should send in real time, or keep alive with
+a ping timeout longer than the server takes to catch up (websockets: `ping_timeout=None`).
+
+How many live streams a server handles: each closed segment takes a place in the bounded queue
+(`--workers` running + `--max-queue` waiting, 1 + 4 by default), one per stream at a time, so up
+to that many streams of live speech (5) have every segment predicted; beyond, a segment that
+finds the queue full is answered "the server is busy" (label null), and the stream goes on.
+Measured (`benchmarks.stream_latency`, 60 s of RAVDESS speech per stream in real time, random
+weights, this project's loaded 2-core machine, the model in the server process): 5 streams had
+every segment predicted, p95 0.71 s (B-ACO-1) and 1.92 s (H-MM-4 with pocketsphinx words); 8 had
+26 % and 38 % of their segments answered busy; none was closed. With `--workers 0`, H-MM-4's
+prediction (pocketsphinx words, MiniLM vectors) keeps Python's GIL for most of each segment,
+and so the event loop (late by up to 1.3 s with 8 streams, against 0.03 s for B-ACO-1);
+`--workers 1` (the default) runs it in a process of its own (at most 0.015 s late with 5).
+
 A segment goes to the worker as its samples (`serving.jobs.Job.samples`), never through a
 file. It holds its place in the bounded queue until its worker job has ended, even when the
 client has left (the answer is then discarded); nothing the client reads names a file of the
@@ -61,6 +84,9 @@ log = logging.getLogger(__name__)
 FORMATS = ("s16le", "f32le", "webm")
 WEBM_MAGIC = b"\x1a\x45\xdf\xa3"  # the EBML header every WebM/Matroska stream starts with
 MAX_FLOAT = 8.0  # float32 PCM beyond this is not audio in [-1, 1] (a little clipping overshoot is)
+MAX_QUEUED_CHUNKS = 32  # messages waiting for the decoding thread before a client ahead of real time is held
+MAX_WAITING_SEGMENTS = 8  # closed segments waiting for prediction (module docstring, "Falling behind")
+LIVE_SLACK_SECONDS = 2.0  # audio a live client may send ahead of the clock (a recorder's first buffer)
 
 
 @dataclass(frozen=True)
@@ -338,6 +364,7 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
     loop = asyncio.get_running_loop()
     out: asyncio.Queue = asyncio.Queue()
     session: LiveSegments | None = None
+    first_audio: float | None = None  # the loop's time when the first audio arrived
 
     def emit(segment, audio_or_error) -> None:  # from the session's thread
         loop.call_soon_threadsafe(out.put_nowait, (segment, audio_or_error))
@@ -355,8 +382,13 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
         live.start()
         return live
 
+    def ahead_of_real_time() -> bool:
+        """The client has sent more audio than time has passed since its first (a file sent
+        fast, not a microphone): holding it back costs it nothing but time."""
+        return session.segmenter.duration > loop.time() - first_audio + LIVE_SLACK_SECONDS
+
     async def receive() -> None:
-        nonlocal session
+        nonlocal session, first_audio
         if format is not None:
             session = await open_session(format, rate)
         while True:
@@ -377,7 +409,15 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
                                                  'or a text message {"format": ...}')
                     session = await open_session("webm", None)
                 if data:
-                    while session.chunks.qsize() > 32 or out.qsize() > 8:  # faster than real time: wait
+                    if first_audio is None:
+                        first_audio = loop.time()
+                    # Only a client ahead of real time is held back while decoding or prediction
+                    # lags. A live client never is: uvicorn reads nothing more of a connection, its
+                    # pings included, until this loop asks for the next message, so its keepalive
+                    # closes it 1011 once a hold passes its ping timeout (issue 27); holding it
+                    # would not slow its audio either, only move the queue into TCP's buffers.
+                    while ahead_of_real_time() and (session.chunks.qsize() > MAX_QUEUED_CHUNKS
+                                                    or out.qsize() > MAX_WAITING_SEGMENTS):
                         await asyncio.sleep(0.01)
                     session.feed(data)
             elif text is not None:
@@ -392,7 +432,8 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
                 session = await open_session(request.get("format"), request.get("rate"))
 
     async def send() -> None:
-        from emofuse.inference.long import without_paths  # a fallback's reason may name the detector's file
+        # without_paths: a fallback's reason may name the detector's file
+        from emofuse.inference.long import segment_result, without_paths
 
         sent = 0
         while True:
@@ -405,7 +446,15 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
                                            "fallbacks": [without_paths(f) for f in session.segmenter.fallbacks]})
                 await websocket.close(1000)
                 return
-            await websocket.send_json(await predict_segment(app, segment, item))
+            waiting = out.qsize()
+            if waiting >= MAX_WAITING_SEGMENTS and not ahead_of_real_time():
+                # A live stream the predictions fell behind: answer its oldest segments at once,
+                # unpredicted, so that the answers stay near the live edge instead of ever later.
+                message = segment_result(segment, f"the server is behind this live stream ({waiting} "
+                                                  "segments waiting): this segment was not predicted").to_json()
+            else:
+                message = await predict_segment(app, segment, item)
+            await websocket.send_json(message)
             sent += 1
 
     receiver = asyncio.create_task(receive())
