@@ -17,7 +17,7 @@ import pytest
 
 from emofuse.serving.app import ServeSettings, create_app
 from emofuse.serving.stream import MAX_WAITING_SEGMENTS
-from helpers import registry_model_dir
+from helpers import registry_model_dir, tone
 
 SR = 16000
 CHUNK = SR // 10  # 100 ms, sent in real time as a microphone's would be
@@ -53,9 +53,8 @@ def served(app):
 
 
 def bursts(n: int) -> bytes:
-    """n bursts of loud noise, each followed by a pause: n segments, as s16le."""
-    rng = np.random.default_rng(0)
-    one = np.concatenate([0.3 * rng.standard_normal(int(BURST * SR)), np.zeros(int(PAUSE * SR))])
+    """n voiced bursts (noise alone is refused as no speech), each followed by a pause: n segments, as s16le."""
+    one = np.concatenate([tone(BURST, SR), np.zeros(int(PAUSE * SR))])
     return (np.tile(one, n) * 32767).clip(-32768, 32767).astype("<i2").tobytes()
 
 
