@@ -66,7 +66,7 @@ from emofuse.features.batch import UtteranceFeatures, collate
 from emofuse.features.normalise import Normalisation
 from emofuse.features.spans import trim, truncate
 from emofuse.inference.description import describe
-from emofuse.inference.recording import SAMPLE_RATE, checked_audio, clipping_warning, envelope
+from emofuse.inference.recording import SAMPLE_RATE, check_speech, checked_audio, clipping_warning, envelope
 from emofuse.inference.results import (  # noqa: F401 -- callers import the result types from here
     Prediction, PredictionError, PreparedInput, WordExplanation, frame_maps, word_explanations,
 )
@@ -279,17 +279,11 @@ class Predictor:
         leaves the frames as extracted (`predict_speaker` normalises a speaker's recordings together).
         No speech is `NoSpeech`; a transcript that does not fit is `TranscriptMismatch` unless
         `force_transcript` (default: the Predictor's)."""
+        from emofuse.align.vad import energy_speech_mask
         from emofuse.features.frames import speech_mask
-        from emofuse.align.vad import energy_speech_mask, speech_span
 
-        if speech_span(energy_speech_mask(audio, SAMPLE_RATE)) is None:
-            raise NoSpeech(label, f"no speech in the audio ({len(audio) / SAMPLE_RATE:.1f} s of silence or "
-                                  "near-silence): there is nothing to recognise an emotion in")
         timings = {} if timings is None else timings
-        if self.silero is not None:
-            t = time.perf_counter()
-            self._check_speech(audio, label)
-            timings["vad"] = time.perf_counter() - t
+        check_speech(audio, label, self.silero, timings)
         force_transcript = self.force_transcript if force_transcript is None else force_transcript
         clock = time.perf_counter
         frames = None
@@ -345,17 +339,6 @@ class Predictor:
         truncated = len(item.words or []) < full_words or (
             item.acoustic is not None and len(item.acoustic) < full_frames)
         return (self._normalised(item) if normalise else item), alignment, truncated
-
-    def _check_speech(self, audio: np.ndarray, label: str) -> None:
-        """NoSpeech unless a 32 ms frame reaches SILERO_FLOOR (module docstring); scoring stops at
-        the first that does, and Whisper carries on from there for its speech span."""
-        from emofuse.align.segments import SILERO_FLOOR
-
-        peak = float(self.silero.recording(audio, stop_at=SILERO_FLOOR).max(initial=0.0))
-        if peak < SILERO_FLOOR:
-            raise NoSpeech(label, f"no speech found by the voice activity detector (Silero peak {peak:.2f} < "
-                                  f"{SILERO_FLOOR}): noise or silence, nothing to recognise an emotion in "
-                                  "(--no-speech-check predicts it anyway)")
 
     def _normalised(self, item: UtteranceFeatures, normalisation: Normalisation | None = None) -> UtteranceFeatures:
         """Frames normalised as in training; `normalisation`: one speaker's recordings' joint one

@@ -1,12 +1,15 @@
 """What prediction checks and draws of a recording's samples: mono float32 at 16 kHz, not
-empty and finite (`checked_audio`), a warning when it is clipped (over `CLIPPED_SHARE` of its
-samples at full scale), and its min/max envelope for the pictures."""
+empty and finite (`checked_audio`), holding speech (`check_speech`), a warning when it is
+clipped (over `CLIPPED_SHARE` of its samples at full scale), and its min/max envelope for the
+pictures."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from emofuse.errors import DataError
+from emofuse.errors import DataError, NoSpeech
 
 SAMPLE_RATE = 16000
 CLIPPED_SHARE = 0.01  # more than this share of samples at full scale: a clipping warning
@@ -43,3 +46,26 @@ def checked_audio(audio: np.ndarray, sr: int, label: str) -> np.ndarray:
     if not np.all(np.isfinite(audio)):
         raise DataError(label, "audio holds NaN or infinite samples")
     return audio
+
+
+def check_speech(audio: np.ndarray, label: str, silero=None, timings: dict | None = None) -> None:
+    """NoSpeech unless the recording holds speech: silence by its energy (`align.vad`); noise when
+    `silero` (a SileroDetector; None skips this part) finds no 32 ms frame reaching SILERO_FLOOR.
+    Scoring stops at the first frame that does, and Whisper carries on from there for its speech
+    span, so a clip is scored once. timings["vad"]: the Silero part's seconds."""
+    from emofuse.align.segments import SILERO_FLOOR
+    from emofuse.align.vad import energy_speech_mask, speech_span
+
+    if speech_span(energy_speech_mask(audio, SAMPLE_RATE)) is None:
+        raise NoSpeech(label, f"no speech in the audio ({len(audio) / SAMPLE_RATE:.1f} s of silence or "
+                              "near-silence): there is nothing to recognise an emotion in")
+    if silero is None:
+        return
+    t = time.perf_counter()
+    peak = float(silero.recording(audio, stop_at=SILERO_FLOOR).max(initial=0.0))
+    if timings is not None:
+        timings["vad"] = time.perf_counter() - t
+    if peak < SILERO_FLOOR:
+        raise NoSpeech(label, f"no speech found by the voice activity detector (Silero peak {peak:.2f} < "
+                              f"{SILERO_FLOOR}): noise or silence, nothing to recognise an emotion in "
+                              "(--no-speech-check predicts it anyway)")
