@@ -666,3 +666,18 @@ def end_all(parent, pids) -> None:
     for pid in pids:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def oserror_setup():
+    """A worker setup that fails with an error of no emofuse type (a missing shared library)."""
+    raise OSError("libsecret.so: cannot open shared object file")
+
+
+def raising_chunk(cache_dir: str, jobs, progress):
+    """`extract._run_chunk` for tests: the chunk holding utterance u2 raises (as torch might, out
+    of memory); any other is extracted."""
+    from emofuse.features.store.extract import _run_chunk
+
+    if any(job.utt["id"] == "u2" for job in jobs):
+        raise RuntimeError("CUDA out of memory (for tests)")
+    return _run_chunk(cache_dir, jobs, progress)

@@ -203,3 +203,18 @@ def test_a_killed_extraction_worker_fails_its_own_chunk_alone_and_every_other_ch
                                                 "(killed by SIGKILL")
     done = {p.name.split("-")[0] for p in store.frames_dir("fbank40").glob("*.safetensors")}
     assert done == {"u0", "u1", "u3", "u4", "u5"}
+
+
+def test_a_chunk_that_raises_fails_alone_and_every_other_chunk_finishes(tmp_path, monkeypatch):
+    from helpers import make_corpus, raising_chunk
+
+    from emofuse.features.store import extract as extract_module
+
+    monkeypatch.setattr(extract_module, "_run_chunk", raising_chunk)
+    corpus = make_corpus(tmp_path, n=4)
+    store = FeatureStore(tmp_path / "store")
+    report = store.extract(corpus, ["fbank40"], align=None, workers=2, progress=False, chunk_size=1)
+    assert [(f.id, f.stage) for f in report.failures] == [("u2", "worker")]  # before: the run ended in a traceback
+    assert report.failures[0].reason == "utterances u2: RuntimeError: CUDA out of memory (for tests)"
+    done = {p.name.split("-")[0] for p in store.frames_dir("fbank40").glob("*.safetensors")}
+    assert done == {"u0", "u1", "u3"}

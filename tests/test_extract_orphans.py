@@ -58,7 +58,7 @@ def test_workers_die_with_a_killed_extract_and_stop_writing(tmp_path, ravdess_ro
 
 def test_the_parent_watchdog_alone_ends_a_worker_where_prctl_is_missing():
     # the portable fallback: sys.platform says "darwin", so no parent-death signal is armed
-    worker = ("import sys, time; from emofuse.pool import exit_with_parent; "
+    worker = ("import sys, time; from emofuse.processes import exit_with_parent; "
               "sys.platform = 'darwin'; exit_with_parent(int(sys.argv[1]), poll_seconds=0.1); "
               "sys.platform = 'linux'; print('armed', flush=True); time.sleep(60)")
     launcher = ("import os, subprocess, sys, time; "

@@ -16,10 +16,10 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from helpers import end_all, alive, failing_setup, forking_setup, pool_handle, pool_setup, reaped, until
+from helpers import end_all, alive, failing_setup, forking_setup, oserror_setup, pool_handle, pool_setup, reaped, until
 
 from emofuse import pool as pool_module
-from emofuse.errors import DataError, JobTimedOut, WorkerCrashed, WorkersStopped
+from emofuse.errors import DataError, EmofuseError, JobFailed, JobTimedOut, WorkerCrashed, WorkersStopped
 from emofuse.pool import Pool
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux /proc")
@@ -98,6 +98,22 @@ def test_a_setup_error_is_raised_as_itself_and_leaves_no_worker():
         Pool(failing_setup, pool_handle, (), 2)
     assert raised.value.path == "/srv/emofuse/models/secret-model"
     assert until(lambda: not set(_our_children()) - before, 10)
+
+
+def test_a_setup_that_fails_with_any_error_is_one_line_and_leaves_no_worker():
+    before = set(_our_children())
+    with pytest.raises(EmofuseError, match=r"could not start \(OSError: libsecret.so") as raised:
+        Pool(oserror_setup, pool_handle, (), 1)
+    assert "Traceback" not in str(raised.value)  # before: "died in its setup (exit status 1)", the cause lost
+    assert until(lambda: not set(_our_children()) - before, 10)
+
+
+def test_a_job_that_cannot_be_sent_gets_its_line_and_the_pool_serves_on():
+    with Pool(pool_setup, pool_handle, (), 1) as pool:
+        unsendable = pool.submit(("echo", lambda: 1), "lambda.job")  # a lambda does not pickle
+        with pytest.raises(JobFailed, match="^lambda.job: the pool job failed"):
+            unsendable.result(60)  # before: never settled, and the slot's thread was gone
+        assert pool.submit(("echo", 2), "next.job").result(60) == ("ready", 2)
 
 
 def test_close_ends_every_worker_and_the_children_they_reported():

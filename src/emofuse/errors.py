@@ -108,3 +108,9 @@ class WorkerCrashed(JobFailed):
 
 class WorkersStopped(JobFailed):
     """The pool takes no more jobs: it gave up after too many crashes, or it is shutting down."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An unexpected exception in one line: its type and the first line of its message, cut to
+    `limit` characters (a log has the rest)."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:limit]}"

@@ -41,7 +41,6 @@ import os
 import pickle
 import queue
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -50,7 +49,8 @@ from multiprocessing import get_context
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
-from emofuse.errors import EmofuseError, JobTimedOut, WorkerCrashed, WorkersStopped
+from emofuse.errors import EmofuseError, JobFailed, JobTimedOut, WorkerCrashed, WorkersStopped, first_line
+from emofuse.processes import exit_with_parent, how_it_ended, parent_of
 
 START_TIMEOUT = 600.0  # seconds for a worker's setup (loading a model)
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL at close()
@@ -59,34 +59,7 @@ STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL at close()
 MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
 IDLE_CHECK_SECONDS = 1.0  # how often an idle worker's thread checks that its worker still lives
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 log = logging.getLogger(__name__)
-
-
-def exit_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
-    """End this process when `parent_pid` (the process that started it) dies.
-
-    On Linux the kernel kills it when its parent dies (prctl PR_SET_PDEATHSIG); everywhere, a
-    daemon thread also watches the parent's pid and ends the process once it has been
-    re-parented. The parent's pid is passed in rather than read here: a worker whose parent
-    died before it got this far has already been re-parented, and ends at once. Work written
-    atomically (emofuse.io) leaves at most a temporary file that is never read."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # no prctl here: the watchdog below still ends the process
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(poll_seconds)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="emofuse-parent-watchdog", daemon=True).start()
 
 
 @dataclass
@@ -119,6 +92,10 @@ def _worker_main(conn, setup: Callable, args: tuple, handle: Callable, parent_pi
     except EmofuseError as exc:  # a line for the user (a model that does not load): the parent raises it
         conn.send({"error": _portable(exc)})
         return
+    except Exception as exc:  # noqa: BLE001 -- any other failure: its type and first line, not a traceback
+        log.exception("emofuse: a worker's setup failed")
+        conn.send({"error": EmofuseError(f"the worker could not start ({first_line(exc)})")})
+        return
     ready = made if isinstance(made, Ready) else Ready(made)
     conn.send({"info": ready.info, "children": list(ready.children)})
     state = ready.state
@@ -138,11 +115,7 @@ def _worker_main(conn, setup: Callable, args: tuple, handle: Callable, parent_pi
         except (EOFError, BrokenPipeError, ConnectionResetError):  # the parent is gone
             return
         except Exception as exc:  # noqa: BLE001 -- a result that does not pickle
-            conn.send({"raised": RuntimeError(f"the result could not be sent back ({_first_line(exc)})")})
-
-
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+            conn.send({"raised": RuntimeError(f"the result could not be sent back ({first_line(exc)})")})
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -152,33 +125,10 @@ def _portable(exc: BaseException) -> BaseException:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:  # noqa: BLE001 -- an exception whose arguments do not rebuild it
-        return RuntimeError(_first_line(exc))
+        return RuntimeError(first_line(exc))
 
 
 # ------------------------------------------------------------------ a worker, seen from the parent
-def _parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def how_it_ended(process) -> str:
-    """A dead process's end in words: its exit status or the signal that killed it."""
-    process.join(timeout=1.0)
-    code = process.exitcode
-    if code is None:
-        return "its pipe closed"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
-    return f"exit status {code}"
-
-
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
@@ -236,7 +186,7 @@ class _Worker:
         while it is their parent (after that the pid may be anyone's)."""
         if self.process.exitcode is not None:  # reaped: the kernel may reuse the pid; its children died with it
             return []
-        return [self.pid] + [pid for pid in self.children if _parent_of(pid) == self.pid]
+        return [self.pid] + [pid for pid in self.children if parent_of(pid) == self.pid]
 
     def signal(self, signum: int) -> None:
         for pid in self.pids():
@@ -318,7 +268,7 @@ class Pool:
             self.close()
             if isinstance(self._start_error, EmofuseError):  # the worker's own line (a bad model directory)
                 raise self._start_error
-            raise EmofuseError(f"the {self.name} workers did not start: {_first_line(self._start_error)}")
+            raise EmofuseError(f"the {self.name} workers did not start: {first_line(self._start_error)}")
 
     @property
     def pids(self) -> list[int]:
@@ -351,7 +301,7 @@ class Pool:
                 self._start_error = self._start_error or exc
                 if not self._closing:
                     self.broken_reason = self.broken_reason or f"a {self.name} worker could not start (see the log)"
-                    log.error("emofuse: a %s worker could not start: %s", self.name, _first_line(exc))
+                    log.error("emofuse: a %s worker could not start: %s", self.name, first_line(exc))
         finally:
             self._ready[slot].set()
         while not self._closing and self.broken_reason is None:
@@ -365,8 +315,17 @@ class Pool:
             if item is None:
                 break
             job, label, future = item
-            if future.set_running_or_notify_cancel():
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
                 self._on_a_live_worker(slot, job, label, future)
+            except Exception as exc:  # noqa: BLE001 -- a job that does not pickle, an answer that does not unpickle:
+                # the job gets its line, and the worker (its pipe in an unknown state) is replaced
+                log.exception("emofuse: %s worker slot %d failed on %s", self.name, slot, label)
+                if not future.done():
+                    future.set_exception(JobFailed(label, f"the {self.name} job failed ({first_line(exc)})"))
+                self._slots[slot].kill()
+                self._replace(slot, f"its serving thread failed on {label} ({first_line(exc)})", crash=False)
         self._fail_waiting()
 
     def _on_a_live_worker(self, slot: int, job, label: str, future: Future) -> None:
@@ -461,7 +420,7 @@ class Pool:
             except Exception as exc:  # noqa: BLE001 - it died in its setup: that is one more crash
                 if self._closing:  # close() stopped it: nothing more is started
                     return False
-                why = _first_line(exc)
+                why = first_line(exc)
                 continue
             if self._closing:
                 _end([fresh])

@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from emofuse.errors import DataError, JobFailed
+from emofuse.errors import DataError, EmofuseError, JobFailed, first_line
 from emofuse.inference.predictor import PredictionError, Predictor
 from emofuse.io import atomic_write_text
 from emofuse.pool import Pool
@@ -138,6 +138,10 @@ def predict_jobs(model_dir: str | Path, jobs: Sequence[Job], workers: int = 1, b
                     results = future.result()
                 except JobFailed as exc:  # its worker died (memory) or the pool gave up: this batch alone
                     results = [(i, PredictionError(job[0], f"worker failed: {exc}")) for i, job in chunk]
+                except EmofuseError:  # the model itself (its weights, its settings): every batch would fail
+                    raise
+                except Exception as exc:  # noqa: BLE001 -- raised in the batch (memory, torch): this batch alone
+                    results = [(i, PredictionError(job[0], f"worker failed: {first_line(exc)}")) for i, job in chunk]
                 yield from results
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from emofuse.align import UNTIMED, Alignment, align_utterance
 from emofuse.align.vad import energy_speech_mask
 from emofuse.corpora.base import Corpus, Utterance
-from emofuse.errors import ConfigError, EmofuseError, JobFailed
+from emofuse.errors import ConfigError, EmofuseError, JobFailed, first_line
 from emofuse.features.frames import SAMPLE_RATE, get_frame_feature
 from emofuse.features.store.layout import StoreLayout, read_alignment, write_json_entry, write_tensors
 from emofuse.features.store.plan import Failure, Job, in_shard, plan
@@ -139,10 +139,7 @@ class Result:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, EmofuseError):
-        return str(exc)
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return str(exc) if isinstance(exc, EmofuseError) else first_line(exc).rstrip(": ")
 
 
 class _LazyRecogniser:
@@ -354,6 +351,9 @@ def run_pool(chunks: list[list[Job]], workers: int, cache_dir: str) -> Iterator[
                     results = future.result()
                 except JobFailed as exc:
                     results = [Result(job.utt["id"], errors=[("worker", str(exc))]) for job in chunk_of[future]]
+                except Exception as exc:  # noqa: BLE001 -- raised in the chunk (memory, torch): this chunk alone fails
+                    why = f"{chunk_name(chunk_of[future])}: {_reason(exc)}"
+                    results = [Result(job.utt["id"], errors=[("worker", why)]) for job in chunk_of[future]]
                 yield results
 
 
