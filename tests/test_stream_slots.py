@@ -208,3 +208,29 @@ def test_a_segment_whose_job_failed_says_so_and_only_a_stopped_pool_ends_the_str
                 ws.receive_json()
             assert closed.value.code == 1011 and "the server needs a restart" in closed.value.reason
     assert app.state.admission.in_system == 0
+
+
+def test_a_stream_whose_decoding_cannot_keep_up_is_closed_1013_not_queued_without_bound(model_dir, monkeypatch):
+    """A live client is never held, so the messages waiting for its decoding thread are bounded
+    by closing the stream instead (here the thread never starts: nothing is decoded)."""
+    from starlette.websockets import WebSocketDisconnect
+
+    from emofuse.serving import stream
+
+    monkeypatch.setattr(stream.LiveSegments, "start", lambda self: None)
+    app = create_app(model_dir, ServeSettings(workers=0, max_seconds=60.0))
+    closed = []
+
+    def client_side():
+        with TestClient(app) as client, client.websocket_connect("/stream?format=s16le") as ws:
+            try:
+                for _ in range(stream.MAX_BACKLOG_CHUNKS + 1):  # 10 ms of audio each: far behind nothing
+                    ws.send_bytes(b"\0\1" * 160)
+                ws.receive_json()
+            except WebSocketDisconnect as exc:
+                closed.append(exc)
+
+    runner = threading.Thread(target=client_side, daemon=True)
+    runner.start()
+    runner.join(30)  # before: every message queued and the stream waited on, never closed
+    assert closed and closed[0].code == 1013 and "cannot decode this stream as fast" in closed[0].reason

@@ -29,12 +29,14 @@ Limits, each closing the connection with a code and a one-line reason:
           are flushed and sent first
     1009  a message over `max_chunk_bytes`
     1011  the prediction worker stopped, or the server failed (its log has why)
+    1013  more than `MAX_BACKLOG_CHUNKS` messages wait to be decoded: the server cannot decode
+          this stream as fast as it arrives (memory stays bounded at that many x max_chunk_bytes)
 
 Falling behind. A live client (one that has sent no more audio than time has passed since its
 first message, give or take `LIVE_SLACK_SECONDS`) is read without pause whatever the load:
 uvicorn answers a connection's pings only while its handler reads it, so holding a live client
 while its segments waited let its keepalive (the `websockets` client pings every 20 s and gives
-up 20 s later) close it 1011 "keepalive ping timeout" (issue 27). When the predictions fall
+up 20 s later) close it 1011 "keepalive ping timeout". When the predictions fall
 `MAX_WAITING_SEGMENTS` (8) segments behind a live stream, its oldest waiting segments are answered
 at once, unpredicted ("the server is behind this live stream"), so its answers stay near the
 live edge. A client ahead of real time (a file sent fast) is held back instead, so its audio
@@ -85,6 +87,10 @@ FORMATS = ("s16le", "f32le", "webm")
 WEBM_MAGIC = b"\x1a\x45\xdf\xa3"  # the EBML header every WebM/Matroska stream starts with
 MAX_FLOAT = 8.0  # float32 PCM beyond this is not audio in [-1, 1] (a little clipping overshoot is)
 MAX_QUEUED_CHUNKS = 32  # messages waiting for the decoding thread before a client ahead of real time is held
+# Messages waiting for the decoding thread before any stream is closed 1013: a live client is
+# never held (module docstring), so without this a stream whose decoding lags (a loaded machine,
+# 192 kHz or WebM input) would queue without bound: 128 x 256 KB = 32 MB at most per stream.
+MAX_BACKLOG_CHUNKS = 128
 MAX_WAITING_SEGMENTS = 8  # closed segments waiting for prediction (module docstring, "Falling behind")
 LIVE_SLACK_SECONDS = 2.0  # audio a live client may send ahead of the clock (a recorder's first buffer)
 
@@ -158,6 +164,7 @@ class LiveSegments:
 
             self.resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
         self.chunks: queue.Queue = queue.Queue()
+        self.received_bytes = 0
         self.segments = 0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="emofuse-stream", daemon=True)
@@ -166,7 +173,16 @@ class LiveSegments:
         self.thread.start()
 
     def feed(self, data: bytes) -> None:
+        self.received_bytes += len(data)
         self.chunks.put(data)
+
+    @property
+    def received_seconds(self) -> float:
+        """Seconds of audio received so far: counted from the bytes for PCM, whether decoded yet
+        or not; for WebM (compressed) what has been decoded."""
+        if self.format == "webm":
+            return self.segmenter.duration
+        return self.received_bytes / ((2 if self.format == "s16le" else 4) * self.rate)
 
     def end(self) -> None:
         self.chunks.put(None)
@@ -385,7 +401,7 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
     def ahead_of_real_time() -> bool:
         """The client has sent more audio than time has passed since its first (a file sent
         fast, not a microphone): holding it back costs it nothing but time."""
-        return session.segmenter.duration > loop.time() - first_audio + LIVE_SLACK_SECONDS
+        return session.received_seconds > loop.time() - first_audio + LIVE_SLACK_SECONDS
 
     async def receive() -> None:
         nonlocal session, first_audio
@@ -414,11 +430,15 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
                     # Only a client ahead of real time is held back while decoding or prediction
                     # lags. A live client never is: uvicorn reads nothing more of a connection, its
                     # pings included, until this loop asks for the next message, so its keepalive
-                    # closes it 1011 once a hold passes its ping timeout (issue 27); holding it
-                    # would not slow its audio either, only move the queue into TCP's buffers.
+                    # closes it 1011 once a hold passes its ping timeout; holding it would not
+                    # slow its audio either, only move the queue into TCP's buffers.
                     while ahead_of_real_time() and (session.chunks.qsize() > MAX_QUEUED_CHUNKS
                                                     or out.qsize() > MAX_WAITING_SEGMENTS):
                         await asyncio.sleep(0.01)
+                    if session.chunks.qsize() >= MAX_BACKLOG_CHUNKS:  # decoding cannot keep up: bounded memory
+                        raise StreamClosed(1013, f"{session.chunks.qsize()} messages wait to be decoded: the "
+                                                 "server cannot decode this stream as fast as it arrives; "
+                                                 "try again later, or send 16 kHz s16le")
                     session.feed(data)
             elif text is not None:
                 request = _text_message(text)
