@@ -13,7 +13,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 import soundfile as sf
 from helpers import ServeProcess, registry_model_dir, tone

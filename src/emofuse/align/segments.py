@@ -324,8 +324,9 @@ def read_blocks(path: str | Path, block_seconds: float = 4.0):
         while True:
             try:
                 y = audio.read(block, dtype="float32", always_2d=True)  # (n, channels)
-            except Exception as err:
-                raise Undecodable(path, f"cannot decode audio at {audio.tell() / audio.samplerate:.2f} s: {err}") from err
+            except Exception as err:  # damaged audio once some decoded (422), not audio at all before (415)
+                kind = DataError if audio.tell() > 0 else Undecodable
+                raise kind(path, f"cannot decode audio at {audio.tell() / audio.samplerate:.2f} s: {err}") from err
             last = len(y) < block
             y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]  # (n,)
             if resampler is not None:

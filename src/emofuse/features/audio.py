@@ -318,8 +318,9 @@ def decode_bounded(path: str | Path, header: AudioHeader, max_seconds: float | N
                     keep(out.to_ndarray().reshape(-1).astype(np.float32))
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a damaged stream is a data problem
-        raise Undecodable(path, f"cannot decode audio ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - damaged audio once some decoded (422), not audio at all before (415)
+        kind = DataError if chunks else Undecodable
+        raise kind(path, f"cannot decode audio ({type(exc).__name__}: {exc})") from None
     y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if y.size == 0:
         raise DataError(path, "audio is empty (0 samples)")

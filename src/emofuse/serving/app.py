@@ -136,8 +136,10 @@ class UploadLimit:
         if self.admission is not None and not self.admission.admit():
             await self._busy(send)
             return
+        payload = bytes(body)
+        del body  # one copy of an upload while it waits and is answered, not two
         try:
-            await self.app(scope, _replay(bytes(body), receive), send)
+            await self.app(scope, _replay(payload, receive), send)
         finally:
             if self.admission is not None:
                 self.admission.release()
@@ -200,10 +202,11 @@ def _replay(body: bytes, receive):
     delivered = False
 
     async def replay():
-        nonlocal delivered
+        nonlocal delivered, body
         if not delivered:
             delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            chunk, body = body, b""  # the app holds it now (the caller still does, until answered)
+            return {"type": "http.request", "body": chunk, "more_body": False}
         return await receive()
 
     return replay
@@ -244,7 +247,7 @@ def answer(outcome: Outcome) -> dict:
     return outcome["body"]
 
 
-def job_failed(name: str, exc: JobFailed) -> HTTPException:
+def job_failed(exc: JobFailed) -> HTTPException:
     """A job that never got its answer (its worker died or fell silent, the pool stopped): its
     status and its line after the file's name; 503 says when to retry."""
     status = http_status(exc)  # its message already starts with the job's label, the client's file name
@@ -323,7 +326,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
         """Liveness and what the loaded model is; answered on the event loop, never behind a prediction.
         A dead worker is restarted and counted (`workers.restarts`), a silent one killed at the job
         limit too (also `workers.timeouts`); 503 "broken" only once the pool gave up after repeated
-        crashes (workers.MAX_CRASHES), so that an orchestrator restarts the service."""
+        crashes (pool.MAX_CRASHES), so that an orchestrator restarts the service."""
         restarts, timeouts = getattr(engine, "restarts", 0), engine.timeouts
         if getattr(engine, "broken", False):
             return JSONResponse(status_code=503, content={
@@ -365,9 +368,9 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
             try:
                 outcome = await asyncio.wrap_future(engine.submit(job))
             except JobFailed as exc:  # its worker died or fell silent, or the pool stopped: its line names no path
-                raise job_failed(name, exc) from None
+                raise job_failed(exc) from None
             except RuntimeError:  # the in-process engine, shut down
-                raise job_failed(name, WorkersStopped(name, "the server is shutting down")) from None
+                raise job_failed(WorkersStopped(name, "the server is shutting down")) from None
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
@@ -387,9 +390,13 @@ def _save_upload(source, name: str) -> str:
     if not suffix or len(suffix) > 8 or not suffix[1:].isalnum():
         suffix = ".bin"
     fd, tmp = tempfile.mkstemp(prefix="emofuse-upload-", suffix=suffix)
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(source, out)
-        size = out.tell()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(source, out)
+            size = out.tell()
+    except BaseException:  # a full disk, a cancelled request: no file is left behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
     if not size:
         Path(tmp).unlink(missing_ok=True)
         raise HTTPException(status_code=422, detail=f"{name}: the uploaded file is empty")
