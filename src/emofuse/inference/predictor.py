@@ -190,6 +190,9 @@ class Predictor:
             self._frames_proc = Pool(_frames_worker_setup, _frames_worker_extract, (self.frame.name,),
                                      context="fork", job_timeout=FRAMES_TIMEOUT, name="openSMILE",
                                      start_timeout=FRAMES_TIMEOUT, wait=False)
+            # Never replaced (a fork from the pool's thread, beside the service's threads, risks a
+            # deadlock): after a death this Predictor computes frames itself (`features`).
+            self._frames_proc.max_crashes = 0
             weakref.finalize(self, self._frames_proc.close)
         if warm:
             self.warm_up()
