@@ -484,7 +484,7 @@ async def _serve_stream(websocket: WebSocket, app, limits: StreamLimits, format:
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task.exception() is not None:
+                if not task.cancelled() and task.exception() is not None:
                     raise task.exception()
             if sender in done:
                 break
