@@ -112,6 +112,25 @@ def test_a_path_from_an_environment_variable_is_allowed(tmp_path, monkeypatch):
     assert os.environ["EMOFUSE_DATA"] == str(tmp_path)
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=label)
+def test_similar_negatives_name_every_class_of_the_configs_label_set(path):
+    """negatives='similar' maps each class to its acoustically similar one by name: a config whose
+    label set has other classes than the model's `classes` fails when its model is built, after
+    the features are extracted (the 8-class teacher-student config did, after an hour)."""
+    from emofuse.corpora.labels import get_label_set, is_label_set_file
+    from emofuse.models.base import get_model
+
+    cfg = load_config(path)
+    entry = get_model(cfg.model["name"])
+    settings = {**entry.defaults, **cfg.model_settings}
+    if settings.get("negatives", getattr(entry.config_cls, "negatives", None)) != "similar":
+        return
+    if cfg.data.classes is not None or cfg.data.label_set in (None, "auto") or is_label_set_file(cfg.data.label_set):
+        return  # classes known only from the data or a file
+    classes = settings.get("classes", entry.config_cls.classes)
+    assert len(tuple(classes)) == len(get_label_set(cfg.data.label_set).classes), label(path)
+
+
 # ---------------------------------------------------------------------------------------
 # One training step per RAVDESS config
 
