@@ -27,8 +27,14 @@ def acoustic_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    yield from chromium(tmp_path_factory.mktemp("chromium-profile"))  # its fake microphone beeps for the record button
+def browser(ravdess_root, tmp_path_factory):
+    # The fake microphone plays a RAVDESS clip: its own beeps are not speech, which is refused.
+    import soundfile as sf
+
+    y, sr = sf.read(ravdess_files(ravdess_root)[0], dtype="float32")
+    microphone = tmp_path_factory.mktemp("mic") / "microphone.wav"  # Chromium reads WAV only
+    sf.write(microphone, y, sr, subtype="PCM_16")
+    yield from chromium(tmp_path_factory.mktemp("chromium-profile"), f"--use-file-for-fake-audio-capture={microphone}")
 
 
 def test_page_uploads_a_recording_and_shows_label_and_word_explanation(server, browser, ravdess_root, tmp_path):
