@@ -115,8 +115,8 @@ def test_a_path_from_an_environment_variable_is_allowed(tmp_path, monkeypatch):
 @pytest.mark.parametrize("path", CONFIGS, ids=label)
 def test_similar_negatives_name_every_class_of_the_configs_label_set(path):
     """negatives='similar' maps each class to its acoustically similar one by name: a config whose
-    label set has other classes than the model's `classes` fails when its model is built, after
-    the features are extracted (the 8-class teacher-student config did, after an hour)."""
+    label set has other classes than the model's `classes` fails only when its first fold builds
+    the model, after the features are read (the 8-class teacher-student config did)."""
     from emofuse.corpora.labels import get_label_set, is_label_set_file
     from emofuse.models.base import get_model
 
