@@ -54,9 +54,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
-from emofuse.errors import (ConfigError, DataError, JobFailed, JobTimedOut, Refused, TooLong, Undecodable,
+from emofuse.errors import (ConfigError, DataError, JobFailed, JobTimedOut, Refused, TooLong,
                             UnusableInput, Unsupported, WorkerCrashed, WorkersStopped)
-from emofuse.serving.jobs import NOT_AUDIO, Job, Outcome, error_type, too_long_note
+from emofuse.serving.jobs import Job, Outcome, error_type, refusal_line, too_long_note
 from emofuse.serving.settings import ServeSettings
 from emofuse.serving.workers import Admission, InProcessEngine, ProcessEngine, Readers
 
@@ -218,7 +218,7 @@ def probe_upload(path: str, name: str, max_seconds: float, whole_seconds: float 
     declared duration over the limit. `whole_seconds`: the limit for files that cannot be read
     in blocks (`inference.long.can_segment`: only those are predicted per segment)."""
     from emofuse.features.audio import check_audio_header, probe_audio
-    from emofuse.inference.long import can_segment, without_paths
+    from emofuse.inference.long import can_segment
 
     limit = max_seconds
     try:
@@ -226,11 +226,7 @@ def probe_upload(path: str, name: str, max_seconds: float, whole_seconds: float 
         limit = max_seconds if whole_seconds is None or can_segment(header) else min(max_seconds, whole_seconds)
         check_audio_header(path, header, limit)
     except DataError as exc:
-        if isinstance(exc, Undecodable):  # the decoders' own words may name files: say what to send
-            problem = NOT_AUDIO
-        else:
-            problem = without_paths(exc.problem, path, name)
-            problem += too_long_note(max_seconds, limit) if isinstance(exc, TooLong) else ""
+        problem = refusal_line(exc, path, name, too_long_note(max_seconds, limit))
         raise HTTPException(status_code=http_status(exc), detail=f"{name}: {problem}") from None
     return header, limit
 

@@ -80,15 +80,23 @@ def too_long_note(max_seconds: float, limit: float) -> str:
     return f" for this container (server option --segment-over); WAV, FLAC or OGG may run to {max_seconds:g} s"
 
 
+def refusal_line(exc: errors.DataError, path: str | None, name: str, too_long_note: str = "") -> str:
+    """What a client reads after its file's name for a refused file: the server's temporary `path`
+    as the client's `name` and other paths cut to file names; for a file no decoder reads, what
+    to send instead (the decoders' own words may name files); `too_long_note` after a TooLong."""
+    from emofuse.inference.long import without_paths
+
+    if isinstance(exc, errors.Undecodable):
+        return NOT_AUDIO
+    return without_paths(exc.problem, path, name) + (too_long_note if isinstance(exc, errors.TooLong) else "")
+
+
 def run_job(predictor, job: Job, progress=None) -> Outcome:
     """The job's `Outcome` (module docstring). progress(seconds_done, seconds_total): called after
     each batch of a recording predicted per segment."""
     from emofuse.features.audio import AudioHeader, decode_bounded, resample
-    from emofuse.inference.long import is_long, without_paths
+    from emofuse.inference.long import is_long
     from emofuse.inference.predictor import SAMPLE_RATE
-
-    def public(problem: str) -> str:  # the temporary file as the client's name; other paths cut to file names
-        return without_paths(problem, job.path or None, job.name)
 
     header = AudioHeader(job.sample_rate, job.channels, job.duration, job.reader)
     try:
@@ -114,11 +122,8 @@ def run_job(predictor, job: Job, progress=None) -> Outcome:
             else:
                 audio = resample(decode_bounded(job.path, header, job.max_seconds), job.sample_rate, SAMPLE_RATE)
             prediction = predictor.predict_audio(audio, job.transcript, label=job.name)
-    except errors.Undecodable as exc:  # the decoders' own words may name files: the client reads what to send
-        return failed(type(exc), job.name, NOT_AUDIO)
     except errors.DataError as exc:
-        note = job.too_long_note if isinstance(exc, errors.TooLong) else ""
-        return failed(type(exc), job.name, public(exc.problem) + note)
+        return failed(type(exc), job.name, refusal_line(exc, job.path or None, job.name, job.too_long_note))
     except Exception as exc:  # noqa: BLE001 -- one request's failure is its answer, never the worker's end
         return failed(errors.JobFailed, job.name, f"prediction failed ({one_line(exc, job)})")
     try:

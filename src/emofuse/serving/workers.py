@@ -172,12 +172,8 @@ class Admission:
         self._lock = threading.Lock()
 
     def admit(self) -> bool:
-        with self._lock:
-            if self.in_system >= self.workers + self.max_queue:
-                self.refused += 1
-                return False
-            self.in_system += 1
-            return True
+        """A place taken, or False (counted as refused) when the queue is full."""
+        return self._check(take=True)
 
     def release(self) -> None:
         with self._lock:
@@ -186,11 +182,15 @@ class Admission:
     def refuse_if_full(self) -> bool:
         """Whether admit() would refuse now (counted as refused): a request is turned away before
         its body is read, and admitted only once it has been."""
+        return not self._check(take=False)
+
+    def _check(self, take: bool) -> bool:
         with self._lock:
             if self.in_system >= self.workers + self.max_queue:
                 self.refused += 1
-                return True
-            return False
+                return False
+            self.in_system += take
+            return True
 
     @property
     def running(self) -> int:
