@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import DataCache, row_arguments, row_table, run_row
+from benchmarks.harness import DataCache, fold_values, row_arguments, row_table, run_row
 from emofuse.io import atomic_write_text, write_json
 from emofuse.training.metrics import classification_metrics, mean_std
 
@@ -117,16 +117,11 @@ def word_error_rates(cfg, data) -> dict:
             "align_sources": dict(sources), "recognisers": dict(recognisers), "examples": examples}
 
 
-def fold_list(row: dict, name: str) -> list[float]:
-    return [f["test"][name] if name in f["test"] else f["explain"][name]
-            for f in row["folds"] if name in f["test"] or name in f.get("explain", {})]
-
-
 def seed_summary(row: dict, seed: int, kinds: list[str]) -> dict:
     out = {"row": row["row"], "seed": seed, "run_dir": row["run_dir"], "folds": len(row["folds"]),
-           "ua": fold_list(row, "ua"), "wa": fold_list(row, "wa"), "gate_mean": fold_list(row, "gate_mean"),
+           "ua": fold_values(row, "ua"), "wa": fold_values(row, "wa"), "gate_mean": fold_values(row, "gate_mean"),
            "best_epoch": [f["best_epoch"] for f in row["folds"]], "seconds": [f["seconds"] for f in row["folds"]]}
-    out.update({f"ua_{k}": fold_list(row, f"ua_{k}") for k in kinds})
+    out.update({f"ua_{k}": fold_values(row, f"ua_{k}") for k in kinds})
     return out
 
 
